@@ -1,0 +1,60 @@
+"""orchestrator: builds PKGBUILDs in throwaway Docker containers, with live narration and cancel."""
+
+from .backend import Backend, ContainerSpec, OutputLine
+from .cancel import CancelReason, CancelToken
+from .engine import Engine
+from .errors import (
+    ArchiveError,
+    ArchiveTooLarge,
+    BackendError,
+    BackendUnavailable,
+    ContainerGone,
+    ImageNotFound,
+    InvalidInput,
+    OrchestratorError,
+    PkgbuildError,
+    VariantError,
+    VariantRefused,
+)
+from .events import Action, Event, Level
+from .pkgbuild import PkgInfo, parse, parse_dir
+from .runner import BuildRequest, BuildResult, Runner
+from .settings import Settings
+from .status import JobStatus
+from .variants import Variant, VariantPlan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "ArchiveError",
+    "ArchiveTooLarge",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "BuildRequest",
+    "BuildResult",
+    "CancelReason",
+    "CancelToken",
+    "ContainerGone",
+    "ContainerSpec",
+    "Engine",
+    "Event",
+    "ImageNotFound",
+    "InvalidInput",
+    "JobStatus",
+    "Level",
+    "OrchestratorError",
+    "OutputLine",
+    "PkgInfo",
+    "PkgbuildError",
+    "Runner",
+    "Settings",
+    "Variant",
+    "VariantError",
+    "VariantPlan",
+    "VariantRefused",
+    "__version__",
+    "parse",
+    "parse_dir",
+]

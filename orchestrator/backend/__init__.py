@@ -1,0 +1,94 @@
+"""The container engine behind a small interface, so Docker can be swapped for another engine.
+
+A build is: ``create`` → ``copy_in`` → ``attach`` → ``start`` → read the output → ``wait`` →
+``copy_out`` → ``remove``; ``kill`` may come at any point, and ``remove`` is always safe to call
+again. Only the runner sequences these calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Literal, Protocol
+
+Stream = Literal["stdout", "stderr"]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    image: str
+    command: tuple[str, ...]
+    labels: Mapping[str, str]
+    user: str = "builder"
+    workdir: str = "/build"
+    env: Mapping[str, str] = field(default_factory=dict)
+    network: str = "bridge"
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    log_max_bytes: int | None = None
+    gpus: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLine:
+    stream: Stream
+    text: str
+    ts: float
+
+
+class OutputStream(Protocol):
+    """Batches of lines in the order the container wrote them; ends when the container exits."""
+
+    def __aiter__(self) -> AsyncIterator[list[OutputLine]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Backend(Protocol):
+    async def ping(self) -> None:
+        """Raise ``BackendUnavailable`` when the engine cannot be reached."""
+        ...
+
+    async def image_present(self, image: str) -> bool: ...
+
+    async def gpu_runtime(self) -> bool:
+        """Whether containers can be given GPUs here."""
+        ...
+
+    async def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container from a local image; return its id. Never pulls."""
+        ...
+
+    async def copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None: ...
+
+    async def attach(self, container_id: str) -> OutputStream:
+        """Attach to the output; called before ``start`` so not a line is missed."""
+        ...
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def wait(self, container_id: str) -> int:
+        """Wait for the container to exit; return its exit code."""
+        ...
+
+    async def kill(self, container_id: str, grace_s: float = 0.0) -> None:
+        """Stop the container and everything in it; a container that already exited is fine."""
+        ...
+
+    async def copy_out(self, container_id: str, path: str) -> IO[bytes]:
+        """A tar of ``path``, spooled on our side; the caller closes it."""
+        ...
+
+    async def remove(self, container_id: str) -> None:
+        """Remove the container and its anonymous volumes; idempotent."""
+        ...
+
+    async def reap(self, labels: Mapping[str, str]) -> list[str]:
+        """Remove every container carrying all of ``labels``; return their ids."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+__all__ = ["Backend", "ContainerSpec", "OutputLine", "OutputStream", "Stream"]

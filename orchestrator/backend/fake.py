@@ -1,0 +1,169 @@
+"""An in-memory backend for unit tests of the runner and the registry.
+
+Each container plays a script: lines to print (with optional pauses) and an exit code. It honours
+the interface's contract (attach before start, remove idempotent, kill of an exited container is
+fine) and records every call, so tests can assert what the runner did and in which order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tarfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+from ..errors import ContainerGone, ImageNotFound
+from . import ContainerSpec, OutputLine, Stream
+
+
+@dataclass
+class Script:
+    """What a fake container does: ``(stream, text, pause_s)`` steps, then exit."""
+
+    steps: list[tuple[Stream, str, float]] = field(default_factory=list)
+    exit_code: int = 0
+    packages: dict[str, bytes] = field(
+        default_factory=lambda: {"demo-1.0-1-x86_64.pkg.tar.gz": b"pkg"}
+    )
+
+
+@dataclass
+class FakeContainer:
+    id: str
+    spec: ContainerSpec
+    script: Script
+    files: dict[str, bytes] = field(default_factory=dict)
+    state: str = "created"  # created → running → exited
+    exit_code: int | None = None
+    queue: asyncio.Queue[list[OutputLine] | None] = field(default_factory=asyncio.Queue)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class FakeOutput:
+    def __init__(self, container: FakeContainer) -> None:
+        self._container = container
+
+    async def __aiter__(self) -> AsyncIterator[list[OutputLine]]:
+        while (batch := await self._container.queue.get()) is not None:
+            yield batch
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FakeBackend:
+    def __init__(self, script: Script | None = None, *, images: tuple[str, ...] | None = None):
+        self.script = script or Script()
+        self.images = images
+        self.containers: dict[str, FakeContainer] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.gpu = False
+        self._next = 0
+
+    def _get(self, container_id: str) -> FakeContainer:
+        try:
+            return self.containers[container_id]
+        except KeyError:
+            raise ContainerGone(f"no such container: {container_id}") from None
+
+    async def ping(self) -> None:
+        return None
+
+    async def image_present(self, image: str) -> bool:
+        return self.images is None or image in self.images
+
+    async def gpu_runtime(self) -> bool:
+        return self.gpu
+
+    async def create(self, spec: ContainerSpec) -> str:
+        if self.images is not None and spec.image not in self.images:
+            raise ImageNotFound(f"build image {spec.image!r} is not on this Docker host")
+        self._next += 1
+        cid = f"fake{self._next:060d}"
+        self.containers[cid] = FakeContainer(cid, spec, self.script)
+        self.calls.append(("create", cid))
+        return cid
+
+    async def copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None:
+        container = self._get(container_id)
+        tar.seek(0)
+        with tarfile.open(fileobj=tar) as archive:
+            for member in archive.getmembers():
+                data = archive.extractfile(member)
+                if data is not None:
+                    container.files[f"{path}/{member.name}"] = data.read()
+        self.calls.append(("copy_in", container_id))
+
+    async def attach(self, container_id: str) -> FakeOutput:
+        self.calls.append(("attach", container_id))
+        return FakeOutput(self._get(container_id))
+
+    async def start(self, container_id: str) -> None:
+        container = self._get(container_id)
+        self.calls.append(("start", container_id))
+        container.state = "running"
+        container.task = asyncio.create_task(self._play(container))
+
+    async def _play(self, container: FakeContainer) -> None:
+        try:
+            for stream, text, pause_s in container.script.steps:
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+                await container.queue.put([OutputLine(stream, text, time.time())])
+            container.exit_code = container.script.exit_code
+        except asyncio.CancelledError:
+            container.exit_code = 137
+        finally:
+            container.state = "exited"
+            container.queue.put_nowait(None)
+            container.exited.set()
+
+    async def wait(self, container_id: str) -> int:
+        container = self._get(container_id)
+        await container.exited.wait()
+        assert container.exit_code is not None
+        return container.exit_code
+
+    async def kill(self, container_id: str, grace_s: float = 0.0) -> None:
+        self.calls.append(("kill", container_id))
+        container = self.containers.get(container_id)
+        if container is None or container.task is None:
+            return
+        container.task.cancel()
+        await container.exited.wait()
+
+    async def copy_out(self, container_id: str, path: str) -> IO[bytes]:
+        container = self._get(container_id)
+        self.calls.append(("copy_out", container_id))
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as archive:
+            for name, data in container.script.packages.items():
+                info = tarfile.TarInfo(f"./{name}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+        out.seek(0)
+        return out
+
+    async def remove(self, container_id: str) -> None:
+        self.calls.append(("remove", container_id))
+        container = self.containers.pop(container_id, None)
+        if container is not None and container.task is not None:
+            container.task.cancel()
+
+    async def reap(self, labels: Mapping[str, str]) -> list[str]:
+        ids = [
+            cid
+            for cid, c in self.containers.items()
+            if all(c.spec.labels.get(k) == v for k, v in labels.items())
+        ]
+        for cid in ids:
+            await self.remove(cid)
+        return ids
+
+    async def close(self) -> None:
+        for cid in list(self.containers):
+            await self.remove(cid)

@@ -1,0 +1,53 @@
+"""The build engine: a backend, a runner, and the start-up sweep of an earlier run's containers."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from .backend import Backend
+from .backend.docker import DockerBackend
+from .cancel import CancelToken
+from .pkgbuild import PkgInfo
+from .runner import INSTANCE_LABEL, BuildRequest, BuildResult, Runner, Sink
+from .settings import Settings
+from .variants import VariantPlan
+
+
+class Engine:
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.runner = Runner(backend, settings)
+        self.reaped: list[str] = []
+
+    @classmethod
+    async def open(cls, settings: Settings, backend: Backend | None = None) -> Engine:
+        """Connect and remove containers this instance left behind when it last stopped."""
+        backend = backend if backend is not None else DockerBackend(settings)
+        engine = cls(settings, backend)
+        try:
+            engine.reaped = await backend.reap({INSTANCE_LABEL: settings.instance_id})
+        except BaseException:
+            await backend.close()
+            raise
+        return engine
+
+    async def prepare(self, request: BuildRequest) -> tuple[PkgInfo, VariantPlan]:
+        return await self.runner.prepare(request)
+
+    async def build(self, request: BuildRequest, sink: Sink, cancel: CancelToken) -> BuildResult:
+        return await self.runner.run(request, sink, cancel)
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,87 @@
+"""One exception tree for the whole project.
+
+Docker, SQLite and HTTP-client errors are translated into these where they are caught, so callers
+handle one family and the API maps each class to one HTTP status.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(OrchestratorError):
+    """The request itself is wrong; retrying it unchanged fails again."""
+
+
+class PkgbuildError(InvalidInput):
+    """A PKGBUILD that cannot be built, found without executing it."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.message if self.line is None else f"PKGBUILD line {self.line}: {self.message}"
+
+
+class ArchiveError(InvalidInput):
+    """An archive that is unsafe to unpack (absolute paths, `..`, links out, devices)."""
+
+
+class ArchiveTooLarge(ArchiveError):
+    """An archive over the configured size limit."""
+
+    def __init__(self, message: str, limit_bytes: int) -> None:
+        super().__init__(message)
+        self.limit_bytes = limit_bytes
+
+
+class VariantError(InvalidInput):
+    """A variant that is unknown."""
+
+
+class VariantRefused(VariantError):
+    """A known variant that cannot run here (metal in a Linux container)."""
+
+    def __init__(self, variant: str, reason: str, suggestion: str | None = None) -> None:
+        message = f"variant {variant!r} cannot be built here: {reason}"
+        if suggestion:
+            message += f"; {suggestion}"
+        super().__init__(message)
+        self.variant = variant
+        self.reason = reason
+        self.suggestion = suggestion
+
+
+class BackendError(OrchestratorError):
+    """The container engine failed us."""
+
+
+class BackendUnavailable(BackendError):
+    """The engine cannot be reached (socket missing, daemon down)."""
+
+
+class ImageNotFound(BackendError):
+    """A build image is not present locally; we never pull."""
+
+
+class ContainerGone(BackendError):
+    """The container no longer exists (removed behind our back, or already reaped)."""
+
+
+class JobStateConflict(OrchestratorError):
+    """The job is in a state that does not allow this (e.g. cancelling a finished job)."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ShuttingDown(OrchestratorError):
+    """The service is stopping and takes no new work."""

@@ -1,0 +1,251 @@
+"""One build, start to end: the only place that sequences backend calls and narrates them.
+
+``Runner.run`` validates, creates the container, copies the sources in, starts makepkg, streams
+its output as events, and copies the packages out. Whatever happens (success, failure, cancel,
+timeout, or the task itself being cancelled) the container is removed before ``run`` returns, and
+the last event says how the build ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import archive, pkgbuild
+from .backend import Backend, ContainerSpec, OutputStream
+from .cancel import CancelReason, CancelToken
+from .errors import OrchestratorError
+from .events import Action, Event, Level, output_event
+from .pkgbuild import PkgInfo
+from .settings import Settings
+from .status import JobStatus
+from .variants import VariantPlan, plan
+
+Sink = Callable[[Sequence[Event]], Awaitable[None]]
+
+JOB_LABEL = "orchestrator.job"
+INSTANCE_LABEL = "orchestrator.instance"
+BUILDER_UID = 1000  # the image's `builder` user; copied-in files must be theirs
+BUILD_DIR = "/build"
+PACKAGE_DIR = "/out"
+MAKEPKG = ("makepkg", "--nodeps", "--noconfirm", "--noprogressbar")
+
+_CANCEL_ENDINGS: dict[CancelReason, tuple[JobStatus, Action, str]] = {
+    CancelReason.USER: (JobStatus.CANCELLED, Action.CANCELLED, "❌ Build cancelled by user"),
+    CancelReason.TIMEOUT: (JobStatus.TIMED_OUT, Action.TIMED_OUT, "⏱️ Build timed out"),
+    CancelReason.SHUTDOWN: (
+        JobStatus.INTERRUPTED,
+        Action.INTERRUPTED,
+        "⚠️ Build interrupted: the service is shutting down",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRequest:
+    job_id: str
+    source_dir: Path
+    variant: str = "cpu"
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    status: JobStatus
+    reason: str
+    exit_code: int | None = None
+    artifacts: tuple[Path, ...] = field(default=())
+
+
+class Runner:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self._backend = backend
+        self._settings = settings
+
+    async def prepare(self, request: BuildRequest) -> tuple[PkgInfo, VariantPlan]:
+        """Everything that can be checked before a container exists; raises ``InvalidInput``."""
+        info = await asyncio.to_thread(pkgbuild.parse_dir, request.source_dir)
+        variant = plan(
+            request.variant, self._settings, gpu_runtime=await self._backend.gpu_runtime()
+        )
+        return info, variant
+
+    def labels(self, job_id: str) -> dict[str, str]:
+        return {JOB_LABEL: job_id, INSTANCE_LABEL: self._settings.instance_id}
+
+    def artifact_dir(self, job_id: str) -> Path:
+        return self._settings.artifacts_dir / job_id
+
+    async def run(self, request: BuildRequest, sink: Sink, cancel: CancelToken) -> BuildResult:
+        timer = None
+        if request.timeout_s is not None:
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(request.timeout_s, cancel.cancel, CancelReason.TIMEOUT)
+        container: list[str] = []  # filled as soon as the container exists, for the cleanup
+        try:
+            result = await self._build(request, sink, cancel, container)
+        except OrchestratorError as exc:
+            result = BuildResult(JobStatus.FAILED, str(exc))
+        finally:
+            if timer is not None:
+                timer.cancel()
+            await _shielded(self._destroy(request.job_id, container, sink))
+        await sink([_ending_event(result)])
+        return result
+
+    async def _build(
+        self, request: BuildRequest, sink: Sink, cancel: CancelToken, container: list[str]
+    ) -> BuildResult:
+        info, variant = await self.prepare(request)
+        notes = [
+            Event(
+                Action.VALIDATED,
+                f"PKGBUILD ok: {info.name} {info.full_version}, variant {variant.variant}",
+            )
+        ]
+        notes += [Event(Action.WARNING, text, Level.WARNING) for text in variant.warnings]
+        await sink(notes)
+        if cancel.cancelled:
+            return _cancelled(cancel, request)
+
+        spec = ContainerSpec(
+            image=variant.image,
+            command=MAKEPKG,
+            labels=self.labels(request.job_id),
+            workdir=BUILD_DIR,
+            env={"PKGDEST": PACKAGE_DIR},
+            network=self._settings.build_network,
+            memory_bytes=self._settings.build_memory_bytes,
+            cpus=self._settings.build_cpus,
+            pids_limit=self._settings.build_pids_limit,
+            log_max_bytes=self._settings.build_log_max_bytes,
+            gpus=variant.gpus,
+        )
+        cid = await self._backend.create(spec)
+        container.append(cid)
+        await sink(
+            [Event(Action.CONTAINER_CREATED, f"Container {cid[:12]} created from {spec.image}")]
+        )
+
+        tar = await asyncio.to_thread(
+            archive.pack_dir,
+            request.source_dir,
+            uid=BUILDER_UID,
+            gid=BUILDER_UID,
+            max_bytes=self._settings.max_build_dir_bytes,
+        )
+        with tar:
+            size = tar.seek(0, 2)
+            await self._backend.copy_in(cid, BUILD_DIR, tar)
+        await sink([Event(Action.SOURCES_COPIED, f"Copied the build directory in ({size} bytes)")])
+        if cancel.cancelled:
+            return _cancelled(cancel, request)
+
+        stream = await self._backend.attach(cid)
+        exit_code = await self._until_exit(cid, stream, sink, cancel)
+        if exit_code is None:
+            return _cancelled(cancel, request)
+        level = Level.INFO if exit_code == 0 else Level.ERROR
+        await sink([Event(Action.BUILD_EXITED, f"makepkg exited with code {exit_code}", level)])
+        if exit_code != 0:
+            return BuildResult(JobStatus.FAILED, f"makepkg exited with code {exit_code}", exit_code)
+
+        # The container has exited: from here on the build has finished, and a cancel that
+        # arrives now is too late to stop anything, so the packages are copied out regardless.
+        packages = await self._copy_packages(cid, request.job_id)
+        if not packages:
+            return BuildResult(JobStatus.FAILED, "makepkg succeeded but made no package", 0)
+        await sink(
+            [
+                Event(Action.ARTIFACT_STORED, f"📦 Stored {p.name} ({p.stat().st_size} bytes)")
+                for p in packages
+            ]
+        )
+        names = ", ".join(p.name for p in packages)
+        return BuildResult(JobStatus.SUCCEEDED, f"built {names}", 0, tuple(packages))
+
+    async def _until_exit(
+        self, cid: str, stream: OutputStream, sink: Sink, cancel: CancelToken
+    ) -> int | None:
+        """Run the container to its end and return the exit code, or None if it was cancelled."""
+        try:
+            await self._backend.start(cid)
+            await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
+            build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink))
+            stop = asyncio.ensure_future(cancel.wait())
+            try:
+                await asyncio.wait({build, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if build.done():
+                return build.result()
+            # Cancel won: say so, kill (which ends the output stream), then drop the pump.
+            await sink([Event(Action.CANCELLING, f"Stopping the build ({cancel.reason})")])
+            await self._backend.kill(cid, self._settings.kill_grace_s)
+            build.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await build
+            return None
+        finally:
+            await stream.aclose()
+
+    async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> int:
+        async for batch in stream:
+            await sink([output_event(line.stream, line.text, line.ts) for line in batch])
+        return await self._backend.wait(cid)
+
+    async def _copy_packages(self, cid: str, job_id: str) -> list[Path]:
+        tar = await self._backend.copy_out(cid, PACKAGE_DIR + "/.")
+        with tar:
+            return await asyncio.to_thread(
+                archive.extract_packages,
+                tar,
+                self.artifact_dir(job_id),
+                max_bytes=self._settings.max_artifact_bytes,
+            )
+
+    async def _destroy(self, job_id: str, container: list[str], sink: Sink) -> None:
+        try:
+            if container:
+                await self._backend.remove(container[0])
+                message = f"Container {container[0][:12]} removed"
+                await sink([Event(Action.CONTAINER_REMOVED, message)])
+            else:
+                # The task may have been cancelled while `create` was in flight: find it by label.
+                await self._backend.reap({JOB_LABEL: job_id})
+        except OrchestratorError as exc:
+            # Start-up reaping will remove it later; the build's own outcome stands.
+            await sink(
+                [Event(Action.WARNING, f"Could not remove the container: {exc}", Level.ERROR)]
+            )
+
+
+def _cancelled(cancel: CancelToken, request: BuildRequest) -> BuildResult:
+    assert cancel.reason is not None
+    status, _action, message = _CANCEL_ENDINGS[cancel.reason]
+    if cancel.reason is CancelReason.TIMEOUT and request.timeout_s is not None:
+        message += f" after {request.timeout_s:g} s"
+    return BuildResult(status, message)
+
+
+def _ending_event(result: BuildResult) -> Event:
+    for status, action, _message in _CANCEL_ENDINGS.values():
+        if result.status is status:
+            level = Level.ERROR if status is JobStatus.TIMED_OUT else Level.WARNING
+            return Event(action, result.reason, level)
+    if result.status is JobStatus.SUCCEEDED:
+        return Event(Action.SUCCEEDED, f"✅ Build succeeded: {result.reason}")
+    return Event(Action.FAILED, f"❌ Build failed: {result.reason}", Level.ERROR)
+
+
+async def _shielded(coro: Awaitable[None]) -> None:
+    """Finish ``coro`` even if our task is cancelled meanwhile; then re-raise the cancel."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

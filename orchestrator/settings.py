@@ -1,0 +1,72 @@
+"""Settings, read from the environment (prefix ``ORCHESTRATOR_``) when a ``Settings()`` is made.
+
+Nothing reads the environment at import time: the service, the tests and the benchmarks each make
+their own ``Settings`` and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
+
+    # -- engine ---------------------------------------------------------------------------------
+    docker_url: str | None = Field(
+        default=None, description="Docker endpoint; unset means DOCKER_HOST or the local socket."
+    )
+    docker_timeout_s: float = Field(default=60.0, gt=0)
+    instance_id: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Labels this service's containers so start-up reaps only its own orphans.",
+    )
+    image_cpu: str = "orchestrator/build:cpu"
+    image_cuda: str = "orchestrator/build:cuda"
+    gpu: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Request GPUs for cuda builds: auto = when the daemon has the nvidia runtime.",
+    )
+    build_network: str = Field(
+        default="bridge", description="'bridge' lets makepkg fetch remote sources; 'none' seals."
+    )
+    build_memory_bytes: int = Field(default=4 * GiB, gt=0)
+    build_cpus: float = Field(default=2.0, gt=0)
+    build_pids_limit: int = Field(default=2048, gt=0)
+    build_log_max_bytes: int = Field(
+        default=50 * MiB, gt=0, description="json-file log cap; the live stream is not cut by it."
+    )
+    kill_grace_s: float = Field(
+        default=0.0, ge=0, description="SIGTERM, then SIGKILL after this long; 0 kills at once."
+    )
+    max_build_dir_bytes: int = Field(default=512 * MiB, gt=0)
+    max_artifact_bytes: int = Field(default=4 * GiB, gt=0)
+
+    # -- storage --------------------------------------------------------------------------------
+    data_dir: Path = Path("var")
+
+    # -- service --------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=7835, ge=0, le=65535)
+    api_token: SecretStr | None = None
+    max_upload_bytes: int = Field(default=256 * MiB, gt=0)
+    max_concurrent_builds: int = Field(default=2, ge=1)
+    default_timeout_s: float = Field(default=3600.0, gt=0)
+    max_timeout_s: float = Field(default=6 * 3600.0, gt=0)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def work_dir(self) -> Path:
+        """Where uploads are unpacked while a job waits; emptied as each job ends."""
+        return self.data_dir / "work"

@@ -1,0 +1,81 @@
+"""Shared fixtures: test PKGBUILDs and a recorder that stands in for the job store's sink."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from orchestrator.events import Action, Event
+
+PKGBUILDS = Path(__file__).parent / "pkgbuilds"
+
+
+@pytest.fixture
+def build_dir(tmp_path: Path) -> Callable[..., Path]:
+    """Copy ``tests/pkgbuilds/<name>`` to a temp dir, filling ``@KEY@`` placeholders."""
+
+    def make(name: str, **placeholders: object) -> Path:
+        dest = tmp_path / "src" / name
+        shutil.copytree(PKGBUILDS / name, dest)
+        pkgbuild = dest / "PKGBUILD"
+        text = pkgbuild.read_text()
+        for key, value in placeholders.items():
+            text = text.replace(f"@{key.upper()}@", str(value))
+        pkgbuild.write_text(text)
+        return dest
+
+    return make
+
+
+class Recorder:
+    """A sink that keeps every event with the monotonic time it arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.arrived: list[float] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, batch: Sequence[Event]) -> None:
+        now = time.monotonic()
+        self.events.extend(batch)
+        self.arrived.extend(now for _ in batch)
+        self._changed.set()
+
+    def lines(self, stream: str | None = None) -> list[str]:
+        return [
+            e.message
+            for e in self.events
+            if e.action in (Action.OUTPUT, Action.PHASE) and (stream is None or e.stream == stream)
+        ]
+
+    def actions(self) -> list[Action]:
+        return [e.action for e in self.events]
+
+    def arrival_of(self, predicate: Callable[[Event], bool]) -> float:
+        for event, at in zip(self.events, self.arrived, strict=True):
+            if predicate(event):
+                return at
+        raise AssertionError("no such event")
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout_s: float = 60) -> Event:
+        async def scan() -> Event:
+            seen = 0
+            while True:
+                for event in self.events[seen:]:
+                    if predicate(event):
+                        return event
+                seen = len(self.events)
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(scan(), timeout_s)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
