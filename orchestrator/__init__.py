@@ -1,5 +1,6 @@
 """orchestrator: builds PKGBUILDs in throwaway Docker containers, with live narration and cancel."""
 
+from ._version import __version__
 from .backend import Backend, ContainerSpec, OutputLine
 from .cancel import CancelReason, CancelToken
 from .engine import Engine
@@ -22,8 +23,6 @@ from .runner import BuildRequest, BuildResult, Runner
 from .settings import Settings
 from .status import JobStatus
 from .variants import Variant, VariantPlan
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Action",

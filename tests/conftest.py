@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +20,10 @@ PKGBUILDS = Path(__file__).parent / "pkgbuilds"
 def build_dir(tmp_path: Path) -> Callable[..., Path]:
     """Copy ``tests/pkgbuilds/<name>`` to a temp dir, filling ``@KEY@`` placeholders."""
 
+    made = itertools.count()
+
     def make(name: str, **placeholders: object) -> Path:
-        dest = tmp_path / "src" / name
+        dest = tmp_path / "src" / f"{name}-{next(made)}"
         shutil.copytree(PKGBUILDS / name, dest)
         pkgbuild = dest / "PKGBUILD"
         text = pkgbuild.read_text()

@@ -1,0 +1,115 @@
+"""The aiohttp application: ``create_app(settings)``.
+
+Each resource is one cleanup context (store, engine, registry), so start-up and shutdown run in
+one order and in reverse. On shutdown the registry stops first: running builds are killed and
+their containers removed, then every SSE stream drains and ends.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..backend import Backend
+from ..bus import Bus
+from ..engine import Engine
+from ..metrics import Metrics
+from ..registry import Registry
+from ..settings import Settings
+from ..store import Store
+from . import artifacts, builds, jobs, meta, stream
+from .errors import error_response, errors_middleware
+from .keys import BACKEND, BUS, ENGINE, METRICS, REGISTRY, SETTINGS, STORE
+
+
+class InsecureBind(Exception):
+    """Binding beyond loopback without a token would hand the Docker socket to the network."""
+
+
+def check_bind(settings: Settings) -> None:
+    if settings.api_token is not None:
+        return
+    host = settings.host
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InsecureBind(
+            f"refusing to listen on {host} without ORCHESTRATOR_API_TOKEN: this service holds "
+            "the Docker socket, so anyone who can reach it controls the host. Set a token, or "
+            "bind to 127.0.0.1."
+        )
+
+
+def _auth_middleware(token: str) -> web.middleware:  # type: ignore[valid-type]
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "")
+            # EventSource cannot set headers, so the stream also takes ?access_token=.
+            if not given and request.path.endswith("/stream") and "access_token" in request.query:
+                given = f"Bearer {request.query['access_token']}"
+            if not hmac.compare_digest(given.encode(), expected):
+                response = error_response(401, "unauthorized", "a valid bearer token is required")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return await handler(request)
+
+    return auth
+
+
+def create_app(settings: Settings, *, backend: Backend | None = None) -> web.Application:
+    middlewares = [errors_middleware]
+    if settings.api_token is not None:
+        middlewares.append(_auth_middleware(settings.api_token.get_secret_value()))
+    app = web.Application(middlewares=middlewares)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[STORE] = await Store.open(settings.data_dir / "orchestrator.db")
+        yield
+        await app[STORE].close()
+
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        engine = await Engine.open(settings, backend)
+        app[ENGINE] = engine
+        app[BACKEND] = engine.backend
+        yield
+        await engine.close()
+
+    async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[BUS] = Bus(app[STORE])
+        app[REGISTRY] = Registry(settings, app[STORE], app[ENGINE], app[BUS], app[METRICS])
+        await app[REGISTRY].start()
+        yield
+        await app[REGISTRY].shutdown()
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Runs before aiohttp waits for open requests: end the builds and the SSE streams
+        # first, or the streams would keep the server from stopping.
+        await app[REGISTRY].shutdown()
+
+    app.cleanup_ctx.extend([store_ctx, engine_ctx, registry_ctx])
+    app.on_shutdown.append(on_shutdown)
+
+    app.router.add_post("/v1/builds", builds.create_build)
+    app.router.add_get("/v1/jobs", jobs.list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", jobs.get_job)
+    app.router.add_post("/v1/jobs/{job_id}/cancel", jobs.cancel_job)
+    app.router.add_get("/v1/jobs/{job_id}/stream", stream.stream_job)
+    app.router.add_get("/v1/jobs/{job_id}/artifacts", artifacts.list_artifacts)
+    app.router.add_get("/v1/jobs/{job_id}/artifacts/{name}", artifacts.get_artifact)
+    app.router.add_get("/health", meta.health)
+    app.router.add_get("/metrics", meta.metrics)
+    app.router.add_get("/openapi.json", meta.openapi)
+    return app

@@ -1,0 +1,47 @@
+"""A finished job's packages: list them, download one."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..archive import is_package_name
+from .keys import REGISTRY
+
+
+async def list_artifacts(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    record = await registry.get(request.match_info["job_id"])
+    folder = registry.artifact_dir(record.id)
+    items = []
+    for name in record.artifacts:
+        path = folder / name
+        if path.is_file():
+            items.append(
+                {
+                    "name": name,
+                    "size_bytes": path.stat().st_size,
+                    "url": f"/v1/jobs/{record.id}/artifacts/{name}",
+                }
+            )
+    return web.json_response(
+        {"job_id": record.id, "status": record.status.value, "artifacts": items}
+    )
+
+
+async def get_artifact(request: web.Request) -> web.StreamResponse:
+    registry = request.app[REGISTRY]
+    record = await registry.get(request.match_info["job_id"])
+    name = request.match_info["name"]
+    # Only names the job recorded are served: no path from the request reaches the disk.
+    if name not in record.artifacts or not is_package_name(name):
+        raise web.HTTPNotFound(text=f"job {record.id} has no artifact named {name!r}")
+    path = registry.artifact_dir(record.id) / name
+    if not path.is_file():
+        raise web.HTTPNotFound(text=f"artifact {name!r} is no longer on disk")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{name}"',
+        },
+    )

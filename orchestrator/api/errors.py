@@ -1,0 +1,81 @@
+"""One place where exceptions become HTTP answers: JSON with a code and a message, never HTML."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import (
+    ArchiveError,
+    ArchiveTooLarge,
+    BackendError,
+    BackendUnavailable,
+    InvalidInput,
+    JobStateConflict,
+    OrchestratorError,
+    PkgbuildError,
+    ShuttingDown,
+    VariantError,
+    VariantRefused,
+)
+from ..store import JobNotFound
+
+log = logging.getLogger(__name__)
+
+
+def error_response(http_status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": code, "message": message, **extra}, status=http_status)
+
+
+def translate(exc: OrchestratorError) -> web.Response:
+    """Our exception tree → status; the most specific class first."""
+    if isinstance(exc, JobNotFound):
+        return error_response(404, "not_found", str(exc))
+    if isinstance(exc, JobStateConflict):
+        return error_response(409, "conflict", str(exc), status=exc.status)
+    if isinstance(exc, ArchiveTooLarge):
+        return error_response(413, "too_large", str(exc), limit_bytes=exc.limit_bytes)
+    if isinstance(exc, ArchiveError):
+        return error_response(400, "bad_archive", str(exc))
+    if isinstance(exc, PkgbuildError):
+        return error_response(422, "bad_pkgbuild", str(exc), line=exc.line)
+    if isinstance(exc, VariantRefused):
+        return error_response(
+            422,
+            "variant_refused",
+            str(exc),
+            variant=exc.variant,
+            reason=exc.reason,
+            suggestion=exc.suggestion,
+        )
+    if isinstance(exc, VariantError):
+        return error_response(422, "bad_variant", str(exc))
+    if isinstance(exc, InvalidInput):
+        return error_response(400, "bad_request", str(exc))
+    if isinstance(exc, ShuttingDown | BackendUnavailable):
+        return error_response(503, "unavailable", str(exc))
+    if isinstance(exc, BackendError):
+        return error_response(502, "backend_error", str(exc))
+    log.error("unexpected error: %s", exc, exc_info=exc)
+    return error_response(500, "internal_error", str(exc))
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except OrchestratorError as exc:
+        return translate(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        response = error_response(exc.status, code, exc.text or exc.reason)
+        response.headers.update({k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        return response
+    except Exception as exc:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")

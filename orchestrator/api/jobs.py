@@ -1,0 +1,65 @@
+"""Jobs: list, look at one, cancel one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import InvalidInput
+from ..status import JobStatus
+from ..store import JobRecord
+from .builds import job_links
+from .keys import REGISTRY, STORE
+
+_MAX_LIMIT = 500
+
+
+def job_view(record: JobRecord) -> dict[str, Any]:
+    data = record.to_dict()
+    data["job_id"] = record.id
+    data["artifacts"] = [
+        {"name": name, "url": f"/v1/jobs/{record.id}/artifacts/{name}"} for name in record.artifacts
+    ]
+    data.update(job_links(record.id))
+    return data
+
+
+def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number, not {raw!r}") from None
+    if not 0 <= value <= maximum:
+        raise InvalidInput(f"{name} must be between 0 and {maximum}")
+    return value
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    status_raw = request.query.get("status")
+    status = None
+    if status_raw:
+        try:
+            status = JobStatus(status_raw)
+        except ValueError:
+            known = ", ".join(s.value for s in JobStatus)
+            raise InvalidInput(f"unknown status {status_raw!r}; known: {known}") from None
+    limit = _int_param(request, "limit", 50, _MAX_LIMIT)
+    offset = _int_param(request, "offset", 0, 10**9)
+    records, total = await request.app[STORE].list_jobs(status=status, limit=limit, offset=offset)
+    return web.json_response(
+        {"jobs": [job_view(r) for r in records], "total": total, "limit": limit, "offset": offset}
+    )
+
+
+async def get_job(request: web.Request) -> web.Response:
+    record = await request.app[REGISTRY].get(request.match_info["job_id"])
+    return web.json_response(job_view(record))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    record = await request.app[REGISTRY].cancel(request.match_info["job_id"])
+    return web.json_response(job_view(record))

@@ -1,0 +1,21 @@
+"""Typed application keys: how handlers reach the app's resources."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..backend import Backend
+from ..bus import Bus
+from ..engine import Engine
+from ..metrics import Metrics
+from ..registry import Registry
+from ..settings import Settings
+from ..store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+BACKEND = web.AppKey("backend", Backend)
+STORE = web.AppKey("store", Store)
+ENGINE = web.AppKey("engine", Engine)
+BUS = web.AppKey("bus", Bus)
+REGISTRY = web.AppKey("registry", Registry)
+METRICS = web.AppKey("metrics", Metrics)

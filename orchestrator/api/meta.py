@@ -1,0 +1,48 @@
+"""Health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..errors import OrchestratorError
+from .keys import BACKEND, METRICS, REGISTRY, SETTINGS, STORE
+from .openapi import document
+
+
+async def health(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    backend = request.app[BACKEND]
+    docker_ok = True
+    images: dict[str, bool] = {}
+    error: str | None = None
+    try:
+        await backend.ping()
+        for variant, image in (("cpu", settings.image_cpu), ("cuda", settings.image_cuda)):
+            images[variant] = await backend.image_present(image)
+    except OrchestratorError as exc:
+        docker_ok, error = False, str(exc)
+    healthy = docker_ok and images.get("cpu", False)
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "docker": docker_ok,
+        "images": images,
+        "queue_length": request.app[REGISTRY].queue_length,
+    }
+    if error:
+        body["error"] = error
+    elif not images.get("cpu"):
+        body["error"] = f"build image {settings.image_cpu} is missing: run images/bootstrap"
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    counts = await request.app[STORE].count_by_status()
+    registry = request.app[REGISTRY]
+    request.app[METRICS].queue_length.set(registry.queue_length)
+    body = request.app[METRICS].render(counts)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())

@@ -1,0 +1,292 @@
+"""The OpenAPI 3 document of the HTTP API; a test checks it against the app's routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._version import __version__
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+_STATUS_REF = {"$ref": "#/components/schemas/Status"}
+_UNAUTHORIZED = _error("Missing or wrong bearer token (when a token is configured)")
+_NOT_FOUND = _error("No such job")
+
+_PATHS: dict[str, Any] = {
+    "/v1/builds": {
+        "post": {
+            "summary": "Submit a build directory (a tar of the PKGBUILD and its local sources)",
+            "parameters": [
+                {
+                    "name": "variant",
+                    "in": "query",
+                    "schema": {
+                        "type": "string",
+                        "enum": ["cpu", "cuda", "metal"],
+                        "default": "cpu",
+                    },
+                },
+                {"name": "timeout_s", "in": "query", "schema": {"type": "number"}},
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                    "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            "responses": {
+                "201": _json("Queued; Location names the job", "Submitted"),
+                "400": _error("Unsafe or unreadable archive, or a bad parameter"),
+                "401": _UNAUTHORIZED,
+                "413": _error("Upload or unpacked build directory over the limit"),
+                "415": _error("Body is not a tar"),
+                "422": _error("Malformed PKGBUILD, unknown variant, or a variant refused here"),
+                "503": _error("Shutting down, or the Docker daemon is unreachable"),
+            },
+        }
+    },
+    "/v1/jobs": {
+        "get": {
+            "summary": "Jobs, newest first",
+            "parameters": [
+                {
+                    "name": "status",
+                    "in": "query",
+                    "schema": {"$ref": "#/components/schemas/Status"},
+                },
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+            ],
+            "responses": {
+                "200": _json("A page of jobs", "JobList"),
+                "400": _error("Bad filter or page"),
+                "401": _UNAUTHORIZED,
+            },
+        }
+    },
+    "/v1/jobs/{job_id}": {
+        "get": {
+            "summary": "One job",
+            "parameters": [_JOB_ID],
+            "responses": {"200": _json("The job", "Job"), "401": _UNAUTHORIZED, "404": _NOT_FOUND},
+        }
+    },
+    "/v1/jobs/{job_id}/cancel": {
+        "post": {
+            "summary": "Cancel a job; answers once its container is gone",
+            "parameters": [_JOB_ID],
+            "responses": {
+                "200": _json("The job, now ended", "Job"),
+                "401": _UNAUTHORIZED,
+                "404": _NOT_FOUND,
+                "409": _error("The job has already ended"),
+            },
+        }
+    },
+    "/v1/jobs/{job_id}/stream": {
+        "get": {
+            "summary": "The job's narration as Server-Sent Events (replay, then live)",
+            "parameters": [
+                _JOB_ID,
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
+                {"name": "last_event_id", "in": "query", "schema": {"type": "integer"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "id: seq, data: an Event as JSON; at the end `event: end` "
+                    "with the final status, then `data: [DONE]`",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _error("Bad Last-Event-ID"),
+                "401": _UNAUTHORIZED,
+                "404": _NOT_FOUND,
+            },
+        }
+    },
+    "/v1/jobs/{job_id}/artifacts": {
+        "get": {
+            "summary": "The packages a job made",
+            "parameters": [_JOB_ID],
+            "responses": {
+                "200": _json("Artifacts", "ArtifactList"),
+                "401": _UNAUTHORIZED,
+                "404": _NOT_FOUND,
+            },
+        }
+    },
+    "/v1/jobs/{job_id}/artifacts/{name}": {
+        "get": {
+            "summary": "Download one package",
+            "parameters": [
+                _JOB_ID,
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "The package file",
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                "401": _UNAUTHORIZED,
+                "404": _error("No such job or artifact"),
+            },
+        }
+    },
+    "/health": {
+        "get": {
+            "summary": "Daemon reachable and build images present",
+            "responses": {"200": _json("Healthy", "Health"), "503": _json("Not ready", "Health")},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    },
+}
+
+_STATUS = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+_SCHEMAS: dict[str, Any] = {
+    "Status": {"type": "string", "enum": _STATUS},
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "Submitted": {
+        "type": "object",
+        "required": ["job_id", "status", "sse_url"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "status": {"$ref": "#/components/schemas/Status"},
+            "sse_url": {"type": "string"},
+            "job_url": {"type": "string"},
+            "pkgname": {"type": "string"},
+            "pkgver": {"type": "string"},
+            "variant": {"type": "string"},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["job_id", "status", "created_at"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "operation": {"type": "string"},
+            "status": {"$ref": "#/components/schemas/Status"},
+            "variant": {"type": ["string", "null"]},
+            "pkgname": {"type": ["string", "null"]},
+            "pkgver": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": _TIME,
+            "finished_at": _TIME,
+            "timeout_s": {"type": ["number", "null"]},
+            "exit_code": {"type": ["integer", "null"]},
+            "reason": {"type": ["string", "null"]},
+            "cancel_reason": {
+                "type": ["string", "null"],
+                "enum": ["user", "timeout", "shutdown", None],
+            },
+            "artifacts": {"type": "array", "items": {"type": "object"}},
+            "sse_url": {"type": "string"},
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        },
+    },
+    "ArtifactList": {
+        "type": "object",
+        "properties": {
+            "job_id": {"type": "string"},
+            "artifacts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "size_bytes": {"type": "integer"},
+                        "url": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["seq", "ts", "job_id", "action", "level", "message"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "ts": {"type": "number"},
+            "job_id": {"type": "string"},
+            "action": {"type": "string"},
+            "level": {"type": "string", "enum": ["debug", "info", "warning", "error"]},
+            "message": {"type": "string"},
+            "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string"},
+            "docker": {"type": "boolean"},
+            "images": {"type": "object"},
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "orchestrator", "version": __version__},
+        "paths": _PATHS,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }

@@ -1,0 +1,93 @@
+"""Per-job fan-out of narration: replay from the store, then live, for any number of subscribers.
+
+Subscribers hold no queues. Each keeps a cursor (the last ``seq`` it delivered) and pulls: from a
+small in-memory ring of the job's newest events when its cursor is inside it, from the store when
+it has fallen behind. So a slow subscriber costs nothing but its cursor, never blocks the build or
+the other subscribers, and memory stays bounded whatever subscribers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncGenerator, Sequence
+
+from .store import Store, StoredEvent
+
+_RING_EVENTS = 4096
+_STORE_PAGE = 2000
+
+
+class _Channel:
+    def __init__(self, last_seq: int) -> None:
+        self.ring: deque[StoredEvent] = deque(maxlen=_RING_EVENTS)
+        self.last_seq = last_seq
+        self.closed = False
+        self.changed = asyncio.Event()
+
+    def wake(self) -> None:
+        # Each waiter swaps in a fresh event after waking; setting the old one wakes them all.
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class Bus:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._channels: dict[str, _Channel] = {}
+        self._closing = False
+
+    def open(self, job_id: str, last_seq: int = 0) -> None:
+        """Start live fan-out for a job that is about to produce events."""
+        self._channels.setdefault(job_id, _Channel(last_seq))
+
+    def publish(self, job_id: str, events: Sequence[StoredEvent]) -> None:
+        channel = self._channels.get(job_id)
+        if channel is None or not events:
+            return
+        channel.ring.extend(events)
+        channel.last_seq = events[-1].seq
+        channel.wake()
+
+    def close(self, job_id: str) -> None:
+        """The job has ended: subscribers drain what is left and stop."""
+        channel = self._channels.pop(job_id, None)
+        if channel is not None:
+            channel.closed = True
+            channel.wake()
+
+    def shutdown(self) -> None:
+        """End every subscription (the service is stopping)."""
+        self._closing = True
+        for job_id in list(self._channels):
+            self.close(job_id)
+
+    async def subscribe(
+        self, job_id: str, after_seq: int = 0
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        """Batches of events with ``seq > after_seq``, in order, until the job's channel closes.
+
+        For a job with no open channel (finished, or unknown to this process) the stored
+        events are replayed and the subscription ends.
+        """
+        cursor = after_seq
+        while True:
+            channel = self._channels.get(job_id)
+            if channel is not None and channel.ring and channel.ring[0].seq <= cursor + 1:
+                # Seqs in the ring are contiguous, so the cursor maps to an index.
+                start = cursor + 1 - channel.ring[0].seq
+                batch = list(itertools.islice(channel.ring, start, None))
+            else:
+                # Behind the ring (or no live channel): page through the store.
+                batch = await self._store.events(job_id, after_seq=cursor, limit=_STORE_PAGE)
+            if batch:
+                cursor = batch[-1].seq
+                yield batch
+                continue
+            channel = self._channels.get(job_id)
+            if channel is None or channel.closed or self._closing:
+                return
+            if cursor < channel.last_seq:
+                continue
+            await channel.changed.wait()

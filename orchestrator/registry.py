@@ -1,0 +1,267 @@
+"""Jobs: submit, queue (FIFO, a fixed number at once), cancel, and shutdown.
+
+A job's state lives in the store; what this module holds in memory for a job is only its handle:
+the cancel token, and a future that completes when the job has reached its final status. A cancel
+is recorded (in the store, and in the token) before anything is killed, so cancel, timeout and
+shutdown always end up as their own statuses. Final status writes are shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bus import Bus
+from .cancel import CancelReason, CancelToken
+from .engine import Engine
+from .errors import JobStateConflict, ShuttingDown
+from .events import Action, Event, Level
+from .metrics import Metrics
+from .pkgbuild import PkgInfo
+from .runner import BuildRequest, BuildResult
+from .settings import Settings
+from .status import JobStatus
+from .store import JobNotFound, JobRecord, Store
+
+_SHUTDOWN_GRACE_S = 60.0
+
+
+@dataclass
+class _Handle:
+    job_id: str
+    source_dir: Path
+    variant: str
+    timeout_s: float | None
+    token: CancelToken = field(default_factory=CancelToken)
+    started: bool = False
+    done: asyncio.Future[JobRecord] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Registry:
+    def __init__(
+        self, settings: Settings, store: Store, engine: Engine, bus: Bus, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._engine = engine
+        self._bus = bus
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Handle] = asyncio.Queue()
+        self._handles: dict[str, _Handle] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._accepting = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Mark what an earlier process left unfinished as interrupted; start the workers."""
+        interrupted = await self._interrupt_leftovers()
+        self._accepting = True
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"build-worker-{i}")
+            for i in range(self._settings.max_concurrent_builds)
+        ]
+        return interrupted
+
+    async def _interrupt_leftovers(self) -> list[str]:
+        leftovers = await self._store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING])
+        for record in leftovers:
+            where = "running" if record.status is JobStatus.RUNNING else "waiting in the queue"
+            reason = f"the service stopped while this job was {where}"
+            await self._store.append(
+                record.id,
+                [Event(Action.INTERRUPTED, f"⚠️ Build interrupted: {reason}", Level.ERROR)],
+            )
+            await self._store.update_job(
+                record.id,
+                status=JobStatus.INTERRUPTED,
+                finished_at=time.time(),
+                reason=reason,
+                cancel_reason=record.cancel_reason or CancelReason.SHUTDOWN.value,
+            )
+        # Sources of jobs that will never run again.
+        await asyncio.to_thread(shutil.rmtree, self._settings.work_dir, True)
+        return [r.id for r in leftovers]
+
+    async def shutdown(self) -> None:
+        """Take no more work; stop every build (containers removed); end every stream."""
+        self._accepting = False
+        for handle in list(self._handles.values()):
+            if not handle.started:
+                await self._finish_unstarted(handle, CancelReason.SHUTDOWN)
+            else:
+                handle.token.cancel(CancelReason.SHUTDOWN)
+        pending = [h.done for h in self._handles.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE_S)
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        self._bus.shutdown()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def new_job_id(self) -> str:
+        return uuid.uuid4().hex
+
+    async def submit(
+        self,
+        job_id: str,
+        source_dir: Path,
+        info: PkgInfo,
+        variant: str,
+        timeout_s: float | None,
+    ) -> JobRecord:
+        if not self._accepting:
+            raise ShuttingDown("the service is shutting down and takes no new builds")
+        record = JobRecord(
+            id=job_id,
+            operation="build",
+            status=JobStatus.QUEUED,
+            variant=variant,
+            pkgname=info.name,
+            pkgver=info.full_version,
+            created_at=time.time(),
+            started_at=None,
+            finished_at=None,
+            timeout_s=timeout_s,
+            exit_code=None,
+            reason=None,
+            cancel_reason=None,
+            artifacts=(),
+            last_seq=0,
+        )
+        await self._store.create_job(record)
+        handle = _Handle(job_id, source_dir, variant, timeout_s)
+        self._handles[job_id] = handle
+        self._bus.open(job_id)
+        ahead = self._queue.qsize() + sum(h.started for h in self._handles.values())
+        message = f"📥 Queued {info.name} {info.full_version} ({variant})"
+        if ahead >= self._settings.max_concurrent_builds:
+            message += f"; {self._queue.qsize()} job(s) ahead"
+        await self._emit(job_id, [Event(Action.QUEUED, message)])
+        self._queue.put_nowait(handle)
+        self._metrics.queue_length.set(self._queue.qsize())
+        return record
+
+    async def get(self, job_id: str) -> JobRecord:
+        record = await self._store.get_job(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job and return its record once it has ended (its container is gone)."""
+        record = await self.get(job_id)
+        handle = self._handles.get(job_id)
+        if record.status.terminal or handle is None:
+            raise JobStateConflict(
+                f"job {job_id} has already ended ({record.status.value})", record.status.value
+            )
+        if not handle.token.cancelled:
+            # Recorded before it happens: whatever ends the job next, the store knows why.
+            await self._store.update_job(job_id, cancel_reason=CancelReason.USER.value)
+        if not handle.started:
+            await self._finish_unstarted(handle, CancelReason.USER)
+        else:
+            handle.token.cancel(CancelReason.USER)
+        return await asyncio.shield(handle.done)
+
+    # -- work ---------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            handle = await self._queue.get()
+            self._metrics.queue_length.set(self._queue.qsize())
+            if handle.token.cancelled:  # cancelled while queued; already finished
+                continue
+            handle.started = True
+            self._metrics.running.inc()
+            try:
+                await self._run(handle)
+            finally:
+                self._metrics.running.dec()
+
+    async def _run(self, handle: _Handle) -> None:
+        job_id = handle.job_id
+        started = time.time()
+        await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
+        request = BuildRequest(job_id, handle.source_dir, handle.variant, handle.timeout_s)
+
+        async def sink(batch: Sequence[Event]) -> None:
+            await self._emit(job_id, batch)
+
+        try:
+            result = await self._engine.build(request, sink, handle.token)
+        except asyncio.CancelledError:
+            result = BuildResult(JobStatus.INTERRUPTED, "the service stopped during the build")
+            await asyncio.shield(self._finish(handle, result, started))
+            raise
+        except Exception as exc:  # a bug or a store failure: the job must still end
+            result = BuildResult(JobStatus.FAILED, f"internal error: {exc}")
+            await self._emit(job_id, [Event(Action.FAILED, f"❌ {result.reason}", Level.ERROR)])
+        await asyncio.shield(self._finish(handle, result, started))
+
+    async def _finish_unstarted(self, handle: _Handle, reason: CancelReason) -> None:
+        if handle.done.done() or not handle.token.cancel(reason):
+            return
+        if reason is CancelReason.USER:
+            result = BuildResult(
+                JobStatus.CANCELLED, "❌ Build cancelled by user before it started"
+            )
+            action = Action.CANCELLED
+        else:
+            result = BuildResult(
+                JobStatus.INTERRUPTED,
+                "⚠️ Build interrupted: the service shut down before it started",
+            )
+            action = Action.INTERRUPTED
+        await self._emit(handle.job_id, [Event(action, result.reason, Level.WARNING)])
+        await asyncio.shield(self._finish(handle, result, None))
+
+    async def _finish(self, handle: _Handle, result: BuildResult, started: float | None) -> None:
+        finished = time.time()
+        reason = handle.token.reason
+        if started is not None:
+            self._metrics.build_duration.labels(status=result.status.value).observe(
+                finished - started
+            )
+        if reason is not None:
+            self._metrics.cancels.labels(reason=reason.value).inc()
+        record = await self._store.update_job(
+            handle.job_id,
+            status=result.status,
+            finished_at=finished,
+            exit_code=result.exit_code,
+            reason=result.reason,
+            cancel_reason=reason.value if reason else None,
+            artifacts=tuple(p.name for p in result.artifacts),
+        )
+        await self._store.flush()
+        self._bus.close(handle.job_id)
+        self._handles.pop(handle.job_id, None)
+        await asyncio.to_thread(shutil.rmtree, handle.source_dir, True)
+        if not handle.done.done():
+            handle.done.set_result(record)
+
+    async def _emit(self, job_id: str, batch: Sequence[Event]) -> None:
+        stored = await self._store.append(job_id, batch)
+        self._metrics.events.inc(len(stored))
+        self._bus.publish(job_id, stored)
+
+    @property
+    def queue_length(self) -> int:
+        return self._queue.qsize()
+
+    def artifact_dir(self, job_id: str) -> Path:
+        return self._engine.runner.artifact_dir(job_id)

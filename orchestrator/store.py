@@ -1,0 +1,516 @@
+"""Jobs and their full narration, kept in SQLite so a service restart loses nothing.
+
+All SQLite work runs on one dedicated thread that owns the only connection: the event loop never
+blocks on the disk and the connection never sees two threads. Narration is the hot path (a build
+can print ~1M lines/s in bursts), so `Store.append` numbers events in memory and returns at once,
+and a writer task flushes the buffer in batches, one transaction each. The buffer is bounded: when
+the disk falls behind, `append` waits (backpressure) instead of dropping events or growing.
+
+Final-status writes must survive the caller being cancelled. Once `update_job` has started it
+reaches the executor without suspending, and the executor job is shielded from the awaiting task,
+so it completes regardless. Callers should still wrap it, ``await asyncio.shield(store.update_job(
+...))``, so that a cancel arriving before the call starts cannot skip it either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import OrchestratorError
+from .events import Event
+from .status import JobStatus
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT_MS = 5_000
+
+
+class StoreError(OrchestratorError):
+    """SQLite failed, or the store is closed; the sqlite3 error, if any, is the ``__cause__``."""
+
+
+class JobNotFound(OrchestratorError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id '{job_id}'")
+        self.job_id = job_id
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    job_id: str
+    seq: int
+    ts: float
+    action: str
+    level: str
+    message: str
+    stream: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "seq": self.seq,
+            "ts": self.ts,
+            "job_id": self.job_id,
+            "action": self.action,
+            "level": self.level,
+            "message": self.message,
+        }
+        if self.stream is not None:
+            data["stream"] = self.stream
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    operation: str
+    status: JobStatus
+    variant: str | None = None
+    pkgname: str | None = None
+    pkgver: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    timeout_s: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    cancel_reason: str | None = None
+    artifacts: tuple[str, ...] = ()
+    last_seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in _JOB_COLUMNS}
+        data.update(
+            status=self.status.value,
+            created_at=_iso(self.created_at),
+            started_at=_iso(self.started_at),
+            finished_at=_iso(self.finished_at),
+            artifacts=list(self.artifacts),
+        )
+        return data
+
+
+# Append-only: a database at user_version N has had the first N applied. Never edit a shipped one.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY, operation TEXT NOT NULL, status TEXT NOT NULL,
+            variant TEXT, pkgname TEXT, pkgver TEXT,
+            created_at REAL NOT NULL, started_at REAL, finished_at REAL, timeout_s REAL,
+            exit_code INTEGER, reason TEXT, cancel_reason TEXT,
+            artifacts TEXT NOT NULL DEFAULT '[]',  -- JSON list of file names
+            last_seq INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX jobs_by_created ON jobs (created_at)",
+        "CREATE INDEX jobs_by_status ON jobs (status, created_at)",
+        # Clustered on (job_id, seq) so reading a job's narration is one range scan.
+        """CREATE TABLE events (
+            job_id TEXT NOT NULL REFERENCES jobs (id), seq INTEGER NOT NULL, ts REAL NOT NULL,
+            action TEXT NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, stream TEXT,
+            PRIMARY KEY (job_id, seq)
+        ) WITHOUT ROWID""",
+    ),
+)
+
+_JOB_COLUMNS = tuple(JobRecord.__dataclass_fields__)
+_JOB_SELECT = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
+_JOB_INSERT = (
+    f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(_JOB_COLUMNS))})"
+)
+# last_seq belongs to the store: it follows the events actually appended.
+_UPDATABLE = frozenset(_JOB_COLUMNS) - {"id", "last_seq"}
+_EVENT_COLUMNS = tuple(StoredEvent.__dataclass_fields__)
+_EVENT_ROW = attrgetter(*_EVENT_COLUMNS)
+
+
+def _to_column(name: str, value: Any) -> Any:
+    if name == "artifacts":
+        if isinstance(value, str):
+            raise TypeError("artifacts must be a sequence of file names, not a string")
+        return json.dumps([str(item) for item in value])
+    if name == "status":
+        return JobStatus(value).value
+    if isinstance(value, str):
+        return str(value)  # StrEnum members (CancelReason...) go in as their plain value
+    return value
+
+
+def _job_from_row(row: Sequence[Any]) -> JobRecord:
+    values = dict(zip(_JOB_COLUMNS, row, strict=True))
+    values["status"] = JobStatus(values["status"])
+    values["artifacts"] = tuple(json.loads(values["artifacts"]))
+    return JobRecord(**values)
+
+
+# --- functions below run on the store's thread only ---------------------------------------------
+
+
+def _translate(work: Callable[[], T]) -> T:
+    try:
+        return work()
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"job store: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front, so busy_timeout applies here rather than a
+    # deadlock-prone upgrade halfway through.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, sqlite3 must not add its own.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"job store {path}: cannot enable WAL (journal_mode is {mode})")
+        # NORMAL in WAL mode can lose the last commits on power loss but never corrupts.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    # The version is read inside the write transaction so two processes cannot both migrate.
+    with _transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(_MIGRATIONS):
+            raise StoreError(
+                f"job store schema version {version} is newer than this program knows"
+                f" ({len(_MIGRATIONS)})"
+            )
+        for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _insert_events(conn: sqlite3.Connection, batch: Sequence[StoredEvent]) -> None:
+    if not batch:
+        return
+    conn.executemany(
+        f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * 7)})",
+        map(_EVENT_ROW, batch),
+    )
+    # Seqs grow in batch order, so the last one seen per job is its highest.
+    last = {event.job_id: event.seq for event in batch}
+    conn.executemany(
+        "UPDATE jobs SET last_seq = ?1 WHERE id = ?2 AND last_seq < ?1",
+        [(seq, job_id) for job_id, seq in last.items()],
+    )
+
+
+def _write_events(conn: sqlite3.Connection, batch: Sequence[StoredEvent]) -> None:
+    if batch:
+        with _transaction(conn):
+            _insert_events(conn, batch)
+
+
+def _select_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = conn.execute(f"{_JOB_SELECT} WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _job_from_row(row)
+
+
+def _update_job(
+    conn: sqlite3.Connection, job_id: str, columns: dict[str, Any], batch: Sequence[StoredEvent]
+) -> JobRecord | None:
+    # Pending narration goes in first, in the same transaction: a job never appears finished
+    # in the database while its last events are still only in memory.
+    with _transaction(conn):
+        _insert_events(conn, batch)
+        if columns:
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
+        return _select_job(conn, job_id)
+
+
+def _job_last_seq(conn: sqlite3.Connection, job_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?1)"
+        " FROM jobs WHERE id = ?1",
+        (job_id,),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _list_jobs(
+    conn: sqlite3.Connection, status: JobStatus | None, limit: int, offset: int
+) -> tuple[list[JobRecord], int]:
+    where, params = ("WHERE status = ?", [status.value]) if status is not None else ("", [])
+    total = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", params).fetchone()[0]
+    rows = conn.execute(
+        f"{_JOB_SELECT} {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    ).fetchall()
+    return [_job_from_row(row) for row in rows], int(total)
+
+
+def _select_events(
+    conn: sqlite3.Connection, job_id: str, after_seq: int, limit: int
+) -> list[StoredEvent]:
+    rows = conn.execute(
+        f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events"
+        " WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (job_id, after_seq, limit),
+    ).fetchall()
+    return [StoredEvent(*row) for row in rows]
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+class Store:
+    """Use `Store.open`; every method must be called from the event loop that opened it."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        executor: ThreadPoolExecutor,
+        flush_interval_s: float,
+        max_pending_events: int,
+    ) -> None:
+        self._conn = conn
+        self._executor = executor
+        self._flush_interval_s = flush_interval_s
+        self._max_pending = max_pending_events
+        self._pending: list[StoredEvent] = []
+        self._inflight = 0  # events handed to the thread but not yet committed
+        self._seqs: dict[str, int] = {}
+        self._room = asyncio.Event()
+        self._failure: StoreError | None = None
+        self._closed = False
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, flush_interval_s: float = 0.05, max_pending_events: int = 20_000
+    ) -> Store:
+        if flush_interval_s <= 0 or max_pending_events < 1:
+            raise ValueError("flush_interval_s must be > 0 and max_pending_events >= 1")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-store")
+        path = Path(path)
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(
+                executor, _translate, lambda: _connect(path)
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        store = cls(conn, executor, flush_interval_s, max_pending_events)
+        store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
+        return store
+
+    async def close(self) -> None:
+        """Flush, stop the writer and close the connection; raises if events could not be saved."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._writer is not None:
+                self._writer.cancel()
+                await asyncio.wait([self._writer])
+                if not self._writer.cancelled() and (exc := self._writer.exception()):
+                    self._fail(exc)
+            if self._pending or self._inflight:
+                await asyncio.shield(self._start_flush())
+            self._raise_if_failed()
+        finally:
+            with contextlib.suppress(StoreError):
+                await self._submit(lambda conn: conn.close())
+            self._executor.shutdown(wait=False)
+
+    async def create_job(self, record: JobRecord) -> None:
+        values = [
+            0 if name == "last_seq" else _to_column(name, getattr(record, name))
+            for name in _JOB_COLUMNS
+        ]
+        await self._run(lambda conn: conn.execute(_JOB_INSERT, values).close())
+        self._seqs.setdefault(record.id, 0)
+
+    async def update_job(self, job_id: str, **fields: Any) -> JobRecord:
+        """Set the given columns and return the updated record; also commits pending events."""
+        unknown = sorted(set(fields) - _UPDATABLE)
+        if unknown:
+            raise TypeError(f"update_job() got unknown field(s): {', '.join(unknown)}")
+        self._check_open()
+        columns = {name: _to_column(name, value) for name, value in fields.items()}
+        batch, self._pending = self._pending, []
+        # No await before this point: once called, the update is on the thread's queue.
+        future = self._submit(lambda conn: _update_job(conn, job_id, columns, batch), batch)
+        record = await asyncio.shield(future)
+        if record is None:
+            raise JobNotFound(job_id)
+        return self._live(record)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        record = await self._run(lambda conn: _select_job(conn, job_id))
+        return None if record is None else self._live(record)
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[JobRecord], int]:
+        """A page of jobs, newest first, and how many match the filter in total."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        jobs, total = await self._run(lambda conn: _list_jobs(conn, status, limit, offset))
+        return [self._live(job) for job in jobs], total
+
+    async def jobs_with_status(self, statuses: Sequence[JobStatus]) -> list[JobRecord]:
+        """Every job in one of ``statuses``, oldest first."""
+        values = [JobStatus(status).value for status in statuses]
+        if not values:
+            return []
+        marks = ", ".join("?" * len(values))
+        sql = f"{_JOB_SELECT} WHERE status IN ({marks}) ORDER BY created_at, rowid"
+        rows = await self._run(lambda conn: conn.execute(sql, values).fetchall())
+        return [self._live(_job_from_row(row)) for row in rows]
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        """Job counts for every status, zero included."""
+        sql = "SELECT status, COUNT(*) FROM jobs GROUP BY status"
+        rows = await self._run(lambda conn: conn.execute(sql).fetchall())
+        counts = dict.fromkeys(JobStatus, 0)
+        counts.update({JobStatus(status): int(count) for status, count in rows})
+        return counts
+
+    async def append(self, job_id: str, events: Sequence[Event]) -> list[StoredEvent]:
+        """Number ``events`` and queue them for writing; waits only when the buffer is full."""
+        self._check_usable()
+        if not events:
+            return []
+        last = self._seqs.get(job_id)
+        if last is None:
+            found = await self._run(lambda conn: _job_last_seq(conn, job_id))
+            if found is None:
+                raise JobNotFound(job_id)
+            self._check_usable()
+            # Another append may have initialised the counter while we were looking it up.
+            last = self._seqs.setdefault(job_id, found)
+        stored = [
+            StoredEvent(job_id, seq, e.ts, str(e.action), str(e.level), e.message, e.stream)
+            for seq, e in enumerate(events, start=last + 1)
+        ]
+        self._seqs[job_id] = last + len(stored)
+        self._pending.extend(stored)
+        # Half full: write now rather than at the writer's next tick. One batch in flight at a
+        # time keeps the batches large.
+        if len(self._pending) >= self._max_pending // 2 and not self._inflight:
+            self._start_flush()
+        while len(self._pending) + self._inflight > self._max_pending:
+            if not self._inflight:
+                self._start_flush()
+            self._room.clear()
+            await self._room.wait()
+            self._raise_if_failed()
+        return stored
+
+    async def events(
+        self, job_id: str, *, after_seq: int = 0, limit: int = 10_000
+    ) -> list[StoredEvent]:
+        """Events with seq > ``after_seq``, in order, including ones not yet flushed."""
+        await self.flush()
+        return await self._run(lambda conn: _select_events(conn, job_id, after_seq, limit))
+
+    async def flush(self) -> None:
+        """Commit everything appended so far."""
+        self._check_usable()
+        # Even an empty batch is useful: the thread is FIFO, so it completes after any batch
+        # already in flight.
+        await asyncio.shield(self._start_flush())
+        self._raise_if_failed()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _live(self, record: JobRecord) -> JobRecord:
+        # The database lags the in-memory counter by up to one flush.
+        seq = self._seqs.get(record.id, 0)
+        return replace(record, last_seq=seq) if seq > record.last_seq else record
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("job store is closed")
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise StoreError(f"writing events failed earlier: {self._failure}") from self._failure
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        self._raise_if_failed()
+
+    def _submit(
+        self, work: Callable[[sqlite3.Connection], T], batch: Sequence[StoredEvent] = ()
+    ) -> asyncio.Future[T]:
+        conn = self._conn
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, _translate, lambda: work(conn)
+        )
+        if batch:
+            self._inflight += len(batch)
+            future.add_done_callback(lambda done: self._batch_done(len(batch), done))
+        return future
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
+        return await asyncio.shield(self._submit(work))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            if isinstance(exc, StoreError):
+                self._failure = exc
+            else:
+                self._failure = StoreError(f"job store: {exc!r}")
+                self._failure.__cause__ = exc
+
+    def _batch_done(self, size: int, future: asyncio.Future[Any]) -> None:
+        # Recorded here rather than by whoever awaits, so a failure is kept even if nobody
+        # awaits the batch (or its awaiter was cancelled), and raised from the next append/flush.
+        self._inflight -= size
+        if future.cancelled():
+            self._fail(StoreError(f"a batch of {size} events was cancelled before being written"))
+        elif (exc := future.exception()) is not None:
+            self._fail(exc)
+        self._room.set()
+
+    def _start_flush(self) -> asyncio.Future[None]:
+        batch, self._pending = self._pending, []
+        return self._submit(lambda conn: _write_events(conn, batch), batch)
+
+    async def _write_loop(self) -> None:
+        while self._failure is None:
+            await asyncio.sleep(self._flush_interval_s)
+            if self._pending:
+                with contextlib.suppress(StoreError):  # kept by _batch_done
+                    await asyncio.shield(self._start_flush())

@@ -1,0 +1,111 @@
+"""Helpers for API tests: a real app on 127.0.0.1, tar uploads, and an SSE reader."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+
+def tar_dir(path: Path, *, gz: bool = True) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz" if gz else "w") as tar:
+        for child in sorted(path.iterdir()):
+            tar.add(child, arcname=f"./{child.name}")
+    return out.getvalue()
+
+
+async def submit(
+    client: TestClient,
+    src: Path,
+    *,
+    expect: int = 201,
+    headers: dict[str, str] | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/builds",
+        params={k: str(v) for k, v in params.items()},
+        data=tar_dir(src),
+        headers={"Content-Type": "application/gzip", **(headers or {})},
+    )
+    body = await response.json()
+    assert response.status == expect, body
+    return dict(body)
+
+
+@dataclass
+class Sse:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    end: dict[str, Any] | None = None
+    done: bool = False
+
+    def messages(self) -> list[str]:
+        return [e["message"] for e in self.events]
+
+    def actions(self) -> list[str]:
+        return [e["action"] for e in self.events]
+
+
+async def read_sse(
+    client: TestClient,
+    job_id: str,
+    *,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    until: Any = None,
+    timeout_s: float = 120,
+) -> Sse:
+    """Read the job's stream to its end (or until ``until(event)`` is true)."""
+    result = Sse()
+
+    async def read() -> None:
+        response = await client.get(
+            f"/v1/jobs/{job_id}/stream", headers=headers or {}, params=params or {}
+        )
+        assert response.status == 200, await response.text()
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line:
+                if not line.startswith(":"):
+                    key, _, value = line.partition(": ")
+                    fields[key] = value
+                continue
+            if fields.get("data") == "[DONE]":
+                result.done = True
+            elif fields.get("event") == "end":
+                result.end = json.loads(fields["data"])
+            elif "data" in fields:
+                event = json.loads(fields["data"])
+                result.events.append(event)
+                result.ids.append(int(fields["id"]))
+                if until is not None and until(event):
+                    response.close()
+                    return
+            fields = {}
+
+    await asyncio.wait_for(read(), timeout_s)
+    return result
+
+
+async def wait_status(
+    client: TestClient, job_id: str, statuses: set[str], timeout_s: float = 120
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = await client.get(f"/v1/jobs/{job_id}")
+        body = dict(await response.json())
+        if body["status"] in statuses:
+            return body
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.1)

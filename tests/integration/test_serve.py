@@ -1,0 +1,119 @@
+"""`orchestrator serve` as a real process: SIGTERM stops builds, closes streams, leaves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import docker
+import pytest
+
+from orchestrator import Settings
+
+from .conftest import job_containers
+from .service import tar_dir
+from .test_engine import marked_processes
+
+pytestmark = pytest.mark.docker
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def service(settings: Settings) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_DATA_DIR": str(settings.data_dir),
+        "ORCHESTRATOR_INSTANCE_ID": settings.instance_id,
+        "ORCHESTRATOR_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def wait_healthy(url: str, session: aiohttp.ClientSession) -> None:
+    for _ in range(100):
+        try:
+            async with session.get(f"{url}/health") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("service did not become healthy")
+
+
+async def test_sigterm_interrupts_builds_ends_streams_and_leaves_nothing(
+    service: tuple[subprocess.Popen[str], str],
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    proc, url = service
+    marker = f"orch-serve-{uuid.uuid4().hex}"
+    async with aiohttp.ClientSession() as session:
+        await wait_healthy(url, session)
+        async with session.post(
+            f"{url}/v1/builds",
+            data=tar_dir(build_dir("forker", marker=marker)),
+            headers={"Content-Type": "application/gzip"},
+        ) as response:
+            assert response.status == 201
+            job_id = (await response.json())["job_id"]
+
+        messages: list[str] = []
+        end: dict[str, str] = {}
+        async with session.get(f"{url}/v1/jobs/{job_id}/stream") as stream:
+            async for raw in stream.content:
+                line = raw.decode().strip()
+                if line.startswith("data: {") and '"seq"' in line:
+                    messages.append(json.loads(line[6:])["message"])
+                    if messages[-1] == "children started":
+                        assert job_containers(docker_client, job_id) != []
+                        proc.send_signal(signal.SIGTERM)
+                elif line.startswith("data: {"):
+                    end = json.loads(line[6:])
+    # The stream ended because the service shut down, and said how the job ended.
+    assert end["status"] == "interrupted"
+    assert "shutting down" in messages[-1]
+    assert await asyncio.to_thread(proc.wait, 60) == 0
+    assert job_containers(docker_client, job_id) == []
+    assert marked_processes(marker) == []
+
+
+def test_refuses_a_public_bind_without_a_token(settings: Settings) -> None:
+    env = {**os.environ, "ORCHESTRATOR_DATA_DIR": str(settings.data_dir)}
+    env.pop("ORCHESTRATOR_API_TOKEN", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "serve", "--host", "0.0.0.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "ORCHESTRATOR_API_TOKEN" in done.stderr

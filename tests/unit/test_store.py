@@ -1,0 +1,353 @@
+"""The SQLite job store: records, gapless narration, restarts, backpressure and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.events import Action, Event, Level
+from orchestrator.status import JobStatus
+from orchestrator.store import JobNotFound, JobRecord, Store, StoredEvent, StoreError
+
+
+def job(job_id: str, created_at: float = 1_700_000_000.0, **fields: object) -> JobRecord:
+    return JobRecord(
+        id=job_id,
+        operation="build",
+        status=fields.pop("status", JobStatus.QUEUED),  # type: ignore[arg-type]
+        created_at=created_at,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def lines(n: int, start: int = 0) -> list[Event]:
+    return [
+        Event(Action.OUTPUT, f"line {i}", stream="stdout", ts=float(i)) for i in range(start, n)
+    ]
+
+
+def on_disk(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """Read with a second connection, so only committed data is seen."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "jobs.sqlite3"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[Store]:
+    store = await Store.open(db)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def slow_store(db: Path) -> AsyncIterator[Store]:
+    """A store whose writer never flushes on its own during a test."""
+    store = await Store.open(db, flush_interval_s=60)
+    yield store
+    await store.close()
+
+
+async def test_create_get_update(store: Store) -> None:
+    await store.create_job(job("a", variant="cpu", timeout_s=30.0))
+    got = await store.get_job("a")
+    assert got == job("a", variant="cpu", timeout_s=30.0)
+    assert await store.get_job("nope") is None
+
+    updated = await store.update_job(
+        "a", status=JobStatus.SUCCEEDED, started_at=1.5, exit_code=0, artifacts=["a-1.0-1.pkg"]
+    )
+    assert updated.status is JobStatus.SUCCEEDED
+    assert (updated.started_at, updated.exit_code) == (1.5, 0)
+    assert updated.artifacts == ("a-1.0-1.pkg",)
+    assert await store.get_job("a") == updated
+
+
+async def test_update_unknown_job_or_field(store: Store) -> None:
+    with pytest.raises(JobNotFound, match="no job with id 'ghost'") as info:
+        await store.update_job("ghost", status=JobStatus.FAILED)
+    assert isinstance(info.value, OrchestratorError)
+    await store.create_job(job("a"))
+    with pytest.raises(TypeError, match="last_seq"):
+        await store.update_job("a", last_seq=5)
+    with pytest.raises(JobNotFound):
+        await store.append("ghost", lines(1))
+
+
+async def test_list_jobs_filter_pages_newest_first(store: Store) -> None:
+    await store.create_job(job("old", created_at=100.0, status=JobStatus.FAILED))
+    await store.create_job(job("mid1", created_at=200.0))
+    await store.create_job(job("mid2", created_at=200.0, status=JobStatus.FAILED))
+    await store.create_job(job("new", created_at=300.0))
+
+    jobs, total = await store.list_jobs()
+    # Equal created_at: the later insert counts as newer.
+    assert [j.id for j in jobs] == ["new", "mid2", "mid1", "old"]
+    assert total == 4
+    page, total = await store.list_jobs(limit=2, offset=1)
+    assert ([j.id for j in page], total) == (["mid2", "mid1"], 4)
+    failed, total = await store.list_jobs(status=JobStatus.FAILED, limit=1)
+    assert ([j.id for j in failed], total) == (["mid2"], 2)
+    assert await store.list_jobs(status=JobStatus.RUNNING) == ([], 0)
+
+
+async def test_jobs_with_status_and_counts(store: Store) -> None:
+    await store.create_job(job("q", created_at=1.0))
+    await store.create_job(job("r1", created_at=3.0, status=JobStatus.RUNNING))
+    await store.create_job(job("r2", created_at=2.0, status=JobStatus.RUNNING))
+    await store.update_job("q", status=JobStatus.SUCCEEDED)
+
+    found = await store.jobs_with_status([JobStatus.RUNNING, JobStatus.QUEUED])
+    assert [j.id for j in found] == ["r2", "r1"]
+    assert await store.jobs_with_status([]) == []
+    counts = await store.count_by_status()
+    assert counts[JobStatus.RUNNING] == 2
+    assert counts[JobStatus.SUCCEEDED] == 1
+    assert counts[JobStatus.QUEUED] == 0
+    assert set(counts) == set(JobStatus)
+
+
+async def test_append_assigns_gapless_seqs_at_once(slow_store: Store, db: Path) -> None:
+    await slow_store.create_job(job("a"))
+    await slow_store.create_job(job("b"))
+    first = await slow_store.append("a", lines(3))
+    other = await slow_store.append("b", lines(2))
+    second = await slow_store.append("a", lines(8, start=3))
+    assert [e.seq for e in first + second] == list(range(1, 9))
+    assert [e.seq for e in other] == [1, 2]
+    assert second[0] == StoredEvent("a", 4, 3.0, "output", "info", "line 3", "stdout")
+    assert await slow_store.append("a", []) == []
+    # Nothing is on disk yet, but the record already counts the pending events.
+    assert on_disk(db, "SELECT COUNT(*) FROM events") == [(0,)]
+    record = await slow_store.get_job("a")
+    assert record is not None
+    assert record.last_seq == 8
+
+    await slow_store.flush()
+    assert on_disk(db, "SELECT job_id, MAX(seq) FROM events GROUP BY job_id") == [
+        ("a", 8),
+        ("b", 2),
+    ]
+    assert on_disk(db, "SELECT id, last_seq FROM jobs ORDER BY id") == [("a", 8), ("b", 2)]
+
+
+async def test_events_after_seq_includes_pending(slow_store: Store) -> None:
+    await slow_store.create_job(job("a"))
+    await slow_store.append("a", lines(3))
+    await slow_store.flush()
+    await slow_store.append("a", [Event(Action.FAILED, "boom", Level.ERROR)])
+
+    got = await slow_store.events("a", after_seq=2)
+    assert [(e.seq, e.action, e.level, e.stream) for e in got] == [
+        (3, "output", "info", "stdout"),
+        (4, "failed", "error", None),
+    ]
+    assert [e.seq for e in await slow_store.events("a", limit=2)] == [1, 2]
+    assert await slow_store.events("a", after_seq=4) == []
+    assert await slow_store.events("nobody") == []
+
+
+async def test_update_job_commits_pending_events_first(slow_store: Store, db: Path) -> None:
+    await slow_store.create_job(job("a"))
+    await slow_store.append("a", lines(4))
+    await slow_store.update_job("a", status=JobStatus.SUCCEEDED)
+    assert on_disk(db, "SELECT status, last_seq FROM jobs") == [("succeeded", 4)]
+    assert on_disk(db, "SELECT COUNT(*) FROM events") == [(4,)]
+
+
+async def test_reopen_keeps_everything_and_continues_seqs(db: Path) -> None:
+    store = await Store.open(db, flush_interval_s=60)
+    await store.create_job(job("a"))
+    await store.append("a", lines(5))
+    await store.update_job("a", status=JobStatus.RUNNING, cancel_reason="user")
+    await store.append("a", lines(7, start=5))  # still pending at close
+    await store.close()
+
+    store = await Store.open(db)
+    try:
+        record = await store.get_job("a")
+        assert record is not None
+        assert (record.status, record.cancel_reason, record.last_seq) == (
+            JobStatus.RUNNING,
+            "user",
+            7,
+        )
+        # Two first appends racing for the counter the store has to load from disk.
+        one, two = await asyncio.gather(
+            store.append("a", lines(9, start=7)), store.append("a", lines(11, start=9))
+        )
+        assert [e.seq for e in one + two] == [8, 9, 10, 11]
+        events = await store.events("a")
+        assert [e.seq for e in events] == list(range(1, 12))
+        assert [e.message for e in events] == [f"line {i}" for i in range(11)]
+    finally:
+        await store.close()
+
+
+async def test_backpressure_bounds_memory_and_loses_nothing(db: Path) -> None:
+    limit, batch, total = 1_000, 500, 100_000
+    store = await Store.open(db, flush_interval_s=0.01, max_pending_events=limit)
+    try:
+        await store.create_job(job("flood"))
+        events = lines(total)
+        peak = 0
+        for start in range(0, total, batch):
+            await store.append("flood", events[start : start + batch])
+            peak = max(peak, len(store._pending) + store._inflight)
+        assert peak <= limit
+        stored = await store.events("flood", limit=total + 1)
+        assert [e.seq for e in stored] == list(range(1, total + 1))
+        assert stored[-1].message == f"line {total - 1}"
+    finally:
+        await store.close()
+
+
+async def test_append_waits_while_the_disk_is_behind(db: Path) -> None:
+    store = await Store.open(db, flush_interval_s=60, max_pending_events=10)
+    stall = threading.Event()
+    try:
+        await store.create_job(job("a"))
+        store._executor.submit(stall.wait)  # the database thread is stuck behind this
+        first = await store.append("a", lines(8))  # under the limit: returns at once
+        blocked = asyncio.create_task(store.append("a", lines(16, start=8)))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+        stall.set()
+        second = await asyncio.wait_for(blocked, 5)
+        assert [e.seq for e in first + second] == list(range(1, 17))
+        assert [e.seq for e in await store.events("a")] == list(range(1, 17))
+    finally:
+        stall.set()
+        await store.close()
+
+
+async def test_writer_flushes_on_its_own(db: Path) -> None:
+    store = await Store.open(db, flush_interval_s=0.01)
+    try:
+        await store.create_job(job("a"))
+        await store.append("a", lines(3))
+        for _ in range(100):
+            if on_disk(db, "SELECT COUNT(*) FROM events") == [(3,)]:
+                break
+            await asyncio.sleep(0.01)
+        assert on_disk(db, "SELECT COUNT(*), MAX(seq) FROM events") == [(3, 3)]
+    finally:
+        await store.close()
+
+
+async def test_update_survives_cancelled_caller(store: Store) -> None:
+    await store.create_job(job("a"))
+    stall = threading.Event()
+    store._executor.submit(stall.wait)  # so the update is still queued when its caller goes
+    task = asyncio.create_task(store.update_job("a", status=JobStatus.CANCELLED, reason="bye"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stall.set()
+    record = await store.get_job("a")
+    assert record is not None
+    assert (record.status, record.reason) == (JobStatus.CANCELLED, "bye")
+
+
+async def test_sqlite_errors_become_store_error(tmp_path: Path, store: Store) -> None:
+    with pytest.raises(StoreError) as info:
+        await Store.open(tmp_path)  # a directory
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+    await store.create_job(job("a"))
+    with pytest.raises(StoreError, match="UNIQUE") as dup:
+        await store.create_job(job("a"))
+    assert isinstance(dup.value.__cause__, sqlite3.IntegrityError)
+
+
+async def test_writer_failure_is_raised_not_lost(db: Path) -> None:
+    slow_store = await Store.open(db, flush_interval_s=60)
+    await slow_store.create_job(job("a"))
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE events")
+    conn.commit()
+    conn.close()
+    await slow_store.append("a", lines(3))
+    with pytest.raises(StoreError, match="no such table"):
+        await slow_store.flush()
+    with pytest.raises(StoreError, match="failed earlier"):
+        await slow_store.append("a", lines(1))
+    with pytest.raises(StoreError):
+        await slow_store.events("a")
+    with pytest.raises(StoreError, match="failed earlier"):
+        await slow_store.close()  # the connection is released all the same
+    await slow_store.close()
+
+
+async def test_wal_and_schema_version(db: Path, store: Store) -> None:
+    assert on_disk(db, "PRAGMA journal_mode") == [("wal",)]
+    assert on_disk(db, "PRAGMA user_version") == [(1,)]
+    await store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        await Store.open(db)
+
+
+async def test_close_is_idempotent_and_final(db: Path) -> None:
+    store = await Store.open(db)
+    await store.create_job(job("a"))
+    await store.close()
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.get_job("a")
+    with pytest.raises(StoreError, match="closed"):
+        await store.append("a", lines(1))
+
+
+def test_to_dict_shapes() -> None:
+    plain = StoredEvent("j", 1, 2.5, "phase", "info", "==> x", None)
+    assert plain.to_dict() == {
+        "seq": 1,
+        "ts": 2.5,
+        "job_id": "j",
+        "action": "phase",
+        "level": "info",
+        "message": "==> x",
+    }
+    assert (
+        StoredEvent("j", 2, 3.0, "output", "info", "hi", "stderr").to_dict()["stream"] == "stderr"
+    )
+
+    record = job(
+        "j",
+        created_at=0.0,
+        status=JobStatus.SUCCEEDED,
+        pkgver="1.0-1",
+        finished_at=1.25,
+        artifacts=("x.pkg.tar.zst",),
+        last_seq=7,
+    )
+    data = record.to_dict()
+    assert data["status"] == "succeeded"
+    assert data["created_at"] == "1970-01-01T00:00:00.000Z"
+    assert data["finished_at"] == "1970-01-01T00:00:01.250Z"
+    assert data["started_at"] is None
+    assert data["artifacts"] == ["x.pkg.tar.zst"]
+    assert (data["id"], data["operation"], data["pkgver"], data["last_seq"]) == (
+        "j",
+        "build",
+        "1.0-1",
+        7,
+    )
+    assert set(data) == set(JobRecord.__dataclass_fields__)
