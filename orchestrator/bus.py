@@ -26,6 +26,15 @@ class _Channel:
         self.closed = False
         self.changed = asyncio.Event()
 
+    def take(self, cursor: int) -> list[StoredEvent]:
+        """The ring's events after ``cursor``, or [] when the ring cannot say (then: the store)."""
+        if not self.ring:
+            return []
+        start = cursor + 1 - self.ring[0].seq
+        if start < 0 or start >= len(self.ring) or self.ring[start].seq != cursor + 1:
+            return []
+        return list(itertools.islice(self.ring, start, None))
+
     def wake(self) -> None:
         # Each waiter swaps in a fresh event after waking; setting the old one wakes them all.
         self.changed.set()
@@ -46,8 +55,14 @@ class Bus:
         channel = self._channels.get(job_id)
         if channel is None or not events:
             return
-        channel.ring.extend(events)
-        channel.last_seq = events[-1].seq
+        for event in events:
+            # The ring must stay gapless for cursor lookups; an append that was cancelled
+            # after the store gave out seqs leaves a gap, and then the ring starts afresh
+            # (the store has every event, so subscribers lose nothing).
+            if channel.ring and event.seq != channel.ring[-1].seq + 1:
+                channel.ring.clear()
+            channel.ring.append(event)
+            channel.last_seq = max(channel.last_seq, event.seq)
         channel.wake()
 
     def close(self, job_id: str) -> None:
@@ -74,12 +89,9 @@ class Bus:
         cursor = after_seq
         while True:
             channel = self._channels.get(job_id)
-            if channel is not None and channel.ring and channel.ring[0].seq <= cursor + 1:
-                # Seqs in the ring are contiguous, so the cursor maps to an index.
-                start = cursor + 1 - channel.ring[0].seq
-                batch = list(itertools.islice(channel.ring, start, None))
-            else:
-                # Behind the ring (or no live channel): page through the store.
+            batch = channel.take(cursor) if channel is not None else []
+            if not batch:
+                # Behind the ring, or no live channel: page through the store.
                 batch = await self._store.events(job_id, after_seq=cursor, limit=_STORE_PAGE)
             if batch:
                 cursor = batch[-1].seq
@@ -89,5 +101,7 @@ class Bus:
             if channel is None or channel.closed or self._closing:
                 return
             if cursor < channel.last_seq:
+                # Published but not yet readable anywhere: should not happen; never spin.
+                await asyncio.sleep(0.05)
                 continue
             await channel.changed.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import time
 import uuid
@@ -31,6 +32,8 @@ from .store import JobNotFound, JobRecord, Store
 
 _SHUTDOWN_GRACE_S = 60.0
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Handle:
@@ -40,6 +43,7 @@ class _Handle:
     timeout_s: float | None
     token: CancelToken = field(default_factory=CancelToken)
     started: bool = False
+    finishing: bool = False  # the final status is being written; too late to cancel
     done: asyncio.Future[JobRecord] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -99,15 +103,17 @@ class Registry:
                 await self._finish_unstarted(handle, CancelReason.SHUTDOWN)
             else:
                 handle.token.cancel(CancelReason.SHUTDOWN)
-        pending = [h.done for h in self._handles.values()]
-        if pending:
-            await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE_S)
-        for worker in self._workers:
-            worker.cancel()
-        for worker in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-        self._bus.shutdown()
+        try:
+            pending = [h.done for h in self._handles.values()]
+            if pending:
+                await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE_S)
+            for worker in self._workers:
+                worker.cancel()
+            for worker in self._workers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await worker
+        finally:
+            self._bus.shutdown()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -145,11 +151,18 @@ class Registry:
         handle = _Handle(job_id, source_dir, variant, timeout_s)
         self._handles[job_id] = handle
         self._bus.open(job_id)
-        ahead = self._queue.qsize() + sum(h.started for h in self._handles.values())
-        message = f"📥 Queued {info.name} {info.full_version} ({variant})"
-        if ahead >= self._settings.max_concurrent_builds:
-            message += f"; {self._queue.qsize()} job(s) ahead"
-        await self._emit(job_id, [Event(Action.QUEUED, message)])
+        try:
+            ahead = self._queue.qsize() + sum(h.started for h in self._handles.values())
+            message = f"📥 Queued {info.name} {info.full_version} ({variant})"
+            if ahead >= self._settings.max_concurrent_builds:
+                message += f"; {self._queue.qsize()} job(s) ahead"
+            await self._emit(job_id, [Event(Action.QUEUED, message)])
+            if not self._accepting:  # shutdown began while we were writing
+                raise ShuttingDown("the service is shutting down and takes no new builds")
+        except BaseException as exc:
+            result = BuildResult(JobStatus.FAILED, f"not queued: {exc}")
+            await asyncio.shield(self._finish(handle, result, None))
+            raise
         self._queue.put_nowait(handle)
         self._metrics.queue_length.set(self._queue.qsize())
         return record
@@ -164,7 +177,9 @@ class Registry:
         """Cancel a job and return its record once it has ended (its container is gone)."""
         record = await self.get(job_id)
         handle = self._handles.get(job_id)
-        if record.status.terminal or handle is None:
+        if handle is not None and handle.finishing:
+            record = await asyncio.shield(handle.done)
+        if record.status.terminal or handle is None or handle.finishing:
             raise JobStateConflict(
                 f"job {job_id} has already ended ({record.status.value})", record.status.value
             )
@@ -195,21 +210,23 @@ class Registry:
     async def _run(self, handle: _Handle) -> None:
         job_id = handle.job_id
         started = time.time()
-        await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
         request = BuildRequest(job_id, handle.source_dir, handle.variant, handle.timeout_s)
 
         async def sink(batch: Sequence[Event]) -> None:
             await self._emit(job_id, batch)
 
         try:
+            await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
             result = await self._engine.build(request, sink, handle.token)
         except asyncio.CancelledError:
             result = BuildResult(JobStatus.INTERRUPTED, "the service stopped during the build")
             await asyncio.shield(self._finish(handle, result, started))
             raise
         except Exception as exc:  # a bug or a store failure: the job must still end
+            log.exception("job %s failed inside the service", job_id)
             result = BuildResult(JobStatus.FAILED, f"internal error: {exc}")
-            await self._emit(job_id, [Event(Action.FAILED, f"❌ {result.reason}", Level.ERROR)])
+            with contextlib.suppress(Exception):
+                await self._emit(job_id, [Event(Action.FAILED, f"❌ {result.reason}", Level.ERROR)])
         await asyncio.shield(self._finish(handle, result, started))
 
     async def _finish_unstarted(self, handle: _Handle, reason: CancelReason) -> None:
@@ -230,6 +247,25 @@ class Registry:
         await asyncio.shield(self._finish(handle, result, None))
 
     async def _finish(self, handle: _Handle, result: BuildResult, started: float | None) -> None:
+        """Write the final status; whatever fails, the stream ends and waiters are released."""
+        handle.finishing = True
+        try:
+            record = await self._write_final(handle, result, started)
+        except Exception as exc:
+            log.exception("could not record the end of job %s", handle.job_id)
+            if not handle.done.done():
+                handle.done.set_exception(exc)
+        else:
+            if not handle.done.done():
+                handle.done.set_result(record)
+        finally:
+            self._bus.close(handle.job_id)
+            self._handles.pop(handle.job_id, None)
+            await asyncio.to_thread(shutil.rmtree, handle.source_dir, True)
+
+    async def _write_final(
+        self, handle: _Handle, result: BuildResult, started: float | None
+    ) -> JobRecord:
         finished = time.time()
         reason = handle.token.reason
         if started is not None:
@@ -248,11 +284,7 @@ class Registry:
             artifacts=tuple(p.name for p in result.artifacts),
         )
         await self._store.flush()
-        self._bus.close(handle.job_id)
-        self._handles.pop(handle.job_id, None)
-        await asyncio.to_thread(shutil.rmtree, handle.source_dir, True)
-        if not handle.done.done():
-            handle.done.set_result(record)
+        return record
 
     async def _emit(self, job_id: str, batch: Sequence[Event]) -> None:
         stored = await self._store.append(job_id, batch)

@@ -171,6 +171,7 @@ class Runner:
         self, cid: str, stream: OutputStream, sink: Sink, cancel: CancelToken
     ) -> int | None:
         """Run the container to its end and return the exit code, or None if it was cancelled."""
+        build: asyncio.Future[int] | None = None
         try:
             await self._backend.start(cid)
             await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
@@ -185,11 +186,12 @@ class Runner:
             # Cancel won: say so, kill (which ends the output stream), then drop the pump.
             await sink([Event(Action.CANCELLING, f"Stopping the build ({cancel.reason})")])
             await self._backend.kill(cid, self._settings.kill_grace_s)
-            build.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await build
             return None
         finally:
+            if build is not None and not build.done():
+                build.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await build
             await stream.aclose()
 
     async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> int:

@@ -11,6 +11,7 @@ Only transient daemon errors are retried; docker errors leave this module as our
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import math
 import threading
@@ -93,6 +94,8 @@ class DockerBackend:
             raise ContainerGone(str(exc.explanation or exc)) from exc
         except requests.exceptions.ConnectionError as exc:
             raise BackendUnavailable(_unreachable(self._settings, exc)) from exc
+        except requests.exceptions.RequestException as exc:
+            raise BackendError(f"docker did not answer in time: {exc}") from exc
         except docker.errors.DockerException as exc:
             raise BackendError(f"docker: {exc}") from exc
 
@@ -291,7 +294,15 @@ class DockerOutput:
 
     def _put(self, item: list[OutputLine] | BaseException | None) -> None:
         future = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
-        future.result()
+        # Never wait blindly: if the consumer is gone (closed, or the loop stopped), give up.
+        while True:
+            try:
+                future.result(timeout=1.0)
+                return
+            except concurrent.futures.TimeoutError:
+                if self._closed.is_set() or self._loop.is_closed():
+                    future.cancel()
+                    return
 
     def _read(self) -> None:
         try:
