@@ -20,9 +20,9 @@ _STORE_PAGE = 2000
 
 
 class _Channel:
-    def __init__(self, last_seq: int) -> None:
+    def __init__(self) -> None:
         self.ring: deque[StoredEvent] = deque(maxlen=_RING_EVENTS)
-        self.last_seq = last_seq
+        self.last_seq = 0
         self.closed = False
         self.changed = asyncio.Event()
 
@@ -47,9 +47,9 @@ class Bus:
         self._channels: dict[str, _Channel] = {}
         self._closing = False
 
-    def open(self, job_id: str, last_seq: int = 0) -> None:
+    def open(self, job_id: str) -> None:
         """Start live fan-out for a job that is about to produce events."""
-        self._channels.setdefault(job_id, _Channel(last_seq))
+        self._channels.setdefault(job_id, _Channel())
 
     def publish(self, job_id: str, events: Sequence[StoredEvent]) -> None:
         channel = self._channels.get(job_id)

@@ -137,15 +137,7 @@ class Registry:
             variant=variant,
             pkgname=info.name,
             pkgver=info.full_version,
-            created_at=time.time(),
-            started_at=None,
-            finished_at=None,
             timeout_s=timeout_s,
-            exit_code=None,
-            reason=None,
-            cancel_reason=None,
-            artifacts=(),
-            last_seq=0,
         )
         await self._store.create_job(record)
         handle = _Handle(job_id, source_dir, variant, timeout_s)

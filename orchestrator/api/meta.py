@@ -38,8 +38,6 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     counts = await request.app[STORE].count_by_status()
-    registry = request.app[REGISTRY]
-    request.app[METRICS].queue_length.set(registry.queue_length)
     body = request.app[METRICS].render(counts)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -77,7 +77,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
             await response.write(
                 f"event: end\ndata: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()
             )
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         pass  # the client went away; nothing to clean up but our subscription
     finally:
         if pending is not None and not pending.done():

@@ -376,15 +376,7 @@ async def test_restart_after_a_crash_interrupts_and_reaps(
             variant="cpu",
             pkgname="x",
             pkgver="1-1",
-            created_at=time.time(),
             started_at=time.time(),
-            finished_at=None,
-            timeout_s=None,
-            exit_code=None,
-            reason=None,
-            cancel_reason=None,
-            artifacts=(),
-            last_seq=0,
         )
     )
     await store.append(job_id, [Event(Action.OUTPUT, "half-way", stream="stdout")])

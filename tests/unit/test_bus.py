@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from orchestrator.bus import Bus
 from orchestrator.events import Action, Event
 from orchestrator.status import JobStatus
 from orchestrator.store import JobRecord, Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "db.sqlite")
+    await store.create_job(JobRecord(id="j", operation="build", status=JobStatus.RUNNING))
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def bus(store: Store) -> Bus:
+    bus = Bus(store)
+    bus.open("j")
+    return bus
 
 
 async def collect(bus: Bus, job_id: str, after: int = 0) -> list[int]:
@@ -22,11 +40,7 @@ def lines(*texts: str) -> list[Event]:
     return [Event(Action.OUTPUT, text, stream="stdout") for text in texts]
 
 
-async def test_replay_then_live_then_end(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite")
-    await store.create_job(JobRecord(id="j", operation="build", status=JobStatus.RUNNING))
-    bus = Bus(store)
-    bus.open("j")
+async def test_replay_then_live_then_end(store: Store, bus: Bus) -> None:
     bus.publish("j", await store.append("j", lines("a", "b")))
     early = asyncio.create_task(collect(bus, "j"))
     resumed = asyncio.create_task(collect(bus, "j", after=1))
@@ -36,14 +50,9 @@ async def test_replay_then_live_then_end(tmp_path: Path) -> None:
     assert await asyncio.wait_for(early, 5) == [1, 2, 3, 4]
     assert await asyncio.wait_for(resumed, 5) == [2, 3, 4]
     assert await collect(bus, "j") == [1, 2, 3, 4]  # after the end: from the store
-    await store.close()
 
 
-async def test_a_gap_in_what_was_published_is_filled_from_the_store(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite")
-    await store.create_job(JobRecord(id="j", operation="build", status=JobStatus.RUNNING))
-    bus = Bus(store)
-    bus.open("j")
+async def test_a_gap_in_what_was_published_is_filled_from_the_store(store: Store, bus: Bus) -> None:
     bus.publish("j", await store.append("j", lines("1", "2", "3")))
     await store.append("j", lines("4"))  # stored, never published (a cancelled append)
     bus.publish("j", await store.append("j", lines("5", "6")))
@@ -53,16 +62,10 @@ async def test_a_gap_in_what_was_published_is_filled_from_the_store(tmp_path: Pa
     bus.close("j")
     assert await asyncio.wait_for(live, 5) == [1, 2, 3, 4, 5, 6]
     assert await asyncio.wait_for(near_end, 5) == [6]
-    await store.close()
 
 
-async def test_shutdown_ends_waiting_subscribers(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite")
-    await store.create_job(JobRecord(id="j", operation="build", status=JobStatus.RUNNING))
-    bus = Bus(store)
-    bus.open("j")
+async def test_shutdown_ends_waiting_subscribers(bus: Bus) -> None:
     waiting = asyncio.create_task(collect(bus, "j"))
     await asyncio.sleep(0.05)
     bus.shutdown()
     assert await asyncio.wait_for(waiting, 5) == []
-    await store.close()
