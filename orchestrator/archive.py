@@ -23,6 +23,12 @@ from .errors import ArchiveError, ArchiveTooLarge
 
 # Spool small tars in memory; bigger ones go to an unnamed temp file that vanishes with us.
 _SPOOL_BYTES = 8 * 1024 * 1024
+# Python 3.11.4 added extraction filters; Debian bookworm's 3.11.2 lacks them, and the checks in
+# check_members() are what keep an archive inside its folder either way.
+_HAS_FILTERS = hasattr(tarfile, "data_filter")
+_FILTER_ERRORS: tuple[type[Exception], ...] = (
+    (tarfile.FilterError,) if _HAS_FILTERS else ()  # type: ignore[attr-defined,unused-ignore]
+)
 PACKAGE_SUFFIXES = (".pkg.tar", ".pkg.tar.zst", ".pkg.tar.xz", ".pkg.tar.gz", ".pkg.tar.bz2")
 
 
@@ -90,9 +96,14 @@ def extract(fileobj: IO[bytes], dest: Path, *, max_bytes: int) -> list[str]:
     try:
         with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
             members = check_members(tar, max_bytes=max_bytes)
-            # The "data" filter repeats our checks and also drops setuid bits and odd owners.
-            tar.extractall(dest, members=members, filter="data")
-    except tarfile.FilterError as exc:
+            if _HAS_FILTERS:
+                # The "data" filter repeats our checks and also drops setuid bits.
+                tar.extractall(dest, members=members, filter="data")
+            else:
+                for member in members:
+                    member.mode &= 0o755  # no setuid/setgid/sticky, no group/other write
+                tar.extractall(dest, members=members)
+    except _FILTER_ERRORS as exc:
         raise ArchiveError(f"unsafe archive: {exc}") from exc
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ArchiveError(f"not a readable tar archive: {exc}") from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
@@ -57,10 +57,21 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=7835, ge=0, le=65535)
     api_token: SecretStr | None = None
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Listen beyond loopback without a token. Only where something else limits "
+        "who reaches the port, e.g. compose publishing it on 127.0.0.1 alone.",
+    )
     max_upload_bytes: int = Field(default=256 * MiB, gt=0)
     max_concurrent_builds: int = Field(default=2, ge=1)
     default_timeout_s: float = Field(default=3600.0, gt=0)
     max_timeout_s: float = Field(default=6 * 3600.0, gt=0)
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # compose passes ${ORCHESTRATOR_API_TOKEN:-} through as "" when it is unset.
+        return None if value == "" else value
 
     @property
     def artifacts_dir(self) -> Path:

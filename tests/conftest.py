@@ -6,12 +6,16 @@ import asyncio
 import itertools
 import shutil
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import docker
 import pytest
 
+from orchestrator import Settings
 from orchestrator.events import Action, Event
+from orchestrator.runner import INSTANCE_LABEL
 
 PKGBUILDS = Path(__file__).parent / "pkgbuilds"
 
@@ -82,3 +86,34 @@ class Recorder:
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"the Docker daemon is not reachable: {exc}")
+    settings = Settings()
+    for image in (settings.image_cpu,):
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            pytest.fail(f"build image {image} is missing: run images/bootstrap first")
+    yield client
+    # A test that failed half-way may leave a container; sweep every test instance's.
+    for container in client.containers.list(all=True, filters={"label": INSTANCE_LABEL}):
+        if container.labels.get(INSTANCE_LABEL, "").startswith("test-"):
+            container.remove(force=True)
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        instance_id=f"test-{uuid.uuid4().hex[:12]}",
+        build_cpus=1.0,
+        build_memory_bytes=1024**3,
+    )

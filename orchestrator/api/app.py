@@ -31,7 +31,7 @@ class InsecureBind(Exception):
 
 
 def check_bind(settings: Settings) -> None:
-    if settings.api_token is not None:
+    if settings.api_token is not None or settings.allow_unauthenticated:
         return
     host = settings.host
     if host == "localhost":
@@ -44,7 +44,8 @@ def check_bind(settings: Settings) -> None:
         raise InsecureBind(
             f"refusing to listen on {host} without ORCHESTRATOR_API_TOKEN: this service holds "
             "the Docker socket, so anyone who can reach it controls the host. Set a token, or "
-            "bind to 127.0.0.1."
+            "bind to 127.0.0.1 (in a container published only on 127.0.0.1, "
+            "ORCHESTRATOR_ALLOW_UNAUTHENTICATED=true says so)."
         )
 
 

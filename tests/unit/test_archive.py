@@ -13,6 +13,15 @@ from orchestrator import archive
 from orchestrator.errors import ArchiveError, ArchiveTooLarge
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["filters", "no-filters"])
+def filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run every test with and without tarfile's extraction filters (absent before 3.11.4)."""
+    if request.param and not archive._HAS_FILTERS:
+        pytest.skip("this Python has no tarfile extraction filters")
+    monkeypatch.setattr(archive, "_HAS_FILTERS", request.param)
+    return bool(request.param)
+
+
 def make_tar(*members: tuple[tarfile.TarInfo, bytes | None], gz: bool = False) -> io.BytesIO:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz" if gz else "w") as tar:
@@ -65,6 +74,13 @@ def test_refuses_members_that_escape(
         archive.extract(tar, tmp_path / "out", max_bytes=1000)
     # Vetting happens before extraction: not even the harmless member was written.
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_setuid_bits_are_dropped(tmp_path: Path) -> None:
+    info, data = file("tool", b"#!/bin/sh")
+    info.mode = 0o4777
+    archive.extract(make_tar((info, data)), tmp_path, max_bytes=1000)
+    assert (tmp_path / "tool").stat().st_mode & 0o7777 == 0o755
 
 
 def test_refuses_devices(tmp_path: Path) -> None:

@@ -1,0 +1,40 @@
+"""``orchestrator serve``: the HTTP service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here so the client commands start fast and need nothing of the service.
+    from ..api import InsecureBind, check_bind, create_app
+    from ..errors import OrchestratorError
+    from ..settings import Settings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(**overrides)
+    try:
+        check_bind(settings)
+    except InsecureBind as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            print=lambda msg: print(msg, flush=True),
+        )
+    except OrchestratorError as exc:
+        # Start-up failures (no Docker socket, unreadable database) are the user's to fix:
+        # say what is wrong without a traceback.
+        print(f"orchestrator: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

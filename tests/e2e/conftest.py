@@ -1,0 +1,126 @@
+"""End-to-end fixtures: the service image built from the Dockerfile and run with testcontainers,
+and `orchestrator serve` as a plain process for the CLI tests."""
+
+from __future__ import annotations
+
+import os
+
+# Ryuk (testcontainers' reaper) would have to be pulled; our fixtures clean up after themselves.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.image import DockerImage
+
+from ..integration.test_serve import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_IMAGE = "orchestrator/service:e2e"
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+
+def wait_healthy(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not become healthy: {last}")
+
+
+@pytest.fixture(scope="session")
+def service_image() -> str:
+    subprocess.run([str(REPO / "images/service/collect-ca")], check=True)
+    base = os.environ.get("ORCHESTRATOR_BASE_IMAGE", "orchestrator/base:bookworm")
+    DockerImage(
+        path=str(REPO), tag=SERVICE_IMAGE, clean_up=False, buildargs={"BASE_IMAGE": base}
+    ).build()
+    return SERVICE_IMAGE
+
+
+@dataclass
+class ServiceContainer:
+    container: DockerContainer
+    url: str
+
+    @property
+    def wrapped(self) -> docker.models.containers.Container:
+        return self.container.get_wrapped_container()
+
+
+@pytest.fixture
+def run_service(service_image: str, docker_client: docker.DockerClient) -> Iterator[object]:
+    """Start service containers on a shared data volume; all are removed afterwards."""
+    instance = f"test-e2e-{uuid.uuid4().hex[:8]}"
+    volume = docker_client.volumes.create(f"orchestrator-e2e-{uuid.uuid4().hex[:8]}")
+    started: list[DockerContainer] = []
+
+    def start(*, socket: bool = True, wait: bool = True) -> ServiceContainer:
+        container = (
+            DockerContainer(service_image)
+            .with_env("ORCHESTRATOR_INSTANCE_ID", instance)
+            .with_env("ORCHESTRATOR_ALLOW_UNAUTHENTICATED", "true")
+            .with_volume_mapping(volume.name, "/var/lib/orchestrator", "rw")
+        )
+        if socket:
+            container.with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
+        # Published on loopback only, on a port the daemon picks.
+        container.ports = {"7835/tcp": ("127.0.0.1", None)}  # type: ignore[dict-item]
+        container.start()
+        started.append(container)
+        wrapped = container.get_wrapped_container()
+        wrapped.reload()
+        url = ""
+        if socket:
+            port = wrapped.attrs["NetworkSettings"]["Ports"]["7835/tcp"][0]["HostPort"]
+            url = f"http://127.0.0.1:{port}"
+            if wait:
+                wait_healthy(url)
+        return ServiceContainer(container, url)
+
+    yield start
+    for container in started:
+        container.stop()
+    volume.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def cli_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`orchestrator serve` as a process, for the CLI tests."""
+    data = tmp_path_factory.mktemp("cli-service")
+    port = free_port()
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_DATA_DIR": str(data),
+        "ORCHESTRATOR_INSTANCE_ID": f"test-cli-{uuid.uuid4().hex[:8]}",
+        "ORCHESTRATOR_PORT": str(port),
+    }
+    env.pop("ORCHESTRATOR_API_TOKEN", None)
+    log = (data / "service.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "serve"], env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()

@@ -1,0 +1,144 @@
+"""The real CLI, as a subprocess, against a real service: output, exit codes, Ctrl-C, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import pytest
+
+from ..integration.conftest import job_containers
+from ..integration.test_engine import marked_processes
+from .proxy import CuttingProxy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+CLI = [sys.executable, "-m", "orchestrator"]
+
+
+def cli(url: str, *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ORCHESTRATOR_URL": url}
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_build_follow_prints_live_and_saves_the_package(
+    cli_service: str, build_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "dist"
+    done = cli(cli_service, "build", str(build_dir("hello-c")), "--follow", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # Lifecycle lines are marked; build output is passed through as makepkg printed it.
+    assert "[orchestrator] 🔨 makepkg started" in lines
+    assert any(line.startswith("==> Making package: hello-c") for line in lines)
+    assert "cc -O2 -o hello hello.c" in lines
+    assert lines[-1].endswith("succeeded")
+    [package] = out.iterdir()
+    with tarfile.open(package) as tar:
+        assert "usr/bin/hello" in tar.getnames()
+
+
+def test_exit_codes(cli_service: str, build_dir: Callable[..., Path], tmp_path: Path) -> None:
+    failed = cli(cli_service, "build", str(build_dir("bad-checksum")))
+    assert failed.returncode == 1
+    timed_out = cli(
+        cli_service, "build", str(build_dir("forker", marker=uuid.uuid4().hex)), "--timeout-s", "2"
+    )
+    assert timed_out.returncode == 4
+    assert cli(cli_service, "build", str(tmp_path / "nowhere")).returncode == 2
+    assert cli(cli_service, "logs", "no-such-job").returncode == 2
+    assert (
+        cli(cli_service, "build", str(build_dir("hello-c")), "--variant", "metal").returncode == 2
+    )
+    assert cli("http://127.0.0.1:9", "jobs").returncode == 6
+    assert cli(cli_service, "frobnicate").returncode == 2
+
+
+def test_json_output_for_scripts(cli_service: str, build_dir: Callable[..., Path]) -> None:
+    detached = cli(cli_service, "build", str(build_dir("hello-c")), "--detach", "--json")
+    assert detached.returncode == 0
+    job_id = json.loads(detached.stdout)["job_id"]
+    follow = cli(cli_service, "logs", job_id, "--follow", "--json")
+    assert follow.returncode == 0
+    events = [json.loads(line) for line in follow.stdout.splitlines()]
+    assert events[-1] == {"end": events[-1]["end"]}
+    assert events[-1]["end"]["status"] == "succeeded"
+    assert [e["seq"] for e in events[:-1]] == list(range(1, len(events)))
+    listed = json.loads(cli(cli_service, "jobs", "--json").stdout)
+    assert job_id in [job["job_id"] for job in listed["jobs"]]
+    artifacts = json.loads(cli(cli_service, "artifacts", job_id, "--json").stdout)
+    assert artifacts[0]["name"].startswith("hello-c-1.0.0-1")
+
+
+def test_ctrl_c_cancels_the_remote_build(
+    cli_service: str, build_dir: Callable[..., Path], docker_client: docker.DockerClient
+) -> None:
+    marker = f"orch-cli-{uuid.uuid4().hex}"
+    env = {**os.environ, "ORCHESTRATOR_URL": cli_service}
+    proc = subprocess.Popen(
+        [*CLI, "build", str(build_dir("forker", marker=marker)), "--follow"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    job_id = ""
+    for line in proc.stdout:
+        if line.startswith("[orchestrator] job ") and not job_id:
+            job_id = line.split()[2].rstrip(":")
+        if line.strip() == "children started":
+            break
+    assert job_containers(docker_client, job_id) != []
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert "❌ Build cancelled by user" in rest
+    assert job_containers(docker_client, job_id) == []
+    assert marked_processes(marker) == []
+    job = json.loads(cli(cli_service, "jobs", "--json", "--status", "cancelled").stdout)
+    assert job_id in [j["job_id"] for j in job["jobs"]]
+
+
+def test_a_dropped_stream_resumes_without_losing_or_repeating_lines(
+    cli_service: str, build_dir: Callable[..., Path]
+) -> None:
+    port = int(cli_service.rsplit(":", 1)[1])
+    with CuttingProxy(port, cut_after_bytes=1500, cuts=2) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}"
+        done = cli(url, "build", str(build_dir("slow-printer")), "--follow")
+        assert proxy.cuts_made == 2  # the stream really was cut, twice
+    assert done.returncode == 0, done.stderr
+    ticks = [line for line in done.stdout.splitlines() if line.startswith("tick")]
+    tocks = [line for line in done.stderr.splitlines() if line.startswith("tock")]
+    assert ticks == [f"tick {i}" for i in range(1, 7)]
+    assert tocks == [f"tock {i}" for i in range(1, 7)]
+    assert done.stdout.count("🔨 makepkg started") == 1
+
+
+def test_cancel_and_artifacts_commands(
+    cli_service: str, build_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    job_id = cli(
+        cli_service, "build", str(build_dir("forker", marker=uuid.uuid4().hex)), "--detach"
+    ).stdout.strip()
+    time.sleep(1)
+    cancelled = cli(cli_service, "cancel", job_id)
+    assert cancelled.returncode == 0
+    assert cancelled.stdout.strip() == f"job {job_id} cancelled"
+    assert cli(cli_service, "cancel", job_id).returncode == 2  # already ended
+
+    built = cli(cli_service, "build", str(build_dir("hello-c")), "--detach").stdout.strip()
+    assert cli(cli_service, "logs", built, "--follow").returncode == 0
+    saved = cli(cli_service, "artifacts", built, "-o", str(tmp_path / "a"))
+    assert saved.returncode == 0
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["hello-c-1.0.0-1-x86_64.pkg.tar.gz"]
