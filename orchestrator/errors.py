@@ -59,6 +59,16 @@ class VariantRefused(VariantError):
         self.suggestion = suggestion
 
 
+class NotFound(OrchestratorError):
+    """A named thing (worker, model) does not exist."""
+
+
+class UnknownOperation(InvalidInput):
+    def __init__(self, operation: object, known: tuple[str, ...]) -> None:
+        super().__init__(f"unknown operation {operation!r}; known operations: {', '.join(known)}")
+        self.known = known
+
+
 class BackendError(OrchestratorError):
     """The container engine failed us."""
 

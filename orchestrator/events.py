@@ -25,6 +25,8 @@ class Action(StrEnum):
     PHASE = "phase"  # makepkg's own "==> ..." lines, still carrying their stream
     BUILD_EXITED = "build_exited"
     ARTIFACT_STORED = "artifact_stored"
+    INSTALLED = "installed"
+    PROGRESS = "progress"
     CANCELLING = "cancelling"
     CONTAINER_REMOVED = "container_removed"
     WARNING = "warning"

@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from .errors import JobStateConflict, ShuttingDown
 from .events import Action, Event, Level
 from .metrics import Metrics
 from .pkgbuild import PkgInfo
-from .runner import BuildRequest, BuildResult
+from .runner import BuildRequest, BuildResult, Sink
 from .settings import Settings
 from .status import JobStatus
 from .store import JobNotFound, JobRecord, Store
@@ -35,12 +35,18 @@ _SHUTDOWN_GRACE_S = 60.0
 log = logging.getLogger(__name__)
 
 
+Work = Callable[[Sink, CancelToken], Awaitable[BuildResult]]
+"""What a job does once it runs: narrate into the sink (ending with its terminal event), honour
+the token, and return how it ended. Builds, worker installs and model downloads are all Work."""
+
+
 @dataclass
 class _Handle:
     job_id: str
-    source_dir: Path
-    variant: str
+    work: Work
+    cleanup_dir: Path | None  # removed when the job ends (uploaded sources)
     timeout_s: float | None
+    subject: str | None = None  # what the job acts on (a worker id), for conflicts
     token: CancelToken = field(default_factory=CancelToken)
     started: bool = False
     finishing: bool = False  # the final status is being written; too late to cancel
@@ -120,7 +126,7 @@ class Registry:
     def new_job_id(self) -> str:
         return uuid.uuid4().hex
 
-    async def submit(
+    async def submit_build(
         self,
         job_id: str,
         source_dir: Path,
@@ -128,8 +134,11 @@ class Registry:
         variant: str,
         timeout_s: float | None,
     ) -> JobRecord:
-        if not self._accepting:
-            raise ShuttingDown("the service is shutting down and takes no new builds")
+        request = BuildRequest(job_id, source_dir, variant, timeout_s)
+
+        async def work(sink: Sink, token: CancelToken) -> BuildResult:
+            return await self._engine.build(request, sink, token)
+
         record = JobRecord(
             id=job_id,
             operation="build",
@@ -139,18 +148,33 @@ class Registry:
             pkgver=info.full_version,
             timeout_s=timeout_s,
         )
+        message = f"📥 Queued {info.name} {info.full_version} ({variant})"
+        return await self.submit(record, work, message, cleanup_dir=source_dir)
+
+    async def submit(
+        self,
+        record: JobRecord,
+        work: Work,
+        message: str,
+        *,
+        cleanup_dir: Path | None = None,
+        subject: str | None = None,
+    ) -> JobRecord:
+        """Queue a job; ``message`` is its first narration line."""
+        if not self._accepting:
+            raise ShuttingDown("the service is shutting down and takes no new work")
+        job_id = record.id
         await self._store.create_job(record)
-        handle = _Handle(job_id, source_dir, variant, timeout_s)
+        handle = _Handle(job_id, work, cleanup_dir, record.timeout_s, subject)
         self._handles[job_id] = handle
         self._bus.open(job_id)
         try:
             ahead = self._queue.qsize() + sum(h.started for h in self._handles.values())
-            message = f"📥 Queued {info.name} {info.full_version} ({variant})"
             if ahead >= self._settings.max_concurrent_builds:
                 message += f"; {self._queue.qsize()} job(s) ahead"
             await self._emit(job_id, [Event(Action.QUEUED, message)])
             if not self._accepting:  # shutdown began while we were writing
-                raise ShuttingDown("the service is shutting down and takes no new builds")
+                raise ShuttingDown("the service is shutting down and takes no new work")
         except BaseException as exc:
             result = BuildResult(JobStatus.FAILED, f"not queued: {exc}")
             await asyncio.shield(self._finish(handle, result, None))
@@ -158,6 +182,13 @@ class Registry:
         self._queue.put_nowait(handle)
         self._metrics.queue_length.set(self._queue.qsize())
         return record
+
+    def busy_with(self, subject: str) -> str | None:
+        """The id of an unfinished job acting on ``subject``, if there is one."""
+        for handle in self._handles.values():
+            if handle.subject == subject and not handle.done.done():
+                return handle.job_id
+        return None
 
     async def get(self, job_id: str) -> JobRecord:
         record = await self._store.get_job(job_id)
@@ -202,14 +233,18 @@ class Registry:
     async def _run(self, handle: _Handle) -> None:
         job_id = handle.job_id
         started = time.time()
-        request = BuildRequest(job_id, handle.source_dir, handle.variant, handle.timeout_s)
 
         async def sink(batch: Sequence[Event]) -> None:
             await self._emit(job_id, batch)
 
+        timer = None
+        if handle.timeout_s is not None:
+            timer = asyncio.get_running_loop().call_later(
+                handle.timeout_s, handle.token.cancel, CancelReason.TIMEOUT
+            )
         try:
             await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
-            result = await self._engine.build(request, sink, handle.token)
+            result = await handle.work(sink, handle.token)
         except asyncio.CancelledError:
             result = BuildResult(JobStatus.INTERRUPTED, "the service stopped during the build")
             await asyncio.shield(self._finish(handle, result, started))
@@ -219,6 +254,9 @@ class Registry:
             result = BuildResult(JobStatus.FAILED, f"internal error: {exc}")
             with contextlib.suppress(Exception):
                 await self._emit(job_id, [Event(Action.FAILED, f"❌ {result.reason}", Level.ERROR)])
+        finally:
+            if timer is not None:
+                timer.cancel()
         await asyncio.shield(self._finish(handle, result, started))
 
     async def _finish_unstarted(self, handle: _Handle, reason: CancelReason) -> None:
@@ -253,7 +291,8 @@ class Registry:
         finally:
             self._bus.close(handle.job_id)
             self._handles.pop(handle.job_id, None)
-            await asyncio.to_thread(shutil.rmtree, handle.source_dir, True)
+            if handle.cleanup_dir is not None:
+                await asyncio.to_thread(shutil.rmtree, handle.cleanup_dir, True)
 
     async def _write_final(
         self, handle: _Handle, result: BuildResult, started: float | None

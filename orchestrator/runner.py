@@ -93,7 +93,7 @@ class Runner:
             if timer is not None:
                 timer.cancel()
             await _shielded(self._destroy(request.job_id, container, sink))
-        await sink([_ending_event(result)])
+        await sink([ending_event(result)])
         return result
 
     async def _build(
@@ -233,14 +233,15 @@ def _cancelled(cancel: CancelToken, request: BuildRequest) -> BuildResult:
     return BuildResult(status, message)
 
 
-def _ending_event(result: BuildResult) -> Event:
+def ending_event(result: BuildResult, noun: str = "Build") -> Event:
+    """The last narration line of a job: how it ended (cancel reasons are whole sentences)."""
     for status, action, _message in _CANCEL_ENDINGS.values():
         if result.status is status:
             level = Level.ERROR if status is JobStatus.TIMED_OUT else Level.WARNING
             return Event(action, result.reason, level)
     if result.status is JobStatus.SUCCEEDED:
-        return Event(Action.SUCCEEDED, f"✅ Build succeeded: {result.reason}")
-    return Event(Action.FAILED, f"❌ Build failed: {result.reason}", Level.ERROR)
+        return Event(Action.SUCCEEDED, f"✅ {noun} succeeded: {result.reason}")
+    return Event(Action.FAILED, f"❌ {noun} failed: {result.reason}", Level.ERROR)
 
 
 async def _shielded(coro: Awaitable[None]) -> None:

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
 
     # -- storage --------------------------------------------------------------------------------
     data_dir: Path = Path("var")
+    catalog: str | None = Field(
+        default=None,
+        description="Worker catalog: a folder, a JSON file or an http(s) URL; unset = shipped.",
+    )
+    model_url_template: str = Field(
+        default="https://huggingface.co/{repo}/resolve/{revision}/{file}",
+        description="How a model given as hf://REPO/FILE[@REVISION] becomes a URL.",
+    )
 
     # -- service --------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -76,6 +84,14 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.data_dir / "workers"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
     @property
     def work_dir(self) -> Path:

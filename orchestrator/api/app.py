@@ -14,16 +14,21 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .. import catalog
 from ..backend import Backend
 from ..bus import Bus
 from ..engine import Engine
+from ..installed import WorkerStore
 from ..metrics import Metrics
+from ..models import ModelStore
+from ..operations import Operations
 from ..registry import Registry
 from ..settings import Settings
 from ..store import Store
 from . import artifacts, builds, jobs, meta, stream
+from . import catalog as catalog_api
 from .errors import error_response, errors_middleware
-from .keys import BACKEND, BUS, ENGINE, METRICS, REGISTRY, SETTINGS, STORE
+from .keys import BACKEND, BUS, ENGINE, METRICS, OPERATIONS, REGISTRY, SETTINGS, STORE
 
 
 class InsecureBind(Exception):
@@ -91,6 +96,15 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS] = Bus(app[STORE])
         app[REGISTRY] = Registry(settings, app[STORE], app[ENGINE], app[BUS], app[METRICS])
+        app[OPERATIONS] = Operations(
+            settings,
+            app[REGISTRY],
+            app[ENGINE],
+            app[BACKEND],
+            await catalog.load(settings.catalog),
+            WorkerStore(settings.workers_dir),
+            ModelStore(settings.models_dir),
+        )
         await app[REGISTRY].start()
         yield
         await app[REGISTRY].shutdown()
@@ -105,11 +119,20 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
 
     app.router.add_post("/v1/builds", builds.create_build)
     app.router.add_get("/v1/jobs", jobs.list_jobs)
+    app.router.add_post("/v1/jobs", jobs.create_job)
     app.router.add_get("/v1/jobs/{job_id}", jobs.get_job)
     app.router.add_post("/v1/jobs/{job_id}/cancel", jobs.cancel_job)
     app.router.add_get("/v1/jobs/{job_id}/stream", stream.stream_job)
     app.router.add_get("/v1/jobs/{job_id}/artifacts", artifacts.list_artifacts)
     app.router.add_get("/v1/jobs/{job_id}/artifacts/{name}", artifacts.get_artifact)
+    app.router.add_get("/v1/catalog/workers", catalog_api.list_catalog)
+    app.router.add_get("/v1/catalog/workers/{worker_id}", catalog_api.get_catalog_worker)
+    app.router.add_get("/v1/catalog/workers/{worker_id}/pkgbuild", catalog_api.get_catalog_pkgbuild)
+    app.router.add_get("/v1/workers", catalog_api.list_workers)
+    app.router.add_get("/v1/workers/{worker_id}", catalog_api.get_worker)
+    app.router.add_delete("/v1/workers/{worker_id}", catalog_api.delete_worker)
+    app.router.add_get("/v1/models", catalog_api.list_models)
+    app.router.add_delete("/v1/models/{name}", catalog_api.delete_model)
     app.router.add_get("/health", meta.health)
     app.router.add_get("/metrics", meta.metrics)
     app.router.add_get("/openapi.json", meta.openapi)

@@ -77,7 +77,7 @@ async def create_build(request: web.Request) -> web.Response:
         body.seek(0)
         await asyncio.to_thread(archive.extract, body, dest, max_bytes=settings.max_build_dir_bytes)
         info = await asyncio.to_thread(pkgbuild.parse_dir, dest)
-        record = await registry.submit(job_id, dest, info, variant.variant.value, timeout_s)
+        record = await registry.submit_build(job_id, dest, info, variant.variant.value, timeout_s)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, dest, True)
         raise

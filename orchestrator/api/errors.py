@@ -15,9 +15,11 @@ from ..errors import (
     BackendUnavailable,
     InvalidInput,
     JobStateConflict,
+    NotFound,
     OrchestratorError,
     PkgbuildError,
     ShuttingDown,
+    UnknownOperation,
     VariantError,
     VariantRefused,
 )
@@ -32,8 +34,10 @@ def error_response(http_status: int, code: str, message: str, **extra: Any) -> w
 
 def translate(exc: OrchestratorError) -> web.Response:
     """Our exception tree → status; the most specific class first."""
-    if isinstance(exc, JobNotFound):
+    if isinstance(exc, JobNotFound | NotFound):
         return error_response(404, "not_found", str(exc))
+    if isinstance(exc, UnknownOperation):
+        return error_response(422, "unknown_operation", str(exc), operations=list(exc.known))
     if isinstance(exc, JobStateConflict):
         return error_response(409, "conflict", str(exc), status=exc.status)
     if isinstance(exc, ArchiveTooLarge):

@@ -10,7 +10,7 @@ from ..errors import InvalidInput
 from ..status import JobStatus
 from ..store import JobRecord
 from .builds import job_links
-from .keys import REGISTRY, STORE
+from .keys import OPERATIONS, REGISTRY, STORE
 
 _MAX_LIMIT = 500
 
@@ -58,6 +58,22 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     record = await request.app[REGISTRY].get(request.match_info["job_id"])
     return web.json_response(job_view(record))
+
+
+async def create_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs: the seed's operations (worker_install, model_download) as jobs."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidInput('send a JSON object like {"operation": "worker_install", ...}') from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    record = await request.app[OPERATIONS].submit(body)
+    return web.json_response(
+        {"job_id": record.id, "status": record.status.value, **job_links(record.id)},
+        status=201,
+        headers={"Location": f"/v1/jobs/{record.id}"},
+    )
 
 
 async def cancel_job(request: web.Request) -> web.Response:

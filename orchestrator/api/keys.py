@@ -8,6 +8,7 @@ from ..backend import Backend
 from ..bus import Bus
 from ..engine import Engine
 from ..metrics import Metrics
+from ..operations import Operations
 from ..registry import Registry
 from ..settings import Settings
 from ..store import Store
@@ -19,3 +20,4 @@ ENGINE = web.AppKey("engine", Engine)
 BUS = web.AppKey("bus", Bus)
 REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", Metrics)
+OPERATIONS = web.AppKey("operations", Operations)

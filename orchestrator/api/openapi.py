@@ -23,6 +23,7 @@ def _json(description: str, schema: str) -> dict[str, Any]:
     }
 
 
+_WORKER_ID = {"name": "worker_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _STATUS_REF = {"$ref": "#/components/schemas/Status"}
 _UNAUTHORIZED = _error("Missing or wrong bearer token (when a token is configured)")
 _NOT_FOUND = _error("No such job")
@@ -62,6 +63,27 @@ _PATHS: dict[str, Any] = {
         }
     },
     "/v1/jobs": {
+        "post": {
+            "summary": "Start an operation as a job: worker_install or model_download",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Operation"}}
+                },
+            },
+            "responses": {
+                "201": _json("Queued; Location names the job", "Submitted"),
+                "400": _error("Missing or malformed field"),
+                "401": _UNAUTHORIZED,
+                "404": _error("No such worker in the catalog"),
+                "409": _error("The same worker or model is already being worked on"),
+                "422": _error(
+                    "Unknown operation (the answer lists the known ones), or a worker "
+                    "that cannot run here (metal)"
+                ),
+                "503": _error("Shutting down"),
+            },
+        },
         "get": {
             "summary": "Jobs, newest first",
             "parameters": [
@@ -77,6 +99,85 @@ _PATHS: dict[str, Any] = {
                 "200": _json("A page of jobs", "JobList"),
                 "400": _error("Bad filter or page"),
                 "401": _UNAUTHORIZED,
+            },
+        },
+    },
+    "/v1/catalog/workers": {
+        "get": {
+            "summary": "Workers that can be installed, and catalog entries that were skipped",
+            "responses": {"200": _json("The catalog", "Catalog"), "401": _UNAUTHORIZED},
+        }
+    },
+    "/v1/catalog/workers/{worker_id}": {
+        "get": {
+            "summary": "One catalog entry",
+            "parameters": [_WORKER_ID],
+            "responses": {
+                "200": _json("The entry", "CatalogWorker"),
+                "401": _UNAUTHORIZED,
+                "404": _error("No such worker in the catalog"),
+            },
+        }
+    },
+    "/v1/catalog/workers/{worker_id}/pkgbuild": {
+        "get": {
+            "summary": "The entry's PKGBUILD",
+            "parameters": [_WORKER_ID],
+            "responses": {
+                "200": {
+                    "description": "PKGBUILD text",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": _UNAUTHORIZED,
+                "404": _error("No such worker in the catalog"),
+            },
+        }
+    },
+    "/v1/workers": {
+        "get": {
+            "summary": "Installed workers",
+            "responses": {"200": _json("Installed workers", "WorkerList"), "401": _UNAUTHORIZED},
+        }
+    },
+    "/v1/workers/{worker_id}": {
+        "get": {
+            "summary": "One installed worker",
+            "parameters": [_WORKER_ID],
+            "responses": {
+                "200": _json("The worker", "InstalledWorker"),
+                "401": _UNAUTHORIZED,
+                "404": _error("Not installed"),
+            },
+        },
+        "delete": {
+            "summary": "Uninstall a worker",
+            "parameters": [_WORKER_ID],
+            "responses": {
+                "200": {"description": "Removed"},
+                "401": _UNAUTHORIZED,
+                "404": _error("Not installed"),
+                "409": _error("An install of this worker is running"),
+            },
+        },
+    },
+    "/v1/models": {
+        "get": {
+            "summary": "Downloaded models",
+            "responses": {"200": _json("Models", "ModelList"), "401": _UNAUTHORIZED},
+        }
+    },
+    "/v1/models/{name}": {
+        "delete": {
+            "summary": "Delete a downloaded model",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "Removed"},
+                "400": _error("Not a valid model name"),
+                "401": _UNAUTHORIZED,
+                "404": _error("No such model"),
+                "409": _error("A download of this model is running"),
             },
         }
     },
@@ -267,6 +368,57 @@ _SCHEMAS: dict[str, Any] = {
             "message": {"type": "string"},
             "stream": {"type": "string", "enum": ["stdout", "stderr"]},
         },
+    },
+    "Operation": {
+        "type": "object",
+        "required": ["operation"],
+        "properties": {
+            "operation": {"type": "string", "enum": ["worker_install", "model_download"]},
+            "worker_id": {"type": "string"},
+            "url": {"type": "string", "description": "http(s) URL, or hf://REPO/FILE[@REV]"},
+            "name": {"type": "string"},
+            "sha256": {"type": "string"},
+            "timeout_s": {"type": "number"},
+        },
+    },
+    "CatalogWorker": {
+        "type": "object",
+        "properties": {
+            k: {"type": "string"}
+            for k in (
+                "id",
+                "name",
+                "version",
+                "description",
+                "license",
+                "worker_type",
+                "binary_name",
+            )
+        },
+    },
+    "Catalog": {
+        "type": "object",
+        "properties": {
+            "workers": {"type": "array", "items": {"$ref": "#/components/schemas/CatalogWorker"}},
+            "problems": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "InstalledWorker": {
+        "type": "object",
+        "properties": {
+            k: {"type": "string"}
+            for k in ("id", "version", "binary", "path", "sha256", "installed_at")
+        },
+    },
+    "WorkerList": {
+        "type": "object",
+        "properties": {
+            "workers": {"type": "array", "items": {"$ref": "#/components/schemas/InstalledWorker"}}
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "properties": {"models": {"type": "array", "items": {"type": "object"}}},
     },
     "Health": {
         "type": "object",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from .catalog import add_commands as add_catalog_commands
 from .client import (
     EXIT_CANCELLED,
     EXIT_FAILED,
@@ -38,6 +39,9 @@ examples:
   orchestrator jobs --status running
   orchestrator logs JOB --follow
   orchestrator cancel JOB
+  orchestrator worker available
+  orchestrator worker install rust-hello --follow
+  orchestrator model download https://host/model.gguf --name model.gguf --sha256 HEX
 """
 
 
@@ -116,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     artifacts.add_argument("job_id", metavar="JOB")
     artifacts.add_argument("-o", "--output", metavar="DIR", help="download them into DIR")
     artifacts.set_defaults(handler=cmd_artifacts)
+
+    add_catalog_commands(commands, common)
 
     serve = commands.add_parser(
         "serve",

@@ -85,13 +85,13 @@ class Client:
     ) -> None:
         await self._session.close()
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, path: str, *, as_text: bool = False, **kwargs: Any) -> Any:
         try:
             async with self._session.request(
                 method, self._url + path, timeout=self._timeout, **kwargs
             ) as response:
                 await _raise_for_status(response)
-                return await response.json()
+                return await (response.text() if as_text else response.json())
         except aiohttp.ClientError as exc:
             raise CliError(
                 f"cannot reach the service at {self._url}: {exc}", EXIT_UNAVAILABLE
@@ -123,6 +123,19 @@ class Client:
             params["status"] = status
         result: dict[str, Any] = await self._call("GET", "/v1/jobs", params=params)
         return result
+
+    async def get_json(self, path: str) -> Any:
+        return await self._call("GET", path)
+
+    async def delete(self, path: str) -> Any:
+        return await self._call("DELETE", path)
+
+    async def start_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", "/v1/jobs", json=body)
+        return result
+
+    async def text(self, path: str) -> str:
+        return str(await self._call("GET", path, as_text=True))
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("POST", f"/v1/jobs/{job_id}/cancel")

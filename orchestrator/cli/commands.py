@@ -13,6 +13,7 @@ import contextlib
 import json
 import signal
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ def _print_event(event: dict[str, Any], args: argparse.Namespace) -> None:
         print(event["message"], file=out, flush=True)
     else:
         print(f"{PREFIX} {event['message']}", flush=True)
+
+
+def table(rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell: readable in a terminal and in a CI log."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -163,7 +171,7 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(page))
         return EXIT_OK
-    rows = [("JOB", "STATUS", "PACKAGE", "VARIANT", "CREATED")]
+    rows: list[tuple[str, ...]] = [("JOB", "STATUS", "PACKAGE", "VARIANT", "CREATED")]
     for job in page["jobs"]:
         created = datetime.fromisoformat(job["created_at"].replace("Z", "+00:00"))
         package = f"{job.get('pkgname') or '-'} {job.get('pkgver') or ''}".strip()
@@ -176,11 +184,7 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
                 created.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    table(rows)
     shown = len(page["jobs"])
     if page["total"] > args.offset + shown:
         print(f"({shown} of {page['total']}; --offset {args.offset + shown} for more)")

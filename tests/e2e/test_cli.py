@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -142,3 +145,86 @@ def test_cancel_and_artifacts_commands(
     saved = cli(cli_service, "artifacts", built, "-o", str(tmp_path / "a"))
     assert saved.returncode == 0
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["hello-c-1.0.0-1-x86_64.pkg.tar.gz"]
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    """Serves 2 MiB of bytes; /slow trickles them out so a download can be interrupted."""
+
+    payload = bytes(range(256)) * 8192
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        step = 64 * 1024
+        for offset in range(0, len(self.payload), step):
+            try:
+                self.wfile.write(self.payload[offset : offset + step])
+            except OSError:
+                return
+            if self.path == "/slow":
+                time.sleep(0.5)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def file_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_worker_commands(cli_service: str) -> None:
+    available = cli(cli_service, "worker", "available")
+    assert available.returncode == 0
+    assert available.stdout.splitlines()[0].split() == ["ID", "VERSION", "TYPE", "NAME"]
+    assert "rust-hello-cuda" in available.stdout
+    pkgbuild = cli(cli_service, "worker", "get", "hello-c", "--pkgbuild")
+    assert pkgbuild.stdout.startswith("pkgname=hello-worker-c")
+    installed = cli(cli_service, "worker", "install", "hello-c", "--follow")
+    assert installed.returncode == 0, installed.stderr
+    assert "[orchestrator] ✅ Worker hello-c 1.0.0 installed" in installed.stdout
+    assert "==> Making package: hello-worker-c 1.0.0-1" in installed.stdout
+    listed = json.loads(cli(cli_service, "worker", "list", "--json").stdout)
+    [worker] = listed["workers"]
+    assert subprocess.run([worker["path"]], capture_output=True, text=True).stdout.startswith(
+        "hello-worker-c: ready"
+    )
+    assert cli(cli_service, "worker", "remove", "hello-c").returncode == 0
+    assert cli(cli_service, "worker", "remove", "hello-c").returncode == 2
+    assert cli(cli_service, "worker", "install", "metal-hello").returncode == 2
+
+
+def test_model_commands_and_ctrl_c(cli_service: str, file_server: str) -> None:
+    digest = hashlib.sha256(_Files.payload).hexdigest()
+    done = cli(
+        cli_service, "model", "download", f"{file_server}/m", "--name", "m.bin", "--sha256", digest
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = json.loads(cli(cli_service, "model", "list", "--json").stdout)
+    assert [(m["name"], m["sha256"]) for m in listed["models"]] == [("m.bin", digest)]
+    assert cli(cli_service, "model", "remove", "m.bin").returncode == 0
+
+    env = {**os.environ, "ORCHESTRATOR_URL": cli_service}
+    proc = subprocess.Popen(
+        [*CLI, "model", "download", f"{file_server}/slow", "--name", "slow.bin", "--follow"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "MiB/s" in line:  # a progress line: the download is under way
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert "Download cancelled by user" in rest
+    listed = json.loads(cli(cli_service, "model", "list", "--json").stdout)
+    assert listed["models"] == []

@@ -1,0 +1,160 @@
+"""Installed workers: binaries taken out of built packages, switched in atomically.
+
+Layout under the workers folder::
+
+    <id>/current -> <version>-<token>     (a symlink, replaced with one rename)
+    <id>/<version>-<token>/<binary>
+    <id>/<version>-<token>/worker.json    (id, version, binary, sha256, installed_at, job)
+
+A new version is unpacked into a staging folder beside the others and becomes current only by
+the final rename of ``current``; until then the previous version stays in place untouched, and a
+failed or cancelled install removes its staging folder. Readers see the old version or the new
+one, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput, OrchestratorError
+
+
+class InstallError(OrchestratorError):
+    """The package does not hold what the catalog promised."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledWorker:
+    id: str
+    version: str
+    binary: str
+    path: Path
+    sha256: str
+    installed_at: float
+    job_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "version": self.version,
+            "binary": self.binary,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "installed_at": datetime.fromtimestamp(self.installed_at, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "job_id": self.job_id,
+        }
+
+
+class WorkerStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _folder(self, worker_id: str) -> Path:
+        if not worker_id or "/" in worker_id or worker_id.startswith("."):
+            raise InvalidInput(f"not a worker id: {worker_id!r}")
+        return self.root / worker_id
+
+    def get(self, worker_id: str) -> InstalledWorker | None:
+        current = self._folder(worker_id) / "current"
+        try:
+            meta = json.loads((current / "worker.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return InstalledWorker(
+            id=meta["id"],
+            version=meta["version"],
+            binary=meta["binary"],
+            path=current.resolve() / meta["binary"],
+            sha256=meta["sha256"],
+            installed_at=meta["installed_at"],
+            job_id=meta.get("job_id"),
+        )
+
+    def list(self) -> list[InstalledWorker]:
+        if not self.root.is_dir():
+            return []
+        found = (self.get(p.name) for p in sorted(self.root.iterdir()) if p.is_dir())
+        return [w for w in found if w is not None]
+
+    def install(
+        self, worker_id: str, version: str, binary: str, package: Path, job_id: str | None
+    ) -> InstalledWorker:
+        """Take ``usr/bin/<binary>`` out of ``package`` and make it the current version."""
+        folder = self._folder(worker_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / f".staging-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            target = staging / binary
+            digest = _extract_binary(package, f"usr/bin/{binary}", target)
+            meta = {
+                "id": worker_id,
+                "version": version,
+                "binary": binary,
+                "sha256": digest,
+                "installed_at": time.time(),
+                "job_id": job_id,
+            }
+            (staging / "worker.json").write_text(json.dumps(meta, indent=2))
+            final = folder / f"{version}-{uuid.uuid4().hex[:8]}"
+            staging.rename(final)
+            link = folder / f".current-{uuid.uuid4().hex[:8]}"
+            link.symlink_to(final.name)
+            os.replace(link, folder / "current")  # the one step that switches versions
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._prune(folder, keep=final.name)
+        installed = self.get(worker_id)
+        assert installed is not None
+        return installed
+
+    def remove(self, worker_id: str) -> bool:
+        folder = self._folder(worker_id)
+        if not folder.exists():
+            return False
+        # Unlink `current` first so the worker is gone at once, then the files.
+        (folder / "current").unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    @staticmethod
+    def _prune(folder: Path, keep: str) -> None:
+        for old in folder.iterdir():
+            # Leave `current`, the new version, and any staging folder of another install.
+            if old.name in (keep, "current") or old.name.startswith((".staging-", ".current-")):
+                continue
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _extract_binary(package: Path, member_name: str, target: Path) -> str:
+    hasher = hashlib.sha256()
+    with tarfile.open(package, mode="r:*") as tar:
+        try:
+            member = tar.getmember(member_name)
+        except KeyError:
+            raise InstallError(f"the package has no {member_name}") from None
+        source = tar.extractfile(member) if member.isfile() else None
+        if source is None:
+            raise InstallError(f"{member_name} in the package is not a regular file")
+        with source, target.open("wb") as out:
+            while chunk := source.read(1 << 20):
+                hasher.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    target.chmod(0o755)
+    return hasher.hexdigest()

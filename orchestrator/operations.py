@@ -1,0 +1,179 @@
+"""The seed's job operations beyond plain builds: installing a catalog worker, downloading a
+model. Each becomes a job in the same registry, with the same narration, stream and cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from .backend import Backend
+from .cancel import CancelToken
+from .catalog import Catalog
+from .engine import Engine
+from .errors import InvalidInput, JobStateConflict, UnknownOperation
+from .events import Action, Event
+from .installed import InstallError, WorkerStore
+from .models import ModelStore
+from .registry import Registry
+from .runner import BuildRequest, BuildResult, Sink, ending_event
+from .settings import Settings
+from .status import JobStatus
+from .store import JobRecord
+
+OPERATIONS = ("worker_install", "model_download")
+_HF = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<file>[^@]+?)(?:@(?P<revision>[\w.-]+))?$")
+
+
+class Operations:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        engine: Engine,
+        backend: Backend,
+        catalog: Catalog,
+        workers: WorkerStore,
+        models: ModelStore,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._engine = engine
+        self._backend = backend
+        self.catalog = catalog
+        self.workers = workers
+        self.models = models
+
+    async def submit(self, body: Mapping[str, Any]) -> JobRecord:
+        operation = body.get("operation")
+        timeout_s = _timeout(body.get("timeout_s"), self._settings)
+        if operation == "worker_install":
+            return await self.install_worker(_text(body, "worker_id"), timeout_s)
+        if operation == "model_download":
+            sha256 = body.get("sha256")
+            if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha256)):
+                raise InvalidInput("sha256 must be 64 hex digits")
+            return await self.download_model(
+                _text(body, "url"), _text(body, "name"), sha256 and str(sha256).lower(), timeout_s
+            )
+        raise UnknownOperation(operation, OPERATIONS)
+
+    async def install_worker(self, worker_id: str, timeout_s: float | None) -> JobRecord:
+        entry = self.catalog.get(worker_id)
+        # Refuses what cannot run here (metal, another OS or CPU); the build itself warns
+        # when a cuda worker gets no GPU.
+        entry.check_runs_here(self._settings, gpu_runtime=await self._backend.gpu_runtime())
+        subject = f"worker:{entry.id}"
+        self.ensure_idle(subject)
+        job_id = self._registry.new_job_id()
+        source_dir = await asyncio.to_thread(
+            entry.write_build_dir, self._settings.work_dir / job_id
+        )
+        request = BuildRequest(job_id, source_dir, entry.worker_type, timeout_s)
+
+        async def work(sink: Sink, token: CancelToken) -> BuildResult:
+            built = await self._engine.build(request, sink, token)
+            if built.status is not JobStatus.SUCCEEDED:
+                return built
+            return await self._install(
+                entry.id, entry.version, entry.binary_name, built, sink, job_id
+            )
+
+        record = JobRecord(
+            id=job_id,
+            operation="worker_install",
+            status=JobStatus.QUEUED,
+            variant=entry.worker_type,
+            pkgname=entry.id,
+            pkgver=entry.version,
+            timeout_s=timeout_s,
+        )
+        message = f"📥 Queued install of {entry.name} {entry.version} ({entry.worker_type})"
+        return await self._registry.submit(
+            record, work, message, cleanup_dir=source_dir, subject=subject
+        )
+
+    async def _install(
+        self, worker_id: str, version: str, binary: str, built: BuildResult, sink: Sink, job_id: str
+    ) -> BuildResult:
+        await sink([Event(Action.PHASE, f"Installing {binary} {version}")])
+        try:
+            [package] = built.artifacts
+            installed = await asyncio.to_thread(
+                self.workers.install, worker_id, version, binary, package, job_id
+            )
+        except (InstallError, ValueError) as exc:
+            result = BuildResult(JobStatus.FAILED, f"install of {worker_id} failed: {exc}", 0)
+            await sink([ending_event(result, "Install")])
+            return result
+        await sink(
+            [
+                Event(
+                    Action.INSTALLED,
+                    f"📦 Installed {installed.path} (sha256 {installed.sha256[:12]}…)",
+                ),
+                Event(Action.SUCCEEDED, f"✅ Worker {worker_id} {version} installed"),
+            ]
+        )
+        return BuildResult(
+            JobStatus.SUCCEEDED, f"installed {worker_id} {version}", 0, built.artifacts
+        )
+
+    async def download_model(
+        self, url: str, name: str, sha256: str | None, timeout_s: float | None
+    ) -> JobRecord:
+        name = ModelStore.check_name(name)
+        url = self.resolve_url(url)
+        subject = f"model:{name}"
+        self.ensure_idle(subject)
+
+        async def work(sink: Sink, token: CancelToken) -> BuildResult:
+            result = await self.models.download(url, name, sha256, sink, token)
+            await sink([ending_event(result, "Download")])
+            return result
+
+        record = JobRecord(
+            id=self._registry.new_job_id(),
+            operation="model_download",
+            status=JobStatus.QUEUED,
+            pkgname=name,
+            timeout_s=timeout_s,
+        )
+        message = f"📥 Queued download of {name} from {url}"
+        return await self._registry.submit(record, work, message, subject=subject)
+
+    def resolve_url(self, url: str) -> str:
+        """hf://REPO/FILE[@REVISION] through the template in settings; http(s) as it is."""
+        if match := _HF.match(url):
+            return self._settings.model_url_template.format(
+                repo=match["repo"], file=match["file"], revision=match["revision"] or "main"
+            )
+        if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+            raise InvalidInput(f"url must be http(s):// or hf://REPO/FILE, not {url!r}")
+        return url
+
+    def ensure_idle(self, subject: str) -> None:
+        """409 while a job installs or downloads ``subject`` ("worker:ID", "model:NAME"): one
+        job at a time, and no removal under it."""
+        if (running := self._registry.busy_with(subject)) is not None:
+            raise JobStateConflict(f"{subject} is busy: job {running} is working on it", "running")
+
+
+def _text(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"'{key}' is required (a non-empty string)")
+    return value
+
+
+def _timeout(raw: object, settings: Settings) -> float:
+    if raw is None:
+        return settings.default_timeout_s
+    if not isinstance(raw, int | float) or not 0 < raw <= settings.max_timeout_s:
+        raise InvalidInput(
+            f"timeout_s must be a number above 0 and at most {settings.max_timeout_s:g}"
+        )
+    return float(raw)
