@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import platform
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ class Catalog:
                 loc = ".".join(str(p) for p in error["loc"]) or "entry"
                 self.problems.append(Problem(label, loc, error["msg"]))
             return
-        except (InvalidInput, ValueError) as exc:
+        except (InvalidInput, ValueError, OSError) as exc:
             self.problems.append(Problem(label, "pkgbuild", str(exc)))
             return
         if entry.id in self.entries:
@@ -124,7 +125,7 @@ class Catalog:
 def _check_consistent(entry: CatalogEntry) -> None:
     """The PKGBUILD must parse, name its sources, and agree with the metadata's version."""
     for name in entry.sources:
-        if "/" in name or name.startswith(".") or name == "PKGBUILD":
+        if not re.fullmatch(_SAFE_NAME, name) or name == "PKGBUILD":
             raise InvalidInput(f"source name {name!r} is not a plain file name")
     with tempfile.TemporaryDirectory(prefix="catalog-") as tmp:
         info = pkgbuild.parse_dir(entry.write_build_dir(Path(tmp)))
@@ -193,7 +194,7 @@ async def load(source: str | None) -> Catalog:
             ):
                 response.raise_for_status()
                 text = await response.text()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
             catalog.problems.append(Problem("*", "source", f"cannot fetch {where}: {exc}"))
         else:
             await asyncio.to_thread(_read_document, text, catalog)

@@ -21,6 +21,7 @@ import shutil
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,16 +90,28 @@ class WorkerStore:
         return [w for w in found if w is not None]
 
     def install(
-        self, worker_id: str, version: str, binary: str, package: Path, job_id: str | None
-    ) -> InstalledWorker:
-        """Take ``usr/bin/<binary>`` out of ``package`` and make it the current version."""
+        self,
+        worker_id: str,
+        version: str,
+        binary: str,
+        package: Path,
+        job_id: str | None,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> InstalledWorker | None:
+        """Take ``usr/bin/<binary>`` out of ``package`` and make it the current version.
+
+        ``stopped`` is asked right before the switch: if the job was cancelled meanwhile,
+        nothing changes and None is returned. One install per worker at a time (the caller
+        makes sure of that)."""
         folder = self._folder(worker_id)
         folder.mkdir(parents=True, exist_ok=True)
         staging = folder / f".staging-{uuid.uuid4().hex[:8]}"
+        final = folder / f"{version}-{uuid.uuid4().hex[:8]}"
+        link = folder / f".current-{uuid.uuid4().hex[:8]}"
+        switched = False
         staging.mkdir()
         try:
-            target = staging / binary
-            digest = _extract_binary(package, f"usr/bin/{binary}", target)
+            digest = _extract_binary(package, f"usr/bin/{binary}", staging / binary)
             meta = {
                 "id": worker_id,
                 "version": version,
@@ -107,15 +120,20 @@ class WorkerStore:
                 "installed_at": time.time(),
                 "job_id": job_id,
             }
-            (staging / "worker.json").write_text(json.dumps(meta, indent=2))
-            final = folder / f"{version}-{uuid.uuid4().hex[:8]}"
+            _write_durably(staging / "worker.json", json.dumps(meta, indent=2))
+            if stopped():
+                return None
             staging.rename(final)
-            link = folder / f".current-{uuid.uuid4().hex[:8]}"
             link.symlink_to(final.name)
             os.replace(link, folder / "current")  # the one step that switches versions
-        except BaseException:
+            switched = True
+            _fsync_dir(folder)
+        finally:
+            # Whatever did not become current goes; the previous version stays as it was.
             shutil.rmtree(staging, ignore_errors=True)
-            raise
+            link.unlink(missing_ok=True)
+            if not switched:
+                shutil.rmtree(final, ignore_errors=True)
         self._prune(folder, keep=final.name)
         installed = self.get(worker_id)
         assert installed is not None
@@ -132,12 +150,30 @@ class WorkerStore:
 
     @staticmethod
     def _prune(folder: Path, keep: str) -> None:
+        # Only one install per worker runs at a time, so anything else here is an older
+        # version or the leftovers of one that crashed.
         for old in folder.iterdir():
-            # Leave `current`, the new version, and any staging folder of another install.
-            if old.name in (keep, "current") or old.name.startswith((".staging-", ".current-")):
+            if old.name in (keep, "current"):
                 continue
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with path.open("w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _extract_binary(package: Path, member_name: str, target: Path) -> str:

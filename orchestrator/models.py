@@ -84,8 +84,10 @@ class ModelStore:
 
     @staticmethod
     def check_name(name: str) -> str:
-        if not _valid_name(name):
-            raise InvalidInput(f"invalid model name {name!r}: use 1-128 of [A-Za-z0-9._-]")
+        if not _valid_name(name) or name.endswith(".json"):
+            raise InvalidInput(
+                f"invalid model name {name!r}: use 1-128 of [A-Za-z0-9._-], not ending in .json"
+            )
         return name
 
     def list(self) -> list[ModelInfo]:
@@ -192,6 +194,7 @@ class _Download:
             return await self._run(max_attempts)
         except _Cancelled:
             self.partial.unlink(missing_ok=True)  # a cancelled download leaves nothing behind
+            self.partial.with_suffix(".url").unlink(missing_ok=True)
             assert self.cancel.reason is not None
             status, message = _CANCEL_ENDINGS[self.cancel.reason]
             return BuildResult(status, message)
@@ -205,6 +208,12 @@ class _Download:
             raise _Cancelled
         await self._emit(Action.PHASE, f"Downloading {self.url} → {self.name}")
         self.partial.parent.mkdir(parents=True, exist_ok=True)
+        # A partial is resumed only from the URL that began it: bytes of another file must
+        # never be joined to these.
+        origin = self.partial.with_suffix(".url")
+        if not origin.is_file() or origin.read_text() != self.url:
+            self.partial.unlink(missing_ok=True)
+        origin.write_text(self.url)
         if self.partial.is_file() and self.partial.stat().st_size > 0:
             self.size = await self._race(
                 asyncio.to_thread(_hash_into, self.partial, self.hasher.update, self._stopped)
@@ -236,11 +245,13 @@ class _Download:
         digest = self.hasher.hexdigest()
         if self.expected is not None and digest != self.expected:
             self.partial.unlink(missing_ok=True)  # bad bytes must not be resumed later
+            self.partial.with_suffix(".url").unlink(missing_ok=True)
             return BuildResult(
                 JobStatus.FAILED, f"sha256 mismatch: expected {self.expected}, got {digest}"
             )
         final = self.root / self.name
         os.replace(self.partial, final)
+        self.partial.with_suffix(".url").unlink(missing_ok=True)
         info = ModelInfo(self.name, final, self.size, digest, time.time(), self.url)
         tmp = self.partial.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(info.to_dict(), indent=2))

@@ -5,21 +5,23 @@ model. Each becomes a job in the same registry, with the same narration, stream 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Mapping
+import tarfile
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
 from .backend import Backend
 from .cancel import CancelToken
-from .catalog import Catalog
+from .catalog import Catalog, CatalogEntry
 from .engine import Engine
 from .errors import InvalidInput, JobStateConflict, UnknownOperation
 from .events import Action, Event
 from .installed import InstallError, WorkerStore
 from .models import ModelStore
 from .registry import Registry
-from .runner import BuildRequest, BuildResult, Sink, ending_event
+from .runner import BuildRequest, BuildResult, Sink, cancel_result, ending_event
 from .settings import Settings
 from .status import JobStatus
 from .store import JobRecord
@@ -46,6 +48,9 @@ class Operations:
         self.catalog = catalog
         self.workers = workers
         self.models = models
+        # Subjects claimed by a request that is still being queued (before the registry knows
+        # the job): claimed without an await in between, so two requests cannot both pass.
+        self._claimed: set[str] = set()
 
     async def submit(self, body: Mapping[str, Any]) -> JobRecord:
         operation = body.get("operation")
@@ -67,7 +72,12 @@ class Operations:
         # when a cuda worker gets no GPU.
         entry.check_runs_here(self._settings, gpu_runtime=await self._backend.gpu_runtime())
         subject = f"worker:{entry.id}"
-        self.ensure_idle(subject)
+        with self._claim(subject):
+            return await self._queue_install(entry, subject, timeout_s)
+
+    async def _queue_install(
+        self, entry: CatalogEntry, subject: str, timeout_s: float | None
+    ) -> JobRecord:
         job_id = self._registry.new_job_id()
         source_dir = await asyncio.to_thread(
             entry.write_build_dir, self._settings.work_dir / job_id
@@ -78,9 +88,12 @@ class Operations:
             built = await self._engine.build(request, sink, token)
             if built.status is not JobStatus.SUCCEEDED:
                 return built
-            return await self._install(
-                entry.id, entry.version, entry.binary_name, built, sink, job_id
-            )
+            if token.cancelled:  # the build finished, but the job was stopped: install nothing
+                assert token.reason is not None
+                result = cancel_result(token.reason, timeout_s)
+                await sink([ending_event(result, "Install")])
+                return result
+            return await self._install(entry, built, sink, token, job_id)
 
         record = JobRecord(
             id=job_id,
@@ -97,16 +110,27 @@ class Operations:
         )
 
     async def _install(
-        self, worker_id: str, version: str, binary: str, built: BuildResult, sink: Sink, job_id: str
+        self, entry: CatalogEntry, built: BuildResult, sink: Sink, token: CancelToken, job_id: str
     ) -> BuildResult:
-        await sink([Event(Action.PHASE, f"Installing {binary} {version}")])
+        await sink([Event(Action.PHASE, f"Installing {entry.binary_name} {entry.version}")])
         try:
             [package] = built.artifacts
             installed = await asyncio.to_thread(
-                self.workers.install, worker_id, version, binary, package, job_id
+                self.workers.install,
+                entry.id,
+                entry.version,
+                entry.binary_name,
+                package,
+                job_id,
+                lambda: token.cancelled,  # asked right before the switch
             )
-        except (InstallError, ValueError) as exc:
-            result = BuildResult(JobStatus.FAILED, f"install of {worker_id} failed: {exc}", 0)
+        except (InstallError, ValueError, tarfile.TarError, OSError) as exc:
+            result = BuildResult(JobStatus.FAILED, f"install of {entry.id} failed: {exc}", 0)
+            await sink([ending_event(result, "Install")])
+            return result
+        if installed is None:  # cancelled during the install: the previous version stays
+            assert token.reason is not None
+            result = cancel_result(token.reason)
             await sink([ending_event(result, "Install")])
             return result
         await sink(
@@ -115,11 +139,11 @@ class Operations:
                     Action.INSTALLED,
                     f"📦 Installed {installed.path} (sha256 {installed.sha256[:12]}…)",
                 ),
-                Event(Action.SUCCEEDED, f"✅ Worker {worker_id} {version} installed"),
+                Event(Action.SUCCEEDED, f"✅ Worker {entry.id} {entry.version} installed"),
             ]
         )
         return BuildResult(
-            JobStatus.SUCCEEDED, f"installed {worker_id} {version}", 0, built.artifacts
+            JobStatus.SUCCEEDED, f"installed {entry.id} {entry.version}", 0, built.artifacts
         )
 
     async def download_model(
@@ -128,7 +152,12 @@ class Operations:
         name = ModelStore.check_name(name)
         url = self.resolve_url(url)
         subject = f"model:{name}"
-        self.ensure_idle(subject)
+        with self._claim(subject):
+            return await self._queue_download(url, name, sha256, subject, timeout_s)
+
+    async def _queue_download(
+        self, url: str, name: str, sha256: str | None, subject: str, timeout_s: float | None
+    ) -> JobRecord:
 
         async def work(sink: Sink, token: CancelToken) -> BuildResult:
             result = await self.models.download(url, name, sha256, sink, token)
@@ -155,9 +184,20 @@ class Operations:
             raise InvalidInput(f"url must be http(s):// or hf://REPO/FILE, not {url!r}")
         return url
 
+    @contextlib.contextmanager
+    def _claim(self, subject: str) -> Iterator[None]:
+        self.ensure_idle(subject)
+        self._claimed.add(subject)
+        try:
+            yield
+        finally:
+            self._claimed.discard(subject)
+
     def ensure_idle(self, subject: str) -> None:
         """409 while a job installs or downloads ``subject`` ("worker:ID", "model:NAME"): one
         job at a time, and no removal under it."""
+        if subject in self._claimed:
+            raise JobStateConflict(f"{subject} is busy: a job for it is being queued", "queued")
         if (running := self._registry.busy_with(subject)) is not None:
             raise JobStateConflict(f"{subject} is busy: job {running} is working on it", "running")
 

@@ -227,9 +227,14 @@ class Runner:
 
 def _cancelled(cancel: CancelToken, request: BuildRequest) -> BuildResult:
     assert cancel.reason is not None
-    status, _action, message = _CANCEL_ENDINGS[cancel.reason]
-    if cancel.reason is CancelReason.TIMEOUT and request.timeout_s is not None:
-        message += f" after {request.timeout_s:g} s"
+    return cancel_result(cancel.reason, request.timeout_s)
+
+
+def cancel_result(reason: CancelReason, timeout_s: float | None = None) -> BuildResult:
+    """How a job that was stopped for ``reason`` ended."""
+    status, _action, message = _CANCEL_ENDINGS[reason]
+    if reason is CancelReason.TIMEOUT and timeout_s is not None:
+        message += f" after {timeout_s:g} s"
     return BuildResult(status, message)
 
 

@@ -156,6 +156,21 @@ async def test_cancel_mid_install_keeps_the_previous_version(
     assert job_containers(docker_client, job["job_id"]) == []
 
 
+async def test_two_installs_of_one_worker_at_once_one_is_refused(
+    settings: Settings, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    catalog_entry(tmp_path / "c", "w", "1.0", "sleep 300")
+    async with serve(settings.model_copy(update={"catalog": str(tmp_path / "c")})) as client:
+        body = {"operation": "worker_install", "worker_id": "w"}
+        answers = await asyncio.gather(
+            client.post("/v1/jobs", json=body), client.post("/v1/jobs", json=body)
+        )
+        assert sorted(a.status for a in answers) == [201, 409]
+        [accepted] = [await a.json() for a in answers if a.status == 201]
+        cancelled = await client.post(f"/v1/jobs/{accepted['job_id']}/cancel")
+        assert (await cancelled.json())["status"] == "cancelled"
+
+
 async def test_cuda_worker_without_a_gpu_builds_and_warns(settings: Settings) -> None:
     # The cpu image stands in for the cuda image (not built by default): the path through the
     # code (variant, GPU detection, warning, cargo's cuda feature) is what is tested.

@@ -106,6 +106,11 @@ def partial_of(store: ModelStore, name: str = NAME) -> Path:
     return store.root / ".partial" / f"{name}.part"
 
 
+def leave_origin(store: ModelStore, origin: Origin) -> None:
+    """What an earlier job leaves beside its partial: the URL it came from."""
+    partial_of(store).with_suffix(".url").write_text(origin.url)
+
+
 async def test_full_download_verifies_and_records(
     store: ModelStore, origin: Origin, recorder: Recorder
 ) -> None:
@@ -161,6 +166,7 @@ async def test_resumes_a_partial_left_by_an_earlier_job(
 ) -> None:
     partial_of(store).parent.mkdir(parents=True)
     partial_of(store).write_bytes(PAYLOAD[:MiB])
+    leave_origin(store, origin)
 
     result = await store.download(origin.url, NAME, SHA, recorder, CancelToken())
 
@@ -170,9 +176,24 @@ async def test_resumes_a_partial_left_by_an_earlier_job(
     assert "Resuming at 1048576 bytes" in recorder.lines()
 
 
+async def test_a_partial_from_another_url_is_not_resumed(
+    store: ModelStore, origin: Origin, recorder: Recorder
+) -> None:
+    partial_of(store).parent.mkdir(parents=True)
+    partial_of(store).write_bytes(b"y" * MiB)
+    partial_of(store).with_suffix(".url").write_text("http://elsewhere.invalid/other.bin")
+
+    result = await store.download(origin.url, NAME, SHA, recorder, CancelToken())
+
+    assert result.status is JobStatus.SUCCEEDED, result.reason
+    assert origin.ranges == [None]  # started over: never joined to the other file's bytes
+    assert (store.root / NAME).read_bytes() == PAYLOAD
+
+
 async def test_a_complete_partial_needs_no_body(store: ModelStore, origin: Origin) -> None:
     partial_of(store).parent.mkdir(parents=True)
     partial_of(store).write_bytes(PAYLOAD)
+    leave_origin(store, origin)
 
     result = await store.download(origin.url, NAME, SHA, Recorder(), CancelToken())
 
@@ -186,6 +207,7 @@ async def test_a_server_ignoring_range_starts_over(
 ) -> None:
     partial_of(store).parent.mkdir(parents=True)
     partial_of(store).write_bytes(b"x" * MiB)  # wrong bytes: only a fresh start can verify
+    leave_origin(store, origin)
     origin.ignore_range = True
 
     result = await store.download(origin.url, NAME, SHA, recorder, CancelToken())
@@ -289,6 +311,7 @@ async def test_500_is_retried_then_fails_keeping_the_partial(
 ) -> None:
     partial_of(store).parent.mkdir(parents=True)
     partial_of(store).write_bytes(PAYLOAD[:MiB])
+    leave_origin(store, origin)
     origin.status = 500
 
     result = await store.download(origin.url, NAME, SHA, recorder, CancelToken(), max_attempts=3)
