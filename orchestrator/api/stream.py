@@ -14,8 +14,8 @@ import json
 
 from aiohttp import web
 
+from ..bus import Frame
 from ..errors import InvalidInput
-from ..store import StoredEvent
 from .keys import BUS, REGISTRY
 
 HEARTBEAT_S = 15.0
@@ -47,7 +47,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     events = request.app[BUS].subscribe(job_id, after)
-    pending: asyncio.Future[list[StoredEvent]] | None = None
+    pending: asyncio.Future[list[Frame]] | None = None
     try:
         while True:
             if pending is None:
@@ -61,11 +61,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
             except StopAsyncIteration:
                 break
             pending = None
-            chunk = "".join(
-                f"id: {e.seq}\ndata: {json.dumps(e.to_dict(), ensure_ascii=False)}\n\n"
-                for e in batch
-            )
-            await response.write(chunk.encode())
+            await response.write(b"".join(frame.data for frame in batch))
         record = await registry.get(job_id)
         if record.status.terminal:
             end = {

@@ -11,7 +11,6 @@ Only transient daemon errors are retried; docker errors leave this module as our
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import math
 import threading
@@ -34,7 +33,7 @@ from . import ContainerSpec, OutputLine, Stream
 T = TypeVar("T")
 
 _MAX_LINE_BYTES = 64 * 1024  # a longer run without a newline is cut, so memory stays bounded
-_QUEUE_BATCHES = 64
+_MAX_BUFFERED_LINES = 50_000  # then the reader waits, and so does the container
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -281,61 +280,77 @@ def _unreachable(settings: Settings, exc: BaseException) -> str:
 
 
 class DockerOutput:
-    """The attach stream as batches of lines; see the module docstring for why attach."""
+    """The attach stream as batches of lines; see the module docstring for why attach.
+
+    The reader thread appends lines to a buffer and wakes the loop only when the buffer goes
+    from empty to not empty, so when the loop is busy the lines pile up into one big batch
+    instead of costing a cross-thread call each (a build that flushes every line sends one
+    frame per line). The buffer is bounded: a full one makes the reader wait, which in turn
+    makes the container wait on its pipe.
+    """
 
     def __init__(self, raw: Any, pool: ThreadPoolExecutor, loop: asyncio.AbstractEventLoop):
         self._raw = raw
         self._loop = loop
-        self._queue: asyncio.Queue[list[OutputLine] | BaseException | None] = asyncio.Queue(
-            _QUEUE_BATCHES
-        )
+        self._lines: list[OutputLine] = []
+        self._done = False  # the stream ended (after _lines is drained: the end)
+        self._error: BaseException | None = None
+        self._lock = threading.Condition()
+        self._wakeup = asyncio.Event()
         self._closed = threading.Event()
         self._reader = loop.run_in_executor(pool, self._read)
 
-    def _put(self, item: list[OutputLine] | BaseException | None) -> None:
-        future = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
-        # Never wait blindly: if the consumer is gone (closed, or the loop stopped), give up.
-        while True:
-            try:
-                future.result(timeout=1.0)
-                return
-            except concurrent.futures.TimeoutError:
-                if self._closed.is_set() or self._loop.is_closed():
-                    future.cancel()
-                    return
+    def _signal(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self._closed.set()
 
     def _read(self) -> None:
         try:
             for batch in split_lines(self._raw):
-                if self._closed.is_set():
-                    return
-                self._put(batch)
+                with self._lock:
+                    while len(self._lines) >= _MAX_BUFFERED_LINES and not self._closed.is_set():
+                        self._lock.wait(timeout=1.0)
+                    if self._closed.is_set():
+                        return
+                    was_empty = not self._lines
+                    self._lines.extend(batch)
+                if was_empty:
+                    self._signal()
         except BaseException as exc:  # reported to the reader side, not lost in the pool
-            if not self._closed.is_set():
-                self._put(BackendError(f"lost the build's output stream: {exc}"))
-            return
+            self._error = BackendError(f"lost the build's output stream: {exc}")
         finally:
             self._raw.close()
-        if not self._closed.is_set():
-            self._put(None)
+            with self._lock:
+                self._done = True
+            self._signal()
 
     async def __aiter__(self) -> AsyncIterator[list[OutputLine]]:
         while True:
-            item = await self._queue.get()
-            if item is None:
+            with self._lock:
+                batch, self._lines = self._lines, []
+                done = self._done
+                self._lock.notify_all()
+            if batch:
+                yield batch
+                continue
+            if done:
+                if self._error is not None:
+                    raise self._error
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            self._wakeup.clear()
+            with self._lock:
+                pending = bool(self._lines) or self._done
+            if not pending:
+                await self._wakeup.wait()
 
     async def aclose(self) -> None:
         self._closed.set()
         self._raw.close()
-        # Free a reader blocked on a full queue; it sees the flag and stops.
-        while not self._reader.done():
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            await asyncio.sleep(0.01)
+        with self._lock:
+            self._lock.notify_all()  # a reader waiting for room sees the flag and stops
+        await asyncio.wait({self._reader}, timeout=5)
 
 
 def split_lines(frames: Iterator[tuple[bytes | None, bytes | None]]) -> Iterator[list[OutputLine]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -69,3 +70,16 @@ async def test_shutdown_ends_waiting_subscribers(bus: Bus) -> None:
     await asyncio.sleep(0.05)
     bus.shutdown()
     assert await asyncio.wait_for(waiting, 5) == []
+
+
+@pytest.mark.parametrize("stream", [None, "stdout"])
+def test_a_frame_is_the_events_json(stream: str | None) -> None:
+    from orchestrator.bus import Frame
+    from orchestrator.store import StoredEvent
+
+    event = StoredEvent("j1", 7, 1795614715.0943747, "output", "info", 'a "q" \\ ü \x00 ✅', stream)
+    frame = Frame.of(event)
+    head, _, rest = frame.data.decode().partition("\n")
+    assert head == "id: 7"
+    assert rest.startswith("data: ") and rest.endswith("\n\n")
+    assert json.loads(rest[6:]) == event.to_dict()

@@ -1,0 +1,508 @@
+"""Benchmarks: the orchestrator against plain docker-py, side by side in one run.
+
+    .venv/bin/python bench/run.py [--reps N] [--only overhead,cancel,narration,scale]
+
+Writes bench/results/<UTC time>.md and .json and prints the table. Each comparison interleaves
+its two sides, so a noisy machine slows both alike and the ratios hold. Needs the build images
+(images/bootstrap) and the Docker daemon; runs `orchestrator serve` as a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+
+REPO = Path(__file__).resolve().parents[1]
+PKGBUILDS = Path(__file__).resolve().parent / "pkgbuilds"
+IMAGE = "orchestrator/build:cpu"
+LABEL = "orchestrator.bench"
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def build_tar(name: str, **fill: object) -> bytes:
+    text = (PKGBUILDS / name / "PKGBUILD").read_text()
+    for key, value in fill.items():
+        text = text.replace(f"@{key.upper()}@", str(value))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        data = text.encode()
+        info = tarfile.TarInfo("PKGBUILD")
+        info.size, info.uid, info.gid, info.mode = len(data), 1000, 1000, 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@dataclass
+class Row:
+    name: str
+    ours: list[float]
+    raw: list[float] | None
+    unit: str
+    target: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        def fmt(values: list[float] | None) -> str:
+            if not values:
+                return "—"
+            return f"{statistics.median(values):.3g} / {pct(values, 95):.3g}"
+
+        ratio = "—"
+        if self.raw:
+            ratio = f"{statistics.median(self.ours) / statistics.median(self.raw):.2f}×"
+        verdict = {True: "✅", False: "❌", None: ""}[self.passed]
+        return [
+            self.name,
+            fmt(self.ours),
+            fmt(self.raw),
+            ratio,
+            self.unit,
+            f"{self.target} {verdict}".strip(),
+            self.note,
+        ]
+
+
+class Service:
+    """`orchestrator serve` as a child process, with its RSS sampled."""
+
+    def __init__(self, data: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {
+            **os.environ,
+            "ORCHESTRATOR_DATA_DIR": str(data),
+            "ORCHESTRATOR_PORT": str(self.port),
+            "ORCHESTRATOR_INSTANCE_ID": f"bench-{uuid.uuid4().hex[:8]}",
+            "ORCHESTRATOR_MAX_CONCURRENT_BUILDS": "16",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        status = Path(f"/proc/{self.proc.pid}/status")
+        while not self._stop.is_set():
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    def reset_peak(self) -> None:
+        self.peak_rss = 0
+
+    async def ready(self, session: aiohttp.ClientSession) -> None:
+        for _ in range(200):
+            try:
+                async with session.get(f"{self.url}/health") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        raise RuntimeError("the service did not start")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+@dataclass
+class Api:
+    session: aiohttp.ClientSession
+    url: str
+
+    async def submit(self, tar: bytes) -> str:
+        async with self.session.post(
+            f"{self.url}/v1/builds", data=tar, headers={"Content-Type": "application/x-tar"}
+        ) as response:
+            assert response.status == 201, await response.text()
+            return str((await response.json())["job_id"])
+
+    async def events(self, job_id: str, until: str | None = None):  # type: ignore[no-untyped-def]
+        """Yield (arrival time, event) until the end marker (or an event with message ``until``)."""
+        async with self.session.get(f"{self.url}/v1/jobs/{job_id}/stream") as response:
+            kind = ""
+            async for raw in response.content:
+                line = raw.rstrip(b"\n")
+                if line.startswith(b"event: "):
+                    kind = line[7:].decode()
+                elif line.startswith(b"data: "):
+                    if line == b"data: [DONE]":
+                        return
+                    event = json.loads(line[6:])
+                    if kind == "end":
+                        yield time.time(), {"end": event}
+                        kind = ""
+                        continue
+                    yield time.time(), event
+                    if until is not None and event.get("message") == until:
+                        return
+
+
+# -- raw docker-py, the baseline ----------------------------------------------------------------
+
+
+def raw_create(client: docker.DockerClient, command: list[str] | None = None) -> Any:
+    client.images.get(IMAGE)
+    return client.containers.create(
+        IMAGE,
+        command,
+        user="builder",
+        working_dir="/build",
+        environment={"PKGDEST": "/out"},
+        labels={LABEL: "raw"},
+        init=True,
+        security_opt=["no-new-privileges"],
+        cap_drop=["ALL"],
+        detach=True,
+    )
+
+
+def raw_build(client: docker.DockerClient, tar: bytes) -> int:
+    """create, copy in, attach, start, read every line, wait, copy out, remove."""
+    container = raw_create(client, ["makepkg", "--nodeps", "--noconfirm", "--noprogressbar"])
+    try:
+        container.put_archive("/build", tar)
+        stream = client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True)
+        container.start()
+        lines = sum(chunk.count(b"\n") for chunk in stream)
+        container.wait()
+        bits, _ = container.get_archive("/out/.")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as out:
+            assert any(n.endswith(".pkg.tar.gz") for n in out.getnames())
+        return lines
+    finally:
+        container.remove(force=True, v=True)
+
+
+def leftovers(client: docker.DockerClient, marker: str) -> tuple[int, int]:
+    containers = client.containers.list(all=True, filters={"label": LABEL})
+    processes = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return len(containers), len(processes.stdout.split())
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+async def overhead(api: Api, client: docker.DockerClient, reps: int) -> list[Row]:
+    tar = build_tar("trivial")
+    ours, raw = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        job_id = await api.submit(tar)
+        async for _, event in api.events(job_id):
+            if "end" in event:
+                assert event["end"]["status"] == "succeeded", event
+        async with api.session.get(f"{api.url}/v1/jobs/{job_id}/artifacts") as response:
+            [artifact] = (await response.json())["artifacts"]
+        async with api.session.get(api.url + artifact["url"]) as response:
+            assert len(await response.read()) == artifact["size_bytes"]
+        ours.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.to_thread(raw_build, client, tar)
+        raw.append(time.perf_counter() - t0)
+    ratio = statistics.median(ours) / statistics.median(raw)
+    return [
+        Row("trivial build, submit → package downloaded", ours, raw, "s", "≤ 1.15×", ratio <= 1.15)
+    ]
+
+
+async def cancel(api: Api, client: docker.DockerClient, reps: int) -> list[Row]:
+    ours, raw, left = [], [], 0
+    for _ in range(reps):
+        marker = uuid.uuid4().hex
+        job_id = await api.submit(build_tar("sleeper", marker=marker))
+        async for _, _event in api.events(job_id, until="sleeper started"):
+            pass
+        await asyncio.sleep(0.3)  # the main loop is up too
+        t0 = time.perf_counter()
+        async with api.session.post(f"{api.url}/v1/jobs/{job_id}/cancel") as response:
+            assert (await response.json())["status"] == "cancelled"
+        ours.append((time.perf_counter() - t0) * 1000)
+        gone = client.containers.list(all=True, filters={"label": f"orchestrator.job={job_id}"})
+        left += len(gone) + leftovers(client, marker)[1]
+
+        container = raw_create(
+            client, ["bash", "-c", f"sleep 1000 & sleep 1000 & exec sleep 1001 # {marker}"]
+        )
+        container.start()
+        await asyncio.sleep(0.3)
+        t0 = time.perf_counter()
+        container.kill()
+        container.wait()
+        raw.append((time.perf_counter() - t0) * 1000)
+        container.remove(force=True)
+    ratio = statistics.median(ours) / statistics.median(raw)
+    return [
+        Row(
+            "cancel: POST /cancel → container gone (raw: kill + wait)",
+            ours,
+            raw,
+            "ms",
+            "≤ 1.3×",
+            ratio <= 1.3,
+            "ours includes removing the container",
+        ),
+        Row("cancel p99", [pct(ours, 99)], None, "ms", "< 300", pct(ours, 99) < 300),
+        Row(
+            "cancel leftovers (containers + processes)",
+            [float(left)],
+            None,
+            "count",
+            "0",
+            left == 0,
+        ),
+    ]
+
+
+async def narration(
+    api: Api, client: docker.DockerClient, service: Service, reps: int, lines: int
+) -> list[Row]:
+    tar = build_tar("narrate", lines=lines, pause_every=0)
+    ours_rate, raw_rate, latencies, lost = [], [], [], 0
+    peak = 0
+    for _ in range(reps):
+        service.reset_peak()
+        job_id = await api.submit(tar)
+        stalled = await api.session.get(f"{api.url}/v1/jobs/{job_id}/stream")  # never read
+        arrivals: list[float] = []
+        async for arrived, event in api.events(job_id):
+            if event.get("stream") == "stdout" and " " in event["message"]:
+                n, _, stamp = event["message"].partition(" ")
+                if n.isdigit():
+                    arrivals.append(arrived)
+                    latencies.append((arrived - float(stamp)) * 1000)
+        stalled.close()
+        lost += lines - len(arrivals)
+        ours_rate.append(len(arrivals) / max(arrivals[-1] - arrivals[0], 1e-6))
+        peak = max(peak, service.peak_rss)
+
+        def raw_follow() -> float:
+            container = raw_create(
+                client, ["makepkg", "--nodeps", "--noconfirm", "--noprogressbar"]
+            )
+            try:
+                container.put_archive("/build", tar)
+                stream = client.api.attach(
+                    container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+                )
+                container.start()
+                first = last = 0.0
+                count, partial = 0, b""
+                for out, _err in stream:
+                    if not out:
+                        continue
+                    now = time.time()
+                    data = partial + out
+                    *complete, partial = data.split(b"\n")
+                    for line in complete:
+                        n, _, _stamp = line.partition(b" ")
+                        if n.isdigit():
+                            count += 1
+                            first = first or now
+                            last = now
+                return count / max(last - first, 1e-6)
+            finally:
+                container.remove(force=True, v=True)
+
+        raw_rate.append(await asyncio.to_thread(raw_follow))
+    ratio = statistics.median(ours_rate) / statistics.median(raw_rate)
+    return [
+        Row(
+            f"narration: {lines} lines/s to an SSE client (raw: attach)",
+            ours_rate,
+            raw_rate,
+            "lines/s",
+            "≥ 80%",
+            ratio >= 0.8,
+        ),
+        Row(
+            "line latency, container timestamp → SSE client",
+            latencies,
+            None,
+            "ms",
+            "p50 < 20",
+            statistics.median(latencies) < 20,
+        ),
+        Row("lines lost", [float(lost)], None, "count", "0", lost == 0),
+        Row(
+            "service peak RSS, one fast + one stalled subscriber",
+            [peak / 2**20],
+            None,
+            "MiB",
+            "bounded",
+        ),
+    ]
+
+
+async def scale(api: Api, service: Service, builds: int, subscribers: int, lines: int) -> list[Row]:
+    service.reset_peak()
+    tar = build_tar("trivial")
+    t0 = time.perf_counter()
+
+    async def one() -> str:
+        job_id = await api.submit(tar)
+        status = ""
+        async for _, event in api.events(job_id):
+            status = event.get("end", {}).get("status", status)
+        return status
+
+    statuses = await asyncio.gather(*(one() for _ in range(builds)), return_exceptions=True)
+    wall = time.perf_counter() - t0
+    failed = sum(1 for s in statuses if s != "succeeded")
+
+    job_id = await api.submit(build_tar("narrate", lines=lines, pause_every=200))
+
+    async def subscriber() -> int:
+        seen = set()
+        async for _, event in api.events(job_id):
+            if event.get("stream") == "stdout" and event["message"].split(" ")[0].isdigit():
+                seen.add(int(event["message"].split(" ")[0]))
+        return len(seen)
+
+    counts = await asyncio.gather(
+        *(subscriber() for _ in range(subscribers)), return_exceptions=True
+    )
+    errors = sum(1 for c in counts if isinstance(c, BaseException))
+    lost = sum(lines - c for c in counts if isinstance(c, int))
+    return [
+        Row(
+            f"{builds} concurrent trivial builds (wall time)",
+            [wall],
+            None,
+            "s",
+            "no failures",
+            failed == 0,
+            f"{failed} failed",
+        ),
+        Row(
+            f"{subscribers} SSE subscribers on one job of {lines} lines: lines lost",
+            [float(lost)],
+            None,
+            "count",
+            "0, no errors",
+            lost == 0 and errors == 0,
+            f"{errors} errors",
+        ),
+        Row(
+            "service peak RSS during the scale runs",
+            [service.peak_rss / 2**20],
+            None,
+            "MiB",
+            "reported",
+        ),
+    ]
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> list[Row]:
+    client = docker.from_env()
+    only = set(args.only.split(",")) if args.only else {"overhead", "cancel", "narration", "scale"}
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as data:
+        service = Service(Path(data))
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
+        connector = aiohttp.TCPConnector(limit=0)
+        try:
+            async with aiohttp.ClientSession(
+                timeout=timeout, connector=connector, read_bufsize=1 << 20
+            ) as session:
+                await service.ready(session)
+                api = Api(session, service.url)
+                await overhead(api, client, 1)  # warm-up: page cache, image layers
+                if "overhead" in only:
+                    rows += await overhead(api, client, args.reps)
+                if "cancel" in only:
+                    rows += await cancel(api, client, args.reps * 2)
+                if "narration" in only:
+                    rows += await narration(
+                        api, client, service, max(2, args.reps // 3), args.lines
+                    )
+                if "scale" in only:
+                    rows += await scale(api, service, 16, args.subscribers, 2000)
+        finally:
+            service.stop()
+            for container in client.containers.list(all=True, filters={"label": LABEL}):
+                container.remove(force=True)
+    return rows
+
+
+def report(rows: list[Row], args: argparse.Namespace) -> str:
+    header = [
+        "measure",
+        "orchestrator (median / p95)",
+        "raw docker-py (median / p95)",
+        "ratio",
+        "unit",
+        "target",
+        "note",
+    ]
+    lines = [
+        f"# Benchmarks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        f"{os.cpu_count()} cores; reps={args.reps}; `python bench/run.py"
+        f"{' --only ' + args.only if args.only else ''}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=6)
+    parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--subscribers", type=int, default=500)
+    parser.add_argument("--only", help="comma-separated: overhead,cancel,narration,scale")
+    args = parser.parse_args()
+    rows = asyncio.run(main(args))
+    text = report(rows, args)
+    print(text)
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (out / f"{stamp}.md").write_text(text)
+    (out / f"{stamp}.json").write_text(json.dumps([row.__dict__ for row in rows], indent=1))
