@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import docker
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from orchestrator import Engine, Settings
+from orchestrator.api import create_app
 from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
 
 pytestmark = pytest.mark.docker
@@ -32,3 +35,18 @@ def job_containers(client: docker.DockerClient, job_id: str) -> list[str]:
 
 def job_id() -> str:
     return uuid.uuid4().hex
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[TestClient]:
+    """The app over real HTTP on 127.0.0.1 (aiohttp's test server), cleaned up on exit."""
+    async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, docker_client: docker.DockerClient
+) -> AsyncIterator[TestClient]:
+    async with serve(settings) as client:
+        yield client

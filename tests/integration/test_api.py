@@ -8,36 +8,21 @@ import os
 import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from orchestrator import Settings
-from orchestrator.api import InsecureBind, check_bind, create_app
+from orchestrator.api import InsecureBind, check_bind
 
-from .conftest import job_containers
+from .conftest import job_containers, serve
 from .service import Sse, read_sse, submit, wait_status
 from .test_engine import container_events, marked_processes
 
 pytestmark = pytest.mark.docker
-
-
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:
-        yield client
-
-
-@pytest.fixture
-async def client(
-    settings: Settings, docker_client: docker.DockerClient
-) -> AsyncIterator[TestClient]:
-    async with serve(settings) as client:
-        yield client
 
 
 def assert_contiguous(sse: Sse, first: int = 1) -> None:

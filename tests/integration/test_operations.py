@@ -20,9 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from orchestrator import Settings
 from orchestrator.catalog import SHIPPED
 
-from .conftest import job_containers
+from .conftest import job_containers, serve
 from .service import read_sse
-from .test_api import serve
 
 pytestmark = pytest.mark.docker
 
@@ -285,14 +284,6 @@ async def test_cancel_stops_a_download_and_removes_the_partial_file(
     assert cancelled["status"] == "cancelled"
     assert not (settings.models_dir / "slow.bin").exists()
     assert list((settings.models_dir / ".partial").glob("*")) == []
-
-
-@pytest.fixture
-async def client(
-    settings: Settings, docker_client: docker.DockerClient
-) -> AsyncIterator[TestClient]:
-    async with serve(settings) as client:
-        yield client
 
 
 def test_the_shipped_catalog_is_in_the_package() -> None:
