@@ -1,7 +1,7 @@
 """orchestrator: builds PKGBUILDs in throwaway Docker containers, with live narration and cancel."""
 
 from ._version import __version__
-from .backend import Backend, ContainerSpec, OutputLine
+from .backend import Backend, ContainerSpec, OutputChunk
 from .cancel import CancelReason, CancelToken
 from .engine import Engine
 from .errors import (
@@ -44,7 +44,7 @@ __all__ = [
     "JobStatus",
     "Level",
     "OrchestratorError",
-    "OutputLine",
+    "OutputChunk",
     "PkgInfo",
     "PkgbuildError",
     "Runner",

@@ -17,6 +17,7 @@ import json
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from .store import Store, StoredEvent
 
@@ -32,10 +33,12 @@ class Frame:
 
     @classmethod
     def of(cls, event: StoredEvent) -> Frame:
-        # The same JSON as json.dumps(event.to_dict()), built by hand: this runs once per line
-        # of build output, and only the message needs escaping (ids, actions and levels are
-        # plain words we make).
+        # The same JSON as json.dumps(event.to_dict()), built by hand: this runs once per event
+        # (a flood of output is one event per 64 KiB of it), and only the message needs
+        # escaping (ids, actions and levels are plain words we make).
         stream = "" if event.stream is None else f', "stream": "{event.stream}"'
+        if event.action == "output":
+            stream += f', "lines": {event.message.count(chr(10)) + 1}'
         data = (
             f'id: {event.seq}\ndata: {{"seq": {event.seq}, "ts": {event.ts!r}, '
             f'"job_id": "{event.job_id}", "action": "{event.action}", '
@@ -51,13 +54,16 @@ class _Channel:
         self.closed = False
         self.changed = asyncio.Event()
 
-    def take(self, cursor: int) -> list[Frame]:
-        """The ring's events after ``cursor``, or [] when the ring cannot say (then: the store)."""
+    def take(self, cursor: int) -> list[Frame] | None:
+        """The ring's events after ``cursor``: [] when caught up, None when the ring cannot say
+        (the cursor is behind it: then the store)."""
         if not self.ring:
+            return None
+        if cursor >= self.ring[-1].seq:
             return []
         start = cursor + 1 - self.ring[0].seq
         if start < 0 or start >= len(self.ring) or self.ring[start].seq != cursor + 1:
-            return []
+            return None
         return list(itertools.islice(self.ring, start, None))
 
     def wake(self) -> None:
@@ -67,23 +73,30 @@ class _Channel:
 
 
 class Bus:
+    """Fans out what the store has committed (see ``Store.on_commit``), never anything sooner."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
         self._channels: dict[str, _Channel] = {}
         self._closing = False
+        store.on_commit(self._committed)
+
+    def _committed(self, batch: Sequence[StoredEvent]) -> None:
+        for job_id, events in itertools.groupby(batch, key=attrgetter("job_id")):
+            self._publish(job_id, list(events))
 
     def open(self, job_id: str) -> None:
         """Start live fan-out for a job that is about to produce events."""
         self._channels.setdefault(job_id, _Channel())
 
-    def publish(self, job_id: str, events: Sequence[StoredEvent]) -> None:
+    def _publish(self, job_id: str, events: Sequence[StoredEvent]) -> None:
         channel = self._channels.get(job_id)
         if channel is None or not events:
             return
         for event in map(Frame.of, events):
-            # The ring must stay gapless for cursor lookups; an append that was cancelled
-            # after the store gave out seqs leaves a gap, and then the ring starts afresh
-            # (the store has every event, so subscribers lose nothing).
+            # The ring must stay gapless for cursor lookups. Should a batch ever be committed
+            # unheard (the store failed in between), the ring starts afresh: the store has
+            # every committed event, so subscribers lose nothing.
             if channel.ring and event.seq != channel.ring[-1].seq + 1:
                 channel.ring.clear()
             channel.ring.append(event)
@@ -112,8 +125,8 @@ class Bus:
         cursor = after_seq
         while True:
             channel = self._channels.get(job_id)
-            batch = channel.take(cursor) if channel is not None else []
-            if not batch:
+            batch = channel.take(cursor) if channel is not None else None
+            if batch is None:
                 # Behind the ring, or no live channel: page through the store.
                 stored = await self._store.events(job_id, after_seq=cursor, limit=_STORE_PAGE)
                 batch = [Frame.of(event) for event in stored]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
+
+from .backend import OutputChunk
 
 
 class Level(StrEnum):
@@ -21,8 +26,8 @@ class Action(StrEnum):
     CONTAINER_CREATED = "container_created"
     SOURCES_COPIED = "sources_copied"
     BUILD_STARTED = "build_started"
-    OUTPUT = "output"
-    PHASE = "phase"  # makepkg's own "==> ..." lines, still carrying their stream
+    OUTPUT = "output"  # a run of lines of one stream, joined by "\n"
+    PHASE = "phase"  # one of makepkg's own "==> ..." lines, still carrying its stream
     BUILD_EXITED = "build_exited"
     ARTIFACT_STORED = "artifact_stored"
     INSTALLED = "installed"
@@ -54,17 +59,60 @@ class Event:
         }
         if self.stream is not None:
             data["stream"] = self.stream
+        if self.action is Action.OUTPUT:
+            data["lines"] = self.message.count("\n") + 1
         return data
 
 
-def output_event(stream: str, text: str, ts: float) -> Event:
-    """One line of build output; makepkg's phase markers become PHASE events."""
-    if text.startswith("==> "):
-        if text.startswith("==> ERROR:"):
-            level = Level.ERROR
-        elif text.startswith("==> WARNING:"):
-            level = Level.WARNING
-        else:
-            level = Level.INFO
-        return Event(Action.PHASE, text, level, stream, ts)
-    return Event(Action.OUTPUT, text, Level.INFO, stream, ts)
+MAX_OUTPUT_EVENT_CHARS = 64 * 1024  # a bigger run of lines is sent as several events
+_PHASE = "==> "  # makepkg's own progress lines: each one its own PHASE event
+
+
+def output_events(chunks: Iterable[OutputChunk]) -> list[Event]:
+    """Build output as events: each OUTPUT event holds a run of lines of one stream.
+
+    A build can print close to a million lines a second, so lines are not events of their own:
+    consecutive lines of one stream share an event, joined by ``\n``, up to
+    ``MAX_OUTPUT_EVENT_CHARS``. makepkg's ``==> `` lines break a run and become PHASE events.
+    """
+    events: list[Event] = []
+    for stream, run in itertools.groupby(chunks, key=attrgetter("stream")):
+        group = list(run)
+        text = group[0].text if len(group) == 1 else "\n".join(c.text for c in group)
+        ts = group[0].ts
+        if not text.startswith(_PHASE) and "\n" + _PHASE not in text:
+            _add_output(events, stream, text, ts)  # the usual case: no per-line work at all
+            continue
+        plain: list[str] = []
+        for line in text.split("\n"):
+            if line.startswith(_PHASE):
+                if plain:
+                    _add_output(events, stream, "\n".join(plain), ts)
+                    plain = []
+                events.append(Event(Action.PHASE, line, _phase_level(line), stream, ts))
+            else:
+                plain.append(line)
+        if plain:
+            _add_output(events, stream, "\n".join(plain), ts)
+    return events
+
+
+def _add_output(events: list[Event], stream: str, text: str, ts: float) -> None:
+    start = 0
+    while len(text) - start > MAX_OUTPUT_EVENT_CHARS:
+        cut = text.rfind("\n", start, start + MAX_OUTPUT_EVENT_CHARS)
+        if cut <= start:  # one line longer than the limit: it stays whole
+            cut = text.find("\n", start + MAX_OUTPUT_EVENT_CHARS)
+            if cut < 0:
+                break
+        events.append(Event(Action.OUTPUT, text[start:cut], Level.INFO, stream, ts))
+        start = cut + 1
+    events.append(Event(Action.OUTPUT, text[start:], Level.INFO, stream, ts))
+
+
+def _phase_level(line: str) -> Level:
+    if line.startswith("==> ERROR:"):
+        return Level.ERROR
+    if line.startswith("==> WARNING:"):
+        return Level.WARNING
+    return Level.INFO

@@ -318,9 +318,9 @@ class Registry:
         return record
 
     async def _emit(self, job_id: str, batch: Sequence[Event]) -> None:
+        # Subscribers see the events once they are committed: the bus hears from the store.
         stored = await self._store.append(job_id, batch)
         self._metrics.events.inc(len(stored))
-        self._bus.publish(job_id, stored)
 
     @property
     def queue_length(self) -> int:

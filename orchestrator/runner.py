@@ -18,7 +18,7 @@ from . import archive, pkgbuild
 from .backend import Backend, ContainerSpec, OutputStream
 from .cancel import CancelReason, CancelToken
 from .errors import OrchestratorError
-from .events import Action, Event, Level, output_event
+from .events import Action, Event, Level, output_events
 from .pkgbuild import PkgInfo
 from .settings import Settings
 from .status import JobStatus
@@ -196,7 +196,7 @@ class Runner:
 
     async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> int:
         async for batch in stream:
-            await sink([output_event(line.stream, line.text, line.ts) for line in batch])
+            await sink(output_events(batch))
         return await self._backend.wait(cid)
 
     async def _copy_packages(self, cid: str, job_id: str) -> list[Path]:

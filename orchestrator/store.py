@@ -3,8 +3,11 @@
 All SQLite work runs on one dedicated thread that owns the only connection: the event loop never
 blocks on the disk and the connection never sees two threads. Narration is the hot path (a build
 can print ~1M lines/s in bursts), so `Store.append` numbers events in memory and returns at once,
-and a writer task flushes the buffer in batches, one transaction each. The buffer is bounded: when
+and the thread commits them in batches, one transaction each: at once when it is idle, otherwise
+everything appended meanwhile goes in the next batch (group commit). The buffer is bounded: when
 the disk falls behind, `append` waits (backpressure) instead of dropping events or growing.
+Listeners (`on_commit`) get each batch once it is committed: live narration is shown from there,
+so nothing a client has seen can be lost in a crash.
 
 Final-status writes must survive the caller being cancelled. Once `update_job` has started it
 reaches the executor without suspending, and the executor job is shielded from the awaiting task,
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,9 +31,12 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._checkpoint import BACKSTOP_PAGES, Checkpointer
 from .errors import OrchestratorError
 from .events import Event
 from .status import JobStatus
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -73,6 +80,8 @@ class StoredEvent:
         }
         if self.stream is not None:
             data["stream"] = self.stream
+        if self.action == "output":
+            data["lines"] = self.message.count("\n") + 1
         return data
 
 
@@ -194,6 +203,7 @@ def _connect(path: Path) -> sqlite3.Connection:
             raise StoreError(f"job store {path}: cannot enable WAL (journal_mode is {mode})")
         # NORMAL in WAL mode can lose the last commits on power loss but never corrupts.
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")  # see _checkpoint.py
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn)
     except BaseException:
@@ -298,12 +308,12 @@ class Store:
         self,
         conn: sqlite3.Connection,
         executor: ThreadPoolExecutor,
-        flush_interval_s: float,
         max_pending_events: int,
+        checkpointer: Checkpointer,
     ) -> None:
         self._conn = conn
         self._executor = executor
-        self._flush_interval_s = flush_interval_s
+        self._checkpointer = checkpointer
         self._max_pending = max_pending_events
         self._pending: list[StoredEvent] = []
         self._inflight = 0  # events handed to the thread but not yet committed
@@ -311,14 +321,12 @@ class Store:
         self._room = asyncio.Event()
         self._failure: StoreError | None = None
         self._closed = False
-        self._writer: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[Sequence[StoredEvent]], None]] = []
 
     @classmethod
-    async def open(
-        cls, path: Path, *, flush_interval_s: float = 0.05, max_pending_events: int = 20_000
-    ) -> Store:
-        if flush_interval_s <= 0 or max_pending_events < 1:
-            raise ValueError("flush_interval_s must be > 0 and max_pending_events >= 1")
+    async def open(cls, path: Path, *, max_pending_events: int = 20_000) -> Store:
+        if max_pending_events < 1:
+            raise ValueError("max_pending_events must be >= 1")
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-store")
         path = Path(path)
         try:
@@ -328,9 +336,16 @@ class Store:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        store = cls(conn, executor, flush_interval_s, max_pending_events)
-        store._writer = asyncio.create_task(store._write_loop(), name="store-writer")
-        return store
+        return cls(conn, executor, max_pending_events, Checkpointer(path))
+
+    def on_commit(self, listener: Callable[[Sequence[StoredEvent]], None]) -> None:
+        """Call ``listener`` on the loop with each batch of events once it is committed.
+
+        Batches come in commit order, so each job's events come in seq order. Whoever shows
+        events live should take them from here: an event seen before its commit could vanish
+        in a crash, and its seq be given again to another event after the restart.
+        """
+        self._listeners.append(listener)
 
     async def close(self) -> None:
         """Flush, stop the writer and close the connection; raises if events could not be saved."""
@@ -338,15 +353,11 @@ class Store:
             return
         self._closed = True
         try:
-            if self._writer is not None:
-                self._writer.cancel()
-                await asyncio.wait([self._writer])
-                if not self._writer.cancelled() and (exc := self._writer.exception()):
-                    self._fail(exc)
             if self._pending or self._inflight:
                 await asyncio.shield(self._start_flush())
             self._raise_if_failed()
         finally:
+            await self._checkpointer.close()
             with contextlib.suppress(StoreError):
                 await self._submit(lambda conn: conn.close())
             self._executor.shutdown(wait=False)
@@ -424,9 +435,9 @@ class Store:
         ]
         self._seqs[job_id] = last + len(stored)
         self._pending.extend(stored)
-        # Half full: write now rather than at the writer's next tick. One batch in flight at a
-        # time keeps the batches large.
-        if len(self._pending) >= self._max_pending // 2 and not self._inflight:
+        # Group commit: write at once when the thread is idle; otherwise the events wait for
+        # the batch in flight and go with the next one, so batches grow with the load.
+        if not self._inflight:
             self._start_flush()
         while len(self._pending) + self._inflight > self._max_pending:
             if not self._inflight:
@@ -479,7 +490,7 @@ class Store:
         )
         if batch:
             self._inflight += len(batch)
-            future.add_done_callback(lambda done: self._batch_done(len(batch), done))
+            future.add_done_callback(lambda done: self._batch_done(batch, done))
         return future
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -494,23 +505,25 @@ class Store:
                 self._failure = StoreError(f"job store: {exc!r}")
                 self._failure.__cause__ = exc
 
-    def _batch_done(self, size: int, future: asyncio.Future[Any]) -> None:
+    def _batch_done(self, batch: Sequence[StoredEvent], future: asyncio.Future[Any]) -> None:
         # Recorded here rather than by whoever awaits, so a failure is kept even if nobody
         # awaits the batch (or its awaiter was cancelled), and raised from the next append/flush.
-        self._inflight -= size
+        self._inflight -= len(batch)
         if future.cancelled():
-            self._fail(StoreError(f"a batch of {size} events was cancelled before being written"))
+            self._fail(StoreError(f"a batch of {len(batch)} events was cancelled unwritten"))
         elif (exc := future.exception()) is not None:
             self._fail(exc)
+        else:
+            self._checkpointer.committed()
+            for listener in self._listeners:
+                try:
+                    listener(batch)
+                except Exception:  # a listener's bug must not stop the writing
+                    log.exception("an on_commit listener failed")
+        if self._pending and not self._inflight and not self._closed and self._failure is None:
+            self._start_flush()
         self._room.set()
 
     def _start_flush(self) -> asyncio.Future[None]:
         batch, self._pending = self._pending, []
         return self._submit(lambda conn: _write_events(conn, batch), batch)
-
-    async def _write_loop(self) -> None:
-        while self._failure is None:
-            await asyncio.sleep(self._flush_interval_s)
-            if self._pending:
-                with contextlib.suppress(StoreError):  # kept by _batch_done
-                    await asyncio.shield(self._start_flush())

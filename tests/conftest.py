@@ -54,10 +54,12 @@ class Recorder:
         self._changed.set()
 
     def lines(self, stream: str | None = None) -> list[str]:
+        """Every output line, in order (an OUTPUT event holds a run of them)."""
         return [
-            e.message
+            line
             for e in self.events
             if e.action in (Action.OUTPUT, Action.PHASE) and (stream is None or e.stream == stream)
+            for line in e.message.split("\n")
         ]
 
     def actions(self) -> list[Action]:

@@ -365,8 +365,16 @@ _SCHEMAS: dict[str, Any] = {
             "job_id": {"type": "string"},
             "action": {"type": "string"},
             "level": {"type": "string", "enum": ["debug", "info", "warning", "error"]},
-            "message": {"type": "string"},
+            "message": {
+                "type": "string",
+                "description": "For `output` events: a run of consecutive lines of one stream, "
+                "joined by \\n (no trailing newline)",
+            },
             "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+            "lines": {
+                "type": "integer",
+                "description": "`output` events only: how many lines `message` holds",
+            },
         },
     },
     "Operation": {

@@ -31,16 +31,22 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class OutputLine:
+class OutputChunk:
+    """Whole lines the container wrote to one stream, joined by ``\n`` (no trailing newline).
+
+    Output travels in runs of lines, not line by line: a build can print close to a million
+    lines a second, and per-line objects would cost more than everything else on the path.
+    """
+
     stream: Stream
     text: str
-    ts: float
+    ts: float  # when the first of these lines was read
 
 
 class OutputStream(Protocol):
-    """Batches of lines in the order the container wrote them; ends when the container exits."""
+    """Batches of chunks in the order the container wrote them; ends when the container exits."""
 
-    def __aiter__(self) -> AsyncIterator[list[OutputLine]]: ...
+    def __aiter__(self) -> AsyncIterator[list[OutputChunk]]: ...
 
     async def aclose(self) -> None: ...
 
@@ -91,4 +97,4 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["Backend", "ContainerSpec", "OutputLine", "OutputStream", "Stream"]
+__all__ = ["Backend", "ContainerSpec", "OutputChunk", "OutputStream", "Stream"]

@@ -3,8 +3,7 @@
 docker-py blocks, so every call runs in this backend's own thread pool (a build holds a thread for
 its output and one for its wait; the loop's default pool is too small for that). Output is read
 from an ``attach`` made before ``start``: on Docker 20.10, ``logs(follow=True)`` stops early when a
-container exits in a burst, and attach does not. Lines cross to the event loop in batches through a
-bounded queue, which also pushes back on a container that prints faster than we consume.
+container exits in a burst, and attach does not (``_attach.py`` reads it).
 Only transient daemon errors are retried; docker errors leave this module as ours.
 """
 
@@ -13,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar, cast
 
@@ -28,12 +26,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from ..archive import spooled
 from ..errors import BackendError, BackendUnavailable, ContainerGone, ImageNotFound
 from ..settings import Settings
-from . import ContainerSpec, OutputLine, Stream
+from . import ContainerSpec
+from ._attach import AttachOutput
 
 T = TypeVar("T")
-
-_MAX_LINE_BYTES = 64 * 1024  # a longer run without a newline is cut, so memory stays bounded
-_MAX_BUFFERED_LINES = 50_000  # then the reader waits, and so does the container
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -137,14 +133,14 @@ class DockerBackend:
 
         await self._run(put)
 
-    async def attach(self, container_id: str) -> DockerOutput:
-        raw = await self._run(self._attach, container_id)
-        return DockerOutput(raw, self._pool, asyncio.get_running_loop())
+    async def attach(self, container_id: str) -> AttachOutput:
+        sock = await self._run(self._attach, container_id)
+        return AttachOutput(sock, self._pool, asyncio.get_running_loop())
 
     def _attach(self, container_id: str) -> Any:
-        return self._long.attach(
-            container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True
-        )
+        # The socket, not docker-py's frame iterator: see _attach.py for why.
+        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
+        return self._long.attach_socket(container_id, params=params)
 
     async def start(self, container_id: str) -> None:
         await self._run(self._client.api.start, container_id)
@@ -277,108 +273,3 @@ def _unreachable(settings: Settings, exc: BaseException) -> str:
         f"cannot reach the Docker daemon at {where}: {exc}. The service needs the host's "
         "Docker socket (in a container: mount /var/run/docker.sock)"
     )
-
-
-class DockerOutput:
-    """The attach stream as batches of lines; see the module docstring for why attach.
-
-    The reader thread appends lines to a buffer and wakes the loop only when the buffer goes
-    from empty to not empty, so when the loop is busy the lines pile up into one big batch
-    instead of costing a cross-thread call each (a build that flushes every line sends one
-    frame per line). The buffer is bounded: a full one makes the reader wait, which in turn
-    makes the container wait on its pipe.
-    """
-
-    def __init__(self, raw: Any, pool: ThreadPoolExecutor, loop: asyncio.AbstractEventLoop):
-        self._raw = raw
-        self._loop = loop
-        self._lines: list[OutputLine] = []
-        self._done = False  # the stream ended (after _lines is drained: the end)
-        self._error: BaseException | None = None
-        self._lock = threading.Condition()
-        self._wakeup = asyncio.Event()
-        self._closed = threading.Event()
-        self._reader = loop.run_in_executor(pool, self._read)
-
-    def _signal(self) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._wakeup.set)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self._closed.set()
-
-    def _read(self) -> None:
-        try:
-            for batch in split_lines(self._raw):
-                with self._lock:
-                    while len(self._lines) >= _MAX_BUFFERED_LINES and not self._closed.is_set():
-                        self._lock.wait(timeout=1.0)
-                    if self._closed.is_set():
-                        return
-                    was_empty = not self._lines
-                    self._lines.extend(batch)
-                if was_empty:
-                    self._signal()
-        except BaseException as exc:  # reported to the reader side, not lost in the pool
-            self._error = BackendError(f"lost the build's output stream: {exc}")
-        finally:
-            self._raw.close()
-            with self._lock:
-                self._done = True
-            self._signal()
-
-    async def __aiter__(self) -> AsyncIterator[list[OutputLine]]:
-        while True:
-            with self._lock:
-                batch, self._lines = self._lines, []
-                done = self._done
-                self._lock.notify_all()
-            if batch:
-                yield batch
-                continue
-            if done:
-                if self._error is not None:
-                    raise self._error
-                return
-            self._wakeup.clear()
-            with self._lock:
-                pending = bool(self._lines) or self._done
-            if not pending:
-                await self._wakeup.wait()
-
-    async def aclose(self) -> None:
-        self._closed.set()
-        self._raw.close()
-        with self._lock:
-            self._lock.notify_all()  # a reader waiting for room sees the flag and stops
-        await asyncio.wait({self._reader}, timeout=5)
-
-
-def split_lines(frames: Iterator[tuple[bytes | None, bytes | None]]) -> Iterator[list[OutputLine]]:
-    """Demuxed attach frames → batches of whole lines, each tagged with its stream.
-
-    A partial line waits for the rest of it from the same stream; at the end every partial
-    line is flushed, so nothing written is lost.
-    """
-    partial: dict[Stream, bytes] = {"stdout": b"", "stderr": b""}
-    for out, err in frames:
-        now = time.time()
-        batch: list[OutputLine] = []
-        for stream, data in (("stdout", out), ("stderr", err)):
-            if not data:
-                continue
-            buf = partial[stream] + data  # type: ignore[index]
-            *complete, rest = buf.split(b"\n")
-            batch.extend(OutputLine(stream, _decode(line), now) for line in complete)  # type: ignore[arg-type]
-            while len(rest) > _MAX_LINE_BYTES:
-                batch.append(OutputLine(stream, _decode(rest[:_MAX_LINE_BYTES]), now))  # type: ignore[arg-type]
-                rest = rest[_MAX_LINE_BYTES:]
-            partial[stream] = rest  # type: ignore[index]
-        if batch:
-            yield batch
-    tail = [OutputLine(s, _decode(b), time.time()) for s, b in partial.items() if b]
-    if tail:
-        yield tail
-
-
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace").removesuffix("\r")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ..errors import ContainerGone, ImageNotFound
-from . import ContainerSpec, OutputLine, Stream
+from . import ContainerSpec, OutputChunk, Stream
 
 
 @dataclass
@@ -38,7 +38,7 @@ class FakeContainer:
     files: dict[str, bytes] = field(default_factory=dict)
     state: str = "created"  # created → running → exited
     exit_code: int | None = None
-    queue: asyncio.Queue[list[OutputLine] | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[list[OutputChunk] | None] = field(default_factory=asyncio.Queue)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -47,7 +47,7 @@ class FakeOutput:
     def __init__(self, container: FakeContainer) -> None:
         self._container = container
 
-    async def __aiter__(self) -> AsyncIterator[list[OutputLine]]:
+    async def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
         while (batch := await self._container.queue.get()) is not None:
             yield batch
 
@@ -113,7 +113,7 @@ class FakeBackend:
             for stream, text, pause_s in container.script.steps:
                 if pause_s:
                     await asyncio.sleep(pause_s)
-                await container.queue.put([OutputLine(stream, text, time.time())])
+                await container.queue.put([OutputChunk(stream, text, time.time())])
             container.exit_code = container.script.exit_code
         except asyncio.CancelledError:
             container.exit_code = 137

@@ -41,7 +41,7 @@ def submit(service: ServiceContainer, src: Path) -> str:
 def sse(
     service: ServiceContainer, job_id: str, until: str | None = None
 ) -> tuple[list[str], dict[str, Any] | None, bool]:
-    """Messages, end marker and [DONE] of a job's stream (stopping early at ``until``)."""
+    """Narration lines, end marker and [DONE] of a job's stream (stopping at line ``until``)."""
     messages: list[str] = []
     end: dict[str, Any] | None = None
     done = False
@@ -59,8 +59,9 @@ def sse(
                 if event == "end":
                     end = data
                 else:
-                    messages.append(data["message"])
-                    if until is not None and data["message"] == until:
+                    lines = data["message"].split("\n")  # output events hold runs of lines
+                    messages += lines
+                    if until is not None and until in lines:
                         break
             elif not line:
                 event = "message"

@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,16 @@ class Sse:
     done: bool = False
 
     def messages(self) -> list[str]:
-        return [e["message"] for e in self.events]
+        """Every narration line (an output event's message holds a run of lines)."""
+        return [line for e in self.events for line in e["message"].split("\n")]
 
     def actions(self) -> list[str]:
         return [e["action"] for e in self.events]
+
+
+def has_line(text: str) -> Callable[[dict[str, Any]], bool]:
+    """An ``until`` for ``read_sse``: the event holds the line ``text``."""
+    return lambda event: text in event["message"].split("\n")
 
 
 async def read_sse(

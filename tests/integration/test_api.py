@@ -19,7 +19,7 @@ from orchestrator import Settings
 from orchestrator.api import InsecureBind, check_bind
 
 from .conftest import job_containers, serve
-from .service import Sse, read_sse, submit, wait_status
+from .service import Sse, has_line, read_sse, submit, wait_status
 from .test_engine import container_events, marked_processes
 
 pytestmark = pytest.mark.docker
@@ -89,7 +89,7 @@ async def test_sse_replay_resume_and_many_subscribers(
 ) -> None:
     job_id = (await submit(client, build_dir("slow-printer")))["job_id"]
     first = asyncio.create_task(read_sse(client, job_id))
-    await read_sse(client, job_id, until=lambda e: e["message"] == "tick 2")
+    await read_sse(client, job_id, until=has_line("tick 2"))
     late, by_header, by_query = await asyncio.gather(
         read_sse(client, job_id),
         read_sse(client, job_id, headers={"Last-Event-ID": "5"}),
@@ -123,11 +123,9 @@ async def test_a_stalled_subscriber_blocks_nothing_and_no_line_is_lost(
         sse = await read_sse(client, job_id, timeout_s=180)
         assert sse.end is not None and sse.end["status"] == "succeeded"
         assert_contiguous(sse)
-        numbers = [
-            e["message"]
-            for e in sse.events
-            if e.get("stream") == "stdout" and e["message"].isdigit()
-        ]
+        output = [e for e in sse.events if e["action"] == "output" and e["stream"] == "stdout"]
+        assert all(e["lines"] == e["message"].count("\n") + 1 for e in output)
+        numbers = [line for e in output for line in e["message"].split("\n") if line.isdigit()]
         assert numbers == [str(i) for i in range(1, count + 1)]
     finally:
         stalled.close()
@@ -142,7 +140,7 @@ async def test_cancel_mid_build_leaves_nothing(
     marker = f"orch-api-{uuid.uuid4().hex}"
     job_id = (await submit(client, build_dir("forker", marker=marker)))["job_id"]
     watcher = asyncio.create_task(read_sse(client, job_id))
-    await read_sse(client, job_id, until=lambda e: e["message"] == "children started")
+    await read_sse(client, job_id, until=has_line("children started"))
     assert job_containers(docker_client, job_id) != []
 
     response = await client.post(f"/v1/jobs/{job_id}/cancel")
@@ -328,7 +326,7 @@ async def test_restart_keeps_history_and_interrupts_what_was_running(
         done_id = (await submit(client, build_dir("hello-c")))["job_id"]
         before = await read_sse(client, done_id)
         running_id = (await submit(client, build_dir("forker", marker=uuid.uuid4().hex)))["job_id"]
-        await read_sse(client, running_id, until=lambda e: e["message"] == "children started")
+        await read_sse(client, running_id, until=has_line("children started"))
     # The app stopped (as on SIGTERM): the running build was stopped, its container removed.
     assert job_containers(docker_client, running_id) == []
 

@@ -21,7 +21,7 @@ from orchestrator import Settings
 from orchestrator.catalog import SHIPPED
 
 from .conftest import job_containers, serve
-from .service import read_sse
+from .service import has_line, read_sse
 
 pytestmark = pytest.mark.docker
 
@@ -141,7 +141,7 @@ async def test_cancel_mid_install_keeps_the_previous_version(
 
     async with serve(settings.model_copy(update={"catalog": str(second)})) as client:
         job = await start(client, operation="worker_install", worker_id="w")
-        await read_sse(client, job["job_id"], until=lambda e: e["message"] == "slow-build-started")
+        await read_sse(client, job["job_id"], until=has_line("slow-build-started"))
         busy = await client.delete("/v1/workers/w")
         assert busy.status == 409  # not while an install of it runs
         assert await start(client, 409, operation="worker_install", worker_id="w")

@@ -91,8 +91,9 @@ async def test_sigterm_interrupts_builds_ends_streams_and_leaves_nothing(
             async for raw in stream.content:
                 line = raw.decode().strip()
                 if line.startswith("data: {") and '"seq"' in line:
-                    messages.append(json.loads(line[6:])["message"])
-                    if messages[-1] == "children started":
+                    lines = json.loads(line[6:])["message"].split("\n")
+                    messages += lines
+                    if "children started" in lines:
                         assert job_containers(docker_client, job_id) != []
                         proc.send_signal(signal.SIGTERM)
                 elif line.startswith("data: {"):

@@ -2,27 +2,58 @@
 
 from __future__ import annotations
 
+import struct
+
 import docker.errors
 import pytest
 import requests
 
 from orchestrator.backend import ContainerSpec
-from orchestrator.backend.docker import (
-    _MAX_LINE_BYTES,
-    _is_transient,
-    _is_unsent,
-    create_kwargs,
-    split_lines,
-)
+from orchestrator.backend._attach import MAX_LINE_BYTES, LineSplitter, demux
+from orchestrator.backend.docker import _is_transient, _is_unsent, create_kwargs
+from orchestrator.errors import BackendError
 
 
-def texts(frames: list[tuple[bytes | None, bytes | None]]) -> list[tuple[str, str]]:
-    return [(line.stream, line.text) for batch in split_lines(iter(frames)) for line in batch]
+def frame(stream: int, payload: bytes) -> bytes:
+    return struct.pack(">BxxxL", stream, len(payload)) + payload
+
+
+def lines(frames: list[tuple[bytes | None, bytes | None]]) -> list[tuple[str, str]]:
+    """Feed (stdout, stderr) pairs through the splitter; one pair per read."""
+    splitter = LineSplitter()
+    chunks = []
+    for out, err in frames:
+        runs = [(s, d) for s, d in (("stdout", out), ("stderr", err)) if d]
+        chunks += splitter.feed(runs, 0.0)  # type: ignore[arg-type]
+    chunks += splitter.finish()
+    return [(c.stream, line) for c in chunks for line in c.text.split("\n")]
+
+
+def test_demux_joins_frames_of_one_stream_and_keeps_their_order() -> None:
+    raw = frame(1, b"a\n") + frame(1, b"b") + frame(2, b"err\n") + frame(1, b"c\n")
+    assert list(demux([raw])) == [[("stdout", b"a\nb"), ("stderr", b"err\n"), ("stdout", b"c\n")]]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 8, 9, 100])
+def test_demux_reassembles_frames_cut_anywhere(size: int) -> None:
+    raw = b"".join(frame(1 + i % 2, f"line {i}\n".encode()) for i in range(50))
+    blocks = [raw[i : i + size] for i in range(0, len(raw), size)]
+    got: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    for runs in demux(blocks):
+        for stream, data in runs:
+            got[stream] += data
+    assert got["stdout"] == b"".join(f"line {i}\n".encode() for i in range(0, 50, 2))
+    assert got["stderr"] == b"".join(f"line {i}\n".encode() for i in range(1, 50, 2))
+
+
+def test_demux_reports_a_stream_cut_inside_a_frame() -> None:
+    with pytest.raises(BackendError, match="inside a frame"):
+        list(demux([frame(1, b"whole\n") + frame(1, b"half")[:-2]]))
 
 
 def test_lines_are_split_and_tagged_in_order() -> None:
     frames = [(b"a\nb", None), (None, b"err\n"), (b"c\n", None), (b"tail", None)]
-    assert texts(frames) == [
+    assert lines(frames) == [
         ("stdout", "a"),
         ("stderr", "err"),
         ("stdout", "bc"),
@@ -32,16 +63,25 @@ def test_lines_are_split_and_tagged_in_order() -> None:
 
 def test_partial_lines_do_not_mix_streams() -> None:
     frames = [(b"out-", None), (None, b"err-"), (None, b"line\n"), (b"line\r\n", None)]
-    assert texts(frames) == [("stderr", "err-line"), ("stdout", "out-line")]
+    assert lines(frames) == [("stderr", "err-line"), ("stdout", "out-line")]
 
 
-def test_empty_lines_and_bad_utf8_survive() -> None:
-    assert texts([(b"\n\xff\n", None)]) == [("stdout", ""), ("stdout", "\ufffd")]
+def test_empty_lines_carriage_returns_and_bad_utf8_survive() -> None:
+    assert lines([(b"\n\xff\r\n\n", None)]) == [
+        ("stdout", ""),
+        ("stdout", "\ufffd"),
+        ("stdout", ""),
+    ]
+
+
+def test_a_chunk_holds_every_whole_line_of_a_read() -> None:
+    [chunk] = LineSplitter().feed([("stdout", b"1\n2\n3\n4")], 5.0)
+    assert (chunk.stream, chunk.text, chunk.ts) == ("stdout", "1\n2\n3", 5.0)
 
 
 def test_an_endless_line_is_cut_so_memory_stays_bounded() -> None:
-    lines = texts([(b"x" * (_MAX_LINE_BYTES * 2 + 5), None)])
-    assert [len(t) for _, t in lines] == [_MAX_LINE_BYTES, _MAX_LINE_BYTES, 5]
+    got = lines([(b"x" * (MAX_LINE_BYTES * 2 + 5), None)])
+    assert [len(t) for _, t in got] == [MAX_LINE_BYTES, MAX_LINE_BYTES, 5]
 
 
 def test_sandbox_options() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator._checkpoint import BACKSTOP_PAGES
 from orchestrator.errors import OrchestratorError
 from orchestrator.events import Action, Event, Level
 from orchestrator.status import JobStatus
@@ -53,12 +54,11 @@ async def store(db: Path) -> AsyncIterator[Store]:
     await store.close()
 
 
-@pytest.fixture
-async def slow_store(db: Path) -> AsyncIterator[Store]:
-    """A store whose writer never flushes on its own during a test."""
-    store = await Store.open(db, flush_interval_s=60)
-    yield store
-    await store.close()
+def stall(store: Store) -> threading.Event:
+    """Keep the store's database thread busy until the event is set: writes wait meanwhile."""
+    event = threading.Event()
+    store._executor.submit(event.wait)
+    return event
 
 
 async def test_create_get_update(store: Store) -> None:
@@ -120,23 +120,26 @@ async def test_jobs_with_status_and_counts(store: Store) -> None:
     assert set(counts) == set(JobStatus)
 
 
-async def test_append_assigns_gapless_seqs_at_once(slow_store: Store, db: Path) -> None:
-    await slow_store.create_job(job("a"))
-    await slow_store.create_job(job("b"))
-    first = await slow_store.append("a", lines(3))
-    other = await slow_store.append("b", lines(2))
-    second = await slow_store.append("a", lines(8, start=3))
+async def test_append_assigns_gapless_seqs_at_once(store: Store, db: Path) -> None:
+    await store.create_job(job("a"))
+    await store.create_job(job("b"))
+    stalled = stall(store)
+    reading = asyncio.ensure_future(store.get_job("a"))  # runs before the events are written
+    first = await store.append("a", lines(3))
+    other = await store.append("b", lines(2))
+    second = await store.append("a", lines(8, start=3))
     assert [e.seq for e in first + second] == list(range(1, 9))
     assert [e.seq for e in other] == [1, 2]
     assert second[0] == StoredEvent("a", 4, 3.0, "output", "info", "line 3", "stdout")
-    assert await slow_store.append("a", []) == []
+    assert await store.append("a", []) == []
     # Nothing is on disk yet, but the record already counts the pending events.
     assert on_disk(db, "SELECT COUNT(*) FROM events") == [(0,)]
-    record = await slow_store.get_job("a")
+    stalled.set()
+    record = await reading
     assert record is not None
     assert record.last_seq == 8
 
-    await slow_store.flush()
+    await store.flush()
     assert on_disk(db, "SELECT job_id, MAX(seq) FROM events GROUP BY job_id") == [
         ("a", 8),
         ("b", 2),
@@ -144,32 +147,40 @@ async def test_append_assigns_gapless_seqs_at_once(slow_store: Store, db: Path) 
     assert on_disk(db, "SELECT id, last_seq FROM jobs ORDER BY id") == [("a", 8), ("b", 2)]
 
 
-async def test_events_after_seq_includes_pending(slow_store: Store) -> None:
-    await slow_store.create_job(job("a"))
-    await slow_store.append("a", lines(3))
-    await slow_store.flush()
-    await slow_store.append("a", [Event(Action.FAILED, "boom", Level.ERROR)])
+async def test_events_after_seq_includes_pending(store: Store) -> None:
+    await store.create_job(job("a"))
+    await store.append("a", lines(3))
+    await store.flush()
+    stalled = stall(store)
+    await store.append("a", [Event(Action.FAILED, "boom", Level.ERROR)])
+    stalled.set()
 
-    got = await slow_store.events("a", after_seq=2)
+    got = await store.events("a", after_seq=2)
     assert [(e.seq, e.action, e.level, e.stream) for e in got] == [
         (3, "output", "info", "stdout"),
         (4, "failed", "error", None),
     ]
-    assert [e.seq for e in await slow_store.events("a", limit=2)] == [1, 2]
-    assert await slow_store.events("a", after_seq=4) == []
-    assert await slow_store.events("nobody") == []
+    assert [e.seq for e in await store.events("a", limit=2)] == [1, 2]
+    assert await store.events("a", after_seq=4) == []
+    assert await store.events("nobody") == []
 
 
-async def test_update_job_commits_pending_events_first(slow_store: Store, db: Path) -> None:
-    await slow_store.create_job(job("a"))
-    await slow_store.append("a", lines(4))
-    await slow_store.update_job("a", status=JobStatus.SUCCEEDED)
+async def test_update_job_commits_pending_events_first(store: Store, db: Path) -> None:
+    await store.create_job(job("a"))
+    stalled = stall(store)
+    await store.append("a", lines(2))  # in flight behind the stall
+    await store.append("a", lines(4, start=2))  # pending: goes with the update
+    assert len(store._pending) == 2
+    updating = asyncio.ensure_future(store.update_job("a", status=JobStatus.SUCCEEDED))
+    await asyncio.sleep(0)
+    stalled.set()
+    await updating
     assert on_disk(db, "SELECT status, last_seq FROM jobs") == [("succeeded", 4)]
     assert on_disk(db, "SELECT COUNT(*) FROM events") == [(4,)]
 
 
 async def test_reopen_keeps_everything_and_continues_seqs(db: Path) -> None:
-    store = await Store.open(db, flush_interval_s=60)
+    store = await Store.open(db)
     await store.create_job(job("a"))
     await store.append("a", lines(5))
     await store.update_job("a", status=JobStatus.RUNNING, cancel_reason="user")
@@ -199,7 +210,7 @@ async def test_reopen_keeps_everything_and_continues_seqs(db: Path) -> None:
 
 async def test_backpressure_bounds_memory_and_loses_nothing(db: Path) -> None:
     limit, batch, total = 1_000, 500, 100_000
-    store = await Store.open(db, flush_interval_s=0.01, max_pending_events=limit)
+    store = await Store.open(db, max_pending_events=limit)
     try:
         await store.create_job(job("flood"))
         events = lines(total)
@@ -216,7 +227,7 @@ async def test_backpressure_bounds_memory_and_loses_nothing(db: Path) -> None:
 
 
 async def test_append_waits_while_the_disk_is_behind(db: Path) -> None:
-    store = await Store.open(db, flush_interval_s=60, max_pending_events=10)
+    store = await Store.open(db, max_pending_events=10)
     stall = threading.Event()
     try:
         await store.create_job(job("a"))
@@ -235,7 +246,7 @@ async def test_append_waits_while_the_disk_is_behind(db: Path) -> None:
 
 
 async def test_writer_flushes_on_its_own(db: Path) -> None:
-    store = await Store.open(db, flush_interval_s=0.01)
+    store = await Store.open(db)
     try:
         await store.create_job(job("a"))
         await store.append("a", lines(3))
@@ -275,22 +286,22 @@ async def test_sqlite_errors_become_store_error(tmp_path: Path, store: Store) ->
 
 
 async def test_writer_failure_is_raised_not_lost(db: Path) -> None:
-    slow_store = await Store.open(db, flush_interval_s=60)
-    await slow_store.create_job(job("a"))
+    broken = await Store.open(db)
+    await broken.create_job(job("a"))
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE events")
     conn.commit()
     conn.close()
-    await slow_store.append("a", lines(3))
+    await broken.append("a", lines(3))
     with pytest.raises(StoreError, match="no such table"):
-        await slow_store.flush()
+        await broken.flush()
     with pytest.raises(StoreError, match="failed earlier"):
-        await slow_store.append("a", lines(1))
+        await broken.append("a", lines(1))
     with pytest.raises(StoreError):
-        await slow_store.events("a")
+        await broken.events("a")
     with pytest.raises(StoreError, match="failed earlier"):
-        await slow_store.close()  # the connection is released all the same
-    await slow_store.close()
+        await broken.close()  # the connection is released all the same
+    await broken.close()
 
 
 async def test_wal_and_schema_version(db: Path, store: Store) -> None:
@@ -351,3 +362,55 @@ def test_to_dict_shapes() -> None:
         7,
     )
     assert set(data) == set(JobRecord.__dataclass_fields__)
+
+
+async def test_commit_listeners_hear_each_batch_once_committed_in_order(
+    store: Store, db: Path
+) -> None:
+    await store.create_job(job("a"))
+    heard: list[tuple[int, int]] = []  # (seq, events on disk when heard)
+
+    def listener(batch: object) -> None:
+        for event in batch:  # type: ignore[attr-defined]
+            heard.append((event.seq, on_disk(db, "SELECT COUNT(*) FROM events")[0][0]))
+
+    def broken(batch: object) -> None:
+        raise RuntimeError("a listener's bug")
+
+    store.on_commit(broken)  # must not stop the others, nor the writing
+    store.on_commit(listener)
+    stalled = stall(store)
+    for n in range(5):
+        await store.append("a", lines(n + 1, start=n))
+    assert heard == []
+    stalled.set()
+    await store.flush()
+    assert [seq for seq, _ in heard] == [1, 2, 3, 4, 5]
+    assert all(on_disk_count >= seq for seq, on_disk_count in heard)
+    await store.append("a", lines(6, start=5))
+    await store.flush()
+    assert heard[-1][0] == 6
+
+
+async def test_the_log_is_copied_back_beside_the_writer_not_inside_a_commit(db: Path) -> None:
+    store = await Store.open(db)
+    try:
+        backstop = await store._run(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert backstop == BACKSTOP_PAGES  # far above what this test writes
+        await store.create_job(job("a"))
+        await store.flush()
+        await asyncio.sleep(1.5)  # the first round, for the job row, is over
+        before = db.stat().st_size
+        big = "x" * 1000
+        await store.append("a", [Event(Action.OUTPUT, big, stream="stdout")] * 2000)
+        await store.flush()
+        # 2 MB committed to the log; only the checkpointer's round copies it into the file.
+        for _ in range(50):
+            if db.stat().st_size > before + 1_000_000:
+                break
+            await asyncio.sleep(0.1)
+        assert db.stat().st_size > before + 1_000_000
+    finally:
+        await store.close()
