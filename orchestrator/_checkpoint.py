@@ -11,7 +11,6 @@ read holding the log).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -36,12 +35,17 @@ class Checkpointer:
         self._dirty.set()
 
     async def close(self) -> None:
+        """Never raises: the store's own close must go on whatever happened here."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close_conn)
-        self._executor.shutdown(wait=False)
+        await asyncio.wait({self._task})  # returns, rather than raises, whatever the task did
+        if not self._task.cancelled() and (exc := self._task.exception()) is not None:
+            log.warning("the checkpoint task had failed: %r", exc)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_conn)
+        except sqlite3.Error as exc:
+            log.warning("closing the checkpoint connection: %s", exc)
+        finally:
+            self._executor.shutdown(wait=False)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from .store import Store, StoredEvent
 
 _quote = json.encoder.encode_basestring  # C-accelerated
 _RING_EVENTS = 16384
+_RING_BYTES = 16 * 1024 * 1024  # an output event can be 64 KiB: bound the bytes as well
 _STORE_PAGE = 4000
 
 
@@ -50,6 +51,7 @@ class Frame:
 class _Channel:
     def __init__(self) -> None:
         self.ring: deque[Frame] = deque(maxlen=_RING_EVENTS)
+        self.ring_bytes = 0
         self.last_seq = 0
         self.closed = False
         self.changed = asyncio.Event()
@@ -99,7 +101,13 @@ class Bus:
             # every committed event, so subscribers lose nothing.
             if channel.ring and event.seq != channel.ring[-1].seq + 1:
                 channel.ring.clear()
+                channel.ring_bytes = 0
+            if len(channel.ring) == _RING_EVENTS:
+                channel.ring_bytes -= len(channel.ring[0].data)  # about to fall off
             channel.ring.append(event)
+            channel.ring_bytes += len(event.data)
+            while channel.ring_bytes > _RING_BYTES and len(channel.ring) > 1:
+                channel.ring_bytes -= len(channel.ring.popleft().data)
             channel.last_seq = max(channel.last_seq, event.seq)
         channel.wake()
 

@@ -32,6 +32,7 @@ BUILDER_UID = 1000  # the image's `builder` user; copied-in files must be theirs
 BUILD_DIR = "/build"
 PACKAGE_DIR = "/out"
 MAKEPKG = ("makepkg", "--nodeps", "--noconfirm", "--noprogressbar")
+OUTPUT_PACE_S = 0.005  # the most a line can wait for the one before it to be sent
 
 _CANCEL_ENDINGS: dict[CancelReason, tuple[JobStatus, Action, str]] = {
     CancelReason.USER: (JobStatus.CANCELLED, Action.CANCELLED, "❌ Build cancelled by user"),
@@ -197,6 +198,10 @@ class Runner:
     async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> int:
         async for batch in stream:
             await sink(output_events(batch))
+            # Pacing: a line after a quiet spell goes at once, but a flood goes out at most
+            # once per pause, in big events. Each event costs the same to store and send
+            # whatever it holds, so small ones made most of the CPU a flood cost.
+            await asyncio.sleep(OUTPUT_PACE_S)
         return await self._backend.wait(cid)
 
     async def _copy_packages(self, cid: str, job_id: str) -> list[Path]:

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _BUSY_TIMEOUT_MS = 5_000
+_MAX_PENDING_BYTES = 32 * 1024 * 1024
+
+
+def _size(batch: Sequence[StoredEvent]) -> int:
+    return sum(len(event.message) for event in batch)
 
 
 class StoreError(OrchestratorError):
@@ -316,7 +321,9 @@ class Store:
         self._checkpointer = checkpointer
         self._max_pending = max_pending_events
         self._pending: list[StoredEvent] = []
+        self._pending_bytes = 0
         self._inflight = 0  # events handed to the thread but not yet committed
+        self._inflight_bytes = 0
         self._seqs: dict[str, int] = {}
         self._room = asyncio.Event()
         self._failure: StoreError | None = None
@@ -377,7 +384,7 @@ class Store:
             raise TypeError(f"update_job() got unknown field(s): {', '.join(unknown)}")
         self._check_open()
         columns = {name: _to_column(name, value) for name, value in fields.items()}
-        batch, self._pending = self._pending, []
+        batch = self._take_pending()
         # No await before this point: once called, the update is on the thread's queue.
         future = self._submit(lambda conn: _update_job(conn, job_id, columns, batch), batch)
         record = await asyncio.shield(future)
@@ -435,11 +442,12 @@ class Store:
         ]
         self._seqs[job_id] = last + len(stored)
         self._pending.extend(stored)
+        self._pending_bytes += sum(len(e.message) for e in stored)
         # Group commit: write at once when the thread is idle; otherwise the events wait for
         # the batch in flight and go with the next one, so batches grow with the load.
         if not self._inflight:
             self._start_flush()
-        while len(self._pending) + self._inflight > self._max_pending:
+        while self._backlogged():
             if not self._inflight:
                 self._start_flush()
             self._room.clear()
@@ -490,6 +498,7 @@ class Store:
         )
         if batch:
             self._inflight += len(batch)
+            self._inflight_bytes += _size(batch)
             future.add_done_callback(lambda done: self._batch_done(batch, done))
         return future
 
@@ -509,6 +518,7 @@ class Store:
         # Recorded here rather than by whoever awaits, so a failure is kept even if nobody
         # awaits the batch (or its awaiter was cancelled), and raised from the next append/flush.
         self._inflight -= len(batch)
+        self._inflight_bytes -= _size(batch)
         if future.cancelled():
             self._fail(StoreError(f"a batch of {len(batch)} events was cancelled unwritten"))
         elif (exc := future.exception()) is not None:
@@ -524,6 +534,16 @@ class Store:
             self._start_flush()
         self._room.set()
 
+    def _take_pending(self) -> list[StoredEvent]:
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        return batch
+
+    def _backlogged(self) -> bool:
+        # Counted in events and in bytes: an output event can hold 64 KiB of lines.
+        events = len(self._pending) + self._inflight
+        size = self._pending_bytes + self._inflight_bytes
+        return events > self._max_pending or size > _MAX_PENDING_BYTES
+
     def _start_flush(self) -> asyncio.Future[None]:
-        batch, self._pending = self._pending, []
+        batch = self._take_pending()
         return self._submit(lambda conn: _write_events(conn, batch), batch)

@@ -195,14 +195,24 @@ def _blocks(sock: Any) -> Iterator[bytes]:
 def _shutdown(sock: Any) -> None:
     # shutdown() acts on the socket, not on the descriptor, so a duplicate reaches it; the
     # object docker-py returns does not always expose the socket itself.
-    with (
-        contextlib.suppress(OSError, ValueError),
-        socket.socket(fileno=os.dup(sock.fileno())) as dup,
-    ):
+    try:
+        fd = os.dup(sock.fileno())
+    except (OSError, ValueError):
+        return
+    try:
+        dup = socket.socket(fileno=fd)
+    except OSError:  # not a socket (docker-py's ssh transport): nothing to shut down here
+        os.close(fd)
+        return
+    with dup, contextlib.suppress(OSError):
         dup.shutdown(socket.SHUT_RDWR)
 
 
 def _close(sock: Any) -> None:
     _shutdown(sock)
-    with contextlib.suppress(OSError):
-        sock.close()
+    # For unix sockets docker-py returns a SocketIO: closing it leaves the socket under it
+    # open until the garbage collector breaks a cycle, one descriptor per build.
+    for part in (sock, getattr(sock, "_sock", None)):
+        if part is not None:
+            with contextlib.suppress(OSError):
+                part.close()

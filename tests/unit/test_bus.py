@@ -155,3 +155,18 @@ async def test_subscribers_see_only_what_is_committed(store: Store, bus: Bus) ->
         stall.set()
         bus.close("j")
         await asyncio.wait_for(task, 5)
+
+
+async def test_the_ring_is_bounded_in_bytes_and_the_rest_comes_from_the_store(
+    store: Store, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchestrator.bus._RING_BYTES", 50_000)
+    for n in range(20):
+        await store.append("j", lines(f"{n} " + "x" * 10_000))
+    await store.flush()
+    channel = bus._channels["j"]
+    assert channel.ring_bytes <= 50_000
+    assert channel.ring_bytes == sum(len(frame.data) for frame in channel.ring)
+    assert len(channel.ring) < 20
+    bus.close("j")
+    assert await collect(bus, "j") == list(range(1, 21))

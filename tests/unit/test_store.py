@@ -125,6 +125,7 @@ async def test_append_assigns_gapless_seqs_at_once(store: Store, db: Path) -> No
     await store.create_job(job("b"))
     stalled = stall(store)
     reading = asyncio.ensure_future(store.get_job("a"))  # runs before the events are written
+    await asyncio.sleep(0)  # queued on the thread now, ahead of the writes below
     first = await store.append("a", lines(3))
     other = await store.append("b", lines(2))
     second = await store.append("a", lines(8, start=3))
@@ -412,5 +413,38 @@ async def test_the_log_is_copied_back_beside_the_writer_not_inside_a_commit(db: 
                 break
             await asyncio.sleep(0.1)
         assert db.stat().st_size > before + 1_000_000
+    finally:
+        await store.close()
+
+
+async def test_events_appended_during_a_write_follow_it_unasked(store: Store, db: Path) -> None:
+    # Nobody flushes or appends again: the end of a burst must still reach the disk (and
+    # the live streams) by itself.
+    await store.create_job(job("a"))
+    stalled = stall(store)
+    await store.append("a", lines(3))  # in flight, behind the stall
+    await store.append("a", lines(7, start=3))  # pending until that batch is done
+    stalled.set()
+    for _ in range(100):
+        if on_disk(db, "SELECT COUNT(*) FROM events") == [(7,)]:
+            break
+        await asyncio.sleep(0.02)
+    assert on_disk(db, "SELECT COUNT(*) FROM events") == [(7,)]
+
+
+async def test_backpressure_counts_bytes_too(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.store._MAX_PENDING_BYTES", 10_000)
+    store = await Store.open(db)
+    try:
+        await store.create_job(job("a"))
+        stalled = stall(store)
+        big = [Event(Action.OUTPUT, "x" * 4_000, stream="stdout")]
+        await store.append("a", big * 2)  # 8 000 bytes: under the limit, returns at once
+        blocked = asyncio.create_task(store.append("a", big))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()  # 3 events, but 12 000 bytes
+        stalled.set()
+        await asyncio.wait_for(blocked, 5)
+        assert [e.seq for e in await store.events("a")] == [1, 2, 3]
     finally:
         await store.close()
