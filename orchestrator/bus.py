@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
+from .events import line_count
 from .store import Store, StoredEvent
 
 _quote = json.encoder.encode_basestring  # C-accelerated
@@ -39,7 +40,7 @@ class Frame:
         # escaping (ids, actions and levels are plain words we make).
         stream = "" if event.stream is None else f', "stream": "{event.stream}"'
         if event.action == "output":
-            stream += f', "lines": {event.message.count(chr(10)) + 1}'
+            stream += f', "lines": {line_count(event.message)}'
         data = (
             f'id: {event.seq}\ndata: {{"seq": {event.seq}, "ts": {event.ts!r}, '
             f'"job_id": "{event.job_id}", "action": "{event.action}", '

@@ -60,8 +60,13 @@ class Event:
         if self.stream is not None:
             data["stream"] = self.stream
         if self.action is Action.OUTPUT:
-            data["lines"] = self.message.count("\n") + 1
+            data["lines"] = line_count(self.message)
         return data
+
+
+def line_count(message: str) -> int:
+    """How many lines an OUTPUT event's message holds (the ``lines`` field clients see)."""
+    return message.count("\n") + 1
 
 
 MAX_OUTPUT_EVENT_CHARS = 64 * 1024  # a bigger run of lines is sent as several events

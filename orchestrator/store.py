@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from ._checkpoint import BACKSTOP_PAGES, Checkpointer
 from .errors import OrchestratorError
-from .events import Event
+from .events import Event, line_count
 from .status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class StoredEvent:
         if self.stream is not None:
             data["stream"] = self.stream
         if self.action == "output":
-            data["lines"] = self.message.count("\n") + 1
+            data["lines"] = line_count(self.message)
         return data
 
 
@@ -442,7 +442,7 @@ class Store:
         ]
         self._seqs[job_id] = last + len(stored)
         self._pending.extend(stored)
-        self._pending_bytes += sum(len(e.message) for e in stored)
+        self._pending_bytes += _size(stored)
         # Group commit: write at once when the thread is idle; otherwise the events wait for
         # the batch in flight and go with the next one, so batches grow with the load.
         if not self._inflight:
