@@ -25,7 +25,7 @@ from .errors import JobStateConflict, ShuttingDown
 from .events import Action, Event, Level
 from .metrics import Metrics
 from .pkgbuild import PkgInfo
-from .runner import BuildRequest, BuildResult, Sink
+from .runner import BuildRequest, BuildResult, Sink, cancel_result
 from .settings import Settings
 from .status import JobStatus
 from .store import JobNotFound, JobRecord, Store
@@ -213,7 +213,15 @@ class Registry:
             await self._finish_unstarted(handle, CancelReason.USER)
         else:
             handle.token.cancel(CancelReason.USER)
-        return await asyncio.shield(handle.done)
+        record = await asyncio.shield(handle.done)
+        if record.status is not JobStatus.CANCELLED:
+            # The cancel came after the point of no return (the build had already exited), or
+            # something else stopped the job first: an answer of 200 must mean "cancelled".
+            raise JobStateConflict(
+                f"job {job_id} ended ({record.status.value}) before the cancel could stop it",
+                record.status.value,
+            )
+        return record
 
     # -- work ---------------------------------------------------------------------------------
 
@@ -303,7 +311,9 @@ class Registry:
             self._metrics.build_duration.labels(status=result.status.value).observe(
                 finished - started
             )
-        if reason is not None:
+        # A cancel that came too late to stop anything leaves no trace: the job ended otherwise.
+        stopped = reason is not None and result.status is cancel_result(reason).status
+        if stopped and reason is not None:
             self._metrics.cancels.labels(reason=reason.value).inc()
         record = await self._store.update_job(
             handle.job_id,
@@ -311,7 +321,7 @@ class Registry:
             finished_at=finished,
             exit_code=result.exit_code,
             reason=result.reason,
-            cancel_reason=reason.value if reason else None,
+            cancel_reason=reason.value if stopped and reason else None,
             artifacts=tuple(p.name for p in result.artifacts),
         )
         await self._store.flush()

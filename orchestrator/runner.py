@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import archive, pkgbuild
-from .backend import Backend, ContainerSpec, OutputStream
+from .backend import Backend, ContainerSpec, ExitStatus, OutputStream
 from .cancel import CancelReason, CancelToken
 from .errors import OrchestratorError
 from .events import Action, Event, Level, output_events
 from .pkgbuild import PkgInfo
-from .settings import Settings
+from .settings import MiB, Settings
 from .status import JobStatus
 from .variants import VariantPlan, plan
 
@@ -146,13 +146,20 @@ class Runner:
             return _cancelled(cancel, request)
 
         stream = await self._backend.attach(cid)
-        exit_code = await self._until_exit(cid, stream, sink, cancel)
-        if exit_code is None:
+        ended = await self._until_exit(cid, stream, sink, cancel)
+        if ended is None:
             return _cancelled(cancel, request)
+        exit_code = ended.code
         level = Level.INFO if exit_code == 0 else Level.ERROR
-        await sink([Event(Action.BUILD_EXITED, f"makepkg exited with code {exit_code}", level)])
-        if exit_code != 0:
-            return BuildResult(JobStatus.FAILED, f"makepkg exited with code {exit_code}", exit_code)
+        exited = f"makepkg exited with code {exit_code}"
+        if ended.oom_killed:
+            # makepkg's own code hides it (4 when a build step was killed, 137 when it was).
+            limit = self._settings.build_memory_bytes // MiB
+            exited = f"out of memory (limit {limit} MiB): {exited}"
+            level = Level.ERROR
+        await sink([Event(Action.BUILD_EXITED, exited, level)])
+        if exit_code != 0 or ended.oom_killed:
+            return BuildResult(JobStatus.FAILED, exited, exit_code)
 
         # The container has exited: from here on the build has finished, and a cancel that
         # arrives now is too late to stop anything, so the packages are copied out regardless.
@@ -170,9 +177,9 @@ class Runner:
 
     async def _until_exit(
         self, cid: str, stream: OutputStream, sink: Sink, cancel: CancelToken
-    ) -> int | None:
-        """Run the container to its end and return the exit code, or None if it was cancelled."""
-        build: asyncio.Future[int] | None = None
+    ) -> ExitStatus | None:
+        """Run the container to its end and say how it ended, or None if it was cancelled."""
+        build: asyncio.Future[ExitStatus] | None = None
         try:
             await self._backend.start(cid)
             await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
@@ -195,7 +202,7 @@ class Runner:
                     await build
             await stream.aclose()
 
-    async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> int:
+    async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> ExitStatus:
         async for batch in stream:
             await sink(output_events(batch))
             # Pacing: a line after a quiet spell goes at once, but a flood goes out at most

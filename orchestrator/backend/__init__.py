@@ -43,6 +43,15 @@ class OutputChunk:
     ts: float  # when the first of these lines was read
 
 
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a container ended: its exit code, and whether the kernel killed a process in it for
+    going over the memory limit (whatever the exit code then says)."""
+
+    code: int
+    oom_killed: bool = False
+
+
 class OutputStream(Protocol):
     """Batches of chunks in the order the container wrote them; ends when the container exits."""
 
@@ -74,8 +83,8 @@ class Backend(Protocol):
 
     async def start(self, container_id: str) -> None: ...
 
-    async def wait(self, container_id: str) -> int:
-        """Wait for the container to exit; return its exit code."""
+    async def wait(self, container_id: str) -> ExitStatus:
+        """Wait for the container to exit; say how it ended."""
         ...
 
     async def kill(self, container_id: str, grace_s: float = 0.0) -> None:
@@ -97,4 +106,4 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["Backend", "ContainerSpec", "OutputChunk", "OutputStream", "Stream"]
+__all__ = ["Backend", "ContainerSpec", "ExitStatus", "OutputChunk", "OutputStream", "Stream"]

@@ -26,7 +26,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from ..archive import spooled
 from ..errors import BackendError, BackendUnavailable, ContainerGone, ImageNotFound
 from ..settings import Settings
-from . import ContainerSpec
+from . import ContainerSpec, ExitStatus
 from ._attach import AttachOutput
 
 T = TypeVar("T")
@@ -145,9 +145,12 @@ class DockerBackend:
     async def start(self, container_id: str) -> None:
         await self._run(self._client.api.start, container_id)
 
-    async def wait(self, container_id: str) -> int:
+    async def wait(self, container_id: str) -> ExitStatus:
         result = await self._run(self._long.wait, container_id)
-        return int(result.get("StatusCode", -1))
+        # The wait answer has only the code; the OOM flag is in the container's state, and is
+        # set when any process in it was OOM-killed, not only the first one.
+        state = (await self._run(self._client.api.inspect_container, container_id))["State"]
+        return ExitStatus(int(result.get("StatusCode", -1)), bool(state.get("OOMKilled")))
 
     async def kill(self, container_id: str, grace_s: float = 0.0) -> None:
         await self._run(self._kill, container_id, grace_s)

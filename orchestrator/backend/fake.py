@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ..errors import ContainerGone, ImageNotFound
-from . import ContainerSpec, OutputChunk, Stream
+from . import ContainerSpec, ExitStatus, OutputChunk, Stream
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Script:
 
     steps: list[tuple[Stream, str, float]] = field(default_factory=list)
     exit_code: int = 0
+    oom_killed: bool = False
     packages: dict[str, bytes] = field(
         default_factory=lambda: {"demo-1.0-1-x86_64.pkg.tar.gz": b"pkg"}
     )
@@ -122,11 +123,11 @@ class FakeBackend:
             container.queue.put_nowait(None)
             container.exited.set()
 
-    async def wait(self, container_id: str) -> int:
+    async def wait(self, container_id: str) -> ExitStatus:
         container = self._get(container_id)
         await container.exited.wait()
         assert container.exit_code is not None
-        return container.exit_code
+        return ExitStatus(container.exit_code, container.script.oom_killed)
 
     async def kill(self, container_id: str, grace_s: float = 0.0) -> None:
         self.calls.append(("kill", container_id))

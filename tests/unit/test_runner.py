@@ -201,3 +201,17 @@ async def test_gpu_requested_for_cuda_when_the_runtime_exists(
     assert Action.WARNING not in recorder.actions()
     create = next(e for e in recorder.events if e.action is Action.CONTAINER_CREATED)
     assert settings.image_cuda in create.message
+
+
+async def test_an_oom_kill_is_named_whatever_the_exit_code(
+    settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
+) -> None:
+    # makepkg exits 0 only if the killed step's failure was swallowed; the kill still counts.
+    backend = FakeBackend(Script([("stdout", "linking", 0)], exit_code=0, oom_killed=True))
+    result = await Runner(backend, settings).run(
+        BuildRequest("oom", build_dir("hello-c")), recorder, CancelToken()
+    )
+    limit = settings.build_memory_bytes // 1024**2
+    assert result.status is JobStatus.FAILED
+    assert result.reason == f"out of memory (limit {limit} MiB): makepkg exited with code 0"
+    assert "copy_out" not in verbs(backend)

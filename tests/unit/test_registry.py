@@ -1,0 +1,95 @@
+"""The registry's queue, cancel and restart rules, on the fake backend and a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from orchestrator import JobStatus, Settings
+from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.bus import Bus
+from orchestrator.engine import Engine
+from orchestrator.errors import JobStateConflict
+from orchestrator.metrics import Metrics
+from orchestrator.pkgbuild import parse_dir
+from orchestrator.registry import Registry
+from orchestrator.store import Store
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", instance_id="unit", max_concurrent_builds=1)
+
+
+class GatedBackend(FakeBackend):
+    """Holds ``copy_out`` (the container has exited, the build is past its point of no return)
+    until the test opens the gate."""
+
+    def __init__(self, script: Script | None = None) -> None:
+        super().__init__(script)
+        self.copying = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def copy_out(self, container_id: str, path: str) -> IO[bytes]:
+        self.copying.set()
+        await self.gate.wait()
+        return await super().copy_out(container_id, path)
+
+
+@asynccontextmanager
+async def open_registry(settings: Settings, backend: FakeBackend) -> AsyncIterator[Registry]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(settings.data_dir / "orchestrator.db")
+    engine = await Engine.open(settings, backend)
+    registry = Registry(settings, store, engine, Bus(store), Metrics())
+    await registry.start()
+    try:
+        yield registry
+    finally:
+        await registry.shutdown()
+        await engine.close()
+        await store.close()
+
+
+async def submit(registry: Registry, settings: Settings, build_dir: Callable[..., Path]) -> str:
+    job_id = registry.new_job_id()
+    src = settings.work_dir / job_id
+    src.parent.mkdir(parents=True, exist_ok=True)
+    build_dir("hello-c").rename(src)
+    await registry.submit_build(job_id, src, parse_dir(src), "cpu", 60.0)
+    return job_id
+
+
+async def test_cancel_after_the_container_exited_is_a_conflict_and_leaves_no_reason(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = GatedBackend(Script([("stdout", "built", 0)]))
+    async with open_registry(settings, backend) as registry:
+        job_id = await submit(registry, settings, build_dir)
+        await asyncio.wait_for(backend.copying.wait(), 10)
+        cancel = asyncio.ensure_future(registry.cancel(job_id))
+        await asyncio.sleep(0.05)  # the cancel is in before the build finishes
+        backend.gate.set()
+        with pytest.raises(JobStateConflict):
+            await asyncio.wait_for(cancel, 10)
+        record = await registry.get(job_id)
+        assert (record.status, record.cancel_reason) == (JobStatus.SUCCEEDED, None)
+
+
+async def test_cancel_while_running_answers_with_the_cancelled_record(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 200))
+    async with open_registry(settings, backend) as registry:
+        job_id = await submit(registry, settings, build_dir)
+        while (await registry.get(job_id)).status is not JobStatus.RUNNING:
+            await asyncio.sleep(0.01)
+        record = await registry.cancel(job_id)
+        assert (record.status, record.cancel_reason) == (JobStatus.CANCELLED, "user")
+        with pytest.raises(JobStateConflict):
+            await registry.cancel(job_id)
