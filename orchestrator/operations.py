@@ -20,7 +20,7 @@ from .errors import InvalidInput, JobStateConflict, UnknownOperation
 from .events import Action, Event
 from .installed import InstallError, WorkerStore
 from .models import ModelStore
-from .registry import Registry
+from .registry import Queued, Registry
 from .runner import BuildRequest, BuildResult, Sink, cancel_result, ending_event
 from .settings import Settings
 from .status import JobStatus
@@ -51,6 +51,8 @@ class Operations:
         # Subjects claimed by a request that is still being queued (before the registry knows
         # the job): claimed without an await in between, so two requests cannot both pass.
         self._claimed: set[str] = set()
+        registry.register_resume("worker_install", self._resume_install)
+        registry.register_resume("model_download", self._resume_download)
 
     async def submit(self, body: Mapping[str, Any]) -> JobRecord:
         operation = body.get("operation")
@@ -79,6 +81,21 @@ class Operations:
         self, entry: CatalogEntry, subject: str, timeout_s: float | None
     ) -> JobRecord:
         job_id = self._registry.new_job_id()
+        record = JobRecord(
+            id=job_id,
+            operation="worker_install",
+            status=JobStatus.QUEUED,
+            variant=entry.worker_type,
+            pkgname=entry.id,
+            pkgver=entry.version,
+            timeout_s=timeout_s,
+        )
+        queued = await self._install_job(entry, record)
+        message = f"📥 Queued install of {entry.name} {entry.version} ({entry.worker_type})"
+        return await self._registry.submit(record, queued, message)
+
+    async def _install_job(self, entry: CatalogEntry, record: JobRecord) -> Queued:
+        job_id, timeout_s = record.id, record.timeout_s
         source_dir = await asyncio.to_thread(
             entry.write_build_dir, self._settings.work_dir / job_id
         )
@@ -95,19 +112,12 @@ class Operations:
                 return result
             return await self._install(entry, built, sink, token, job_id)
 
-        record = JobRecord(
-            id=job_id,
-            operation="worker_install",
-            status=JobStatus.QUEUED,
-            variant=entry.worker_type,
-            pkgname=entry.id,
-            pkgver=entry.version,
-            timeout_s=timeout_s,
-        )
-        message = f"📥 Queued install of {entry.name} {entry.version} ({entry.worker_type})"
-        return await self._registry.submit(
-            record, work, message, cleanup_dir=source_dir, subject=subject
-        )
+        return Queued(work, cleanup_dir=source_dir, subject=f"worker:{entry.id}")
+
+    async def _resume_install(self, record: JobRecord) -> Queued:
+        # The catalog may have changed while the service was down: install what it has now.
+        entry = self.catalog.get(record.pkgname or "")
+        return await self._install_job(entry, record)
 
     async def _install(
         self, entry: CatalogEntry, built: BuildResult, sink: Sink, token: CancelToken, job_id: str
@@ -158,21 +168,32 @@ class Operations:
     async def _queue_download(
         self, url: str, name: str, sha256: str | None, subject: str, timeout_s: float | None
     ) -> JobRecord:
-
-        async def work(sink: Sink, token: CancelToken) -> BuildResult:
-            result = await self.models.download(url, name, sha256, sink, token)
-            await sink([ending_event(result, "Download")])
-            return result
-
         record = JobRecord(
             id=self._registry.new_job_id(),
             operation="model_download",
             status=JobStatus.QUEUED,
             pkgname=name,
             timeout_s=timeout_s,
+            request={"url": url, "sha256": sha256},
         )
         message = f"📥 Queued download of {name} from {url}"
-        return await self._registry.submit(record, work, message, subject=subject)
+        return await self._registry.submit(record, self._download_job(record), message)
+
+    def _download_job(self, record: JobRecord) -> Queued:
+        url, sha256 = str(record.request["url"]), record.request.get("sha256")
+        name = ModelStore.check_name(record.pkgname or "")
+
+        async def work(sink: Sink, token: CancelToken) -> BuildResult:
+            result = await self.models.download(url, name, sha256, sink, token)
+            await sink([ending_event(result, "Download")])
+            return result
+
+        return Queued(work, subject=f"model:{name}")
+
+    async def _resume_download(self, record: JobRecord) -> Queued:
+        if "url" not in record.request:
+            raise InvalidInput("its request was not recorded")
+        return self._download_job(record)
 
     def resolve_url(self, url: str) -> str:
         """hf://REPO/FILE[@REVISION] through the template in settings; http(s) as it is."""

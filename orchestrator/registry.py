@@ -21,7 +21,7 @@ from pathlib import Path
 from .bus import Bus
 from .cancel import CancelReason, CancelToken
 from .engine import Engine
-from .errors import JobStateConflict, ShuttingDown
+from .errors import InvalidInput, JobStateConflict, OrchestratorError, ShuttingDown
 from .events import Action, Event, Level
 from .metrics import Metrics
 from .pkgbuild import PkgInfo
@@ -40,13 +40,25 @@ Work = Callable[[Sink, CancelToken], Awaitable[BuildResult]]
 the token, and return how it ended. Builds, worker installs and model downloads are all Work."""
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """What the registry needs to run a job: its work, and what the job holds until it ends."""
+
+    work: Work
+    cleanup_dir: Path | None = None  # removed when the job ends (uploaded sources)
+    subject: str | None = None  # what the job acts on ("worker:ID"), for conflicts
+
+
+Resume = Callable[[JobRecord], Awaitable[Queued]]
+"""Rebuilds a queued job's work from its stored record after a restart; raises
+``OrchestratorError`` (or ``OSError``) when it cannot run any more."""
+
+
 @dataclass
 class _Handle:
     job_id: str
-    work: Work
-    cleanup_dir: Path | None  # removed when the job ends (uploaded sources)
+    queued: Queued
     timeout_s: float | None
-    subject: str | None = None  # what the job acts on (a worker id), for conflicts
     token: CancelToken = field(default_factory=CancelToken)
     started: bool = False
     finishing: bool = False  # the final status is being written; too late to cancel
@@ -68,12 +80,18 @@ class Registry:
         self._handles: dict[str, _Handle] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
+        self._resumers: dict[str, Resume] = {"build": self._resume_build}
+
+    def register_resume(self, operation: str, resume: Resume) -> None:
+        """How jobs of ``operation`` that were still queued run again after a restart."""
+        self._resumers[operation] = resume
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> list[str]:
-        """Mark what an earlier process left unfinished as interrupted; start the workers."""
-        interrupted = await self._interrupt_leftovers()
+        """Interrupt what an earlier process left running, queue again what it left queued (in
+        its order, before any new job), and start the workers. Returns the interrupted ids."""
+        interrupted = await self._recover()
         self._accepting = True
         self._workers = [
             asyncio.create_task(self._work(), name=f"build-worker-{i}")
@@ -81,14 +99,27 @@ class Registry:
         ]
         return interrupted
 
-    async def _interrupt_leftovers(self) -> list[str]:
+    async def _recover(self) -> list[str]:
         leftovers = await self._store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING])
+        interrupted: list[str] = []
         for record in leftovers:
-            where = "running" if record.status is JobStatus.RUNNING else "waiting in the queue"
-            reason = f"the service stopped while this job was {where}"
+            if record.status is JobStatus.RUNNING:
+                reason = "the service stopped while this job was running"
+            else:
+                try:
+                    queued = await self._resumers[record.operation](record)
+                except KeyError:
+                    reason = f"jobs of kind {record.operation!r} cannot be queued again"
+                except (OrchestratorError, OSError) as exc:
+                    reason = f"it could not be queued again after a restart: {exc}"
+                else:
+                    message = "🔁 Queued again after a restart"
+                    await self._enqueue(record, queued, message, recovering=True)
+                    continue
+            interrupted.append(record.id)
             await self._store.append(
                 record.id,
-                [Event(Action.INTERRUPTED, f"⚠️ Build interrupted: {reason}", Level.ERROR)],
+                [Event(Action.INTERRUPTED, f"⚠️ Job interrupted: {reason}", Level.ERROR)],
             )
             await self._store.update_job(
                 record.id,
@@ -97,18 +128,35 @@ class Registry:
                 reason=reason,
                 cancel_reason=record.cancel_reason or CancelReason.SHUTDOWN.value,
             )
-        # Sources of jobs that will never run again.
-        await asyncio.to_thread(shutil.rmtree, self._settings.work_dir, True)
-        return [r.id for r in leftovers]
+        # Sources of jobs that will never run again (and of uploads cut off half-way).
+        await asyncio.to_thread(_remove_all_but, self._settings.work_dir, set(self._handles))
+        return interrupted
+
+    async def _resume_build(self, record: JobRecord) -> Queued:
+        source_dir = self._settings.work_dir / record.id
+        if not (source_dir / "PKGBUILD").is_file():
+            raise InvalidInput("its uploaded sources are gone")
+        request = BuildRequest(record.id, source_dir, record.variant or "cpu", record.timeout_s)
+
+        async def work(sink: Sink, token: CancelToken) -> BuildResult:
+            return await self._engine.build(request, sink, token)
+
+        return Queued(work, cleanup_dir=source_dir)
 
     async def shutdown(self) -> None:
-        """Take no more work; stop every build (containers removed); end every stream."""
+        """Take no more work; stop every build (containers removed); end every stream.
+
+        Jobs still waiting stay queued, with their sources, for the next start."""
         self._accepting = False
-        for handle in list(self._handles.values()):
-            if not handle.started:
-                await self._finish_unstarted(handle, CancelReason.SHUTDOWN)
-            else:
+        waiting = [h for h in self._handles.values() if not h.started]
+        for handle in waiting:
+            # First, without an await, so that no worker takes one of them meanwhile.
+            handle.token.cancel(CancelReason.SHUTDOWN)
+        for handle in self._handles.values():
+            if handle.started:
                 handle.token.cancel(CancelReason.SHUTDOWN)
+        for handle in waiting:
+            await self._park(handle)
         try:
             pending = [h.done for h in self._handles.values()]
             if pending:
@@ -120,6 +168,23 @@ class Registry:
                     await worker
         finally:
             self._bus.shutdown()
+
+    async def _park(self, handle: _Handle) -> None:
+        """Leave a waiting job queued in the store for the next start; end its streams."""
+        message = "⏸️ The service is stopping; this job stays queued and runs when it is back"
+        try:
+            await self._emit(handle.job_id, [Event(Action.WARNING, message, Level.WARNING)])
+            record = await self._store.get_job(handle.job_id)
+        except Exception as exc:
+            log.exception("could not park job %s", handle.job_id)
+            if not handle.done.done():
+                handle.done.set_exception(exc)
+        else:
+            if not handle.done.done() and record is not None:
+                handle.done.set_result(record)
+        finally:
+            self._bus.close(handle.job_id)
+            self._handles.pop(handle.job_id, None)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -149,23 +214,21 @@ class Registry:
             timeout_s=timeout_s,
         )
         message = f"📥 Queued {info.name} {info.full_version} ({variant})"
-        return await self.submit(record, work, message, cleanup_dir=source_dir)
+        return await self.submit(record, Queued(work, cleanup_dir=source_dir), message)
 
-    async def submit(
-        self,
-        record: JobRecord,
-        work: Work,
-        message: str,
-        *,
-        cleanup_dir: Path | None = None,
-        subject: str | None = None,
-    ) -> JobRecord:
+    async def submit(self, record: JobRecord, queued: Queued, message: str) -> JobRecord:
         """Queue a job; ``message`` is its first narration line."""
         if not self._accepting:
             raise ShuttingDown("the service is shutting down and takes no new work")
-        job_id = record.id
         await self._store.create_job(record)
-        handle = _Handle(job_id, work, cleanup_dir, record.timeout_s, subject)
+        await self._enqueue(record, queued, message)
+        return record
+
+    async def _enqueue(
+        self, record: JobRecord, queued: Queued, message: str, *, recovering: bool = False
+    ) -> None:
+        job_id = record.id
+        handle = _Handle(job_id, queued, record.timeout_s)
         self._handles[job_id] = handle
         self._bus.open(job_id)
         try:
@@ -173,7 +236,7 @@ class Registry:
             if ahead >= self._settings.max_concurrent_builds:
                 message += f"; {self._queue.qsize()} job(s) ahead"
             await self._emit(job_id, [Event(Action.QUEUED, message)])
-            if not self._accepting:  # shutdown began while we were writing
+            if not (self._accepting or recovering):  # shutdown began while we were writing
                 raise ShuttingDown("the service is shutting down and takes no new work")
         except BaseException as exc:
             result = BuildResult(JobStatus.FAILED, f"not queued: {exc}")
@@ -181,12 +244,11 @@ class Registry:
             raise
         self._queue.put_nowait(handle)
         self._metrics.queue_length.set(self._queue.qsize())
-        return record
 
     def busy_with(self, subject: str) -> str | None:
         """The id of an unfinished job acting on ``subject``, if there is one."""
         for handle in self._handles.values():
-            if handle.subject == subject and not handle.done.done():
+            if handle.queued.subject == subject and not handle.done.done():
                 return handle.job_id
         return None
 
@@ -210,7 +272,7 @@ class Registry:
             # Recorded before it happens: whatever ends the job next, the store knows why.
             await self._store.update_job(job_id, cancel_reason=CancelReason.USER.value)
         if not handle.started:
-            await self._finish_unstarted(handle, CancelReason.USER)
+            await self._cancel_unstarted(handle)
         else:
             handle.token.cancel(CancelReason.USER)
         record = await asyncio.shield(handle.done)
@@ -252,7 +314,7 @@ class Registry:
             )
         try:
             await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
-            result = await handle.work(sink, handle.token)
+            result = await handle.queued.work(sink, handle.token)
         except asyncio.CancelledError:
             result = BuildResult(JobStatus.INTERRUPTED, "the service stopped during the build")
             await asyncio.shield(self._finish(handle, result, started))
@@ -267,21 +329,11 @@ class Registry:
                 timer.cancel()
         await asyncio.shield(self._finish(handle, result, started))
 
-    async def _finish_unstarted(self, handle: _Handle, reason: CancelReason) -> None:
-        if handle.done.done() or not handle.token.cancel(reason):
+    async def _cancel_unstarted(self, handle: _Handle) -> None:
+        if handle.done.done() or not handle.token.cancel(CancelReason.USER):
             return
-        if reason is CancelReason.USER:
-            result = BuildResult(
-                JobStatus.CANCELLED, "❌ Build cancelled by user before it started"
-            )
-            action = Action.CANCELLED
-        else:
-            result = BuildResult(
-                JobStatus.INTERRUPTED,
-                "⚠️ Build interrupted: the service shut down before it started",
-            )
-            action = Action.INTERRUPTED
-        await self._emit(handle.job_id, [Event(action, result.reason, Level.WARNING)])
+        result = BuildResult(JobStatus.CANCELLED, "❌ Job cancelled by user before it started")
+        await self._emit(handle.job_id, [Event(Action.CANCELLED, result.reason, Level.WARNING)])
         await asyncio.shield(self._finish(handle, result, None))
 
     async def _finish(self, handle: _Handle, result: BuildResult, started: float | None) -> None:
@@ -299,8 +351,8 @@ class Registry:
         finally:
             self._bus.close(handle.job_id)
             self._handles.pop(handle.job_id, None)
-            if handle.cleanup_dir is not None:
-                await asyncio.to_thread(shutil.rmtree, handle.cleanup_dir, True)
+            if handle.queued.cleanup_dir is not None:
+                await asyncio.to_thread(shutil.rmtree, handle.queued.cleanup_dir, True)
 
     async def _write_final(
         self, handle: _Handle, result: BuildResult, started: float | None
@@ -338,3 +390,14 @@ class Registry:
 
     def artifact_dir(self, job_id: str) -> Path:
         return self._engine.runner.artifact_dir(job_id)
+
+
+def _remove_all_but(folder: Path, keep: set[str]) -> None:
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name not in keep:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -107,9 +107,12 @@ class JobRecord:
     cancel_reason: str | None = None
     artifacts: tuple[str, ...] = ()
     last_seq: int = 0
+    # What the job's kind needs to run it again after a restart, beyond the fields above
+    # (a download's URL and checksum); internal, so not part of the API's view.
+    request: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in _JOB_COLUMNS}
+        data = {name: getattr(self, name) for name in _JOB_COLUMNS if name != "request"}
         data.update(
             status=self.status.value,
             created_at=_iso(self.created_at),
@@ -140,6 +143,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (job_id, seq)
         ) WITHOUT ROWID""",
     ),
+    ("ALTER TABLE jobs ADD COLUMN request TEXT NOT NULL DEFAULT '{}'",),
 )
 
 _JOB_COLUMNS = tuple(JobRecord.__dataclass_fields__)
@@ -160,6 +164,8 @@ def _to_column(name: str, value: Any) -> Any:
         return json.dumps([str(item) for item in value])
     if name == "status":
         return JobStatus(value).value
+    if name == "request":
+        return json.dumps(dict(value))
     if isinstance(value, str):
         return str(value)  # StrEnum members (CancelReason...) go in as their plain value
     return value
@@ -169,6 +175,7 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
     values = dict(zip(_JOB_COLUMNS, row, strict=True))
     values["status"] = JobStatus(values["status"])
     values["artifacts"] = tuple(json.loads(values["artifacts"]))
+    values["request"] = json.loads(values["request"])
     return JobRecord(**values)
 
 

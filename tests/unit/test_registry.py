@@ -18,7 +18,7 @@ from orchestrator.errors import JobStateConflict
 from orchestrator.metrics import Metrics
 from orchestrator.pkgbuild import parse_dir
 from orchestrator.registry import Registry
-from orchestrator.store import Store
+from orchestrator.store import JobRecord, Store
 
 
 @pytest.fixture
@@ -56,6 +56,17 @@ async def open_registry(settings: Settings, backend: FakeBackend) -> AsyncIterat
         await store.close()
 
 
+async def until(
+    registry: Registry, job_id: str, done: Callable[[JobRecord], bool], timeout_s: float = 10
+) -> JobRecord:
+    for _ in range(int(timeout_s / 0.01)):
+        record = await registry.get(job_id)
+        if done(record):
+            return record
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job_id} is still {record.status}")
+
+
 async def submit(registry: Registry, settings: Settings, build_dir: Callable[..., Path]) -> str:
     job_id = registry.new_job_id()
     src = settings.work_dir / job_id
@@ -87,9 +98,35 @@ async def test_cancel_while_running_answers_with_the_cancelled_record(
     backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 200))
     async with open_registry(settings, backend) as registry:
         job_id = await submit(registry, settings, build_dir)
-        while (await registry.get(job_id)).status is not JobStatus.RUNNING:
-            await asyncio.sleep(0.01)
+        await until(registry, job_id, lambda r: r.status is JobStatus.RUNNING)
         record = await registry.cancel(job_id)
         assert (record.status, record.cancel_reason) == (JobStatus.CANCELLED, "user")
         with pytest.raises(JobStateConflict):
             await registry.cancel(job_id)
+
+
+async def test_a_crash_leaves_the_queue_that_the_next_start_runs(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    # What a killed process leaves: queued jobs in the store, their sources, a stray upload.
+    settings.work_dir.mkdir(parents=True)
+    store = await Store.open(settings.data_dir / "orchestrator.db")
+    for job_id, operation in (("a", "build"), ("gone", "build"), ("odd", "mystery")):
+        record = JobRecord(id=job_id, operation=operation, status=JobStatus.QUEUED)
+        await store.create_job(record)
+    await store.close()
+    build_dir("hello-c").rename(settings.work_dir / "a")
+    (settings.work_dir / "half-uploaded").mkdir()
+
+    async with open_registry(settings, FakeBackend()) as registry:
+        assert not (settings.work_dir / "half-uploaded").exists()
+        record = await until(registry, "a", lambda r: r.status.terminal)
+        assert record.status is JobStatus.SUCCEEDED
+        gone, odd = await registry.get("gone"), await registry.get("odd")
+        assert gone.status is odd.status is JobStatus.INTERRUPTED
+        assert (
+            gone.reason
+            == "it could not be queued again after a restart: its uploaded sources are gone"
+        )
+        assert odd.reason == "jobs of kind 'mystery' cannot be queued again"
+        assert not (settings.work_dir / "a").exists()

@@ -307,7 +307,7 @@ async def test_writer_failure_is_raised_not_lost(db: Path) -> None:
 
 async def test_wal_and_schema_version(db: Path, store: Store) -> None:
     assert on_disk(db, "PRAGMA journal_mode") == [("wal",)]
-    assert on_disk(db, "PRAGMA user_version") == [(1,)]
+    assert on_disk(db, "PRAGMA user_version") == [(2,)]
     await store.close()
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA user_version = 99")
@@ -362,7 +362,8 @@ def test_to_dict_shapes() -> None:
         "1.0-1",
         7,
     )
-    assert set(data) == set(JobRecord.__dataclass_fields__)
+    # The kind's request is for running the job again after a restart, not for clients.
+    assert set(data) == set(JobRecord.__dataclass_fields__) - {"request"}
 
 
 async def test_commit_listeners_hear_each_batch_once_committed_in_order(
@@ -448,3 +449,27 @@ async def test_backpressure_counts_bytes_too(db: Path, monkeypatch: pytest.Monke
         assert [e.seq for e in await store.events("a")] == [1, 2, 3]
     finally:
         await store.close()
+
+
+async def test_a_version_1_database_gains_the_request_column(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, operation TEXT NOT NULL, status TEXT NOT NULL,"
+        " variant TEXT, pkgname TEXT, pkgver TEXT, created_at REAL NOT NULL, started_at REAL,"
+        " finished_at REAL, timeout_s REAL, exit_code INTEGER, reason TEXT, cancel_reason TEXT,"
+        " artifacts TEXT NOT NULL DEFAULT '[]', last_seq INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,"
+        " action TEXT NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, stream TEXT,"
+        " PRIMARY KEY (job_id, seq)) WITHOUT ROWID;"
+        "INSERT INTO jobs (id, operation, status, created_at) VALUES ('old', 'build', 'queued', 1);"
+        "PRAGMA user_version = 1;"
+    )
+    conn.close()
+    store = await Store.open(db)
+    old = await store.get_job("old")
+    assert old is not None and old.request == {}
+    await store.create_job(job("new", request={"url": "https://x/m.gguf", "sha256": None}))
+    new = await store.get_job("new")
+    assert new is not None and new.request == {"url": "https://x/m.gguf", "sha256": None}
+    await store.close()
