@@ -1,51 +1,193 @@
 """Tar in and out, safely.
 
-Everything that crosses into or out of a container, or arrives in an upload, is a tar stream. Each
-one is checked member by member before anything touches the disk: no absolute paths, no ``..``, no
-links that point outside, no devices, and a size cap, so a hostile archive fails with a clear
-``ArchiveError`` and writes nothing.
+Everything that crosses into or out of a container, or arrives in an upload, is a tar stream.
+An upload is checked as a whole before anything touches the disk: no absolute paths, no ``..``,
+no names the filesystem cannot hold, no devices, a size cap, and no symlink that leads outside
+however links are chained. It is then written by ``_unpack`` through directory descriptors that
+never follow a link, so a hostile archive fails with a clear ``ArchiveError`` (the API's 400)
+and writes nothing outside its folder. tarfile only parses; its extraction filters (missing from
+Debian bookworm's Python 3.11.2) are not relied on.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import os
+import re
 import shutil
 import stat
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Protocol
 
+from . import _unpack
 from .errors import ArchiveError, ArchiveTooLarge
 
 # Spool small tars in memory; bigger ones go to an unnamed temp file that vanishes with us.
 _SPOOL_BYTES = 8 * 1024 * 1024
-# Python 3.11.4 added extraction filters; Debian bookworm's 3.11.2 lacks them, and the checks in
-# check_members() are what keep an archive inside its folder either way.
-_HAS_FILTERS = hasattr(tarfile, "data_filter")
-_FILTER_ERRORS: tuple[type[Exception], ...] = (
-    (tarfile.FilterError,) if _HAS_FILTERS else ()  # type: ignore[attr-defined,unused-ignore]
-)
 PACKAGE_SUFFIXES = (".pkg.tar", ".pkg.tar.zst", ".pkg.tar.xz", ".pkg.tar.gz", ".pkg.tar.bz2")
+MAX_MEMBERS = 100_000
+_NAME_MAX_BYTES = 255  # NAME_MAX
+_PATH_MAX_BYTES = 4095  # PATH_MAX, less its NUL
+_MAX_DEPTH = 256
+# tarfile reads a pax or GNU long-name header in one piece, as long as it claims to be; a real
+# one holds a path or two.
+_MAX_HEADER_READ_BYTES = 64 * 1024
+# Before 3.11.10 tarfile searches pax headers with regexes quadratic in a run of digits
+# (CVE-2024-6232); a run of L digits costs it about L*L steps. A real archive spends ~2000 a
+# member (octal fields, timestamps); this is ~0.3 s of regex at worst.
+_DIGIT_BUDGET = 1 << 29
+_DIGITS = re.compile(rb"\d+")
+# Headers, pax records and padding per member, for the cap on the decompressed stream.
+_OVERHEAD_BYTES_PER_MEMBER = 2048
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_READ_ERRORS = (
+    tarfile.TarError,
+    EOFError,
+    OSError,
+    ValueError,
+    OverflowError,
+    zlib.error,
+    lzma.LZMAError,
+)
 
 
 def spooled() -> IO[bytes]:
     return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
 
 
-def _check_name(name: str) -> PurePosixPath:
+class _Stream:
+    """The (decompressed) tar stream as tarfile reads it, with the limits tarfile lacks."""
+
+    def __init__(self, raw: _Raw, *, limit_bytes: int | None, max_bytes: int) -> None:
+        self._raw = raw
+        self._limit_bytes = limit_bytes
+        self._max_bytes = max_bytes
+        self._pos = raw.tell()
+        self._digit_cost = 0
+        self.bulk = False  # set while we copy member data: big reads are ours, not headers
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or (size > _MAX_HEADER_READ_BYTES and not self.bulk):
+            raise ArchiveError(f"archive has a header that claims {size} bytes")
+        self._check_limit(self._pos + size)
+        try:
+            data = self._raw.read(size)
+        except _READ_ERRORS as exc:
+            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
+        self._pos += len(data)
+        if not self.bulk:
+            self._digit_cost += sum(len(run) ** 2 for run in _DIGITS.findall(data))
+            if self._digit_cost > _DIGIT_BUDGET:
+                raise ArchiveError("archive has headers with implausibly long runs of digits")
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos}.get(whence)
+        if target is None:
+            raise ArchiveError("archive reader cannot seek from the end")  # tarfile never does
+        self._check_limit(target + offset)
+        try:
+            self._pos = self._raw.seek(target + offset)
+        except _READ_ERRORS as exc:
+            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _check_limit(self, end: int) -> None:
+        # Only a decompressed stream needs it: there every byte skipped is a byte inflated.
+        if self._limit_bytes is not None and end > self._limit_bytes:
+            raise ArchiveTooLarge(
+                f"archive unpacks to more than {self._max_bytes} bytes", limit_bytes=self._max_bytes
+            )
+
+
+class _Raw(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int: ...
+    def tell(self) -> int: ...
+
+
+@contextmanager
+def _open_tar(
+    fileobj: IO[bytes], *, max_bytes: int, max_members: int
+) -> Iterator[tuple[tarfile.TarFile, _Stream]]:
+    """A tar (plain, gzip, xz or bzip2) opened for reading through a ``_Stream``."""
+    start = fileobj.tell()
+    magic = fileobj.read(6)
+    fileobj.seek(start)
+    with ExitStack() as stack:
+        raw: _Raw = fileobj
+        if magic.startswith(b"\x1f\x8b"):
+            raw = stack.enter_context(gzip.GzipFile(fileobj=fileobj, mode="rb"))
+        elif magic.startswith(b"BZh"):
+            raw = stack.enter_context(bz2.BZ2File(fileobj))
+        elif magic.startswith(b"\xfd7zXZ\x00"):
+            raw = stack.enter_context(lzma.LZMAFile(fileobj))
+        limit = None if raw is fileobj else max_bytes + max_members * _OVERHEAD_BYTES_PER_MEMBER
+        stream = _Stream(raw, limit_bytes=limit, max_bytes=max_bytes)
+        try:
+            tar = stack.enter_context(
+                tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]
+            )
+        except _READ_ERRORS as exc:
+            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
+        yield tar, stream
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members as tarfile parses them; its complaints become ``ArchiveError``s. (Only the
+    reading: an error writing to our own disk is ours, not the client's.)"""
+    members = iter(tar)
+    while True:
+        try:
+            member = next(members)
+        except StopIteration:
+            return
+        except _READ_ERRORS as exc:
+            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
+        yield member
+
+
+def _check_text(name: str, text: str, what: str) -> None:
+    if _CONTROL.search(text):
+        raise ArchiveError(f"archive member {name!r} has a control character in its {what}")
+    if len(os.fsencode(text)) > _PATH_MAX_BYTES:
+        raise ArchiveError(
+            f"archive member {name!r} has a {what} longer than {_PATH_MAX_BYTES} bytes"
+        )
+
+
+def member_parts(name: str) -> tuple[str, ...]:
+    """A member name as the path components it is written to; refused if it cannot be."""
+    _check_text(name, name, "name")
     path = PurePosixPath(name)
     if path.is_absolute():
         raise ArchiveError(f"archive member {name!r} has an absolute path")
     if ".." in path.parts:
         raise ArchiveError(f"archive member {name!r} escapes the directory with '..'")
-    return path
+    parts = tuple(p for p in path.parts if p != ".")
+    if any(len(os.fsencode(part)) > _NAME_MAX_BYTES for part in parts):
+        raise ArchiveError(
+            f"archive member {name!r} has a name component longer than {_NAME_MAX_BYTES} bytes"
+        )
+    if len(parts) > _MAX_DEPTH:
+        raise ArchiveError(f"archive member {name!r} is nested more than {_MAX_DEPTH} deep")
+    return parts
 
 
 def _check_link(member: tarfile.TarInfo, path: PurePosixPath) -> None:
+    if member.linkname == "":
+        raise ArchiveError(f"archive member {member.name!r} is a link to nothing")
+    _check_text(member.name, member.linkname, "link target")
     target = PurePosixPath(member.linkname)
     # A symlink's target is resolved from its own folder; a hard link's from the archive root.
     joined = path.parent / target if member.issym() else target
@@ -68,15 +210,18 @@ def _escapes(path: PurePosixPath) -> bool:
 
 
 def check_members(
-    members: Iterable[tarfile.TarInfo], *, max_bytes: int, max_members: int = 100_000
+    members: Iterable[tarfile.TarInfo], *, max_bytes: int, max_members: int = MAX_MEMBERS
 ) -> list[tarfile.TarInfo]:
-    """Vet every member; return them in order. Raises ``ArchiveError``/``ArchiveTooLarge``."""
+    """Vet each member on its own; return them in order, or raise ``ArchiveError``.
+
+    What members do together (links through links, a file below a file) is ``_unpack.Plan``'s.
+    """
     total = 0
     vetted: list[tarfile.TarInfo] = []
     for member in members:
-        path = _check_name(member.name)
+        member_parts(member.name)
         if member.issym() or member.islnk():
-            _check_link(member, path)
+            _check_link(member, PurePosixPath(member.name))
         elif not (member.isfile() or member.isdir()):
             raise ArchiveError(f"archive member {member.name!r} is a device, fifo or other special")
         total += member.size
@@ -90,24 +235,64 @@ def check_members(
     return vetted
 
 
-def extract(fileobj: IO[bytes], dest: Path, *, max_bytes: int) -> list[str]:
-    """Unpack a tar (plain, gzip, xz or bzip2) into ``dest``; return the member names."""
+def extract(
+    fileobj: IO[bytes], dest: Path, *, max_bytes: int, max_members: int = MAX_MEMBERS
+) -> list[str]:
+    """Unpack a tar (plain, gzip, xz or bzip2) into ``dest``; return the member names.
+
+    The whole archive is vetted before the first write; a refusal mid-way (the disk not being
+    what the plan expects, the byte cap) may leave members in ``dest``, never outside it.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
-            members = check_members(tar, max_bytes=max_bytes)
-            if _HAS_FILTERS:
-                # The "data" filter repeats our checks and also drops setuid bits.
-                tar.extractall(dest, members=members, filter="data")
-            else:
-                for member in members:
-                    member.mode &= 0o755  # no setuid/setgid/sticky, no group/other write
-                tar.extractall(dest, members=members)
-    except _FILTER_ERRORS as exc:
-        raise ArchiveError(f"unsafe archive: {exc}") from exc
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise ArchiveError(f"not a readable tar archive: {exc}") from exc
+    with _open_tar(fileobj, max_bytes=max_bytes, max_members=max_members) as (tar, stream):
+        members = check_members(_members(tar), max_bytes=max_bytes, max_members=max_members)
+        plan = _unpack.Plan()
+        for member in members:
+            plan.add(member, member_parts(member.name), _hard_link_target(member))
+        plan.check_links()
+
+        def open_member(member: tarfile.TarInfo) -> _BulkReader:
+            source = tar.extractfile(member)
+            assert source is not None  # only files are opened
+            return _BulkReader(source, stream)
+
+        _unpack.write(plan, dest, open_member, _unpack.Budget(max_bytes))
     return [m.name for m in members]
+
+
+def _hard_link_target(member: tarfile.TarInfo) -> tuple[str, ...]:
+    if not member.islnk():
+        return ()
+    try:
+        return member_parts(member.linkname)
+    except ArchiveError:
+        raise ArchiveError(
+            f"archive member {member.name!r} is a hard link to {member.linkname!r}, which is not "
+            "a file earlier in the archive"
+        ) from None
+
+
+class _BulkReader:
+    """A member's bytes; its reads are data, so the header limits do not apply to them."""
+
+    def __init__(self, source: IO[bytes], stream: _Stream) -> None:
+        self._source = source
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        self._stream.bulk = True
+        try:
+            return self._source.read(size)
+        except _READ_ERRORS as exc:
+            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
+        finally:
+            self._stream.bulk = False
+
+    def __enter__(self) -> _BulkReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._source.close()
 
 
 def pack_dir(src: Path, *, uid: int, gid: int, max_bytes: int) -> IO[bytes]:
@@ -158,36 +343,41 @@ def is_package_name(name: str) -> bool:
 def extract_packages(fileobj: IO[bytes], dest: Path, *, max_bytes: int) -> list[Path]:
     """Take the package files out of a ``get_archive`` tar into ``dest``.
 
-    Only regular files named like packages are kept, flattened to their base name. They are
-    written to a staging folder inside ``dest`` and renamed into place, so an interrupted copy
-    leaves no half-written package.
+    The build controls what that folder holds, so this is as hostile as an upload: only regular
+    files named like packages are kept, flattened to their base name, each written once as a new
+    file in a staging folder inside ``dest`` and renamed into place (over a link there, never
+    through it), so an interrupted copy leaves no half-written package.
     """
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=dest))
     stored: list[Path] = []
+    budget = _unpack.Budget(max_bytes)
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with _open_tar(fileobj, max_bytes=max_bytes, max_members=MAX_MEMBERS) as (tar, stream):
             total = 0
-            for member in tar:
-                _check_name(member.name)
+            for member in _members(tar):
+                member_parts(member.name)
                 base = PurePosixPath(member.name).name
                 if not member.isfile() or not is_package_name(base):
                     continue
+                if dest / base in stored:
+                    raise ArchiveError(f"the build made two packages named {base!r}")
                 total += member.size
                 if total > max_bytes:
                     raise ArchiveTooLarge(
                         f"packages are larger than {max_bytes} bytes", limit_bytes=max_bytes
                     )
                 source = tar.extractfile(member)
-                if source is None:
-                    continue
-                with source, (staging / base).open("wb") as fh:
-                    shutil.copyfileobj(source, fh, 1024 * 1024)
+                assert source is not None  # a regular file
+                fd = os.open(staging / base, _unpack.NEW_FILE_FLAGS, 0o644)
+                try:
+                    with _BulkReader(source, stream) as data:
+                        budget.copy(data, fd)
+                finally:
+                    os.close(fd)
                 stored.append(dest / base)
         for path in stored:
             os.replace(staging / path.name, path)
-    except tarfile.TarError as exc:
-        raise ArchiveError(f"could not read the packages out of the container: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return stored

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import tarfile
+import time
+import tracemalloc
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,18 +18,35 @@ from orchestrator import archive
 from orchestrator.errors import ArchiveError, ArchiveTooLarge
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["filters", "no-filters"])
-def filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Run every test with and without tarfile's extraction filters (absent before 3.11.4)."""
-    if request.param and not archive._HAS_FILTERS:
-        pytest.skip("this Python has no tarfile extraction filters")
-    monkeypatch.setattr(archive, "_HAS_FILTERS", request.param)
-    return bool(request.param)
+def without_extraction_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make tarfile what Debian bookworm's Python 3.11.2 (the service image's) has: no extraction
+    filters. Extraction itself is refused too, so a test passes only if archive writes members
+    itself, whatever this Python's tarfile would have done."""
+    for name in ("data_filter", "tar_filter", "fully_trusted_filter", "FilterError"):
+        monkeypatch.delattr(tarfile, name, raising=False)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tarfile must only parse: archive writes the members itself")
+
+    for method in ("extractall", "extract", "_extract_member"):
+        monkeypatch.setattr(tarfile.TarFile, method, refuse)
 
 
-def make_tar(*members: tuple[tarfile.TarInfo, bytes | None], gz: bool = False) -> io.BytesIO:
+@pytest.fixture(autouse=True, params=["this-python", "python-3.11.2"])
+def python_tarfile(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test on this Python's tarfile and on one without extraction filters."""
+    if request.param == "python-3.11.2":
+        without_extraction_filters(monkeypatch)
+    return str(request.param)
+
+
+def make_tar(
+    *members: tuple[tarfile.TarInfo, bytes | None], gz: bool = False, pax: bool = False
+) -> io.BytesIO:
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz" if gz else "w") as tar:
+    # PAX carries names ustar cannot (long, or with control characters) as they are.
+    fmt = tarfile.PAX_FORMAT if pax else tarfile.DEFAULT_FORMAT
+    with tarfile.open(fileobj=out, mode="w:gz" if gz else "w", format=fmt) as tar:
         for info, data in members:
             if data is not None:
                 info.size = len(data)
@@ -157,3 +179,309 @@ def test_extract_packages_refuses_traversal_and_leaves_nothing(tmp_path: Path) -
         archive.extract_packages(tar, tmp_path / "art", max_bytes=1000)
     assert list((tmp_path / "art").iterdir()) == []
     assert not (tmp_path / "evil.pkg.tar.zst").exists()
+
+
+# -- links that leave the folder however they are chained --------------------------------------
+#
+# The upload's folder sits where the service puts it, beside other jobs' uploads and under the
+# data dir that holds every job's finished packages: an escape lands on someone else's files.
+
+
+@dataclass
+class Site:
+    root: Path
+    dest: Path  # this upload's folder: data/work/<job>
+    data: Path
+    victim: Path  # another job's finished package, served by the API
+    queued: Path  # another job's upload, waiting in the queue
+
+    def outside(self) -> dict[str, str | bytes]:
+        """Everything under the test's root except ``dest``: kind and bytes of each entry."""
+        seen: dict[str, str | bytes] = {}
+        for top, dirs, files in os.walk(self.root):
+            here = Path(top)
+            dirs[:] = [d for d in dirs if here / d != self.dest]
+            for name in dirs + files:
+                path = here / name
+                rel = str(path.relative_to(self.root))
+                if path.is_symlink():
+                    seen[rel] = "link:" + os.readlink(path)
+                elif path.is_dir():
+                    seen[rel] = "dir"
+                else:
+                    seen[rel] = path.read_bytes()
+        return seen
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    data = tmp_path / "data"
+    victim = data / "artifacts" / "other" / "demo-1-1-x86_64.pkg.tar.zst"
+    queued = data / "work" / "other" / "PKGBUILD"
+    for path, content in ((victim, b"the real package"), (queued, b"pkgname=other")):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(content)
+    dest = data / "work" / "job"
+    return Site(tmp_path, dest, data, victim, queued)
+
+
+def directory(name: str, mode: int = 0o755) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, mode
+    return info, None
+
+
+VICTIM = "artifacts/other/demo-1-1-x86_64.pkg.tar.zst"
+# Each link is inside the folder by the text of its own path; followed, l2 is the folder's parent
+# (data/work) and l3 the data dir.
+CHAIN = [directory("sub"), link("l1", "sub/.."), link("l2", "l1/.."), link("l3", "l2/..")]
+
+ATTACKS = {
+    # The issue's attack: a chain, then files written through its end.
+    "chain-write-through": [*CHAIN, file(f"l3/{VICTIM}", b"evil"), file("l3/planted", b"evil")],
+    # The chain alone must be refused too: a link out is an escape waiting to be used.
+    "chain-alone": CHAIN,
+    # A link to a link: d/up is the folder itself, so top is its parent.
+    "link-to-link": [directory("d"), link("d/up", ".."), link("top", "d/up/.."), file("top/x")],
+    # The link exists (as a link to the folder itself) before the member written through it.
+    "link-before-file": [link("a", "."), link("a/a/b", "../.."), file(f"b/{VICTIM}", b"evil")],
+    "link-before-file-lexical": [link("evil", "../other"), file("evil/x", b"evil")],
+    # x is created first, pointing through l, which a later member makes the folder itself.
+    "target-is-a-later-member": [link("x", "l/.."), link("l", ".")],
+    "target-is-a-later-member-write-through": [
+        link("x", "l/.."),
+        link("l", "."),
+        file("x/other/PKGBUILD", b"evil"),
+    ],
+    # A hard link through the chain would share the victim's inode; the duplicate then writes it.
+    "hard-link-through-chain": [*CHAIN, link("h", f"l3/{VICTIM}", hard=True), file("h", b"evil")],
+    "hard-link-outside": [link("h", f"../../{VICTIM}", hard=True), file("h", b"evil")],
+    # A member named like an earlier symlink: writing the file would follow the link.
+    "duplicate-replaces-symlink": [*CHAIN, link("x", f"l3/{VICTIM}"), file("x", b"evil")],
+    "symlink-replaces-directory": [directory("d"), link("d", "l3"), *CHAIN, file("d/planted")],
+    "directory-after-file": [file("a"), directory("a")],
+    "file-after-directory": [directory("a"), file("a")],
+    "file-then-below-it": [file("a"), file("a/b")],
+    "long-component": [file("x" * 300)],
+    "long-path": [file("/".join(["d" * 200] * 25))],
+    "newline-in-name": [file("a\nb")],
+    # Only a pax record carries a NUL through (ustar fields end at one): a long name forces it.
+    "nul-in-name": [file("d" * 120 + "\x00b")],
+    "absolute-link": [link("x", "/etc")],
+    "link-loop": [link("a", "b"), link("b", "a")],
+}
+
+
+@pytest.mark.parametrize("members", ATTACKS.values(), ids=ATTACKS.keys())
+def test_hostile_archives_write_nothing(
+    site: Site, members: list[tuple[tarfile.TarInfo, bytes | None]]
+) -> None:
+    before = site.outside()
+    with pytest.raises(ArchiveError):
+        archive.extract(make_tar(*members, pax=True), site.dest, max_bytes=10**6)
+    assert site.victim.read_bytes() == b"the real package"
+    assert site.queued.read_bytes() == b"pkgname=other"
+    assert site.outside() == before
+    # Everything is vetted against the whole archive before the first byte is written.
+    assert list(site.dest.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        (ATTACKS["chain-alone"], "'l2' links to 'l1/..'.*outside"),
+        (ATTACKS["link-before-file-lexical"], "'evil' links to '../other'.*outside"),
+        (ATTACKS["target-is-a-later-member"], "'x' links to 'l/..'.*outside"),
+        (ATTACKS["file-then-below-it"], "'a/b'.*'a' is a file"),
+        (ATTACKS["long-component"], "longer than 255 bytes"),
+        (ATTACKS["duplicate-replaces-symlink"], "'x' appears twice"),
+        (ATTACKS["link-loop"], "loop"),
+    ],
+)
+def test_refusals_name_the_member(
+    site: Site, members: list[tuple[tarfile.TarInfo, bytes | None]], message: str
+) -> None:
+    with pytest.raises(ArchiveError, match=message):
+        archive.extract(make_tar(*members, pax=True), site.dest, max_bytes=10**6)
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [file("planted/x", b"evil")],  # a folder on the way is a link
+        [file("victim", b"evil")],  # the file itself is a link
+        [link("y", "planted/..")],  # fine by the archive alone, outside on this disk
+    ],
+    ids=["through-folder", "onto-link", "link-via-disk"],
+)
+def test_links_already_on_disk_are_never_followed(
+    site: Site, members: list[tuple[tarfile.TarInfo, bytes | None]]
+) -> None:
+    """The plan knows only the archive; the writes themselves must not trust the disk."""
+    site.dest.mkdir(parents=True)
+    os.symlink("../..", site.dest / "planted")
+    os.symlink(site.victim, site.dest / "victim")
+    before = site.outside()
+    with pytest.raises(ArchiveError, match=r"cannot be written here|outside the directory"):
+        archive.extract(make_tar(*members), site.dest, max_bytes=1000)
+    assert site.victim.read_bytes() == b"the real package"
+    assert site.outside() == before
+    assert not (site.dest / "y").is_symlink()
+
+
+def test_a_build_dir_as_tar_makes_it(tmp_path: Path) -> None:
+    """What ``tar -c -C DIR .`` makes: a ``./`` member for the folder itself, then ``./``
+    prefixes, links inside (also to links, and to members that come later)."""
+    tar = make_tar(
+        directory("./", mode=0o700),
+        link("./first", "src/later.c"),
+        file("./src/later.c", b"int x;"),
+        link("./src/alias", "../first"),
+        link("./latest", "src"),
+        directory("./src/"),
+        link("./self", "."),
+    )
+    archive.extract(tar, tmp_path / "out", max_bytes=1000)
+    out = tmp_path / "out"
+    assert (out / "src" / "alias").read_bytes() == b"int x;"
+    assert (out / "latest").is_symlink() and (out / "latest" / "later.c").is_file()
+    assert os.readlink(out / "first") == "src/later.c"
+    assert (out / "self").resolve() == out.resolve()
+
+
+def test_a_repeated_file_takes_the_last_copy(tmp_path: Path) -> None:
+    # What `tar -r` (append) makes: the later member wins, as tar itself does.
+    tar = make_tar(file("a", b"old"), file("a", b"new"))
+    archive.extract(tar, tmp_path, max_bytes=1000)
+    assert (tmp_path / "a").read_bytes() == b"new"
+
+
+def test_a_hard_link_becomes_a_copy_of_an_earlier_file(tmp_path: Path) -> None:
+    tar = make_tar(file("src/a", b"data"), link("b", "src/a", hard=True))
+    archive.extract(tar, tmp_path, max_bytes=1000)
+    assert (tmp_path / "b").read_bytes() == b"data"
+    # A copy, not a shared inode: nothing written to one name can reach another.
+    assert os.stat(tmp_path / "b").st_ino != os.stat(tmp_path / "src" / "a").st_ino
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [link("b", "a", hard=True), file("a")],  # the target comes later
+        [directory("d"), link("b", "d", hard=True)],
+        [file("a"), link("s", "a"), link("b", "s", hard=True)],
+    ],
+    ids=["later", "directory", "symlink"],
+)
+def test_a_hard_link_to_anything_but_an_earlier_file_is_refused(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]
+) -> None:
+    with pytest.raises(ArchiveError, match="'b'"):
+        archive.extract(make_tar(*members), tmp_path, max_bytes=1000)
+
+
+def test_hard_link_copies_count_towards_the_size_cap(tmp_path: Path) -> None:
+    tar = make_tar(file("a", b"x" * 600), link("b", "a", hard=True))
+    with pytest.raises(ArchiveTooLarge):
+        archive.extract(tar, tmp_path, max_bytes=1000)
+
+
+def test_modes_keep_exec_bits_and_stay_ours(tmp_path: Path) -> None:
+    unreadable, _ = file("secret")
+    unreadable.mode = 0o000
+    tool, _ = file("tool")
+    tool.mode = 0o6775  # setuid, setgid, group write
+    sticky = directory("locked", mode=0o1555)
+    tar = make_tar((unreadable, b"1"), (tool, b"2"), sticky, file("locked/x"))
+    archive.extract(tar, tmp_path, max_bytes=1000)
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o7777  # noqa: E731
+    # We must read every file (to copy it into the container) and remove every folder.
+    assert mode("secret") == 0o600
+    assert mode("tool") == 0o755
+    assert mode("locked") == 0o755
+
+
+def test_a_header_claiming_a_huge_size_is_not_read_into_memory(tmp_path: Path) -> None:
+    """A pax header's own size is read in one piece: 64 MiB of it compresses to 64 KiB."""
+    info, data = file("PKGBUILD")
+    info.pax_headers = {"comment": "x" * (64 * 1024 * 1024)}
+    tar = make_tar((info, data), gz=True, pax=True)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveError):
+            archive.extract(tar, tmp_path, max_bytes=10**6)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_bytes < 16 * 1024 * 1024
+
+
+def test_decompression_stops_at_the_cap(tmp_path: Path) -> None:
+    """A gzip bomb made of headers (no member data to count): decompression stops near the cap
+    instead of inflating the whole stream."""
+    members = []
+    for n in range(200):
+        info, data = file(f"f{n}", b"")
+        info.pax_headers = {"comment": "x" * 50_000}
+        members.append((info, data))
+    tar = make_tar(*members, gz=True, pax=True)
+    with pytest.raises(ArchiveError):
+        archive.extract(tar, tmp_path, max_bytes=1000, max_members=100)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_headers_that_make_tarfile_backtrack_are_refused_at_once(tmp_path: Path) -> None:
+    """Python before 3.11.10 searches pax headers with a regex that is quadratic in a run of
+    digits (CVE-2024-6232): 48 KB of them cost it seconds, of CPU and of the GIL."""
+    members = []
+    for n in range(10):
+        info, data = file(f"f{n}")
+        info.pax_headers = {"comment": "9" * 48_000}
+        members.append((info, data))
+    tar = make_tar(*members, gz=True, pax=True)
+    started = time.monotonic()
+    with pytest.raises(ArchiveError):
+        archive.extract(tar, tmp_path, max_bytes=10**6)
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to make a sparse member")
+def test_sparse_members_count_their_real_size(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with (src / "holes").open("wb") as fh:
+        fh.truncate(4 * 1024 * 1024)
+        fh.write(b"start")
+    packed = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "-S", "-cf", str(packed), "-C", str(src), "holes"], check=True)
+    with packed.open("rb") as fh, pytest.raises(ArchiveTooLarge):
+        archive.extract(fh, tmp_path / "small", max_bytes=1024 * 1024)
+    with packed.open("rb") as fh:
+        archive.extract(fh, tmp_path / "big", max_bytes=8 * 1024 * 1024)
+    assert (tmp_path / "big" / "holes").read_bytes() == (src / "holes").read_bytes()
+
+
+def test_extract_packages_refuses_unwritable_and_repeated_names(tmp_path: Path) -> None:
+    long = make_tar(file("out/" + "x" * 300 + ".pkg.tar.zst"))
+    with pytest.raises(ArchiveError, match="longer than 255 bytes"):
+        archive.extract_packages(long, tmp_path / "a", max_bytes=1000)
+    twice = make_tar(file("out/a.pkg.tar.zst", b"1"), file("other/a.pkg.tar.zst", b"2"))
+    with pytest.raises(ArchiveError, match="two packages named"):
+        archive.extract_packages(twice, tmp_path / "b", max_bytes=1000)
+    assert list((tmp_path / "b").iterdir()) == []
+
+
+def test_extract_packages_never_writes_through_a_link(tmp_path: Path) -> None:
+    """A build controls what its package folder holds: links named like packages are skipped,
+    and a package already in the artifact dir as a link is replaced, never written through."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    art = tmp_path / "art"
+    art.mkdir()
+    os.symlink(outside, art / "demo.pkg.tar.zst")
+    tar = make_tar(link("out/x.pkg.tar.zst", str(outside)), file("demo.pkg.tar.zst", b"pkg"))
+    stored = archive.extract_packages(tar, art, max_bytes=1000)
+    assert [p.name for p in stored] == ["demo.pkg.tar.zst"]
+    assert not (art / "demo.pkg.tar.zst").is_symlink()
+    assert (art / "demo.pkg.tar.zst").read_bytes() == b"pkg"
+    assert outside.read_bytes() == b"keep"
