@@ -62,6 +62,14 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def create_job(request: web.Request) -> web.Response:
     """POST /v1/jobs: the seed's operations (worker_install, model_download) as jobs."""
+    # A page on another site can POST text/plain (or no type) without a CORS preflight, so
+    # JSON is taken only when labelled as JSON. aiohttp reports a missing type as
+    # application/octet-stream, which is refused too.
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text="send the operation as JSON with Content-Type: application/json "
+            "(e.g. curl -H 'Content-Type: application/json' -d '{\"operation\": ...}' ...)"
+        )
     try:
         body = await request.json()
     except ValueError:

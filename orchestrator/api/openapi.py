@@ -26,6 +26,12 @@ def _json(description: str, schema: str) -> dict[str, Any]:
 _WORKER_ID = {"name": "worker_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _STATUS_REF = {"$ref": "#/components/schemas/Status"}
 _UNAUTHORIZED = _error("Missing or wrong bearer token (when a token is configured)")
+_CROSS_ORIGIN = _error(
+    "A browser request from another origin (Sec-Fetch-Site, or Origin not this Host); "
+    "error `cross_origin`"
+)
+# /health, /metrics and /openapi.json answer without a token.
+_OPEN: list[dict[str, list[str]]] = []
 _NOT_FOUND = _error("No such job")
 
 _PATHS: dict[str, Any] = {
@@ -49,14 +55,16 @@ _PATHS: dict[str, Any] = {
                 "content": {
                     "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
                     "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 },
             },
             "responses": {
                 "201": _json("Queued; Location names the job", "Submitted"),
                 "400": _error("Unsafe or unreadable archive, or a bad parameter"),
                 "401": _UNAUTHORIZED,
+                "403": _CROSS_ORIGIN,
                 "413": _error("Upload or unpacked build directory over the limit"),
-                "415": _error("Body is not a tar"),
+                "415": _error("No Content-Type, or not a tar type"),
                 "422": _error("Malformed PKGBUILD, unknown variant, or a variant refused here"),
                 "503": _error("Shutting down, or the Docker daemon is unreachable"),
             },
@@ -75,8 +83,10 @@ _PATHS: dict[str, Any] = {
                 "201": _json("Queued; Location names the job", "Submitted"),
                 "400": _error("Missing or malformed field"),
                 "401": _UNAUTHORIZED,
+                "403": _CROSS_ORIGIN,
                 "404": _error("No such worker in the catalog"),
                 "409": _error("The same worker or model is already being worked on"),
+                "415": _error("Content-Type is not application/json"),
                 "422": _error(
                     "Unknown operation (the answer lists the known ones), or a worker "
                     "that cannot run here (metal)"
@@ -155,6 +165,7 @@ _PATHS: dict[str, Any] = {
             "responses": {
                 "200": {"description": "Removed"},
                 "401": _UNAUTHORIZED,
+                "403": _CROSS_ORIGIN,
                 "404": _error("Not installed"),
                 "409": _error("An install of this worker is running"),
             },
@@ -176,6 +187,7 @@ _PATHS: dict[str, Any] = {
                 "200": {"description": "Removed"},
                 "400": _error("Not a valid model name"),
                 "401": _UNAUTHORIZED,
+                "403": _CROSS_ORIGIN,
                 "404": _error("No such model"),
                 "409": _error("A download of this model is running"),
             },
@@ -195,6 +207,7 @@ _PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("The job, now ended", "Job"),
                 "401": _UNAUTHORIZED,
+                "403": _CROSS_ORIGIN,
                 "404": _NOT_FOUND,
                 "409": _error("The job has already ended"),
             },
@@ -208,6 +221,8 @@ _PATHS: dict[str, Any] = {
                 {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
                 {"name": "last_event_id", "in": "query", "schema": {"type": "integer"}},
             ],
+            # EventSource cannot set headers, so the stream also takes the token in the query.
+            "security": [{"bearer": []}, {"access_token": []}],
             "responses": {
                 "200": {
                     "description": "id: seq, data: an Event as JSON; at the end `event: end` "
@@ -255,12 +270,14 @@ _PATHS: dict[str, Any] = {
     "/health": {
         "get": {
             "summary": "Daemon reachable and build images present",
+            "security": _OPEN,
             "responses": {"200": _json("Healthy", "Health"), "503": _json("Not ready", "Health")},
         }
     },
     "/metrics": {
         "get": {
             "summary": "Prometheus metrics",
+            "security": _OPEN,
             "responses": {
                 "200": {
                     "description": "Prometheus text format",
@@ -272,6 +289,7 @@ _PATHS: dict[str, Any] = {
     "/openapi.json": {
         "get": {
             "summary": "This document",
+            "security": _OPEN,
             "responses": {
                 "200": {
                     "description": "OpenAPI 3.1",
@@ -446,7 +464,10 @@ def document() -> dict[str, Any]:
         "paths": _PATHS,
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "access_token": {"type": "apiKey", "in": "query", "name": "access_token"},
+            },
         },
         "security": [{"bearer": []}],
     }

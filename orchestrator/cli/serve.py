@@ -11,12 +11,22 @@ from aiohttp import web
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here so the client commands start fast and need nothing of the service.
+    from pydantic import ValidationError
+
     from ..api import InsecureBind, check_bind, create_app
     from ..errors import OrchestratorError
     from ..settings import Settings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        # Name the setting and the reason, never the value: it may be the token.
+        for error in exc.errors():
+            name = "ORCHESTRATOR_" + "_".join(str(part) for part in error["loc"]).upper()
+            reason = error["msg"].removeprefix("Value error, ")
+            print(f"orchestrator: bad setting {name}: {reason}", file=sys.stderr)
+        return 2
     try:
         check_bind(settings)
     except InsecureBind as exc:

@@ -192,7 +192,9 @@ async def test_operation_errors(client: TestClient) -> None:
     assert await start(client, 400, operation="worker_install")
     assert await start(client, 400, operation="model_download", url="ftp://x/y", name="m")
     assert await start(client, 400, operation="model_download", url="http://x/y", name="../m")
-    bad = await client.post("/v1/jobs", data=b"not json")
+    bad = await client.post(
+        "/v1/jobs", data=b"not json", headers={"Content-Type": "application/json"}
+    )
     assert bad.status == 400
 
 

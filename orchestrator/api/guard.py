@@ -1,0 +1,156 @@
+"""What the API refuses before a handler acts, and what it never writes down.
+
+Cross-origin: with no token on loopback (the compose default) any web page a developer visits
+could otherwise POST here, since a form or a bodiless ``fetch`` needs no CORS preflight. So a
+state-changing request that a browser marks as coming from another origin is refused, whatever
+its token. Non-browser clients (curl, the CLI, CI) send neither header and pass. Reads are not
+refused: we send no CORS headers, so the browser never shows another page what we answered.
+
+Access log: aiohttp's default line holds the request's whole query, and the stream takes its
+token as ``?access_token=`` (EventSource cannot set headers), so ours redacts it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
+from aiohttp.web_request import BaseRequest
+
+from .errors import error_response
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# "none": the user typed the URL or followed a bookmark; no page sent it.
+_TRUSTED_FETCH_SITES = frozenset({"same-origin", "none"})
+TOKEN_PARAM = "access_token"
+REDACTED = "[redacted]"
+
+
+def cross_origin_refusal(request: web.Request) -> str | None:
+    """Why a browser's request from another origin must not change state here, or None.
+
+    ``Sec-Fetch-Site`` (every browser since 2023; a page's script cannot set it) decides when
+    present: the browser compared the origins itself, which stays right behind a proxy that
+    terminates TLS or rewrites Host. Without it (older browsers; plain http to a host other than
+    localhost) ``Origin`` must name this host as the client reached it: its Host header. The
+    scheme is not compared, since behind a TLS proxy we cannot see it; X-Forwarded-* headers are
+    not trusted. The same rule as Go's ``net/http.CrossOriginProtection``.
+    """
+    if request.method in SAFE_METHODS:
+        return None
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        if fetch_site.lower() in _TRUSTED_FETCH_SITES:
+            return None
+        return f"Sec-Fetch-Site is {fetch_site!r}"
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    scheme, sep, authority = origin.partition("://")
+    host = request.headers.get("Host")
+    if sep and scheme.lower() in ("http", "https") and host and authority.lower() == host.lower():
+        return None
+    return f"Origin {origin!r} is not this service ({host or 'no Host header'})"
+
+
+@web.middleware
+async def cross_origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    reason = cross_origin_refusal(request)
+    if reason is not None:
+        return error_response(
+            403,
+            "cross_origin",
+            f"cross-origin {request.method} refused: {reason}. A page from another site may "
+            "not change anything here; call the API from its own origin, or without a browser.",
+        )
+    return await handler(request)
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port or an IPv6 address's brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def is_loopback_name(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_middleware(allowed: frozenset[str]) -> web.middleware:  # type: ignore[valid-type]
+    """Without a token, serve only requests addressed to this machine by a loopback name.
+
+    DNS rebinding: a page on evil.example can make its own name resolve to 127.0.0.1; the
+    browser then counts the service as the page's own origin, so the cross-origin rule cannot
+    see it, and the page could read every answer. Its Host header still says evil.example.
+    """
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = host_name(request.headers.get("Host", ""))
+        if is_loopback_name(name) or name in allowed:
+            return await handler(request)
+        return error_response(
+            403,
+            "host_not_allowed",
+            f"this service has no token, so it answers only to loopback names (localhost, "
+            f"127.0.0.1), not {name or 'a request without a Host header'!r}; add the name to "
+            "ORCHESTRATOR_ALLOWED_HOSTS, or set ORCHESTRATOR_API_TOKEN",
+        )
+
+    return check_host
+
+
+def _redact_query(query: str) -> str:
+    # Compare the decoded, case-folded name: the server decodes %-escapes in names too, so
+    # ?access%5Ftoken= is a token as well.
+    pieces = query.split("&")
+    for i, piece in enumerate(pieces):
+        name, sep, _ = piece.partition("=")
+        if sep and unquote_plus(name).strip().lower() == TOKEN_PARAM:
+            pieces[i] = f"{name}={REDACTED}"
+    return "&".join(pieces)
+
+
+def redact_target(target: str) -> str:
+    """A request target or URL with every ``access_token`` value replaced (up to the next
+    ``&``, so a fragment after it goes too)."""
+    path, question, query = target.partition("?")
+    return f"{path}?{_redact_query(query)}" if question else target
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: client, request line (tokens redacted), status, bytes, seconds,
+    Referer (redacted too) and User-Agent. The time comes from the logging formatter. Set on
+    the app itself (``handler_args``) so every runner uses it; ``access_log_format`` is
+    ignored."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        version = f"HTTP/{request.version.major}.{request.version.minor}"
+        self.logger.info(
+            '%s "%s %s %s" %d %d %.3fs "%s" "%s"',
+            request.remote or "-",
+            request.method,
+            redact_target(request.raw_path),
+            version,
+            response.status,
+            response.body_length,
+            time,
+            redact_target(request.headers.get("Referer", "-")),
+            request.headers.get("User-Agent", "-"),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        # Skip building the line when it would be dropped.
+        return self.logger.isEnabledFor(logging.INFO)
