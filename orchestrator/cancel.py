@@ -14,26 +14,34 @@ class CancelReason(StrEnum):
     USER = "user"
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
+    DISK_FULL = "disk_full"
 
 
 class CancelToken:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self._reason: CancelReason | None = None
+        self._detail: str | None = None
 
     @property
     def reason(self) -> CancelReason | None:
         return self._reason
 
     @property
+    def detail(self) -> str | None:
+        """What the canceller said beyond the reason (which disk is full)."""
+        return self._detail
+
+    @property
     def cancelled(self) -> bool:
         return self._reason is not None
 
-    def cancel(self, reason: CancelReason = CancelReason.USER) -> bool:
+    def cancel(self, reason: CancelReason = CancelReason.USER, detail: str | None = None) -> bool:
         """Record ``reason`` and wake the build; False if it was already cancelled (first wins)."""
         if self._reason is not None:
             return False
         self._reason = reason
+        self._detail = detail
         self._event.set()
         return True
 

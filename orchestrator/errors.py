@@ -93,5 +93,9 @@ class JobStateConflict(OrchestratorError):
         self.status = status
 
 
+class InsufficientStorage(OrchestratorError):
+    """The data disk (or the queue's share of it) has no room for this now; try again later."""
+
+
 class ShuttingDown(OrchestratorError):
     """The service is stopping and takes no new work."""

@@ -20,8 +20,15 @@ from pathlib import Path
 
 from .bus import Bus
 from .cancel import CancelReason, CancelToken
+from .disk import DataDisk, out_of_space
 from .engine import Engine
-from .errors import InvalidInput, JobStateConflict, OrchestratorError, ShuttingDown
+from .errors import (
+    InsufficientStorage,
+    InvalidInput,
+    JobStateConflict,
+    OrchestratorError,
+    ShuttingDown,
+)
 from .events import Action, Event, Level
 from .metrics import Metrics
 from .pkgbuild import PkgInfo
@@ -29,6 +36,7 @@ from .runner import BuildRequest, BuildResult, Sink, cancel_result
 from .settings import Settings
 from .status import JobStatus
 from .store import JobNotFound, JobRecord, Store
+from .uploads import UploadBudget
 
 _SHUTDOWN_GRACE_S = 60.0
 
@@ -69,18 +77,59 @@ class _Handle:
 
 class Registry:
     def __init__(
-        self, settings: Settings, store: Store, engine: Engine, bus: Bus, metrics: Metrics
+        self,
+        settings: Settings,
+        store: Store,
+        engine: Engine,
+        bus: Bus,
+        metrics: Metrics,
+        disk: DataDisk | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._engine = engine
         self._bus = bus
         self._metrics = metrics
+        self._disk = disk
         self._queue: asyncio.Queue[_Handle] = asyncio.Queue()
         self._handles: dict[str, _Handle] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
         self._resumers: dict[str, Resume] = {"build": self._resume_build}
+        # Final statuses the store could not take (a full disk), written once it has room.
+        self._unwritten: dict[str, tuple[_Handle, BuildResult, float | None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.uploads = UploadBudget(settings.max_queued_upload_bytes)
+        if disk is not None:
+            disk.on_change(self._disk_changed)
+
+    def check_room(self) -> None:
+        """Raise ``InsufficientStorage`` while the data disk is full."""
+        if self._disk is not None and (full := self._disk.full) is not None:
+            raise InsufficientStorage(
+                f"the data disk is full ({full}): no new jobs until there is room again"
+            )
+
+    def _disk_changed(self, full: str | None) -> None:
+        if full is not None:
+            # Their output and packages could not be kept: stop them, saying why. Queued jobs
+            # wait (the workers wait for room before starting one).
+            for handle in self._handles.values():
+                if handle.started and not handle.finishing:
+                    handle.token.cancel(CancelReason.DISK_FULL, full)
+        elif self._unwritten:
+            task = asyncio.create_task(self._write_unwritten())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _write_unwritten(self) -> None:
+        for job_id, (handle, result, started) in list(self._unwritten.items()):
+            try:
+                await self._write_final(handle, result, started)
+            except Exception:
+                log.exception("still cannot record the end of job %s", job_id)
+                return
+            del self._unwritten[job_id]
 
     def register_resume(self, operation: str, resume: Resume) -> None:
         """How jobs of ``operation`` that were still queued run again after a restart."""
@@ -136,6 +185,7 @@ class Registry:
         source_dir = self._settings.work_dir / record.id
         if not (source_dir / "PKGBUILD").is_file():
             raise InvalidInput("its uploaded sources are gone")
+        await self.uploads.settle(record.id, source_dir)
         request = BuildRequest(record.id, source_dir, record.variant or "cpu", record.timeout_s)
 
         async def work(sink: Sink, token: CancelToken) -> BuildResult:
@@ -220,6 +270,7 @@ class Registry:
         """Queue a job; ``message`` is its first narration line."""
         if not self._accepting:
             raise ShuttingDown("the service is shutting down and takes no new work")
+        self.check_room()
         await self._store.create_job(record)
         await self._enqueue(record, queued, message)
         return record
@@ -291,6 +342,8 @@ class Registry:
         while True:
             handle = await self._queue.get()
             self._metrics.queue_length.set(self._queue.qsize())
+            if self._disk is not None:
+                await self._disk.wait_for_room()
             if handle.token.cancelled:  # cancelled while queued; already finished
                 continue
             handle.started = True
@@ -320,8 +373,12 @@ class Registry:
             await asyncio.shield(self._finish(handle, result, started))
             raise
         except Exception as exc:  # a bug or a store failure: the job must still end
-            log.exception("job %s failed inside the service", job_id)
-            result = BuildResult(JobStatus.FAILED, f"internal error: {exc}")
+            if out_of_space(exc):
+                full = self._disk.full if self._disk is not None else None
+                result = cancel_result(CancelReason.DISK_FULL, detail=full or str(exc))
+            else:
+                log.exception("job %s failed inside the service", job_id)
+                result = BuildResult(JobStatus.FAILED, f"internal error: {exc}")
             with contextlib.suppress(Exception):
                 await self._emit(job_id, [Event(Action.FAILED, f"❌ {result.reason}", Level.ERROR)])
         finally:
@@ -343,6 +400,7 @@ class Registry:
             record = await self._write_final(handle, result, started)
         except Exception as exc:
             log.exception("could not record the end of job %s", handle.job_id)
+            self._unwritten[handle.job_id] = (handle, result, started)
             if not handle.done.done():
                 handle.done.set_exception(exc)
         else:
@@ -353,6 +411,7 @@ class Registry:
             self._handles.pop(handle.job_id, None)
             if handle.queued.cleanup_dir is not None:
                 await asyncio.to_thread(shutil.rmtree, handle.queued.cleanup_dir, True)
+            self.uploads.release(handle.job_id)
 
     async def _write_final(
         self, handle: _Handle, result: BuildResult, started: float | None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import archive, pkgbuild
 from .backend import Backend, ContainerSpec, ExitStatus, OutputStream
@@ -42,6 +44,8 @@ _CANCEL_ENDINGS: dict[CancelReason, tuple[JobStatus, Action, str]] = {
         Action.INTERRUPTED,
         "⚠️ Build interrupted: the service is shutting down",
     ),
+    # A failure, not a choice: the job is stopped because its results could not be kept.
+    CancelReason.DISK_FULL: (JobStatus.FAILED, Action.FAILED, "stopped: the data disk is full"),
 }
 
 
@@ -124,6 +128,7 @@ class Runner:
             pids_limit=self._settings.build_pids_limit,
             log_max_bytes=self._settings.build_log_max_bytes,
             gpus=variant.gpus,
+            disk_bytes=self._settings.build_disk_bytes,
         )
         cid = await self._backend.create(spec)
         container.append(cid)
@@ -146,9 +151,9 @@ class Runner:
             return _cancelled(cancel, request)
 
         stream = await self._backend.attach(cid)
-        ended = await self._until_exit(cid, stream, sink, cancel)
-        if ended is None:
-            return _cancelled(cancel, request)
+        ended = await self._until_exit(cid, stream, sink, cancel, request)
+        if isinstance(ended, BuildResult):  # stopped before it ended by itself
+            return ended
         exit_code = ended.code
         level = Level.INFO if exit_code == 0 else Level.ERROR
         exited = f"makepkg exited with code {exit_code}"
@@ -176,31 +181,71 @@ class Runner:
         return BuildResult(JobStatus.SUCCEEDED, f"built {names}", 0, tuple(packages))
 
     async def _until_exit(
-        self, cid: str, stream: OutputStream, sink: Sink, cancel: CancelToken
-    ) -> ExitStatus | None:
-        """Run the container to its end and say how it ended, or None if it was cancelled."""
+        self,
+        cid: str,
+        stream: OutputStream,
+        sink: Sink,
+        cancel: CancelToken,
+        request: BuildRequest,
+    ) -> ExitStatus | BuildResult:
+        """Run the container to its end and say how it ended; or stop it (cancelled, or over
+        its disk limit) and say why."""
         build: asyncio.Future[ExitStatus] | None = None
+        waits: list[asyncio.Future[Any]] = []
         try:
             await self._backend.start(cid)
             await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
             build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink))
             stop = asyncio.ensure_future(cancel.wait())
-            try:
-                await asyncio.wait({build, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
+            waits = [stop]
+            if not self._backend.enforces_disk_limit:
+                waits.append(asyncio.ensure_future(self._watch_disk(cid)))
+            await asyncio.wait({build, *waits}, return_when=asyncio.FIRST_COMPLETED)
             if build.done():
                 return build.result()
-            # Cancel won: say so, kill (which ends the output stream), then drop the pump.
-            await sink([Event(Action.CANCELLING, f"Stopping the build ({cancel.reason})")])
+            if stop.done():
+                # Cancel won: say so, kill (which ends the output stream), then drop the pump.
+                await sink([Event(Action.CANCELLING, f"Stopping the build ({cancel.reason})")])
+                result = _cancelled(cancel, request)
+            else:
+                used, limit = waits[1].result() // MiB, self._settings.build_disk_bytes // MiB
+                result = BuildResult(
+                    JobStatus.FAILED,
+                    f"the build wrote more than {limit} MiB to its container's disk "
+                    f"({used} MiB; the limit is ORCHESTRATOR_BUILD_DISK_BYTES)",
+                )
+                await sink([Event(Action.CANCELLING, f"Stopping the build: {result.reason}")])
             await self._backend.kill(cid, self._settings.kill_grace_s)
-            return None
+            return result
         finally:
+            for wait in waits:
+                wait.cancel()
             if build is not None and not build.done():
                 build.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await build
             await stream.aclose()
+
+    async def _watch_disk(self, cid: str) -> int:
+        """Return what the build has written once that is over its limit; until then, look.
+
+        Where the engine has no quota, only the engine can measure, and its answer can take
+        seconds (Docker on fuse-overlayfs walks the whole container for it): so the pause
+        between looks is at least ten times the last look's cost."""
+        limit = self._settings.build_disk_bytes
+        pause_s = self._settings.build_disk_poll_s
+        while True:
+            await asyncio.sleep(pause_s)
+            began = time.monotonic()
+            try:
+                used = await self._backend.disk_usage(cid)
+            except OrchestratorError:
+                used = None
+            if used is None:  # gone, or an engine that cannot tell: nothing more to watch
+                await asyncio.Event().wait()
+            elif used > limit:
+                return used
+            pause_s = max(self._settings.build_disk_poll_s, 10 * (time.monotonic() - began))
 
     async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> ExitStatus:
         async for batch in stream:
@@ -239,21 +284,25 @@ class Runner:
 
 def _cancelled(cancel: CancelToken, request: BuildRequest) -> BuildResult:
     assert cancel.reason is not None
-    return cancel_result(cancel.reason, request.timeout_s)
+    return cancel_result(cancel.reason, request.timeout_s, cancel.detail)
 
 
-def cancel_result(reason: CancelReason, timeout_s: float | None = None) -> BuildResult:
+def cancel_result(
+    reason: CancelReason, timeout_s: float | None = None, detail: str | None = None
+) -> BuildResult:
     """How a job that was stopped for ``reason`` ended."""
     status, _action, message = _CANCEL_ENDINGS[reason]
     if reason is CancelReason.TIMEOUT and timeout_s is not None:
         message += f" after {timeout_s:g} s"
+    if detail:
+        message += f" ({detail})"
     return BuildResult(status, message)
 
 
 def ending_event(result: BuildResult, noun: str = "Build") -> Event:
     """The last narration line of a job: how it ended (cancel reasons are whole sentences)."""
     for status, action, _message in _CANCEL_ENDINGS.values():
-        if result.status is status:
+        if result.status is status and status is not JobStatus.FAILED:
             level = Level.ERROR if status is JobStatus.TIMED_OUT else Level.WARNING
             return Event(action, result.reason, level)
     if result.status is JobStatus.SUCCEEDED:

@@ -44,14 +44,46 @@ class Settings(BaseSettings):
     build_log_max_bytes: int = Field(
         default=50 * MiB, gt=0, description="json-file log cap; the live stream is not cut by it."
     )
+    build_disk_bytes: int = Field(
+        default=20 * GiB,
+        gt=0,
+        description="What a build may write to its container's filesystem: a quota where the "
+        "storage driver has one, otherwise a watchdog stops the build once it is over.",
+    )
+    build_disk_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="The watchdog's pace; it also waits 10x as long as the engine took to "
+        "answer, so that measuring never costs the daemon more than a tenth of its time.",
+    )
     kill_grace_s: float = Field(
         default=0.0, ge=0, description="SIGTERM, then SIGKILL after this long; 0 kills at once."
     )
-    max_build_dir_bytes: int = Field(default=512 * MiB, gt=0)
+    max_build_dir_bytes: int = Field(
+        default=512 * MiB, gt=0, description="What one upload may unpack to."
+    )
+    max_queued_upload_bytes: int = Field(
+        default=2 * GiB,
+        gt=0,
+        description="What all uploads of unfinished jobs may unpack to together (507 beyond).",
+    )
     max_artifact_bytes: int = Field(default=4 * GiB, gt=0)
 
     # -- storage --------------------------------------------------------------------------------
     data_dir: Path = Path("var")
+    disk_min_free_bytes: int = Field(
+        default=256 * MiB,
+        ge=0,
+        description="Below this much free space under data_dir no new job is taken (507) and "
+        "running ones are stopped, until there is this much plus the reserve again.",
+    )
+    disk_reserve_bytes: int = Field(
+        default=32 * MiB,
+        ge=0,
+        description="Kept as a file under data_dir and given up when the disk fills, so the "
+        "service can still record how each job ended.",
+    )
+    disk_poll_s: float = Field(default=1.0, gt=0, description="How often free space is read.")
     catalog: str | None = Field(
         default=None,
         description="Worker catalog: a folder, a JSON file or an http(s) URL; unset = shipped.",
@@ -70,6 +102,17 @@ class Settings(BaseSettings):
         description="Listen beyond loopback without a token. Only where something else limits "
         "who reaches the port, e.g. compose publishing it on 127.0.0.1 alone.",
     )
+    stream_stall_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An SSE client that takes none of what was written for this long is "
+        "dropped (it resumes with Last-Event-ID); until then it holds ~200 KiB at most.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Without a token, host names besides loopback ones that requests may be "
+        'addressed to (a JSON list, e.g. ["builds.internal"]); with a token, any.',
+    )
     max_upload_bytes: int = Field(default=256 * MiB, gt=0)
     max_concurrent_builds: int = Field(default=2, ge=1)
     default_timeout_s: float = Field(default=3600.0, gt=0)
@@ -79,7 +122,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         # compose passes ${ORCHESTRATOR_API_TOKEN:-} through as "" when it is unset.
-        return None if value == "" else value
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if secret == "":
+            return None
+        if isinstance(secret, str) and not secret.strip():
+            # Not "unset": whoever set it meant to protect the service.
+            raise ValueError(
+                "a blank token (only whitespace) protects nothing: set a real token, "
+                "or leave it empty for none"
+            )
+        return value
 
     @property
     def artifacts_dir(self) -> Path:

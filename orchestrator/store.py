@@ -182,8 +182,17 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
 # --- functions below run on the store's thread only ---------------------------------------------
 
 
-def _translate(work: Callable[[], T]) -> T:
+def _translate(
+    work: Callable[[], T], make_room: Callable[[BaseException], bool] | None = None
+) -> T:
     try:
+        try:
+            return work()
+        except (sqlite3.Error, OSError) as exc:
+            # A full disk: if the room we kept for this is given up, the write fits once more
+            # (every write here is one transaction, rolled back when it failed).
+            if make_room is None or not make_room(exc):
+                raise
         return work()
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"job store: {exc}") from exc
@@ -300,14 +309,28 @@ def _list_jobs(
 
 
 def _select_events(
-    conn: sqlite3.Connection, job_id: str, after_seq: int, limit: int
+    conn: sqlite3.Connection, job_id: str, after_seq: int, limit: int, max_bytes: int | None
 ) -> list[StoredEvent]:
-    rows = conn.execute(
+    cursor = conn.execute(
         f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events"
         " WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         (job_id, after_seq, limit),
-    ).fetchall()
-    return [StoredEvent(*row) for row in rows]
+    )
+    if max_bytes is None:
+        return [StoredEvent(*row) for row in cursor.fetchall()]
+    # Rows are stepped one at a time, so a page of 64 KiB events stops where it should
+    # instead of loading `limit` of them.
+    page: list[StoredEvent] = []
+    size = 0
+    try:
+        for row in cursor:
+            page.append(StoredEvent(*row))
+            size += len(page[-1].message)
+            if size >= max_bytes:
+                break
+    finally:
+        cursor.close()
+    return page
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -336,6 +359,7 @@ class Store:
         self._failure: StoreError | None = None
         self._closed = False
         self._listeners: list[Callable[[Sequence[StoredEvent]], None]] = []
+        self._make_room: Callable[[BaseException], bool] | None = None
 
     @classmethod
     async def open(cls, path: Path, *, max_pending_events: int = 20_000) -> Store:
@@ -360,6 +384,16 @@ class Store:
         in a crash, and its seq be given again to another event after the restart.
         """
         self._listeners.append(listener)
+
+    def on_out_of_space(self, make_room: Callable[[BaseException], bool]) -> None:
+        """Called on the store's thread when a write fails; if it returns True (it freed some
+        room, see ``DataDisk.make_room``), the write is tried once more."""
+        self._make_room = make_room
+
+    @property
+    def failure(self) -> str | None:
+        """Why the last write failed, while no write has succeeded since."""
+        return None if self._failure is None else str(self._failure)
 
     async def close(self) -> None:
         """Flush, stop the writer and close the connection; raises if events could not be saved."""
@@ -431,8 +465,13 @@ class Store:
         return counts
 
     async def append(self, job_id: str, events: Sequence[Event]) -> list[StoredEvent]:
-        """Number ``events`` and queue them for writing; waits only when the buffer is full."""
-        self._check_usable()
+        """Number ``events`` and queue them for writing; waits only when the buffer is full.
+
+        After a failed write (a full disk) the next append tries again first, and raises
+        ``StoreError`` while writes still fail: nothing is numbered that could not be kept."""
+        self._check_open()
+        if self._failure is not None:
+            await self.flush()
         if not events:
             return []
         last = self._seqs.get(job_id)
@@ -463,15 +502,20 @@ class Store:
         return stored
 
     async def events(
-        self, job_id: str, *, after_seq: int = 0, limit: int = 10_000
+        self, job_id: str, *, after_seq: int = 0, limit: int = 10_000, max_bytes: int | None = None
     ) -> list[StoredEvent]:
-        """Events with seq > ``after_seq``, in order, including ones not yet flushed."""
-        await self.flush()
-        return await self._run(lambda conn: _select_events(conn, job_id, after_seq, limit))
+        """Events with seq > ``after_seq``, in order, including ones not yet flushed; at most
+        ``limit`` of them, and none after the one whose message brings the page to ``max_bytes``."""
+        with contextlib.suppress(StoreError):  # a full disk must not stop reading what is kept
+            await self.flush()
+        return await self._run(
+            lambda conn: _select_events(conn, job_id, after_seq, limit, max_bytes)
+        )
 
     async def flush(self) -> None:
-        """Commit everything appended so far."""
-        self._check_usable()
+        """Commit everything appended so far, including batches whose write failed before."""
+        self._check_open()
+        self._failure = None  # try again; if it still fails, the batch sets it anew
         # Even an empty batch is useful: the thread is FIFO, so it completes after any batch
         # already in flight.
         await asyncio.shield(self._start_flush())
@@ -501,7 +545,7 @@ class Store:
     ) -> asyncio.Future[T]:
         conn = self._conn
         future = asyncio.get_running_loop().run_in_executor(
-            self._executor, _translate, lambda: work(conn)
+            self._executor, _translate, lambda: work(conn), self._make_room
         )
         if batch:
             self._inflight += len(batch)
@@ -526,11 +570,15 @@ class Store:
         # awaits the batch (or its awaiter was cancelled), and raised from the next append/flush.
         self._inflight -= len(batch)
         self._inflight_bytes -= _size(batch)
-        if future.cancelled():
-            self._fail(StoreError(f"a batch of {len(batch)} events was cancelled unwritten"))
-        elif (exc := future.exception()) is not None:
-            self._fail(exc)
+        if future.cancelled() or future.exception() is not None:
+            # Kept, in front of anything appended since, so that a later write saves it in
+            # order once the disk has room again: a failed write loses no event.
+            self._pending[:0] = batch
+            self._pending_bytes += _size(batch)
+            exc = future.exception() if not future.cancelled() else None
+            self._fail(exc or StoreError(f"a batch of {len(batch)} events was not written"))
         else:
+            self._failure = None
             self._checkpointer.committed()
             for listener in self._listeners:
                 try:

@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from .. import catalog
 from ..backend import Backend
 from ..bus import Bus
+from ..disk import DataDisk
 from ..engine import Engine
 from ..installed import WorkerStore
 from ..metrics import Metrics
@@ -28,7 +29,8 @@ from ..store import Store
 from . import artifacts, builds, jobs, meta, stream
 from . import catalog as catalog_api
 from .errors import error_response, errors_middleware
-from .keys import BACKEND, BUS, ENGINE, METRICS, OPERATIONS, REGISTRY, SETTINGS, STORE
+from .guard import AccessLogger, cross_origin_middleware, host_middleware, host_name
+from .keys import BACKEND, BUS, DISK, ENGINE, METRICS, OPERATIONS, REGISTRY, SETTINGS, STORE
 
 
 class InsecureBind(Exception):
@@ -74,15 +76,33 @@ def _auth_middleware(token: str) -> web.middleware:  # type: ignore[valid-type]
 
 
 def create_app(settings: Settings, *, backend: Backend | None = None) -> web.Application:
-    middlewares = [errors_middleware]
+    # Outermost first: refusals are JSON, and a cross-origin request is refused whatever its
+    # token.
+    middlewares = [errors_middleware, cross_origin_middleware]
     if settings.api_token is not None:
         middlewares.append(_auth_middleware(settings.api_token.get_secret_value()))
-    app = web.Application(middlewares=middlewares)
+    else:
+        allowed = frozenset(host_name(h) for h in settings.allowed_hosts)
+        middlewares.append(host_middleware(allowed))
+    # The access logger is set here, not by whoever runs the app, so no runner logs tokens.
+    app = web.Application(middlewares=middlewares, handler_args={"access_log_class": AccessLogger})
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
 
+    async def disk_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[DISK] = DataDisk(
+            settings.data_dir,
+            min_free_bytes=settings.disk_min_free_bytes,
+            reserve_bytes=settings.disk_reserve_bytes,
+            poll_s=settings.disk_poll_s,
+        )
+        await app[DISK].start()
+        yield
+        await app[DISK].close()
+
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = await Store.open(settings.data_dir / "orchestrator.db")
+        app[STORE].on_out_of_space(app[DISK].make_room)
         yield
         await app[STORE].close()
 
@@ -95,7 +115,9 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS] = Bus(app[STORE])
-        app[REGISTRY] = Registry(settings, app[STORE], app[ENGINE], app[BUS], app[METRICS])
+        app[REGISTRY] = Registry(
+            settings, app[STORE], app[ENGINE], app[BUS], app[METRICS], app[DISK]
+        )
         app[OPERATIONS] = Operations(
             settings,
             app[REGISTRY],
@@ -114,7 +136,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         # first, or the streams would keep the server from stopping.
         await app[REGISTRY].shutdown()
 
-    app.cleanup_ctx.extend([store_ctx, engine_ctx, registry_ctx])
+    app.cleanup_ctx.extend([disk_ctx, store_ctx, engine_ctx, registry_ctx])
     app.on_shutdown.append(on_shutdown)
 
     app.router.add_post("/v1/builds", builds.create_build)

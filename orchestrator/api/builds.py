@@ -12,7 +12,8 @@ import shutil
 from aiohttp import web
 
 from .. import archive, pkgbuild
-from ..errors import ArchiveTooLarge, InvalidInput
+from ..disk import out_of_space
+from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput
 from ..variants import plan
 from .keys import BACKEND, REGISTRY, SETTINGS
 
@@ -53,18 +54,25 @@ async def create_build(request: web.Request) -> web.Response:
     )
     variant = plan(variant_name, settings, gpu_runtime=await request.app[BACKEND].gpu_runtime())
 
-    if request.content_type not in ACCEPTED_TYPES:
+    # aiohttp reports a missing Content-Type as application/octet-stream; a page can send a
+    # body with none and no CORS preflight, so only a type it cannot send without one is taken.
+    if "Content-Type" not in request.headers or request.content_type not in ACCEPTED_TYPES:
         raise web.HTTPUnsupportedMediaType(
             text="send the build directory as a tar: Content-Type application/x-tar or "
-            "application/gzip (e.g. tar -cz -C DIR . | curl --data-binary @- ...)"
+            "application/gzip (e.g. tar -cz -C DIR . | curl --data-binary @- "
+            "-H 'Content-Type: application/gzip' ...)"
         )
     limit = settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ArchiveTooLarge(f"upload is larger than {limit} bytes", limit_bytes=limit)
 
+    registry.check_room()
     job_id = registry.new_job_id()
     dest = settings.work_dir / job_id
     body = archive.spooled()
+    # The queue's share of the disk is claimed before unpacking, so that uploads arriving
+    # together cannot all take the last of it.
+    cap_bytes = registry.uploads.claim(job_id, settings.max_build_dir_bytes)
     try:
         received = 0
         async for chunk in request.content.iter_chunked(_CHUNK):
@@ -75,11 +83,24 @@ async def create_build(request: web.Request) -> web.Response:
         if received == 0:
             raise InvalidInput("the request body is empty: send a tar of the build directory")
         body.seek(0)
-        await asyncio.to_thread(archive.extract, body, dest, max_bytes=settings.max_build_dir_bytes)
+        try:
+            await asyncio.to_thread(archive.extract, body, dest, max_bytes=cap_bytes)
+        except ArchiveTooLarge as exc:
+            if cap_bytes < settings.max_build_dir_bytes:  # over the queue's share, not its own
+                raise InsufficientStorage(registry.uploads.exceeded()) from exc
+            raise
+        await registry.uploads.settle(job_id, dest)
         info = await asyncio.to_thread(pkgbuild.parse_dir, dest)
         record = await registry.submit_build(job_id, dest, info, variant.variant.value, timeout_s)
+    except OSError as exc:
+        await asyncio.to_thread(shutil.rmtree, dest, True)
+        registry.uploads.release(job_id)
+        if out_of_space(exc):
+            raise InsufficientStorage(f"the data disk is full: {exc}") from exc
+        raise
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, dest, True)
+        registry.uploads.release(job_id)
         raise
     finally:
         body.close()

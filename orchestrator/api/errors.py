@@ -13,6 +13,7 @@ from ..errors import (
     ArchiveTooLarge,
     BackendError,
     BackendUnavailable,
+    InsufficientStorage,
     InvalidInput,
     JobStateConflict,
     NotFound,
@@ -59,6 +60,8 @@ def translate(exc: OrchestratorError) -> web.Response:
         return error_response(422, "bad_variant", str(exc))
     if isinstance(exc, InvalidInput):
         return error_response(400, "bad_request", str(exc))
+    if isinstance(exc, InsufficientStorage):
+        return error_response(507, "insufficient_storage", str(exc))
     if isinstance(exc, ShuttingDown | BackendUnavailable):
         return error_response(503, "unavailable", str(exc))
     if isinstance(exc, BackendError):

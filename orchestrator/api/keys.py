@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..backend import Backend
 from ..bus import Bus
+from ..disk import DataDisk
 from ..engine import Engine
 from ..metrics import Metrics
 from ..operations import Operations
@@ -16,6 +17,7 @@ from ..store import Store
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND = web.AppKey("backend", Backend)
 STORE = web.AppKey("store", Store)
+DISK = web.AppKey("disk", DataDisk)
 ENGINE = web.AppKey("engine", Engine)
 BUS = web.AppKey("bus", Bus)
 REGISTRY = web.AppKey("registry", Registry)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import OrchestratorError
-from .keys import BACKEND, METRICS, REGISTRY, SETTINGS, STORE
+from .keys import BACKEND, DISK, METRICS, REGISTRY, SETTINGS, STORE
 from .openapi import document
 
 
@@ -22,17 +24,28 @@ async def health(request: web.Request) -> web.Response:
             images[variant] = await backend.image_present(image)
     except OrchestratorError as exc:
         docker_ok, error = False, str(exc)
-    healthy = docker_ok and images.get("cpu", False)
+    disk, store_failure = request.app[DISK], request.app[STORE].failure
+    healthy = docker_ok and images.get("cpu", False) and disk.full is None and not store_failure
     body = {
         "status": "ok" if healthy else "unavailable",
         "docker": docker_ok,
         "images": images,
+        "store": {"ok": store_failure is None, "error": store_failure},
+        "disk": {
+            "path": str(disk.path),
+            "free_bytes": await asyncio.to_thread(disk.free_bytes),
+            "full": disk.full,
+        },
         "queue_length": request.app[REGISTRY].queue_length,
     }
     if error:
         body["error"] = error
     elif not images.get("cpu"):
         body["error"] = f"build image {settings.image_cpu} is missing: run images/bootstrap"
+    elif disk.full is not None:
+        body["error"] = f"the data disk is full ({disk.full})"
+    elif store_failure is not None:
+        body["error"] = f"the job store cannot write: {store_failure}"
     return web.json_response(body, status=200 if healthy else 503)
 
 

@@ -28,6 +28,10 @@ class ContainerSpec:
     pids_limit: int | None = None
     log_max_bytes: int | None = None
     gpus: bool = False
+    disk_bytes: int | None = None  # what the build may write to its own filesystem
+    read_only: bool = False  # the root filesystem; then only tmpfs and scratch are writable
+    tmpfs: Mapping[str, str] = field(default_factory=dict)  # path → mount options
+    scratch: tuple[str, ...] = ()  # empty writable folders, gone with the container
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,10 @@ class Backend(Protocol):
 
     async def image_present(self, image: str) -> bool: ...
 
+    async def image_labels(self, image: str) -> Mapping[str, str]:
+        """The image's labels (what it provides, its recipe); raises ``ImageNotFound``."""
+        ...
+
     async def gpu_runtime(self) -> bool:
         """Whether containers can be given GPUs here."""
         ...
@@ -85,6 +93,17 @@ class Backend(Protocol):
 
     async def wait(self, container_id: str) -> ExitStatus:
         """Wait for the container to exit; say how it ended."""
+        ...
+
+    async def disk_usage(self, container_id: str) -> int | None:
+        """Bytes the container has written to its own filesystem; None when this engine cannot
+        tell. May be slow (a walk of the container's files): the caller paces itself."""
+        ...
+
+    @property
+    def enforces_disk_limit(self) -> bool:
+        """Whether ``ContainerSpec.disk_bytes`` is a hard quota here (writes past it fail);
+        otherwise only ``disk_usage`` can tell, after the fact."""
         ...
 
     async def kill(self, container_id: str, grace_s: float = 0.0) -> None:

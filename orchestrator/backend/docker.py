@@ -24,7 +24,13 @@ from docker.types import DeviceRequest, LogConfig
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..archive import spooled
-from ..errors import BackendError, BackendUnavailable, ContainerGone, ImageNotFound
+from ..errors import (
+    ArchiveTooLarge,
+    BackendError,
+    BackendUnavailable,
+    ContainerGone,
+    ImageNotFound,
+)
 from ..settings import Settings
 from . import ContainerSpec, ExitStatus
 from ._attach import AttachOutput
@@ -74,6 +80,10 @@ class DockerBackend:
             max_workers=3 * settings.max_concurrent_builds + 8, thread_name_prefix="docker"
         )
         self._gpu_runtime: bool | None = None
+        # Whether the storage driver takes a per-container size (`--storage-opt size`): asked
+        # of the daemon once, and dropped for good if it refuses one anyway (overlay2 on xfs
+        # takes it only when mounted with pquota, which the daemon does not report).
+        self._quota: bool | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any, idempotent: bool = True) -> T:
         loop = asyncio.get_running_loop()
@@ -110,6 +120,10 @@ class DockerBackend:
             return False
         return True
 
+    async def image_labels(self, image: str) -> Mapping[str, str]:
+        found = await self._run(self._client.images.get, image)
+        return dict(found.labels or {})
+
     async def create(self, spec: ContainerSpec) -> str:
         return await self._run(self._create, spec, idempotent=False)
 
@@ -122,8 +136,30 @@ class DockerBackend:
                 f"build image {spec.image!r} is not on this Docker host "
                 f"(images are never pulled; make it with 'images/bootstrap{hint}')"
             ) from None
-        container = self._client.containers.create(**create_kwargs(spec))
+        if self._quota is None:
+            self._quota = quota_capable(self._client.info())
+        kwargs = create_kwargs(spec, quota=self._quota)
+        try:
+            container = self._client.containers.create(**kwargs)
+        except docker.errors.APIError as exc:
+            if "storage_opt" not in kwargs or not _quota_refused(exc):
+                raise
+            self._quota = False
+            container = self._client.containers.create(**create_kwargs(spec, quota=False))
         return str(container.id)
+
+    @property
+    def enforces_disk_limit(self) -> bool:
+        return bool(self._quota)
+
+    async def disk_usage(self, container_id: str) -> int | None:
+        found = await self._run(
+            functools.partial(
+                self._client.api.containers, all=True, filters={"id": container_id}, size=True
+            )
+        )
+        size = found[0].get("SizeRw") if found else None
+        return None if size is None else int(size)
 
     async def copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None:
         def put() -> None:
@@ -182,8 +218,17 @@ class DockerBackend:
     def _copy_out(self, container_id: str, path: str) -> IO[bytes]:
         chunks, _stat = self._client.api.get_archive(container_id, path, chunk_size=1 << 20)
         out = spooled()
+        # A build decides how much it leaves there: stop at the cap (plus tar's own overhead)
+        # rather than spool it all onto the data disk first.
+        limit = self._settings.max_artifact_bytes + (1 << 20)
         try:
             for chunk in chunks:
+                if out.tell() + len(chunk) > limit:
+                    raise ArchiveTooLarge(
+                        f"the packages are larger than {self._settings.max_artifact_bytes} "
+                        "bytes (ORCHESTRATOR_MAX_ARTIFACT_BYTES)",
+                        limit_bytes=self._settings.max_artifact_bytes,
+                    )
                 out.write(chunk)
         except BaseException:
             out.close()
@@ -227,7 +272,25 @@ class DockerBackend:
         self._client.close()
 
 
-def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+# Storage drivers that can cap a container's writable layer; overlay2 only on xfs (with pquota).
+_QUOTA_DRIVERS = frozenset({"btrfs", "zfs", "devicemapper", "windowsfilter"})
+
+
+def quota_capable(info: Mapping[str, Any]) -> bool:
+    """Whether the daemon's storage driver may take ``storage_opt={"size": ...}``."""
+    driver = str(info.get("Driver") or "")
+    if driver in _QUOTA_DRIVERS:
+        return True
+    status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
+    return driver == "overlay2" and status.get("Backing Filesystem") == "xfs"
+
+
+def _quota_refused(exc: docker.errors.APIError) -> bool:
+    text = str(exc.explanation or exc).lower()
+    return "storage-opt" in text or "storage opt" in text or "quota" in text
+
+
+def create_kwargs(spec: ContainerSpec, *, quota: bool = False) -> dict[str, Any]:
     """The ``containers.create`` arguments for a spec: the sandbox every build runs in."""
     kwargs: dict[str, Any] = {
         "image": spec.image,
@@ -258,6 +321,16 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         kwargs["pids_limit"] = spec.pids_limit
     if spec.gpus:
         kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if quota and spec.disk_bytes:
+        kwargs["storage_opt"] = {"size": str(spec.disk_bytes)}
+    if spec.read_only:
+        kwargs["read_only"] = True
+    if spec.tmpfs:
+        kwargs["tmpfs"] = dict(spec.tmpfs)
+    if spec.scratch:
+        # Anonymous volumes: writable (and reachable by put_archive) under a read-only root,
+        # and removed with the container (remove(v=True)).
+        kwargs["volumes"] = list(spec.scratch)
     return kwargs
 
 

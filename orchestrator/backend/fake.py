@@ -26,6 +26,10 @@ class Script:
     steps: list[tuple[Stream, str, float]] = field(default_factory=list)
     exit_code: int = 0
     oom_killed: bool = False
+    disk_bytes: int | None = None  # what disk_usage reports once the container has started
+    # What `makepkg --printsrcinfo` prints in this fake (it reads no PKGBUILD), and its exit.
+    srcinfo: str = "pkgbase = demo\n\tpkgver = 1.0\n\tpkgrel = 1\n\tarch = any\n\npkgname = demo\n"
+    srcinfo_exit_code: int = 0
     packages: dict[str, bytes] = field(
         default_factory=lambda: {"demo-1.0-1-x86_64.pkg.tar.gz": b"pkg"}
     )
@@ -63,6 +67,7 @@ class FakeBackend:
         self.containers: dict[str, FakeContainer] = {}
         self.calls: list[tuple[str, str]] = []
         self.gpu = False
+        self.labels: dict[str, str] = {}
         self._next = 0
 
     def _get(self, container_id: str) -> FakeContainer:
@@ -80,12 +85,25 @@ class FakeBackend:
     async def gpu_runtime(self) -> bool:
         return self.gpu
 
+    async def image_labels(self, image: str) -> Mapping[str, str]:
+        if not await self.image_present(image):
+            raise ImageNotFound(f"build image {image!r} is not on this Docker host")
+        return dict(self.labels)
+
     async def create(self, spec: ContainerSpec) -> str:
         if self.images is not None and spec.image not in self.images:
             raise ImageNotFound(f"build image {spec.image!r} is not on this Docker host")
         self._next += 1
         cid = f"fake{self._next:060d}"
-        self.containers[cid] = FakeContainer(cid, spec, self.script)
+        script = self.script
+        if spec.command[:2] == ("makepkg", "--printsrcinfo"):
+            stream: Stream = "stdout" if self.script.srcinfo_exit_code == 0 else "stderr"
+            script = Script(
+                [(stream, self.script.srcinfo.rstrip("\n"), 0)],
+                self.script.srcinfo_exit_code,
+                packages={},
+            )
+        self.containers[cid] = FakeContainer(cid, spec, script)
         self.calls.append(("create", cid))
         return cid
 
@@ -128,6 +146,14 @@ class FakeBackend:
         await container.exited.wait()
         assert container.exit_code is not None
         return ExitStatus(container.exit_code, container.script.oom_killed)
+
+    async def disk_usage(self, container_id: str) -> int | None:
+        container = self._get(container_id)
+        return container.script.disk_bytes if container.state != "created" else 0
+
+    @property
+    def enforces_disk_limit(self) -> bool:
+        return False
 
     async def kill(self, container_id: str, grace_s: float = 0.0) -> None:
         self.calls.append(("kill", container_id))

@@ -36,3 +36,33 @@ async def test_out_of_memory_is_named_with_the_limit(
     assert result.reason.startswith("out of memory (limit 192 MiB)"), result.reason
     assert "allocating" in recorder.lines()
     assert any("out of memory (limit 192 MiB)" in e.message for e in recorder.events[-1:])
+
+
+async def test_a_build_writing_past_its_disk_limit_is_stopped_with_a_reason(
+    engine: Engine, recorder: Recorder, build_dir: Callable[..., Path], settings: Settings
+) -> None:
+    limited = settings.model_copy(update={"build_disk_bytes": 64 * MiB, "build_disk_poll_s": 3.0})
+    async with await Engine.open(limited) as engine:
+        result = await engine.build(
+            BuildRequest(job_id(), build_dir("disk-filler", mib=200)), recorder, CancelToken()
+        )
+    assert result.status is JobStatus.FAILED
+    assert result.reason.startswith("the build wrote more than 64 MiB"), result.reason
+    assert "ORCHESTRATOR_BUILD_DISK_BYTES" in result.reason
+    assert "wrote 200 MiB" in recorder.lines()
+
+
+async def test_packages_over_the_artifact_cap_fail_the_build(
+    engine: Engine, recorder: Recorder, build_dir: Callable[..., Path], settings: Settings
+) -> None:
+    capped = settings.model_copy(update={"max_artifact_bytes": 2 * MiB})
+    async with await Engine.open(capped) as engine:
+        job = job_id()
+        result = await engine.build(
+            BuildRequest(job, build_dir("big-package", mib=8)), recorder, CancelToken()
+        )
+    assert result.status is JobStatus.FAILED
+    assert "larger than 2097152 bytes" in result.reason, result.reason
+    assert not (capped.artifacts_dir / job).exists() or not any(
+        (capped.artifacts_dir / job).iterdir()
+    )

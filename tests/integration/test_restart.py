@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import Callable
@@ -48,5 +49,8 @@ async def test_queued_jobs_survive_a_graceful_restart_and_run_in_order(
         sse = await read_sse(client, queued[0])
         assert any("after a restart" in line for line in sse.messages())
         assert sse.end is not None and sse.end["status"] == "succeeded"
-        for job in queued:
-            assert not (settings.work_dir / job).exists()
+        for _ in range(100):  # sources go right after the final status is written
+            if not any((settings.work_dir / job).exists() for job in queued):
+                break
+            await asyncio.sleep(0.05)
+        assert not any((settings.work_dir / job).exists() for job in queued)

@@ -10,7 +10,7 @@ import requests
 
 from orchestrator.backend import ContainerSpec
 from orchestrator.backend._attach import MAX_LINE_BYTES, LineSplitter, demux
-from orchestrator.backend.docker import _is_transient, _is_unsent, create_kwargs
+from orchestrator.backend.docker import _is_transient, _is_unsent, create_kwargs, quota_capable
 from orchestrator.errors import BackendError
 
 
@@ -146,3 +146,23 @@ def test_non_idempotent_calls_retry_only_when_nothing_was_sent() -> None:
     assert _is_unsent(refused)
     assert not _is_unsent(requests.exceptions.ConnectionError("reset mid-request"))
     assert not _is_unsent(api_error(500))
+
+
+@pytest.mark.parametrize(
+    ("info", "capable"),
+    [
+        ({"Driver": "fuse-overlayfs", "DriverStatus": []}, False),
+        ({"Driver": "overlay2", "DriverStatus": [["Backing Filesystem", "extfs"]]}, False),
+        ({"Driver": "overlay2", "DriverStatus": [["Backing Filesystem", "xfs"]]}, True),
+        ({"Driver": "btrfs"}, True),
+        ({}, False),
+    ],
+)
+def test_a_disk_quota_is_asked_for_only_where_the_driver_can_have_one(
+    info: dict[str, object], capable: bool
+) -> None:
+    assert quota_capable(info) is capable
+    spec = ContainerSpec(image="i", command=("true",), labels={}, disk_bytes=123)
+    assert create_kwargs(spec, quota=quota_capable(info)).get("storage_opt") == (
+        {"size": "123"} if capable else None
+    )

@@ -84,7 +84,12 @@ async def test_cancel_after_the_container_exited_is_a_conflict_and_leaves_no_rea
         job_id = await submit(registry, settings, build_dir)
         await asyncio.wait_for(backend.copying.wait(), 10)
         cancel = asyncio.ensure_future(registry.cancel(job_id))
-        await asyncio.sleep(0.05)  # the cancel is in before the build finishes
+        token = registry._handles[job_id].token
+        for _ in range(500):  # the cancel is in before the build finishes
+            if token.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        assert token.cancelled
         backend.gate.set()
         with pytest.raises(JobStateConflict):
             await asyncio.wait_for(cancel, 10)
@@ -129,4 +134,8 @@ async def test_a_crash_leaves_the_queue_that_the_next_start_runs(
             == "it could not be queued again after a restart: its uploaded sources are gone"
         )
         assert odd.reason == "jobs of kind 'mystery' cannot be queued again"
+        for _ in range(500):  # removed right after the final status is written
+            if not (settings.work_dir / "a").exists():
+                break
+            await asyncio.sleep(0.01)
         assert not (settings.work_dir / "a").exists()

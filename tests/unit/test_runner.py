@@ -215,3 +215,16 @@ async def test_an_oom_kill_is_named_whatever_the_exit_code(
     assert result.status is JobStatus.FAILED
     assert result.reason == f"out of memory (limit {limit} MiB): makepkg exited with code 0"
     assert "copy_out" not in verbs(backend)
+
+
+async def test_the_disk_watchdog_stops_a_build_over_its_limit(
+    settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
+) -> None:
+    settings = settings.model_copy(update={"build_disk_bytes": 1000, "build_disk_poll_s": 0.01})
+    backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 200, disk_bytes=5000))
+    result = await Runner(backend, settings).run(
+        BuildRequest("disk", build_dir("hello-c")), recorder, CancelToken()
+    )
+    assert result.status is JobStatus.FAILED
+    assert result.reason.startswith("the build wrote more than 0 MiB to its container's disk")
+    assert verbs(backend)[-2:] == ["kill", "remove"]

@@ -296,11 +296,12 @@ async def test_writer_failure_is_raised_not_lost(db: Path) -> None:
     await broken.append("a", lines(3))
     with pytest.raises(StoreError, match="no such table"):
         await broken.flush()
-    with pytest.raises(StoreError, match="failed earlier"):
+    # Each later write tries the kept batch again, and says why it still fails.
+    with pytest.raises(StoreError, match="no such table"):
         await broken.append("a", lines(1))
     with pytest.raises(StoreError):
         await broken.events("a")
-    with pytest.raises(StoreError, match="failed earlier"):
+    with pytest.raises(StoreError, match="no such table"):
         await broken.close()  # the connection is released all the same
     await broken.close()
 
@@ -473,3 +474,28 @@ async def test_a_version_1_database_gains_the_request_column(tmp_path: Path) -> 
     new = await store.get_job("new")
     assert new is not None and new.request == {"url": "https://x/m.gguf", "sha256": None}
     await store.close()
+
+
+async def test_a_full_disk_fails_writes_and_the_store_recovers_by_itself(store: Store) -> None:
+    # SQLite's page cap gives the same SQLITE_FULL as a full disk, without filling one.
+    await store.create_job(job("j"))
+    await store.append("j", [Event(Action.OUTPUT, "before", stream="stdout")])
+    await store.flush()
+    pages = await store._run(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    await store._run(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}").close())
+    big = "x" * 300_000
+    await store.append("j", [Event(Action.OUTPUT, big, stream="stdout")])
+    with pytest.raises(StoreError, match="full"):
+        await store.flush()
+    with pytest.raises(StoreError, match="full"):
+        await store.update_job("j", reason="still full")
+    assert [e.message for e in await store.events("j")] == ["before"]
+
+    await store._run(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823").close())
+    # Space is back: the next write goes through, and the batch that failed was kept, in order.
+    await store.append("j", [Event(Action.OUTPUT, "after", stream="stdout")])
+    await store.flush()
+    record = await store.update_job("j", reason="written")
+    assert record.reason == "written"
+    events = await store.events("j")
+    assert [(e.seq, e.message) for e in events] == [(1, "before"), (2, big), (3, "after")]

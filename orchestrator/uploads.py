@@ -1,0 +1,51 @@
+"""The queue's share of the data disk: what the unpacked uploads of unfinished jobs may take.
+
+A gzip of a few hundred KiB can unpack to half a GiB, and uploads wait in the queue unpacked, so
+the bytes they take are counted here (claimed before unpacking, so that uploads arriving together
+cannot all take the last of it) and given back when each job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from .errors import InsufficientStorage
+from .settings import MiB
+
+
+class UploadBudget:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._held: dict[str, int] = {}  # job id → what its upload takes (or may take)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(self._held.values())
+
+    def claim(self, job_id: str, at_most_bytes: int) -> int:
+        """Claim room for an upload about to be unpacked; return how much it may unpack to.
+        Raises ``InsufficientStorage`` when no room is left."""
+        room = self.max_bytes - self.held_bytes
+        if room <= 0:
+            raise InsufficientStorage(self.exceeded())
+        self._held[job_id] = cap = min(at_most_bytes, room)
+        return cap
+
+    async def settle(self, job_id: str, source_dir: Path) -> None:
+        """Count what the unpacked upload really takes."""
+        self._held[job_id] = await asyncio.to_thread(_tree_bytes, source_dir)
+
+    def release(self, job_id: str) -> None:
+        self._held.pop(job_id, None)
+
+    def exceeded(self) -> str:
+        return (
+            f"the queue already holds {self.held_bytes // MiB} MiB of unpacked uploads, and at "
+            f"most {self.max_bytes // MiB} MiB (ORCHESTRATOR_MAX_QUEUED_UPLOAD_BYTES): try "
+            "again when jobs ahead have ended"
+        )
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.lstat().st_size for p in folder.rglob("*"))
