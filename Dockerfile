@@ -1,9 +1,9 @@
 # The orchestrator service. It runs every build as a container on the HOST's Docker daemon, so
 # it needs the host's socket: docker run -v /var/run/docker.sock:/var/run/docker.sock ...
 #
-# BASE_IMAGE: any Debian bookworm image. Where a registry is reachable the default works; offline,
-# images/bootstrap makes orchestrator/base:bookworm (compose.yaml passes it).
-ARG BASE_IMAGE=debian:bookworm-slim
+# BASE_IMAGE: any Debian trixie image. Where a registry is reachable the default works; offline,
+# images/bootstrap makes orchestrator/base:trixie (compose.yaml passes it).
+ARG BASE_IMAGE=debian:trixie-slim
 FROM ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -12,7 +12,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 
-# CA certificates the host added (images/service/collect-ca), for a TLS-inspecting proxy.
+# CA certificates the host added (images/collect-ca), for a TLS-inspecting proxy.
 COPY images/service/ca-certificates/ /usr/local/share/ca-certificates/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \

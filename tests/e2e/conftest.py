@@ -46,8 +46,8 @@ def wait_healthy(url: str, timeout_s: float = 60) -> None:
 
 @pytest.fixture(scope="session")
 def service_image() -> str:
-    subprocess.run([str(REPO / "images/service/collect-ca")], check=True)
-    base = os.environ.get("ORCHESTRATOR_BASE_IMAGE", "orchestrator/base:bookworm")
+    subprocess.run([str(REPO / "images/collect-ca")], check=True)
+    base = os.environ.get("ORCHESTRATOR_BASE_IMAGE", "orchestrator/base:trixie")
     DockerImage(
         path=str(REPO), tag=SERVICE_IMAGE, clean_up=False, buildargs={"BASE_IMAGE": base}
     ).build()
