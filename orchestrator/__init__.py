@@ -18,9 +18,9 @@ from .errors import (
     VariantRefused,
 )
 from .events import Action, Event, Level
-from .pkgbuild import PkgInfo, parse, parse_dir
 from .runner import BuildRequest, BuildResult, Runner
 from .settings import Settings
+from .srcinfo import SrcInfo
 from .status import JobStatus
 from .variants import Variant, VariantPlan
 
@@ -45,15 +45,13 @@ __all__ = [
     "Level",
     "OrchestratorError",
     "OutputChunk",
-    "PkgInfo",
     "PkgbuildError",
     "Runner",
     "Settings",
+    "SrcInfo",
     "Variant",
     "VariantError",
     "VariantPlan",
     "VariantRefused",
     "__version__",
-    "parse",
-    "parse_dir",
 ]

@@ -10,6 +10,7 @@ never takes the service down.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import platform
@@ -22,8 +23,8 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import pkgbuild
-from .errors import InvalidInput, NotFound, VariantRefused
+from .errors import InvalidInput, NotFound, OrchestratorError, PkgbuildError, VariantRefused
+from .inspector import Inspector
 from .settings import Settings
 from .variants import plan
 
@@ -123,16 +124,59 @@ class Catalog:
 
 
 def _check_consistent(entry: CatalogEntry) -> None:
-    """The PKGBUILD must parse, name its sources, and agree with the metadata's version."""
+    """Source names must be plain file names; the PKGBUILD itself is makepkg's to read
+    (``verify``)."""
     for name in entry.sources:
         if not re.fullmatch(_SAFE_NAME, name) or name == "PKGBUILD":
             raise InvalidInput(f"source name {name!r} is not a plain file name")
-    with tempfile.TemporaryDirectory(prefix="catalog-") as tmp:
-        info = pkgbuild.parse_dir(entry.write_build_dir(Path(tmp)))
-    if entry.version not in (info.pkgver, info.full_version):
-        raise InvalidInput(
-            f"version {entry.version!r} does not match the PKGBUILD's {info.full_version!r}"
-        )
+
+
+# makepkg's verdict per (image, PKGBUILD and source names): one process reads each entry once.
+_VERIFIED: dict[str, str | None] = {}
+
+
+async def verify(catalog: Catalog, inspector: Inspector, settings: Settings) -> None:
+    """Have makepkg read each entry's PKGBUILD (in the inspector's sandbox); an entry it refuses,
+    or whose version is not the metadata's, becomes a problem. Entries that cannot be checked
+    here (metal, an image not made yet, no daemon) stay, and are checked again at install."""
+
+    async def check(entry: CatalogEntry) -> str | None:
+        try:
+            image = plan(entry.worker_type, settings, gpu_runtime=False).image
+        except VariantRefused:
+            return None
+        key = hashlib.sha256(
+            "\0".join([image, entry.pkgbuild, *sorted(entry.sources)]).encode()
+        ).hexdigest()
+        if key in _VERIFIED:
+            return _VERIFIED[key]
+        with tempfile.TemporaryDirectory(prefix="catalog-") as tmp:
+            build_dir = await asyncio.to_thread(entry.write_build_dir, Path(tmp))
+            labels = {"orchestrator.instance": settings.instance_id}
+            try:
+                info = await inspector.read(build_dir, image, labels)
+            except PkgbuildError as exc:
+                verdict: str | None = str(exc)
+            except OrchestratorError as exc:
+                log.info("catalog entry %s not checked now: %s", entry.id, exc)
+                return None
+            else:
+                verdict = None
+                if entry.version not in (info.first("pkgver"), info.version):
+                    verdict = (
+                        f"version {entry.version!r} does not match the PKGBUILD's {info.version!r}"
+                    )
+        _VERIFIED[key] = verdict
+        return verdict
+
+    entries = list(catalog.entries.values())
+    verdicts = await asyncio.gather(*(check(entry) for entry in entries))
+    for entry, verdict in zip(entries, verdicts, strict=True):
+        if verdict is not None:
+            del catalog.entries[entry.id]
+            problem = Problem(entry.id, "pkgbuild", verdict)
+            catalog.problems.append(problem)
+            log.warning("%s (skipped)", problem)
 
 
 def _read_dir(root: Path, catalog: Catalog) -> None:

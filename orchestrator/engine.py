@@ -7,9 +7,9 @@ from types import TracebackType
 from .backend import Backend
 from .backend.docker import DockerBackend
 from .cancel import CancelToken
-from .pkgbuild import PkgInfo
 from .runner import INSTANCE_LABEL, BuildRequest, BuildResult, Runner, Sink
 from .settings import Settings
+from .srcinfo import SrcInfo
 from .variants import VariantPlan
 
 
@@ -32,7 +32,7 @@ class Engine:
             raise
         return engine
 
-    async def prepare(self, request: BuildRequest) -> tuple[PkgInfo, VariantPlan]:
+    async def prepare(self, request: BuildRequest) -> tuple[SrcInfo, VariantPlan]:
         return await self.runner.prepare(request)
 
     async def build(self, request: BuildRequest, sink: Sink, cancel: CancelToken) -> BuildResult:

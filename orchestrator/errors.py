@@ -20,11 +20,14 @@ class InvalidInput(OrchestratorError):
 
 
 class PkgbuildError(InvalidInput):
-    """A PKGBUILD that cannot be built, found without executing it."""
+    """A PKGBUILD that cannot be built: makepkg refused it, or what it read shows a problem."""
 
-    def __init__(self, message: str, line: int | None = None) -> None:
+    def __init__(
+        self, message: str, line: int | None = None, problems: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.line = line
+        self.problems = problems or [message]
 
     def __str__(self) -> str:
         return self.message if self.line is None else f"PKGBUILD line {self.line}: {self.message}"

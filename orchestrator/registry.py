@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import srcinfo
 from .bus import Bus
 from .cancel import CancelReason, CancelToken
 from .disk import DataDisk, out_of_space
@@ -31,9 +32,9 @@ from .errors import (
 )
 from .events import Action, Event, Level
 from .metrics import Metrics
-from .pkgbuild import PkgInfo
 from .runner import BuildRequest, BuildResult, Sink, cancel_result
 from .settings import Settings
+from .srcinfo import SrcInfo
 from .status import JobStatus
 from .store import JobNotFound, JobRecord, Store
 from .uploads import UploadBudget
@@ -186,7 +187,10 @@ class Registry:
         if not (source_dir / "PKGBUILD").is_file():
             raise InvalidInput("its uploaded sources are gone")
         await self.uploads.settle(record.id, source_dir)
-        request = BuildRequest(record.id, source_dir, record.variant or "cpu", record.timeout_s)
+        info = srcinfo.parse(record.srcinfo) if record.srcinfo else None
+        request = BuildRequest(
+            record.id, source_dir, record.variant or "cpu", record.timeout_s, srcinfo=info
+        )
 
         async def work(sink: Sink, token: CancelToken) -> BuildResult:
             return await self._engine.build(request, sink, token)
@@ -245,11 +249,11 @@ class Registry:
         self,
         job_id: str,
         source_dir: Path,
-        info: PkgInfo,
+        info: SrcInfo,
         variant: str,
         timeout_s: float | None,
     ) -> JobRecord:
-        request = BuildRequest(job_id, source_dir, variant, timeout_s)
+        request = BuildRequest(job_id, source_dir, variant, timeout_s, srcinfo=info)
 
         async def work(sink: Sink, token: CancelToken) -> BuildResult:
             return await self._engine.build(request, sink, token)
@@ -259,11 +263,12 @@ class Registry:
             operation="build",
             status=JobStatus.QUEUED,
             variant=variant,
-            pkgname=info.name,
-            pkgver=info.full_version,
+            pkgname=info.pkgbase,
+            pkgver=info.version,
             timeout_s=timeout_s,
+            srcinfo=info.text,
         )
-        message = f"📥 Queued {info.name} {info.full_version} ({variant})"
+        message = f"📥 Queued {info.pkgbase} {info.version} ({variant})"
         return await self.submit(record, Queued(work, cleanup_dir=source_dir), message)
 
     async def submit(self, record: JobRecord, queued: Queued, message: str) -> JobRecord:

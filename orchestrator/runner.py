@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import archive, pkgbuild
+from . import archive, srcinfo
 from .backend import Backend, ContainerSpec, ExitStatus, OutputStream
 from .cancel import CancelReason, CancelToken
-from .errors import OrchestratorError
+from .errors import OrchestratorError, PkgbuildError
 from .events import Action, Event, Level, output_events
-from .pkgbuild import PkgInfo
+from .inspector import Inspector
 from .settings import MiB, Settings
+from .srcinfo import SrcInfo
 from .status import JobStatus
 from .variants import VariantPlan, plan
 
@@ -55,6 +56,7 @@ class BuildRequest:
     source_dir: Path
     variant: str = "cpu"
     timeout_s: float | None = None
+    srcinfo: SrcInfo | None = None  # makepkg's reading, when the caller already has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +71,33 @@ class Runner:
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self._backend = backend
         self._settings = settings
+        self.inspector = Inspector(backend, settings)
 
-    async def prepare(self, request: BuildRequest) -> tuple[PkgInfo, VariantPlan]:
-        """Everything that can be checked before a container exists; raises ``InvalidInput``."""
-        info = await asyncio.to_thread(pkgbuild.parse_dir, request.source_dir)
+    async def prepare(self, request: BuildRequest) -> tuple[SrcInfo, VariantPlan]:
+        """Everything that can be checked before the build's container exists: the variant,
+        and makepkg's reading of the PKGBUILD (unless the request brings it); raises
+        ``InvalidInput`` (``PkgbuildError`` with makepkg's words)."""
         variant = plan(
             request.variant, self._settings, gpu_runtime=await self._backend.gpu_runtime()
         )
+        info = request.srcinfo
+        if info is None:
+            labels = self.labels(request.job_id)
+            info = await self.inspector.read(request.source_dir, variant.image, labels)
+        if problems := srcinfo.problems(info, request.source_dir):
+            raise PkgbuildError("; ".join(problems), problems=problems)
         return info, variant
+
+    async def image_warnings(self, info: SrcInfo, image: str) -> list[str]:
+        """What the PKGBUILD depends on that the image says it does not provide."""
+        provides = await self.inspector.provides(image)
+        missing = [] if provides is None else srcinfo.not_provided(info, provides)
+        if not missing:
+            return []
+        return [
+            f"not in the build image {image} (the build fails if it needs them): "
+            + ", ".join(missing)
+        ]
 
     def labels(self, job_id: str) -> dict[str, str]:
         return {JOB_LABEL: job_id, INSTANCE_LABEL: self._settings.instance_id}
@@ -105,13 +126,16 @@ class Runner:
         self, request: BuildRequest, sink: Sink, cancel: CancelToken, container: list[str]
     ) -> BuildResult:
         info, variant = await self.prepare(request)
+        names = f" ({', '.join(info.pkgnames)})" if info.pkgnames != (info.pkgbase,) else ""
         notes = [
             Event(
                 Action.VALIDATED,
-                f"PKGBUILD ok: {info.name} {info.full_version}, variant {variant.variant}",
+                f"makepkg read the PKGBUILD: {info.pkgbase}{names} {info.version}, "
+                f"variant {variant.variant}",
             )
         ]
-        notes += [Event(Action.WARNING, text, Level.WARNING) for text in variant.warnings]
+        warnings = [*variant.warnings, *await self.image_warnings(info, variant.image)]
+        notes += [Event(Action.WARNING, text, Level.WARNING) for text in warnings]
         await sink(notes)
         if cancel.cancelled:
             return _cancelled(cancel, request)

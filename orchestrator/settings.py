@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         description="The watchdog's pace; it also waits 10x as long as the engine took to "
         "answer, so that measuring never costs the daemon more than a tenth of its time.",
     )
+    inspect_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long makepkg may take to read a PKGBUILD (its top level runs then).",
+    )
     kill_grace_s: float = Field(
         default=0.0, ge=0, description="SIGTERM, then SIGKILL after this long; 0 kills at once."
     )
@@ -105,8 +110,8 @@ class Settings(BaseSettings):
     stream_stall_timeout_s: float = Field(
         default=30.0,
         gt=0,
-        description="An SSE client that takes none of what was written for this long is "
-        "dropped (it resumes with Last-Event-ID); until then it holds ~200 KiB at most.",
+        description="An SSE client that takes nothing written to it for this long is dropped "
+        "(it resumes with Last-Event-ID); until then it holds about 100 KiB of the service.",
     )
     allowed_hosts: list[str] = Field(
         default_factory=list,

@@ -110,6 +110,7 @@ class JobRecord:
     # What the job's kind needs to run it again after a restart, beyond the fields above
     # (a download's URL and checksum); internal, so not part of the API's view.
     request: Mapping[str, Any] = field(default_factory=dict)
+    srcinfo: str | None = None  # the .SRCINFO makepkg printed for the PKGBUILD
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in _JOB_COLUMNS if name != "request"}
@@ -144,6 +145,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
     ),
     ("ALTER TABLE jobs ADD COLUMN request TEXT NOT NULL DEFAULT '{}'",),
+    ("ALTER TABLE jobs ADD COLUMN srcinfo TEXT",),
 )
 
 _JOB_COLUMNS = tuple(JobRecord.__dataclass_fields__)

@@ -75,6 +75,12 @@ def _auth_middleware(token: str) -> web.middleware:  # type: ignore[valid-type]
     return auth
 
 
+async def _catalog(settings: Settings, engine: Engine) -> catalog.Catalog:
+    loaded = await catalog.load(settings.catalog)
+    await catalog.verify(loaded, engine.runner.inspector, settings)
+    return loaded
+
+
 def create_app(settings: Settings, *, backend: Backend | None = None) -> web.Application:
     # Outermost first: refusals are JSON, and a cross-origin request is refused whatever its
     # token.
@@ -123,7 +129,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
             app[REGISTRY],
             app[ENGINE],
             app[BACKEND],
-            await catalog.load(settings.catalog),
+            await _catalog(settings, app[ENGINE]),
             WorkerStore(settings.workers_dir),
             ModelStore(settings.models_dir),
         )

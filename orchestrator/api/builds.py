@@ -1,21 +1,23 @@
 """POST /v1/builds: an uploaded build directory becomes a queued job, or a clear refusal.
 
 Everything is checked before the job exists: size (while the body streams in), archive safety,
-the PKGBUILD (statically), the variant. A refusal leaves nothing on disk.
+the PKGBUILD (read by makepkg in a sandbox), the variant. A refusal leaves nothing on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+from pathlib import Path
 
 from aiohttp import web
 
-from .. import archive, pkgbuild
+from .. import archive, srcinfo
 from ..disk import out_of_space
-from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput
+from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput, PkgbuildError
+from ..registry import Registry
 from ..variants import plan
-from .keys import BACKEND, REGISTRY, SETTINGS
+from .keys import BACKEND, ENGINE, REGISTRY, SETTINGS
 
 ACCEPTED_TYPES = frozenset(
     {
@@ -45,13 +47,24 @@ def parse_timeout(raw: str | None, default_s: float, max_s: float) -> float:
     return value
 
 
+def parse_flag(raw: str | None, name: str) -> bool:
+    if raw is None or raw.lower() in ("", "0", "false", "no"):
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    raise InvalidInput(f"{name} must be true or false, not {raw!r}")
+
+
 async def create_build(request: web.Request) -> web.Response:
+    """A build job; or, with ``dry_run=true``, only what makepkg reads (200, no job)."""
     settings = request.app[SETTINGS]
     registry = request.app[REGISTRY]
+    runner = request.app[ENGINE].runner
     variant_name = request.query.get("variant", "cpu")
     timeout_s = parse_timeout(
         request.query.get("timeout_s"), settings.default_timeout_s, settings.max_timeout_s
     )
+    dry_run = parse_flag(request.query.get("dry_run"), "dry_run")
     variant = plan(variant_name, settings, gpu_runtime=await request.app[BACKEND].gpu_runtime())
 
     # aiohttp reports a missing Content-Type as application/octet-stream; a page can send a
@@ -68,7 +81,7 @@ async def create_build(request: web.Request) -> web.Response:
 
     registry.check_room()
     job_id = registry.new_job_id()
-    dest = settings.work_dir / job_id
+    dest = settings.work_dir / (f"dry-run-{job_id}" if dry_run else job_id)
     body = archive.spooled()
     # The queue's share of the disk is claimed before unpacking, so that uploads arriving
     # together cannot all take the last of it.
@@ -90,27 +103,47 @@ async def create_build(request: web.Request) -> web.Response:
                 raise InsufficientStorage(registry.uploads.exceeded()) from exc
             raise
         await registry.uploads.settle(job_id, dest)
-        info = await asyncio.to_thread(pkgbuild.parse_dir, dest)
+        labels = runner.labels(job_id)
+        info = await runner.inspector.read(dest, variant.image, labels)
+        problems = srcinfo.problems(info, dest)
+        warnings = [*variant.warnings, *await runner.image_warnings(info, variant.image)]
+        if dry_run:
+            payload = {
+                "srcinfo": info.text,
+                **info.summary(),
+                "variant": variant.variant.value,
+                "problems": problems,
+                "warnings": warnings,
+            }
+            return web.json_response(payload)
+        if problems:
+            raise PkgbuildError("; ".join(problems), problems=problems)
         record = await registry.submit_build(job_id, dest, info, variant.variant.value, timeout_s)
     except OSError as exc:
-        await asyncio.to_thread(shutil.rmtree, dest, True)
-        registry.uploads.release(job_id)
+        await _discard(registry, job_id, dest)
         if out_of_space(exc):
             raise InsufficientStorage(f"the data disk is full: {exc}") from exc
         raise
     except BaseException:
-        await asyncio.to_thread(shutil.rmtree, dest, True)
-        registry.uploads.release(job_id)
+        await _discard(registry, job_id, dest)
         raise
     finally:
         body.close()
+        if dry_run:
+            await _discard(registry, job_id, dest)
     payload = {
         "job_id": record.id,
         "status": record.status.value,
         "pkgname": record.pkgname,
         "pkgver": record.pkgver,
+        "pkgnames": list(info.pkgnames),
         "variant": record.variant,
-        "warnings": list(variant.warnings),
+        "warnings": warnings,
         **job_links(record.id),
     }
     return web.json_response(payload, status=201, headers={"Location": f"/v1/jobs/{record.id}"})
+
+
+async def _discard(registry: Registry, job_id: str, dest: Path) -> None:
+    await asyncio.to_thread(shutil.rmtree, dest, True)
+    registry.uploads.release(job_id)

@@ -46,7 +46,9 @@ def translate(exc: OrchestratorError) -> web.Response:
     if isinstance(exc, ArchiveError):
         return error_response(400, "bad_archive", str(exc))
     if isinstance(exc, PkgbuildError):
-        return error_response(422, "bad_pkgbuild", str(exc), line=exc.line)
+        return error_response(
+            422, "bad_pkgbuild", str(exc), line=exc.line, problems=list(exc.problems)
+        )
     if isinstance(exc, VariantRefused):
         return error_response(
             422,

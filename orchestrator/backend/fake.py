@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
+import shlex
 import tarfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -27,9 +29,6 @@ class Script:
     exit_code: int = 0
     oom_killed: bool = False
     disk_bytes: int | None = None  # what disk_usage reports once the container has started
-    # What `makepkg --printsrcinfo` prints in this fake (it reads no PKGBUILD), and its exit.
-    srcinfo: str = "pkgbase = demo\n\tpkgver = 1.0\n\tpkgrel = 1\n\tarch = any\n\npkgname = demo\n"
-    srcinfo_exit_code: int = 0
     packages: dict[str, bytes] = field(
         default_factory=lambda: {"demo-1.0-1-x86_64.pkg.tar.gz": b"pkg"}
     )
@@ -68,6 +67,7 @@ class FakeBackend:
         self.calls: list[tuple[str, str]] = []
         self.gpu = False
         self.labels: dict[str, str] = {}
+        self.specs: dict[str, ContainerSpec] = {}  # every container ever created, by id
         self._next = 0
 
     def _get(self, container_id: str) -> FakeContainer:
@@ -95,15 +95,8 @@ class FakeBackend:
             raise ImageNotFound(f"build image {spec.image!r} is not on this Docker host")
         self._next += 1
         cid = f"fake{self._next:060d}"
-        script = self.script
-        if spec.command[:2] == ("makepkg", "--printsrcinfo"):
-            stream: Stream = "stdout" if self.script.srcinfo_exit_code == 0 else "stderr"
-            script = Script(
-                [(stream, self.script.srcinfo.rstrip("\n"), 0)],
-                self.script.srcinfo_exit_code,
-                packages={},
-            )
-        self.containers[cid] = FakeContainer(cid, spec, script)
+        self.containers[cid] = FakeContainer(cid, spec, self.script)
+        self.specs[cid] = spec
         self.calls.append(("create", cid))
         return cid
 
@@ -125,6 +118,9 @@ class FakeBackend:
         container = self._get(container_id)
         self.calls.append(("start", container_id))
         container.state = "running"
+        if container.spec.command[:2] == ("makepkg", "--printsrcinfo"):
+            pkgbuild = container.files.get(f"{container.spec.workdir}/PKGBUILD", b"")
+            container.script = printsrcinfo(pkgbuild.decode(errors="replace"))
         container.task = asyncio.create_task(self._play(container))
 
     async def _play(self, container: FakeContainer) -> None:
@@ -194,3 +190,25 @@ class FakeBackend:
     async def close(self) -> None:
         for cid in list(self.containers):
             await self.remove(cid)
+
+
+_ASSIGN = re.compile(r"^(pkgname|pkgbase|pkgver|pkgrel|epoch|arch)=(.*)$", re.MULTILINE)
+
+
+def printsrcinfo(pkgbuild: str) -> Script:
+    """What ``makepkg --printsrcinfo`` would print for a plain PKGBUILD (top-level assignments
+    of literal values only): enough for unit tests of what uses it, never a PKGBUILD reader."""
+    if not re.search(r"^package(_[\w.+-]+)?\s*\(\)", pkgbuild, re.MULTILINE):
+        error = "==> ERROR: Missing package() function in /src/PKGBUILD"
+        return Script([("stderr", error, 0)], exit_code=1, packages={})
+    values: dict[str, list[str]] = {}
+    for key, raw in _ASSIGN.findall(pkgbuild):
+        words = shlex.split(raw.strip("()"), comments=True)
+        values[key] = words
+    names = values.get("pkgname", ["demo"])
+    lines = [f"pkgbase = {values.get('pkgbase', names)[0]}"]
+    for key in ("pkgver", "pkgrel", "epoch", "arch"):
+        lines += [f"\t{key} = {word}" for word in values.get(key, [])]
+    for name in names:
+        lines += ["", f"pkgname = {name}"]
+    return Script([("stdout", "\n".join(lines), 0)], packages={})

@@ -15,7 +15,15 @@ from .client import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from .commands import cmd_artifacts, cmd_build, cmd_cancel, cmd_jobs, cmd_logs, run
+from .commands import (
+    cmd_artifacts,
+    cmd_build,
+    cmd_cancel,
+    cmd_check,
+    cmd_jobs,
+    cmd_logs,
+    run,
+)
 from .serve import cmd_serve
 
 DEFAULT_URL = "http://127.0.0.1:7835"
@@ -36,6 +44,7 @@ environment:
 
 examples:
   orchestrator build ./my-worker --follow --output dist/
+  orchestrator check ./my-worker
   orchestrator jobs --status running
   orchestrator logs JOB --follow
   orchestrator cancel JOB
@@ -87,6 +96,18 @@ def _parser() -> argparse.ArgumentParser:
         "-d", "--detach", action="store_true", help="print the job id and return at once"
     )
     build.set_defaults(handler=cmd_build)
+
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="show what makepkg reads from a PKGBUILD, build nothing",
+        description="Upload DIR as 'build' would, have makepkg read its PKGBUILD (in the "
+        "service's sandbox), print the .SRCINFO, then warnings and problems; exit 0 when "
+        "nothing stops a build, 2 otherwise (or when makepkg refuses the PKGBUILD).",
+    )
+    check.add_argument("directory", metavar="DIR")
+    check.add_argument("--variant", default="cpu", help="cpu (default) or cuda")
+    check.set_defaults(handler=cmd_check)
 
     logs = commands.add_parser(
         "logs",

@@ -98,11 +98,13 @@ class Client:
             ) from exc
 
     async def submit(
-        self, directory: Path, variant: str, timeout_s: float | None
+        self, directory: Path, variant: str, timeout_s: float | None, *, dry_run: bool = False
     ) -> dict[str, Any]:
         params = {"variant": variant}
         if timeout_s is not None:
             params["timeout_s"] = str(timeout_s)
+        if dry_run:
+            params["dry_run"] = "true"
         body = await asyncio.to_thread(tar_directory, directory)
         result: dict[str, Any] = await self._call(
             "POST",

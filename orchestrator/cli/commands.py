@@ -147,6 +147,24 @@ async def cmd_build(args: argparse.Namespace) -> int:
         return _exit_for(status)
 
 
+async def cmd_check(args: argparse.Namespace) -> int:
+    """What makepkg reads from DIR's PKGBUILD, and what would stop its build; builds nothing."""
+    directory = Path(args.directory)
+    if not (directory / "PKGBUILD").is_file():
+        raise CliError(f"{directory} has no PKGBUILD", EXIT_USAGE)
+    async with _client(args) as client:
+        found = await client.submit(directory, args.variant, None, dry_run=True)
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False), flush=True)
+    else:
+        print(found["srcinfo"], end="" if found["srcinfo"].endswith("\n") else "\n")
+        for warning in found["warnings"]:
+            _say(f"warning: {warning}", args)
+        for problem in found["problems"]:
+            print(f"{PREFIX} problem: {problem}", file=sys.stderr, flush=True)
+    return EXIT_USAGE if found["problems"] else EXIT_OK
+
+
 async def cmd_logs(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         job = await client.job(args.job_id)

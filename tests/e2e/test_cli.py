@@ -50,6 +50,23 @@ def test_build_follow_prints_live_and_saves_the_package(
         assert "usr/bin/hello" in tar.getnames()
 
 
+def test_check_prints_what_makepkg_reads_and_says_what_stops_a_build(
+    cli_service: str, build_dir: Callable[..., Path]
+) -> None:
+    split = cli(cli_service, "check", str(build_dir("rbee-style-split")))
+    assert split.returncode == 0, split.stderr
+    assert split.stdout.startswith("pkgbase = sd-worker-demo\n")
+    assert "pkgname = sd-worker-demo-common" in split.stdout.splitlines()
+    missing = build_dir("rbee-style-bin")
+    (missing / "llm-worker.service").unlink()
+    refused = cli(cli_service, "check", str(missing))
+    assert refused.returncode == 2
+    assert "problem: local source 'llm-worker.service' is not in the upload" in refused.stderr
+    assert "warning: not in the build image" in refused.stdout
+    as_json = json.loads(cli(cli_service, "check", str(missing), "--json").stdout)
+    assert as_json["problems"] and as_json["srcinfo"].startswith("pkgbase = llm-worker-demo-bin")
+
+
 def test_exit_codes(cli_service: str, build_dir: Callable[..., Path], tmp_path: Path) -> None:
     failed = cli(cli_service, "build", str(build_dir("bad-checksum")))
     assert failed.returncode == 1

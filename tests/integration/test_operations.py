@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import docker
 import pytest
 from aiohttp import web
@@ -85,13 +86,21 @@ async def test_a_malformed_entry_is_reported_and_skipped(
     meta["worker_type"] = "tpu"
     (root / "bad-field" / "worker.json").write_text(json.dumps(meta))
     catalog_entry(root, "bad-pkgbuild", "1.0", "true")
-    (root / "bad-pkgbuild" / "PKGBUILD").write_text("pkgname=x\npkgver=1.0\npkgrel=1\n")
+    (root / "bad-pkgbuild" / "PKGBUILD").write_text(
+        "pkgname=x\npkgver=1:0\npkgrel=1\narch=(any)\npackage() { :; }\n"
+    )
+    catalog_entry(root, "bad-version", "2.0", "true")
+    text = (root / "bad-version" / "PKGBUILD").read_text()
+    (root / "bad-version" / "PKGBUILD").write_text(text.replace("pkgver=2.0", "pkgver=3.0"))
     async with serve(settings.model_copy(update={"catalog": str(root)})) as client:
         listed = await (await client.get("/v1/catalog/workers")).json()
     assert [w["id"] for w in listed["workers"]] == ["good"]
     problems = "\n".join(listed["problems"])
     assert "'bad-field': worker_type" in problems
-    assert "'bad-pkgbuild': pkgbuild: no package() function" in problems
+    # makepkg read them (in its sandbox), and said why not.
+    assert "'bad-pkgbuild': pkgbuild: makepkg refused the PKGBUILD: " in problems
+    assert "pkgver is not allowed to contain colons" in problems
+    assert "'bad-version': pkgbuild: version '2.0' does not match the PKGBUILD's" in problems
 
 
 @pytest.mark.parametrize(
@@ -170,17 +179,57 @@ async def test_two_installs_of_one_worker_at_once_one_is_refused(
         assert (await cancelled.json())["status"] == "cancelled"
 
 
-async def test_cuda_worker_without_a_gpu_builds_and_warns(settings: Settings) -> None:
-    # The cpu image stands in for the cuda image (not built by default): the path through the
-    # code (variant, GPU detection, warning, cargo's cuda feature) is what is tested.
-    async with serve(settings.model_copy(update={"image_cuda": settings.image_cpu})) as client:
-        job = await start(client, operation="worker_install", worker_id="rust-hello-cuda")
-        sse = await read_sse(client, job["job_id"], timeout_s=300)
-        assert sse.end is not None and sse.end["status"] == "succeeded"
+@pytest.mark.timeout(900)
+async def test_the_http_worker_builds_with_its_crates_and_serves(
+    client: TestClient, settings: Settings
+) -> None:
+    # A real worker: axum, tokio, clap, serde from the crate registry, compiled by cargo.
+    job = await start(client, operation="worker_install", worker_id="echo-worker")
+    sse = await read_sse(client, job["job_id"], timeout_s=600)
+    assert sse.end is not None and sse.end["status"] == "succeeded", sse.messages()[-15:]
+    assert sum(m.strip().startswith("Compiling ") for m in sse.messages()) >= 20
+    installed = await (await client.get("/v1/workers/echo-worker")).json()
+    worker = await asyncio.create_subprocess_exec(
+        installed["path"], "--listen", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert worker.stdout is not None
+        banner = (await asyncio.wait_for(worker.stdout.readline(), 10)).decode().strip()
+        assert banner.startswith("echo-worker 0.3.0 cpu listening on 127.0.0.1:"), banner
+        port = int(banner.rsplit(":", 1)[1])
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/v1/infer", json={"prompt": "tokens one by one"}
+            ) as answer,
+        ):
+            assert await answer.json() == {
+                "tokens": ["tokens", "one", "by", "one"],
+                "variant": "cpu",
+            }
+    finally:
+        worker.terminate()
+        await asyncio.wait_for(worker.wait(), 10)
+
+
+@pytest.mark.cuda
+@pytest.mark.timeout(900)
+async def test_the_cuda_worker_builds_in_the_cuda_image_without_a_gpu(
+    settings: Settings,
+) -> None:
+    async with serve(settings) as client:
+        job = await start(client, operation="worker_install", worker_id="echo-worker-cuda")
+        sse = await read_sse(client, job["job_id"], timeout_s=600)
+        assert sse.end is not None and sse.end["status"] == "succeeded", sse.messages()[-15:]
         assert any("without a GPU" in m and "cannot run here" in m for m in sse.messages())
-        installed = await (await client.get("/v1/workers/rust-hello-cuda")).json()
-    out = subprocess.run([installed["path"]], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "rust-hello-worker: ready (cuda)"
+        assert any(f"from {settings.image_cuda}" in m for m in sse.messages())
+        installed = await (await client.get("/v1/workers/echo-worker-cuda")).json()
+    out = subprocess.run(
+        [installed["path"], "--describe"], capture_output=True, text=True, check=True
+    ).stdout
+    # nvcc compiled its kernel to PTX, which the binary carries; describing it needs no GPU.
+    assert out.startswith("echo-worker 0.3.0 cuda (kernel: "), out
+    assert "bytes of PTX" in out
 
 
 async def test_operation_errors(client: TestClient) -> None:

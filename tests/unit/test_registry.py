@@ -11,13 +11,13 @@ from typing import IO
 import pytest
 
 from orchestrator import JobStatus, Settings
-from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.backend.fake import FakeBackend, Script, printsrcinfo
 from orchestrator.bus import Bus
 from orchestrator.engine import Engine
 from orchestrator.errors import JobStateConflict
 from orchestrator.metrics import Metrics
-from orchestrator.pkgbuild import parse_dir
 from orchestrator.registry import Registry
+from orchestrator.srcinfo import parse
 from orchestrator.store import JobRecord, Store
 
 
@@ -72,7 +72,8 @@ async def submit(registry: Registry, settings: Settings, build_dir: Callable[...
     src = settings.work_dir / job_id
     src.parent.mkdir(parents=True, exist_ok=True)
     build_dir("hello-c").rename(src)
-    await registry.submit_build(job_id, src, parse_dir(src), "cpu", 60.0)
+    info = parse(printsrcinfo((src / "PKGBUILD").read_text()).steps[0][1])
+    await registry.submit_build(job_id, src, info, "cpu", 60.0)
     return job_id
 
 

@@ -21,7 +21,12 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def verbs(backend: FakeBackend) -> list[str]:
-    return [verb for verb, _ in backend.calls]
+    """The calls made for the build's container (not for makepkg's reading of the PKGBUILD)."""
+    return [
+        verb
+        for verb, cid in backend.calls
+        if backend.specs[cid].command[:2] != ("makepkg", "--printsrcinfo")
+    ]
 
 
 async def test_success_sequence_and_narration(

@@ -1,0 +1,120 @@
+"""``makepkg --printsrcinfo`` in a throwaway sandbox: how the service reads a PKGBUILD.
+
+Sourcing a PKGBUILD runs its top level (``$(...)``, ``if``, functions that set variables), so
+it happens where a build would: in a container of the build image, but one that can do even less
+(no network, no capabilities, a read-only root, small memory, process and time limits, removed
+after). Only the PKGBUILD's text goes in; every other file of the upload goes in empty, since
+makepkg only checks that ``install=`` and ``changelog=`` files exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import tarfile
+from pathlib import Path
+
+from .backend import Backend, ContainerSpec
+from .errors import OrchestratorError, PkgbuildError
+from .settings import MiB, Settings
+from .srcinfo import SrcInfo, parse
+
+SOURCE_DIR = "/src"
+MAX_PKGBUILD_BYTES = 1 * MiB
+_MAX_ENTRIES = 20_000
+PROVIDES_LABEL = "org.orchestrator.provides"
+
+
+class Inspector:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self._backend = backend
+        self._settings = settings
+
+    async def read(self, build_dir: Path, image: str, labels: dict[str, str]) -> SrcInfo:
+        """makepkg's ``.SRCINFO`` for ``build_dir``; raises ``PkgbuildError`` with makepkg's
+        own words when it refuses the PKGBUILD."""
+        tar = await asyncio.to_thread(_skeleton, build_dir)
+        spec = ContainerSpec(
+            image=image,
+            command=("makepkg", "--printsrcinfo"),
+            labels=labels,
+            workdir=SOURCE_DIR,
+            # Everything makepkg insists on being able to write, on the tmpfs.
+            env={"BUILDDIR": "/tmp", "SRCDEST": "/tmp", "PKGDEST": "/tmp", "LOGDEST": "/tmp"},
+            network="none",
+            memory_bytes=256 * MiB,
+            cpus=1.0,
+            pids_limit=64,
+            log_max_bytes=1 * MiB,
+            read_only=True,
+            tmpfs={"/tmp": "size=16m"},
+            scratch=(SOURCE_DIR,),
+        )
+        cid = await self._backend.create(spec)
+        try:
+            await self._backend.copy_in(cid, SOURCE_DIR, tar)
+            stream = await self._backend.attach(cid)
+            out: list[str] = []
+            err: list[str] = []
+
+            async def collect() -> int:
+                async for batch in stream:
+                    for chunk in batch:
+                        (out if chunk.stream == "stdout" else err).append(chunk.text)
+                return (await self._backend.wait(cid)).code
+
+            try:
+                await self._backend.start(cid)
+                code = await asyncio.wait_for(collect(), self._settings.inspect_timeout_s)
+            except TimeoutError:
+                raise PkgbuildError(
+                    f"makepkg took more than {self._settings.inspect_timeout_s:g} s to read the "
+                    "PKGBUILD "
+                    "(its top level runs when it is read: does it wait for something?)"
+                ) from None
+            finally:
+                await stream.aclose()
+        finally:
+            # Should this fail, start-up reaping removes it by its label.
+            with contextlib.suppress(OrchestratorError):
+                await asyncio.shield(self._backend.remove(cid))
+        if code != 0:
+            said = "\n".join(err).strip() or "\n".join(out).strip()
+            raise PkgbuildError(f"makepkg refused the PKGBUILD: {said or f'exit code {code}'}")
+        return parse("\n".join(out) + "\n")
+
+    async def provides(self, image: str) -> frozenset[str] | None:
+        """What the image says it provides (Arch package names), or None if it does not say."""
+        labels = await self._backend.image_labels(image)
+        value = labels.get(PROVIDES_LABEL)
+        return None if value is None else frozenset(value.split())
+
+
+def _skeleton(build_dir: Path) -> io.BytesIO:
+    """A tar of the build dir with the PKGBUILD as it is and every other file empty."""
+    pkgbuild = build_dir / "PKGBUILD"
+    if not pkgbuild.is_file():
+        raise PkgbuildError("the upload has no PKGBUILD at its top level")
+    text = pkgbuild.read_bytes()
+    if len(text) > MAX_PKGBUILD_BYTES:
+        raise PkgbuildError(f"the PKGBUILD is larger than {MAX_PKGBUILD_BYTES // MiB} MiB")
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for count, path in enumerate(sorted(build_dir.rglob("*"))):
+            if count > _MAX_ENTRIES:
+                break
+            rel = path.relative_to(build_dir).as_posix()
+            info = tarfile.TarInfo(rel)
+            info.uid = info.gid = 1000
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                continue
+            if path.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                data = text if rel == "PKGBUILD" else b""
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out

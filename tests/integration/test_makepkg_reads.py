@@ -1,0 +1,142 @@
+"""makepkg reads the PKGBUILD: in a sandbox at submit, its .SRCINFO the source of truth.
+
+Real makepkg (the build image's), real HTTP. PKGBUILDs in the style of rbee's workers: values
+from command substitutions, per-architecture sources, top-level `if`/`for`, brace expansion,
+`${var//pattern}`, split packages: everything a static reader got wrong or refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from aiohttp.test_utils import TestClient
+
+from orchestrator import Settings
+from orchestrator.runner import INSTANCE_LABEL
+
+from .conftest import serve
+from .service import submit, tar_dir, wait_status
+
+pytestmark = pytest.mark.docker
+
+
+async def dry_run(client: TestClient, src: Path, expect: int = 200) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/builds",
+        params={"dry_run": "true"},
+        data=tar_dir(src),
+        headers={"Content-Type": "application/gzip"},
+    )
+    body = dict(await response.json())
+    assert response.status == expect, body
+    return body
+
+
+async def test_values_only_bash_can_compute_are_read_as_makepkg_reads_them(
+    client: TestClient, build_dir: Callable[..., Path], settings: Settings
+) -> None:
+    found = await dry_run(client, build_dir("rbee-style-bin"))
+    assert found["pkgnames"] == ["llm-worker-demo-bin"]
+    assert found["version"] == "0.4.2_rc.1-1"
+    assert found["sources"] == [
+        "llm-worker.service",
+        "https://example.invalid/releases/v0.4.2-rc.1/llm-worker-linux-amd64.tar.gz",
+        "https://example.invalid/releases/v0.4.2-rc.1/llm-worker-linux-amd64.tar.gz.sig",
+    ]
+    assert "\tsource_aarch64 = https://example.invalid/releases/v0.4.2-rc.1/" in found["srcinfo"]
+    assert found["srcinfo"].startswith("pkgbase = llm-worker-demo-bin\n")
+    assert found["problems"] == []
+    # openssl and gcc-libs are in the image; nvidia-utils is not, and is named.
+    [warning] = found["warnings"]
+    assert warning.endswith(": nvidia-utils"), warning
+    assert list(settings.work_dir.iterdir()) == []  # a dry run leaves nothing
+    assert (await (await client.get("/v1/jobs")).json())["total"] == 0
+
+
+async def test_a_split_package_builds_with_the_names_makepkg_gives(
+    client: TestClient, build_dir: Callable[..., Path]
+) -> None:
+    created = await submit(client, build_dir("rbee-style-split"))
+    assert created["pkgnames"] == ["sd-worker-demo-cpu", "sd-worker-demo-common"]
+    assert (created["pkgname"], created["pkgver"]) == ("sd-worker-demo", "1:1.2.0-2")
+    job = await wait_status(client, created["job_id"], {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job
+    # The names makepkg gives (the compression suffix is the image's makepkg.conf's).
+    assert sorted(a["name"].partition(".pkg.tar")[0] for a in job["artifacts"]) == [
+        "sd-worker-demo-common-1:1.2.0-2-any",
+        "sd-worker-demo-cpu-1:1.2.0-2-x86_64",
+    ]
+    assert job["srcinfo"].startswith("pkgbase = sd-worker-demo\n")
+    assert "\nmakedepends" not in job["srcinfo"] and "\tmakedepends = cmake" in job["srcinfo"]
+
+
+async def test_makepkgs_refusal_is_a_422_with_its_own_words(
+    client: TestClient, tmp_path: Path
+) -> None:
+    src = tmp_path / "bad"
+    src.mkdir()
+    (src / "PKGBUILD").write_text(
+        "pkgname=bad\npkgver=1:0\npkgrel=1\narch=(any)\npackage() { :; }\n"
+    )
+    response = await client.post(
+        "/v1/builds", data=tar_dir(src), headers={"Content-Type": "application/gzip"}
+    )
+    body = await response.json()
+    assert response.status == 422, body
+    assert "pkgver is not allowed to contain colons" in body["message"]
+    (src / "PKGBUILD").write_text("pkgname=bad\npkgver=1\npkgrel=1\narch=(any)\nfi\n")
+    body = await dry_run(client, src, expect=422)
+    assert "syntax error" in body["message"]
+
+
+async def test_a_missing_local_source_is_a_problem_and_a_422(
+    client: TestClient, build_dir: Callable[..., Path]
+) -> None:
+    src = build_dir("rbee-style-bin")
+    (src / "llm-worker.service").unlink()
+    found = await dry_run(client, src)
+    assert found["problems"] == ["local source 'llm-worker.service' is not in the upload"]
+    refused = await submit(client, src, expect=422)
+    assert refused["problems"] == found["problems"]
+
+
+async def test_the_pkgbuild_is_read_in_a_sandbox(
+    client: TestClient,
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+    settings: Settings,
+) -> None:
+    found = await dry_run(client, build_dir("sandbox-probe"))
+    [desc] = [line for line in found["srcinfo"].splitlines() if "pkgdesc" in line]
+    assert "net=offline" in desc and "root=read-only" in desc, desc
+    assert "CapEff:0000000000000000" in desc and "uid=1000" in desc, desc
+    # And it is gone afterwards.
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
+    )
+    assert left == []
+
+
+async def test_a_pkgbuild_that_hangs_when_read_is_stopped_at_the_deadline(
+    settings: Settings, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    src = tmp_path / "hang"
+    src.mkdir()
+    (src / "PKGBUILD").write_text(
+        "pkgname=hang\npkgver=1\npkgrel=1\narch=(any)\nsleep 300\npackage() { :; }\n"
+    )
+    quick = settings.model_copy(update={"inspect_timeout_s": 2.0})
+    async with serve(quick) as client:
+        began = time.monotonic()
+        body = await dry_run(client, src, expect=422)
+        assert time.monotonic() - began < 15
+        assert "more than 2 s to read the PKGBUILD" in body["message"]
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"{INSTANCE_LABEL}={quick.instance_id}"}
+    )
+    assert left == []

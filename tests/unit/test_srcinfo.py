@@ -1,0 +1,93 @@
+"""Parsing what makepkg printed (texts as makepkg 7.0 prints them), and what follows from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import PkgbuildError
+from orchestrator.srcinfo import not_provided, parse, problems
+
+SPLIT = """\
+pkgbase = demo-split
+\tpkgver = 2.1
+\tpkgrel = 3
+\tepoch = 1
+\tarch = x86_64
+\tarch = aarch64
+\tmakedepends = cmake>=3.20
+\tdepends = openssl
+\tsource = demo.service
+\tsource_x86_64 = https://example.com/demo-linux-x86_64-2.1.tar.gz
+\tsource_x86_64 = https://example.com/demo-linux-x86_64-2.1.tar.gz.sig
+\tsha256sums = SKIP
+\tsha256sums_x86_64 = SKIP
+\tsha256sums_x86_64 = SKIP
+
+pkgname = demo-a
+\tdepends = demo-libs: the shared part
+
+pkgname = demo-b
+\tarch = any
+"""
+
+
+def test_a_split_package_as_makepkg_prints_it() -> None:
+    info = parse(SPLIT)
+    assert info.text == SPLIT
+    assert (info.pkgbase, info.pkgnames, info.version) == (
+        "demo-split",
+        ("demo-a", "demo-b"),
+        "1:2.1-3",
+    )
+    assert info.sources() == (
+        "demo.service",
+        "https://example.com/demo-linux-x86_64-2.1.tar.gz",
+        "https://example.com/demo-linux-x86_64-2.1.tar.gz.sig",
+    )
+    assert info.sources("aarch64") == ("demo.service",)
+    assert info.local_sources() == ("demo.service",)
+    assert info.needs() == ("openssl", "cmake", "demo-libs")
+    assert info.package_files() == (
+        "demo-a-1:2.1-3-x86_64.pkg.tar",
+        "demo-b-1:2.1-3-any.pkg.tar",
+    )
+
+
+def test_problems_makepkg_would_stop_at_later(tmp_path: Path) -> None:
+    info = parse(SPLIT)
+    assert problems(info, tmp_path) == ["local source 'demo.service' is not in the upload"]
+    (tmp_path / "demo.service").write_text("[Unit]\n")
+    assert problems(info, tmp_path) == []
+    uneven = parse(SPLIT.replace("\tsha256sums_x86_64 = SKIP\n", "", 1))
+    assert problems(uneven, tmp_path) == [
+        "sha256sums_x86_64 has 1 entries for 2 source_x86_64 entries"
+    ]
+    arm_only = parse("pkgbase = a\n\tpkgver = 1\n\tpkgrel = 1\n\tarch = aarch64\n\npkgname = a\n")
+    assert problems(arm_only, tmp_path) == ["arch is (aarch64): the build images are x86_64"]
+
+
+def test_renamed_and_remote_sources_are_not_local(tmp_path: Path) -> None:
+    info = parse(
+        "pkgbase = a\n\tpkgver = 1\n\tpkgrel = 1\n\tarch = any\n"
+        "\tsource = a-1.tar.gz::https://example.com/a.tar.gz\n"
+        "\tsource = git+https://example.com/a.git#tag=v1\n"
+        "\tsource = renamed.patch::local.patch\n"
+        "\tsource = ../escape\n\npkgname = a\n"
+    )
+    assert info.local_sources() == ("local.patch", "../escape")
+    (tmp_path / "local.patch").write_text("")
+    assert problems(info, tmp_path) == ["local source '../escape' is not in the upload"]
+
+
+def test_what_the_image_does_not_provide_is_named() -> None:
+    info = parse(SPLIT)
+    assert not_provided(info, {"cmake", "openssl"}) == ["demo-libs"]
+    assert not_provided(info, {"cmake", "openssl", "demo-libs"}) == []
+
+
+@pytest.mark.parametrize("text", ["", "==> ERROR: not srcinfo\n", "\tpkgver = 1\n"])
+def test_what_is_not_a_srcinfo_is_refused(text: str) -> None:
+    with pytest.raises(PkgbuildError):
+        parse(text)
