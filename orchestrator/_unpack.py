@@ -34,6 +34,11 @@ from .errors import ArchiveError, ArchiveTooLarge
 _CHUNK = 1024 * 1024
 # Linux gives up after 40 links in one lookup (MAXSYMLINKS); a build needs nowhere near it.
 _MAX_LINK_DEPTH = 40
+# Every symlink is followed twice (in the plan, then by realpath on disk), and realpath does not
+# remember what it resolved: the components of all targets together bound that work, or a 100 KB
+# archive of links to long chains costs minutes of CPU.
+_MAX_LINK_COMPONENTS = 100_000
+_MAX_LINK_TARGET_BYTES = 4095
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # What the disk says when a path is not what the plan made it: a planted link, a file where a
@@ -83,6 +88,7 @@ class Plan:
         self.root = Node(Kind.DIR, None)
         self.steps: list[Step] = []
         self.links: list[tuple[tuple[str, ...], Node]] = []
+        self._link_components = 0
 
     def add(self, member: tarfile.TarInfo, parts: tuple[str, ...], target: tuple[str, ...]) -> None:
         """Lay one member (its name split by ``archive``) into the tree, or refuse it."""
@@ -116,6 +122,18 @@ class Plan:
                 raise ArchiveError(
                     f"archive member {name!r} is a hard link to {member.linkname!r}, which is not "
                     "a file earlier in the archive"
+                )
+        if kind is Kind.LINK:
+            if len(member.linkname.encode()) > _MAX_LINK_TARGET_BYTES:
+                raise ArchiveError(
+                    f"archive member {name!r} links to a target over {_MAX_LINK_TARGET_BYTES} "
+                    "bytes long"
+                )
+            self._link_components += member.linkname.count("/") + 1
+            if self._link_components > _MAX_LINK_COMPONENTS:
+                raise ArchiveError(
+                    f"archive member {name!r}: the archive's symbolic links name more than "
+                    f"{_MAX_LINK_COMPONENTS} path components in all"
                 )
         if existing is None:
             existing = node.children[leaf] = Node(kind, node, leaf, member)

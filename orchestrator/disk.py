@@ -85,6 +85,10 @@ class DataDisk:
         st = os.statvfs(self.path)
         return st.f_bavail * st.f_frsize
 
+    def room_bytes(self) -> int:
+        """What may still be written before the disk counts as full (negative when it is)."""
+        return self.free_bytes() - self.min_free_bytes
+
     def make_room(self, exc: BaseException | None = None) -> bool:
         """Give up the reserve (any thread may call this, e.g. the store's on a failed write);
         True when that freed something, so the write is worth one more try."""

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
         'addressed to (a JSON list, e.g. ["builds.internal"]); with a token, any.',
     )
     max_upload_bytes: int = Field(default=256 * MiB, gt=0)
+    upload_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long an upload's body may take to arrive (408)."
+    )
     max_concurrent_builds: int = Field(default=2, ge=1)
     default_timeout_s: float = Field(default=3600.0, gt=0)
     max_timeout_s: float = Field(default=6 * 3600.0, gt=0)

@@ -18,6 +18,12 @@ class UploadBudget:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._held: dict[str, int] = {}  # job id → what its upload takes (or may take)
+        self._unpacking: set[str] = set()  # claimed, not yet settled: not on disk yet
+
+    @property
+    def unpacking_bytes(self) -> int:
+        """What uploads being unpacked now may still write."""
+        return sum(self._held[job] for job in self._unpacking)
 
     @property
     def held_bytes(self) -> int:
@@ -30,14 +36,17 @@ class UploadBudget:
         if room <= 0:
             raise InsufficientStorage(self.exceeded())
         self._held[job_id] = cap = min(at_most_bytes, room)
+        self._unpacking.add(job_id)
         return cap
 
     async def settle(self, job_id: str, source_dir: Path) -> None:
         """Count what the unpacked upload really takes."""
         self._held[job_id] = await asyncio.to_thread(_tree_bytes, source_dir)
+        self._unpacking.discard(job_id)
 
     def release(self, job_id: str) -> None:
         self._held.pop(job_id, None)
+        self._unpacking.discard(job_id)
 
     def exceeded(self) -> str:
         return (
@@ -48,4 +57,8 @@ class UploadBudget:
 
 
 def _tree_bytes(folder: Path) -> int:
-    return sum(p.lstat().st_size for p in folder.rglob("*"))
+    # Each entry also takes an inode and at least a block: 100 000 empty files are not free.
+    return sum(p.lstat().st_size + _ENTRY_BYTES for p in folder.rglob("*"))
+
+
+_ENTRY_BYTES = 4096

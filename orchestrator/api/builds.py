@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import IO
 
 from aiohttp import web
 
@@ -16,8 +17,9 @@ from .. import archive, srcinfo
 from ..disk import out_of_space
 from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput, PkgbuildError
 from ..registry import Registry
+from ..settings import MiB
 from ..variants import plan
-from .keys import BACKEND, ENGINE, REGISTRY, SETTINGS
+from .keys import BACKEND, DISK, ENGINE, REGISTRY, SETTINGS
 
 ACCEPTED_TYPES = frozenset(
     {
@@ -45,6 +47,25 @@ def parse_timeout(raw: str | None, default_s: float, max_s: float) -> float:
     if not 0 < value <= max_s:
         raise InvalidInput(f"timeout_s must be more than 0 and at most {max_s:g}")
     return value
+
+
+async def _receive(request: web.Request, body: IO[bytes], limit: int, timeout_s: float) -> None:
+    """The whole body into ``body``, or 413 past ``limit`` and 408 past ``timeout_s``."""
+    received = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_chunked(_CHUNK):
+                received += len(chunk)
+                if received > limit:
+                    raise ArchiveTooLarge(f"upload is larger than {limit} bytes", limit_bytes=limit)
+                body.write(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"the upload took longer than {timeout_s:g} s (ORCHESTRATOR_UPLOAD_TIMEOUT_S)"
+        ) from None
+    if received == 0:
+        raise InvalidInput("the request body is empty: send a tar of the build directory")
+    body.seek(0)
 
 
 def parse_flag(raw: str | None, name: str) -> bool:
@@ -83,22 +104,27 @@ async def create_build(request: web.Request) -> web.Response:
     job_id = registry.new_job_id()
     dest = settings.work_dir / (f"dry-run-{job_id}" if dry_run else job_id)
     body = archive.spooled()
-    # The queue's share of the disk is claimed before unpacking, so that uploads arriving
-    # together cannot all take the last of it.
-    cap_bytes = registry.uploads.claim(job_id, settings.max_build_dir_bytes)
     try:
-        received = 0
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            received += len(chunk)
-            if received > limit:
-                raise ArchiveTooLarge(f"upload is larger than {limit} bytes", limit_bytes=limit)
-            body.write(chunk)
-        if received == 0:
-            raise InvalidInput("the request body is empty: send a tar of the build directory")
-        body.seek(0)
+        await _receive(request, body, limit, settings.upload_timeout_s)
+        # Room is claimed only now, with the whole body here (a client that sends slowly holds
+        # none), and before unpacking, so that uploads arriving together cannot all take the
+        # last of it: the queue's share, and what the data disk has above its minimum (an
+        # upload must never be what fills it, stopping everyone's builds).
+        others = registry.uploads.unpacking_bytes
+        queue_cap = registry.uploads.claim(job_id, settings.max_build_dir_bytes)
+        disk_room = await asyncio.to_thread(request.app[DISK].room_bytes) - others
+        cap_bytes = min(queue_cap, disk_room)
         try:
+            if cap_bytes <= 0:
+                raise ArchiveTooLarge("no room", limit_bytes=0)
             await asyncio.to_thread(archive.extract, body, dest, max_bytes=cap_bytes)
         except ArchiveTooLarge as exc:
+            if cap_bytes == disk_room < settings.max_build_dir_bytes:
+                raise InsufficientStorage(
+                    f"the data disk has room for {max(disk_room, 0) // MiB} MiB more above its "
+                    "minimum free space (ORCHESTRATOR_DISK_MIN_FREE_BYTES), and this upload "
+                    "unpacks to more"
+                ) from exc
             if cap_bytes < settings.max_build_dir_bytes:  # over the queue's share, not its own
                 raise InsufficientStorage(registry.uploads.exceeded()) from exc
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from urllib.parse import unquote_plus
 
 from aiohttp import web
@@ -27,6 +28,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # "none": the user typed the URL or followed a bookmark; no page sent it.
 _TRUSTED_FETCH_SITES = frozenset({"same-origin", "none"})
 TOKEN_PARAM = "access_token"
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
 REDACTED = "[redacted]"
 
 
@@ -73,6 +75,8 @@ async def cross_origin_middleware(request: web.Request, handler: Handler) -> web
 def host_name(host: str) -> str:
     """The name in a Host header, without its port or an IPv6 address's brackets."""
     host = host.strip().lower()
+    if not _HOST.fullmatch(host):  # userinfo, spaces, anything a browser never sends
+        return ""
     if host.startswith("["):
         return host[1:].partition("]")[0]
     return host.rpartition(":")[0] if host.count(":") == 1 else host

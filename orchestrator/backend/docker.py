@@ -216,13 +216,24 @@ class DockerBackend:
         return await self._run(self._copy_out, container_id, path)
 
     def _copy_out(self, container_id: str, path: str) -> IO[bytes]:
-        chunks, _stat = self._client.api.get_archive(container_id, path, chunk_size=1 << 20)
+        # get_archive's own, but keeping the response: stopping half-way must close it, or
+        # the daemon keeps the container busy sending (and its removal waits) for a minute.
+        api = self._client.api  # a requests.Session on the daemon's socket
+        response = api.get(
+            f"{api.base_url}/containers/{container_id}/archive",
+            params={"path": path},
+            stream=True,
+            timeout=self._settings.docker_timeout_s,
+        )
         out = spooled()
         # A build decides how much it leaves there: stop at the cap (plus tar's own overhead)
         # rather than spool it all onto the data disk first.
         limit = self._settings.max_artifact_bytes + (1 << 20)
         try:
-            for chunk in chunks:
+            if response.status_code == 404:
+                raise ContainerGone(f"no {path} in container {container_id[:12]}")
+            response.raise_for_status()
+            for chunk in response.iter_content(1 << 20):
                 if out.tell() + len(chunk) > limit:
                     raise ArchiveTooLarge(
                         f"the packages are larger than {self._settings.max_artifact_bytes} "
@@ -233,6 +244,8 @@ class DockerBackend:
         except BaseException:
             out.close()
             raise
+        finally:
+            response.close()
         out.seek(0)
         return out
 

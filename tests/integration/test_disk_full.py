@@ -104,3 +104,25 @@ async def test_a_full_disk_ends_the_job_refuses_work_and_recovers(
         assert ended["status"] == "succeeded", ended
         again = (await submit(client, build_dir("hello-c")))["job_id"]
         assert (await wait_status(client, again, {"succeeded", "failed"}))["status"] == "succeeded"
+
+
+async def test_an_upload_that_would_fill_the_disk_is_refused_and_stops_nothing(
+    settings: Settings, build_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Found by a hostile review: a 40 MiB upload on a 48 MiB disk was accepted, filled the
+    # disk, and so stopped everyone's running build (and then waited for room it held itself).
+    big = build_dir("hello-c")
+    (big / "blob.bin").write_bytes(os.urandom(40 * MiB))
+    async with serve(settings) as client:
+        job = (await submit(client, build_dir("ticker")))["job_id"]
+        await read_sse(client, job, until=has_line("tick 3"))
+        refused = await client.post(
+            "/v1/builds", data=tar_dir(big), headers={"Content-Type": "application/gzip"}
+        )
+        body = await refused.json()
+        assert refused.status == 507, body
+        assert "the data disk has room for" in body["message"]
+        await asyncio.sleep(2 * settings.disk_poll_s)
+        assert (await client.get("/health")).status == 200
+        assert (await (await client.get(f"/v1/jobs/{job}")).json())["status"] == "running"
+        assert (await client.post(f"/v1/jobs/{job}/cancel")).status == 200

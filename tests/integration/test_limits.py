@@ -59,10 +59,12 @@ async def test_packages_over_the_artifact_cap_fail_the_build(
     async with await Engine.open(capped) as engine:
         job = job_id()
         result = await engine.build(
-            BuildRequest(job, build_dir("big-package", mib=8)), recorder, CancelToken()
+            BuildRequest(job, build_dir("big-package", mib=40)), recorder, CancelToken()
         )
     assert result.status is JobStatus.FAILED
     assert "larger than 2097152 bytes" in result.reason, result.reason
+    # The copy is stopped for real: the container is removed at once, not after a timeout.
+    assert not any("Could not remove the container" in e.message for e in recorder.events)
     assert not (capped.artifacts_dir / job).exists() or not any(
         (capped.artifacts_dir / job).iterdir()
     )

@@ -387,7 +387,10 @@ async def test_openapi_security_matches_what_auth_enforces(settings: Settings) -
 # -- DNS rebinding -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:7835", "10.0.0.5:7835", ""])
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example", "evil.example:7835", "10.0.0.5:7835", "", "127.0.0.1:80@evil.example"],
+)
 async def test_without_a_token_only_loopback_host_names_are_served(
     settings: Settings, host: str
 ) -> None:

@@ -3,6 +3,7 @@ beyond it, and the room comes back as jobs end. Real HTTP, real files, the fake 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tarfile
 from collections.abc import AsyncIterator
@@ -77,3 +78,25 @@ async def test_uploads_of_unfinished_jobs_stay_under_the_cap(
     assert (await client.post(f"/v1/jobs/{job}/cancel")).status == 200
     status, _ = await post(client, body)
     assert status == 201
+
+
+async def test_uploads_still_arriving_hold_no_room_and_time_out(settings: Settings) -> None:
+    # Found by a hostile review: four clients that sent headers announcing 100 MB and then
+    # nothing held the queue's whole share, and every other upload got 507, indefinitely.
+    slow = settings.model_copy(update={"upload_timeout_s": 1.0})
+    async with TestClient(TestServer(create_app(slow, backend=FakeBackend()))) as client:
+        stalled = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+            writer.write(
+                b"POST /v1/builds HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/gzip\r\nContent-Length: 100000000\r\n\r\n0123456789"
+            )
+            await writer.drain()
+            stalled.append((reader, writer))
+        status, body = await post(client, upload(1024))
+        assert status == 201, body
+        for reader, writer in stalled:
+            answer = await asyncio.wait_for(reader.read(200), 10)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            writer.close()
