@@ -1,6 +1,7 @@
 """Benchmarks: the orchestrator against plain docker-py, side by side in one run.
 
-    .venv/bin/python bench/run.py [--reps N] [--only overhead,cancel,narration,scale]
+    .venv/bin/python bench/run.py [--reps N] [--only overhead,cancel,narration,scale,stalled,
+                                              submit,diskfull]
 
 Writes bench/results/<UTC time>.md and .json and prints the table. Each comparison interleaves
 its two sides, so a noisy machine slows both alike and the ratios hold. Needs the build images
@@ -14,6 +15,7 @@ import asyncio
 import io
 import json
 import os
+import select
 import socket
 import statistics
 import subprocess
@@ -91,7 +93,7 @@ class Row:
 class Service:
     """`orchestrator serve` as a child process, with its RSS sampled."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -101,6 +103,7 @@ class Service:
             "ORCHESTRATOR_PORT": str(self.port),
             "ORCHESTRATOR_INSTANCE_ID": f"bench-{uuid.uuid4().hex[:8]}",
             "ORCHESTRATOR_MAX_CONCURRENT_BUILDS": "16",
+            **(env or {}),
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "serve"],
@@ -131,6 +134,13 @@ class Service:
 
     def reset_peak(self) -> None:
         self.peak_rss = 0
+
+    def rss(self) -> int:
+        """The service's resident memory now, in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
 
     async def ready(self, session: aiohttp.ClientSession) -> None:
         for _ in range(200):
@@ -471,12 +481,134 @@ async def scale(api: Api, service: Service, builds: int, subscribers: int, lines
     ]
 
 
+STALL_RSS_CAP = 4 * 2**30  # the old code grew without bound: stop the run before the machine does
+
+
+def _open_stalled(port: int, path: str) -> socket.socket:
+    """A client that asks for the stream and never reads a byte of it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return sock
+
+
+def _dropped(socks: list[socket.socket]) -> int:
+    """How many of them the service has closed (FIN or RST), unread data or not."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return len(poller.poll(0))
+
+
+async def stalled(
+    api: Api, service: Service, clients: int, hold_s: float, warm_s: float = 15.0
+) -> list[Row]:
+    """Clients that open a busy job's stream and never read: what they cost the service.
+
+    The job prints about 1.2 MB/s; after ``warm_s`` the bus's 16 MiB ring is full, so the
+    "before" figure already includes it and a newcomer's replay starts in the store.
+    """
+    job_id = await api.submit(build_tar("busy", burst=150))
+    seen: list[int] = []
+
+    async def reader() -> None:
+        async for _, event in api.events(job_id):
+            if event.get("action") == "output" and event.get("stream") == "stdout":
+                # A cancel can cut the last line short: count whole ones only.
+                seen.extend(
+                    int(line[:9]) for line in event["message"].split("\n") if len(line) == 98
+                )
+
+    reading = asyncio.create_task(reader())
+    await asyncio.sleep(warm_s)
+    before = service.rss()
+    service.reset_peak()
+    path = f"/v1/jobs/{job_id}/stream"
+    socks: list[socket.socket] = []
+    capped = False
+    t0 = time.monotonic()
+    try:
+        for _ in range(clients):
+            socks.append(await asyncio.to_thread(_open_stalled, service.port, path))
+            await asyncio.sleep(0.005)
+        all_open = time.monotonic()
+        while time.monotonic() - all_open < hold_s:
+            if service.peak_rss > STALL_RSS_CAP:
+                capped = True
+                break
+            await asyncio.sleep(0.5)
+        held_s = time.monotonic() - t0
+        peak = service.peak_rss
+        dropped = _dropped(socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    await asyncio.sleep(10)  # the service notices and lets go
+    after = service.rss()
+    async with api.session.post(f"{api.url}/v1/jobs/{job_id}/cancel") as response:
+        assert (await response.json())["status"] == "cancelled"
+    await asyncio.wait_for(reading, 120)
+    # Lines are numbered from 1 with no gaps: any missing (or repeated) below the last is lost.
+    lost = (max(seen) - len(set(seen)) + len(seen) - len(set(seen))) if seen else -1
+    mib = 2**20
+    per_client_kib = (peak - before) / clients / 1024
+    return [
+        Row(
+            "service RSS: a busy job and one reader, before the stalled clients",
+            [before / mib],
+            None,
+            "MiB",
+            "reported",
+        ),
+        Row(
+            f"service peak RSS with {clients} stalled clients on that job's stream",
+            [peak / mib],
+            None,
+            "MiB",
+            "< 200",
+            peak < 200 * mib and not capped,
+            f"{per_client_kib:.0f} KiB a client; held {held_s:.0f} s"
+            + (f"; stopped at the {STALL_RSS_CAP // mib} MiB cap" if capped else ""),
+        ),
+        Row(
+            "service RSS 10 s after they closed (job and reader still running)",
+            [after / mib],
+            None,
+            "MiB",
+            "≤ before + 32",
+            after <= before + 32 * mib,
+        ),
+        Row(
+            f"stalled clients the service had dropped when they closed ({held_s:.0f} s)",
+            [float(dropped)],
+            None,
+            "count",
+            f"{clients} (stall timeout < hold)",
+            dropped == clients,
+        ),
+        Row(
+            "lines lost by the reading subscriber meanwhile",
+            [float(lost)],
+            None,
+            "count",
+            "0",
+            lost == 0,
+            f"{len(seen)} lines read",
+        ),
+    ]
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
 async def main(args: argparse.Namespace) -> list[Row]:
     client = docker.from_env()
-    only = set(args.only.split(",")) if args.only else {"overhead", "cancel", "narration", "scale"}
+    only = (
+        set(args.only.split(","))
+        if args.only
+        else {"overhead", "cancel", "narration", "scale", "stalled", "submit", "diskfull"}
+    )
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as data:
         service = Service(Path(data))
@@ -499,6 +631,16 @@ async def main(args: argparse.Namespace) -> list[Row]:
                     )
                 if "scale" in only:
                     rows += await scale(api, service, 16, args.subscribers, 2000)
+                if "stalled" in only:
+                    rows += await stalled(api, service, args.stalled, args.stall_hold_s)
+                if "submit" in only:
+                    import limits  # type: ignore[import-not-found]
+
+                    rows += await limits.submit(api, args.reps)
+                if "diskfull" in only:
+                    import limits
+
+                    rows += await limits.diskfull(session)
         finally:
             service.stop()
             for container in client.containers.list(all=True, filters={"label": LABEL}):
@@ -534,7 +676,17 @@ if __name__ == "__main__":
     parser.add_argument("--reps", type=int, default=6)
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--subscribers", type=int, default=500)
-    parser.add_argument("--only", help="comma-separated: overhead,cancel,narration,scale")
+    parser.add_argument("--stalled", type=int, default=600, help="clients that never read")
+    parser.add_argument(
+        "--stall-hold-s",
+        type=float,
+        default=45.0,
+        help="how long they stay connected (longer than the service's stall timeout)",
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated: overhead,cancel,narration,scale,stalled,submit,diskfull",
+    )
     args = parser.parse_args()
     rows = asyncio.run(main(args))
     text = report(rows, args)

@@ -2,8 +2,10 @@
 
 Subscribers hold no queues. Each keeps a cursor (the last ``seq`` it delivered) and pulls: from a
 small in-memory ring of the job's newest events when its cursor is inside it, from the store when
-it has fallen behind. So a slow subscriber costs nothing but its cursor, never blocks the build or
-the other subscribers, and memory stays bounded whatever subscribers do.
+it has fallen behind. So a slow subscriber costs nothing but its cursor and the one batch it is
+sending, never blocks the build or the other subscribers, and memory stays bounded whatever
+subscribers do. A batch holds at most ``BATCH_MAX_BYTES`` (or one event, if that is bigger):
+a client that stops reading pins one batch, not the ring's whole backlog or a page of the store.
 
 What travels is a ``Frame``: the event already encoded as Server-Sent Event bytes, made once when
 it is published, so 500 subscribers cost one JSON encoding per event, not 500.
@@ -15,7 +17,7 @@ import asyncio
 import itertools
 import json
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -26,6 +28,7 @@ _quote = json.encoder.encode_basestring  # C-accelerated
 _RING_EVENTS = 16384
 _RING_BYTES = 16 * 1024 * 1024  # an output event can be 64 KiB: bound the bytes as well
 _STORE_PAGE = 4000
+BATCH_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,18 @@ class Frame:
         return cls(event.seq, data.encode())
 
 
+def _within(max_bytes: int, frames: Iterable[Frame]) -> list[Frame]:
+    """The first of ``frames`` up to ``max_bytes`` (at least one)."""
+    batch: list[Frame] = []
+    size = 0
+    for frame in frames:
+        size += len(frame.data)
+        if batch and size > max_bytes:
+            break
+        batch.append(frame)
+    return batch
+
+
 class _Channel:
     def __init__(self) -> None:
         self.ring: deque[Frame] = deque(maxlen=_RING_EVENTS)
@@ -57,9 +72,9 @@ class _Channel:
         self.closed = False
         self.changed = asyncio.Event()
 
-    def take(self, cursor: int) -> list[Frame] | None:
-        """The ring's events after ``cursor``: [] when caught up, None when the ring cannot say
-        (the cursor is behind it: then the store)."""
+    def take(self, cursor: int, max_bytes: int) -> list[Frame] | None:
+        """The ring's events after ``cursor``, up to ``max_bytes`` (at least one): [] when
+        caught up, None when the ring cannot say (the cursor is behind it: then the store)."""
         if not self.ring:
             return None
         if cursor >= self.ring[-1].seq:
@@ -67,7 +82,7 @@ class _Channel:
         start = cursor + 1 - self.ring[0].seq
         if start < 0 or start >= len(self.ring) or self.ring[start].seq != cursor + 1:
             return None
-        return list(itertools.islice(self.ring, start, None))
+        return _within(max_bytes, itertools.islice(self.ring, start, None))
 
     def wake(self) -> None:
         # Each waiter swaps in a fresh event after waking; setting the old one wakes them all.
@@ -125,6 +140,12 @@ class Bus:
         for job_id in list(self._channels):
             self.close(job_id)
 
+    async def _page(self, job_id: str, cursor: int) -> list[Frame]:
+        stored = await self._store.events(
+            job_id, after_seq=cursor, limit=_STORE_PAGE, max_bytes=BATCH_MAX_BYTES
+        )
+        return _within(BATCH_MAX_BYTES, map(Frame.of, stored))
+
     async def subscribe(self, job_id: str, after_seq: int = 0) -> AsyncGenerator[list[Frame], None]:
         """Batches of events with ``seq > after_seq``, in order, until the job's channel closes.
 
@@ -134,14 +155,16 @@ class Bus:
         cursor = after_seq
         while True:
             channel = self._channels.get(job_id)
-            batch = channel.take(cursor) if channel is not None else None
+            batch = channel.take(cursor, BATCH_MAX_BYTES) if channel is not None else None
             if batch is None:
-                # Behind the ring, or no live channel: page through the store.
-                stored = await self._store.events(job_id, after_seq=cursor, limit=_STORE_PAGE)
-                batch = [Frame.of(event) for event in stored]
+                batch = await self._page(job_id, cursor)  # behind the ring, or not live
             if batch:
                 cursor = batch[-1].seq
-                yield batch
+                # Handed over, not kept: while the caller's client stalls, the caller's is
+                # the only reference, and it lets go once the batch is written.
+                handover = [batch]
+                del batch
+                yield handover.pop()
                 continue
             channel = self._channels.get(job_id)
             if channel is None or channel.closed or self._closing:

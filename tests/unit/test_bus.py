@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from orchestrator.bus import Bus
+from orchestrator.bus import BATCH_MAX_BYTES, Bus
 from orchestrator.events import Action, Event
 from orchestrator.status import JobStatus
 from orchestrator.store import JobRecord, Store
@@ -170,3 +171,63 @@ async def test_the_ring_is_bounded_in_bytes_and_the_rest_comes_from_the_store(
     assert len(channel.ring) < 20
     bus.close("j")
     assert await collect(bus, "j") == list(range(1, 21))
+
+
+async def test_batches_are_bounded_in_bytes_from_the_ring_and_from_the_store(
+    store: Store, bus: Bus
+) -> None:
+    # A subscriber holds a whole batch while its client takes it: one stalled client must not
+    # pin megabytes (the ring's whole backlog, or a store page of 4000 big events).
+    for n in range(60):
+        await store.append("j", lines(f"{n} " + "x" * 10_000))
+    await store.append("j", lines("big " + "y" * 3 * BATCH_MAX_BYTES))  # one event, alone
+    await store.flush()
+
+    async def batches() -> list[tuple[int, int]]:
+        """(events, bytes) of each batch."""
+        seen: list[tuple[int, int]] = []
+        seqs: list[int] = []
+        async for batch in bus.subscribe("j"):
+            seen.append((len(batch), sum(len(frame.data) for frame in batch)))
+            seqs.extend(frame.seq for frame in batch)
+            if seqs[-1] == 61:
+                break
+        assert seqs == list(range(1, 62))
+        return seen
+
+    from_ring = await batches()
+    bus.close("j")
+    from_store = await batches()
+    for seen in (from_ring, from_store):
+        assert all(size <= BATCH_MAX_BYTES for _, size in seen[:-1]), seen
+        assert seen[-1][0] == 1  # the big one comes whole, on its own
+
+
+async def test_a_store_page_stops_after_max_bytes(store: Store) -> None:
+    await store.append("j", lines(*(f"{n} " + "x" * 998 for n in range(10))))
+    await store.append("j", lines("z" * 5000))
+    page = await store.events("j", max_bytes=3000)
+    assert [e.seq for e in page] == [1, 2, 3]  # the one that reaches the limit still comes
+    assert [e.seq for e in await store.events("j", after_seq=10, max_bytes=10)] == [11]
+    assert len(await store.events("j", max_bytes=100_000, limit=4)) == 4
+    assert len(await store.events("j")) == 11
+
+
+@pytest.mark.parametrize("source", ["ring", "store"])
+async def test_a_waiting_subscription_keeps_nothing_it_handed_over(
+    store: Store, bus: Bus, source: str
+) -> None:
+    # While its client stalls, the handler holds the batch it is sending; the subscription
+    # must not hold a second reference to it (or to the store page it came from).
+    await store.append("j", lines(*(f"{n} " + "x" * 30_000 for n in range(4))))
+    await store.flush()
+    if source == "store":
+        bus.close("j")
+    subscription = bus.subscribe("j")
+    batch = await anext(subscription)
+    assert [frame.seq for frame in batch] == [1, 2]
+    assert sys.getrefcount(batch) == 2  # ours, and getrefcount's argument
+    assert subscription.ag_frame is not None
+    held = subscription.ag_frame.f_locals.values()
+    assert not any(isinstance(value, list) and value for value in held)
+    await subscription.aclose()
