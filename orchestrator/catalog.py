@@ -97,6 +97,7 @@ class Catalog:
     source: str
     entries: dict[str, CatalogEntry] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    checked: bool = False  # makepkg has read every PKGBUILD it could (see ``verify``)
 
     def get(self, worker_id: str) -> CatalogEntry:
         try:
@@ -173,10 +174,11 @@ async def verify(catalog: Catalog, inspector: Inspector, settings: Settings) -> 
     verdicts = await asyncio.gather(*(check(entry) for entry in entries))
     for entry, verdict in zip(entries, verdicts, strict=True):
         if verdict is not None:
-            del catalog.entries[entry.id]
+            catalog.entries.pop(entry.id, None)
             problem = Problem(entry.id, "pkgbuild", verdict)
             catalog.problems.append(problem)
             log.warning("%s (skipped)", problem)
+    catalog.checked = True
 
 
 def _read_dir(root: Path, catalog: Catalog) -> None:

@@ -7,6 +7,7 @@ their containers removed, then every SSE stream drains and ends.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 from collections.abc import AsyncIterator
@@ -75,12 +76,6 @@ def _auth_middleware(token: str) -> web.middleware:  # type: ignore[valid-type]
     return auth
 
 
-async def _catalog(settings: Settings, engine: Engine) -> catalog.Catalog:
-    loaded = await catalog.load(settings.catalog)
-    await catalog.verify(loaded, engine.runner.inspector, settings)
-    return loaded
-
-
 def create_app(settings: Settings, *, backend: Backend | None = None) -> web.Application:
     # Outermost first: refusals are JSON, and a cross-origin request is refused whatever its
     # token.
@@ -124,17 +119,25 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         app[REGISTRY] = Registry(
             settings, app[STORE], app[ENGINE], app[BUS], app[METRICS], app[DISK]
         )
+        workers = await catalog.load(settings.catalog)
         app[OPERATIONS] = Operations(
             settings,
             app[REGISTRY],
             app[ENGINE],
             app[BACKEND],
-            await _catalog(settings, app[ENGINE]),
+            workers,
             WorkerStore(settings.workers_dir),
             ModelStore(settings.models_dir),
         )
+        # makepkg reads the catalog's PKGBUILDs beside start-up, not before it: a few seconds of
+        # containers that nothing needs to wait for (an install reads its PKGBUILD anyway).
+        verifying = asyncio.create_task(
+            catalog.verify(workers, app[ENGINE].runner.inspector, settings)
+        )
         await app[REGISTRY].start()
         yield
+        verifying.cancel()
+        await asyncio.gather(verifying, return_exceptions=True)
         await app[REGISTRY].shutdown()
 
     async def on_shutdown(app: web.Application) -> None:

@@ -17,6 +17,8 @@ async def list_catalog(request: web.Request) -> web.Response:
             "workers": [entry.summary() for entry in catalog.entries.values()],
             # Entries that did not validate were skipped; say which and why.
             "problems": [str(p) for p in catalog.problems],
+            # Until true, makepkg is still reading the PKGBUILDs: more problems may appear.
+            "checked": catalog.checked,
         }
     )
 

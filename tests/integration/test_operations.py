@@ -60,14 +60,21 @@ def catalog_entry(root: Path, worker_id: str, version: str, build: str) -> None:
 
 
 async def test_catalog_endpoints(client: TestClient) -> None:
-    listed = await (await client.get("/v1/catalog/workers")).json()
+    for _ in range(600):  # makepkg reads the PKGBUILDs beside start-up
+        listed = await (await client.get("/v1/catalog/workers")).json()
+        if listed["checked"]:
+            break
+        await asyncio.sleep(0.1)
     assert {w["id"] for w in listed["workers"]} == {
+        "echo-worker",
+        "echo-worker-cuda",
         "hello-c",
         "rust-hello",
         "rust-hello-cuda",
         "metal-hello",
     }
-    assert listed["problems"] == []
+    # Every shipped PKGBUILD is one makepkg reads, with the version its entry says.
+    assert listed["checked"] and listed["problems"] == []
     one = await (await client.get("/v1/catalog/workers/rust-hello")).json()
     assert (one["worker_type"], one["binary_name"]) == ("cpu", "rust-hello-worker")
     pkgbuild = await (await client.get("/v1/catalog/workers/rust-hello/pkgbuild")).text()
@@ -93,7 +100,12 @@ async def test_a_malformed_entry_is_reported_and_skipped(
     text = (root / "bad-version" / "PKGBUILD").read_text()
     (root / "bad-version" / "PKGBUILD").write_text(text.replace("pkgver=2.0", "pkgver=3.0"))
     async with serve(settings.model_copy(update={"catalog": str(root)})) as client:
-        listed = await (await client.get("/v1/catalog/workers")).json()
+        for _ in range(600):  # makepkg reads the PKGBUILDs beside start-up
+            listed = await (await client.get("/v1/catalog/workers")).json()
+            if listed["checked"]:
+                break
+            await asyncio.sleep(0.1)
+    assert listed["checked"]
     assert [w["id"] for w in listed["workers"]] == ["good"]
     problems = "\n".join(listed["problems"])
     assert "'bad-field': worker_type" in problems

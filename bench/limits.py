@@ -1,0 +1,193 @@
+"""Scenarios for what the hardening and makepkg's reading cost: submit latency, a full disk.
+
+Run from ``bench/run.py`` (``--only submit`` / ``--only diskfull``); they use its ``Service``
+and ``Row``. ``diskfull`` mounts a small tmpfs for the service's data, so it needs root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from run import PKGBUILDS, REPO, Api, Row, Service, build_tar, pct  # type: ignore[import-not-found]
+
+MiB = 1024**2
+OLD_READER = "a634250"  # the last commit with the static PKGBUILD reader
+
+
+async def _post(api: Api, tar: bytes, **params: str) -> tuple[int, float]:
+    began = time.perf_counter()
+    async with api.session.post(
+        f"{api.url}/v1/builds",
+        data=tar,
+        params=params,
+        headers={"Content-Type": "application/x-tar"},
+    ) as response:
+        await response.read()
+        return response.status, time.perf_counter() - began
+
+
+def _old_static_reader() -> types.ModuleType | None:
+    """The static reader as it was, loaded from git, to time it beside makepkg's reading."""
+    folder = Path(tempfile.mkdtemp(prefix="old-reader-")) / "oldpkg"
+    folder.mkdir()
+    try:
+        for name in ("pkgbuild.py", "_shlex.py", "errors.py"):
+            text = subprocess.run(
+                ["git", "-C", str(REPO), "show", f"{OLD_READER}:orchestrator/{name}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            (folder / name).write_text(text)
+        (folder / "__init__.py").write_text("")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    spec = importlib.util.spec_from_file_location(
+        "oldpkg", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["oldpkg"] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module("oldpkg.pkgbuild")
+
+
+async def submit(api: Api, reps: int) -> list[Row]:
+    """POST /v1/builds → 201, and with dry_run → 200: makepkg reads the PKGBUILD in its
+    sandbox each time. Beside it, the old static reader's time for the same PKGBUILD."""
+    tar = build_tar("trivial")
+    created: list[float] = []
+    dry: list[float] = []
+    for _ in range(reps * 3):
+        status, took = await _post(api, tar)
+        assert status == 201, status
+        created.append(took)
+        status, took = await _post(api, tar, dry_run="true")
+        assert status == 200, status
+        dry.append(took)
+    rows = [
+        Row(
+            "submit → 201 (makepkg reads in a sandbox)",
+            [t * 1000 for t in created],
+            None,
+            "ms",
+            "p50 ≤ 500",
+            pct(created, 50) <= 0.5,
+        ),
+        Row("dry_run → 200", [t * 1000 for t in dry], None, "ms"),
+    ]
+    old = _old_static_reader()
+    if old is not None:
+        folder = Path(tempfile.mkdtemp(prefix="old-reader-src-"))
+        (folder / "PKGBUILD").write_text((PKGBUILDS / "trivial" / "PKGBUILD").read_text())
+        parsed: list[float] = []
+        for _ in range(reps * 3):
+            began = time.perf_counter()
+            old.parse_dir(folder)
+            parsed.append(time.perf_counter() - began)
+        rows.append(
+            Row(
+                f"old static reader ({OLD_READER}), parse only",
+                [t * 1000 for t in parsed],
+                None,
+                "ms",
+                note="what submit spent reading the PKGBUILD before",
+            )
+        )
+    return rows
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    block = bytes(MiB)
+    with contextlib.suppress(OSError), filler.open("wb") as fh:
+        while True:
+            fh.write(block)
+            fh.flush()
+    return filler
+
+
+async def _until(check: Any, timeout_s: float = 60) -> float:
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout_s:
+        if await check():
+            return time.perf_counter() - began
+        await asyncio.sleep(0.05)
+    raise TimeoutError("not within the time")
+
+
+async def diskfull(session: aiohttp.ClientSession) -> list[Row]:
+    """The data disk fills under a running build: how soon the job ends naming it, submits get
+    507 and /health 503; then space comes back: how soon work is taken again, unattended."""
+    if os.geteuid() != 0:
+        return [Row("disk full (needs root for a tmpfs)", [], None, "s", note="skipped")]
+    mount = Path(tempfile.mkdtemp(prefix="orchestrator-bench-disk-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
+    service = Service(
+        mount,
+        env={
+            "ORCHESTRATOR_DISK_MIN_FREE_BYTES": str(8 * MiB),
+            "ORCHESTRATOR_DISK_RESERVE_BYTES": str(8 * MiB),
+            "ORCHESTRATOR_MAX_CONCURRENT_BUILDS": "2",
+        },
+    )
+    try:
+        await service.ready(session)
+        api = Api(session, service.url)
+        job = await api.submit(build_tar("busy"))
+        async for _, event in api.events(job):
+            if event.get("action") == "output":
+                break
+        filled = time.perf_counter()
+        filler = await asyncio.to_thread(_fill, mount)
+
+        async def job_ended() -> bool:
+            async with session.get(f"{api.url}/v1/jobs/{job}") as response:
+                body = await response.json()
+                return bool(body["status"] == "failed" and "data disk" in (body["reason"] or ""))
+
+        await _until(job_ended)
+        ended_s = time.perf_counter() - filled
+        status, refused_s = await _post(api, build_tar("trivial"))
+        async with session.get(f"{api.url}/health") as response:
+            unhealthy = response.status
+        filler.unlink()
+        freed = time.perf_counter()
+
+        async def healthy() -> bool:
+            async with session.get(f"{api.url}/health") as response:
+                return response.status == 200
+
+        await _until(healthy)
+        back_s = time.perf_counter() - freed
+        accepted, _ = await _post(api, build_tar("trivial"))
+        return [
+            Row("disk full → running job failed, naming the disk", [ended_s], None, "s"),
+            Row(
+                f"disk full → submit answered {status}",
+                [refused_s * 1000],
+                None,
+                "ms",
+                "507",
+                status == 507,
+            ),
+            Row(f"disk full → /health {unhealthy}", [0.0], None, "", "503", unhealthy == 503),
+            Row("space back → /health 200, no restart", [back_s], None, "s"),
+            Row(
+                f"space back → submit answered {accepted}", [0.0], None, "", "201", accepted == 201
+            ),
+        ]
+    finally:
+        service.stop()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
