@@ -31,6 +31,7 @@ Sink = Callable[[Sequence[Event]], Awaitable[None]]
 
 JOB_LABEL = "orchestrator.job"
 INSTANCE_LABEL = "orchestrator.instance"
+INSPECT_LABEL = "orchestrator.inspect"
 BUILDER_UID = 1000  # the image's `builder` user; copied-in files must be theirs
 BUILD_DIR = "/build"
 PACKAGE_DIR = "/out"
@@ -82,7 +83,7 @@ class Runner:
         )
         info = request.srcinfo
         if info is None:
-            labels = self.labels(request.job_id)
+            labels = self.inspect_labels(request.job_id)
             info = await self.inspector.read(request.source_dir, variant.image, labels)
         if problems := srcinfo.problems(info, request.source_dir):
             raise PkgbuildError("; ".join(problems), problems=problems)
@@ -101,6 +102,11 @@ class Runner:
 
     def labels(self, job_id: str) -> dict[str, str]:
         return {JOB_LABEL: job_id, INSTANCE_LABEL: self._settings.instance_id}
+
+    def inspect_labels(self, job_id: str) -> dict[str, str]:
+        """makepkg's reading of a job's PKGBUILD is not its build: it carries the job's id under
+        a label of its own (start-up reaping still finds it by the instance)."""
+        return {INSPECT_LABEL: job_id, INSTANCE_LABEL: self._settings.instance_id}
 
     def artifact_dir(self, job_id: str) -> Path:
         return self._settings.artifacts_dir / job_id
@@ -125,6 +131,8 @@ class Runner:
     async def _build(
         self, request: BuildRequest, sink: Sink, cancel: CancelToken, container: list[str]
     ) -> BuildResult:
+        if cancel.cancelled:  # not even makepkg's reading: nothing has started
+            return _cancelled(cancel, request)
         info, variant = await self.prepare(request)
         names = f" ({', '.join(info.pkgnames)})" if info.pkgnames != (info.pkgbase,) else ""
         notes = [

@@ -129,7 +129,7 @@ async def create_build(request: web.Request) -> web.Response:
                 raise InsufficientStorage(registry.uploads.exceeded()) from exc
             raise
         await registry.uploads.settle(job_id, dest)
-        labels = runner.labels(job_id)
+        labels = runner.inspect_labels(job_id)
         info = await runner.inspector.read(dest, variant.image, labels)
         problems = srcinfo.problems(info, dest)
         warnings = [*variant.warnings, *await runner.image_warnings(info, variant.image)]

@@ -103,7 +103,8 @@ async def test_a_full_disk_ends_the_job_refuses_work_and_recovers(
         ended = await wait_status(client, waiting, {"succeeded", "failed"})
         assert ended["status"] == "succeeded", ended
         again = (await submit(client, build_dir("hello-c")))["job_id"]
-        assert (await wait_status(client, again, {"succeeded", "failed"}))["status"] == "succeeded"
+        final = await wait_status(client, again, {"succeeded", "failed"})
+        assert final["status"] == "succeeded", final
 
 
 async def test_an_upload_that_would_fill_the_disk_is_refused_and_stops_nothing(
