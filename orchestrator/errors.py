@@ -33,6 +33,11 @@ class PkgbuildError(InvalidInput):
         return self.message if self.line is None else f"PKGBUILD line {self.line}: {self.message}"
 
 
+class InspectTimeout(PkgbuildError):
+    """makepkg did not finish reading the PKGBUILD in time (its top level hangs, or the host is
+    too busy)."""
+
+
 class ArchiveError(InvalidInput):
     """An archive that is unsafe to unpack (absolute paths, `..`, links out, devices)."""
 

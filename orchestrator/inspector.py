@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import tarfile
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 from .backend import Backend, ContainerSpec
-from .errors import OrchestratorError, PkgbuildError
+from .errors import InspectTimeout, OrchestratorError, PkgbuildError
 from .settings import MiB, Settings
 from .srcinfo import SrcInfo, parse
 
@@ -24,17 +27,47 @@ SOURCE_DIR = "/src"
 MAX_PKGBUILD_BYTES = 1 * MiB
 _MAX_ENTRIES = 20_000
 PROVIDES_LABEL = "org.orchestrator.provides"
+_REMEMBER_S = 600.0
+_REMEMBERED = 256
 
 
 class Inspector:
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self._backend = backend
         self._settings = settings
+        # makepkg's answers by (image, what went in): its lint alone starts ~300 processes, over
+        # a second on this engine, and CI sends the same PKGBUILD again and again. Kept briefly:
+        # a top level that reads the clock may say something else a little later.
+        self._answers: OrderedDict[str, tuple[float, SrcInfo | PkgbuildError]] = OrderedDict()
 
     async def read(self, build_dir: Path, image: str, labels: dict[str, str]) -> SrcInfo:
         """makepkg's ``.SRCINFO`` for ``build_dir``; raises ``PkgbuildError`` with makepkg's
         own words when it refuses the PKGBUILD."""
         tar = await asyncio.to_thread(_skeleton, build_dir)
+        key = hashlib.sha256(image.encode() + b"\0" + tar.getvalue()).hexdigest()
+        now = time.monotonic()
+        known = self._answers.get(key)
+        if known is not None and now - known[0] < _REMEMBER_S:
+            self._answers.move_to_end(key)
+            if isinstance(known[1], PkgbuildError):
+                raise known[1]
+            return known[1]
+        try:
+            answer = await self._read(tar, image, labels)
+        except InspectTimeout:
+            raise  # a busy machine's answer, not the PKGBUILD's
+        except PkgbuildError as exc:
+            self._remember(key, now, exc)
+            raise
+        self._remember(key, now, answer)
+        return answer
+
+    def _remember(self, key: str, now: float, answer: SrcInfo | PkgbuildError) -> None:
+        self._answers[key] = (now, answer)
+        while len(self._answers) > _REMEMBERED:
+            self._answers.popitem(last=False)
+
+    async def _read(self, tar: io.BytesIO, image: str, labels: dict[str, str]) -> SrcInfo:
         spec = ContainerSpec(
             image=image,
             command=("makepkg", "--printsrcinfo"),
@@ -53,6 +86,7 @@ class Inspector:
         )
         cid = await self._backend.create(spec)
         try:
+            tar.seek(0)
             await self._backend.copy_in(cid, SOURCE_DIR, tar)
             stream = await self._backend.attach(cid)
             out: list[str] = []
@@ -68,7 +102,7 @@ class Inspector:
                 await self._backend.start(cid)
                 code = await asyncio.wait_for(collect(), self._settings.inspect_timeout_s)
             except TimeoutError:
-                raise PkgbuildError(
+                raise InspectTimeout(
                     f"makepkg took more than {self._settings.inspect_timeout_s:g} s to read the "
                     "PKGBUILD "
                     "(its top level runs when it is read: does it wait for something?)"

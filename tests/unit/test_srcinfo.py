@@ -91,3 +91,19 @@ def test_what_the_image_does_not_provide_is_named() -> None:
 def test_what_is_not_a_srcinfo_is_refused(text: str) -> None:
     with pytest.raises(PkgbuildError):
         parse(text)
+
+
+async def test_makepkgs_answer_is_remembered_for_the_same_input(tmp_path: Path) -> None:
+    from orchestrator import Settings
+    from orchestrator.backend.fake import FakeBackend
+    from orchestrator.inspector import Inspector
+
+    backend = FakeBackend()
+    inspector = Inspector(backend, Settings(data_dir=tmp_path / "data"))
+    (tmp_path / "PKGBUILD").write_text("pkgname=a\npkgver=1\npkgrel=1\npackage() { :; }\n")
+    first = await inspector.read(tmp_path, "img", {})
+    second = await inspector.read(tmp_path, "img", {})
+    assert first == second and len(backend.specs) == 1
+    (tmp_path / "PKGBUILD").write_text("pkgname=a\npkgver=2\npkgrel=1\npackage() { :; }\n")
+    assert (await inspector.read(tmp_path, "img", {})).version == "2-1"
+    assert len(backend.specs) == 2
