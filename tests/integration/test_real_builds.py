@@ -30,6 +30,22 @@ def members(package: Path) -> list[str]:
         return tar.getnames()
 
 
+def run_in_image(
+    client: docker.DockerClient, image: str, package: Path, member: str, script: str
+) -> str:
+    """Unpack ``member`` of ``package`` in a container of ``image`` (which has the libraries
+    it was linked with) and run ``script`` there with ``$BIN`` naming it."""
+    unpack = f"bsdtar -xf /pkg/{package.name} -C /tmp {member} && BIN=/tmp/{member} && "
+    out = client.containers.run(
+        image,
+        ["bash", "-c", unpack + script],
+        volumes={str(package.parent): {"bind": "/pkg", "mode": "ro"}},
+        network_mode="none",
+        remove=True,
+    )
+    return bytes(out).decode()
+
+
 async def build(
     engine: Engine, recorder: Recorder, src: Path, variant: str = "cpu"
 ) -> tuple[str, JobStatus, list[Path]]:
@@ -93,17 +109,8 @@ async def test_a_rust_program_links_the_systems_openssl(
     assert status is JobStatus.SUCCEEDED
     assert "usr/bin/tls-version" in members(package)
     # Run where it was built (the image has the libraries it links): the system's libssl.
-    script = (
-        "bsdtar -xf /pkg/" + package.name + " -C /tmp usr/bin/tls-version && "
-        "ldd /tmp/usr/bin/tls-version | grep -E 'libssl|libcrypto' && /tmp/usr/bin/tls-version"
-    )
-    out = docker_client.containers.run(
-        settings.image_cpu,
-        ["bash", "-c", script],
-        volumes={str(package.parent): {"bind": "/pkg", "mode": "ro"}},
-        network_mode="none",
-        remove=True,
-    ).decode()
+    script = "ldd $BIN | grep -E 'libssl|libcrypto' && $BIN"
+    out = run_in_image(docker_client, settings.image_cpu, package, "usr/bin/tls-version", script)
     assert "libssl.so.3" in out and "libcrypto.so.3" in out, out
     assert "OpenSSL 3." in out
     assert "sha256=" in out
@@ -143,16 +150,7 @@ async def test_nvcc_compiles_cuda_code_in_the_cuda_image(
     assert status is JobStatus.SUCCEEDED
     assert any("Cuda compilation tools, release 12" in line for line in recorder.lines())
     # The binary carries device code (a fatbin for at least one GPU architecture).
-    script = (
-        f"bsdtar -xf /pkg/{package.name} -C /tmp usr/bin/vecadd && "
-        "cuobjdump --list-elf /tmp/usr/bin/vecadd && /tmp/usr/bin/vecadd"
-    )
-    out = docker_client.containers.run(
-        settings.image_cuda,
-        ["bash", "-c", script],
-        volumes={str(package.parent): {"bind": "/pkg", "mode": "ro"}},
-        network_mode="none",
-        remove=True,
-    ).decode()
+    script = "cuobjdump --list-elf $BIN && $BIN"
+    out = run_in_image(docker_client, settings.image_cuda, package, "usr/bin/vecadd", script)
     assert ".sm_" in out, out
     assert "vecadd: no CUDA device" in out  # there is no GPU here; with one it adds
