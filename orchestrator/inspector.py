@@ -28,6 +28,8 @@ MAX_PKGBUILD_BYTES = 1 * MiB
 _MAX_ENTRIES = 20_000
 PROVIDES_LABEL = "org.orchestrator.provides"
 _REMEMBER_S = 600.0
+_MAX_OUTPUT_BYTES = 256 * 1024
+_MAX_MESSAGE_CHARS = 4096
 _REMEMBERED = 256
 
 
@@ -39,6 +41,8 @@ class Inspector:
         # a second on this engine, and CI sends the same PKGBUILD again and again. Kept briefly:
         # a top level that reads the clock may say something else a little later.
         self._answers: OrderedDict[str, tuple[float, SrcInfo | PkgbuildError]] = OrderedDict()
+        # Each reading holds engine threads for up to the deadline: a few at a time.
+        self._slots = asyncio.Semaphore(4)
 
     async def read(self, build_dir: Path, image: str, labels: dict[str, str]) -> SrcInfo:
         """makepkg's ``.SRCINFO`` for ``build_dir``; raises ``PkgbuildError`` with makepkg's
@@ -53,7 +57,8 @@ class Inspector:
                 raise known[1]
             return known[1]
         try:
-            answer = await self._read(tar, image, labels)
+            async with self._slots:
+                answer = await self._read(tar, image, labels)
         except InspectTimeout:
             raise  # a busy machine's answer, not the PKGBUILD's
         except PkgbuildError as exc:
@@ -92,10 +97,16 @@ class Inspector:
             out: list[str] = []
             err: list[str] = []
 
+            kept = {"stdout": 0, "stderr": 0}
+
             async def collect() -> int:
+                # Only the first _MAX_OUTPUT_BYTES of each stream are kept: a top level can
+                # print gigabytes, and a .SRCINFO is a few KiB.
                 async for batch in stream:
                     for chunk in batch:
-                        (out if chunk.stream == "stdout" else err).append(chunk.text)
+                        if kept[chunk.stream] < _MAX_OUTPUT_BYTES:
+                            kept[chunk.stream] += len(chunk.text) + 1
+                            (out if chunk.stream == "stdout" else err).append(chunk.text)
                 return (await self._backend.wait(cid)).code
 
             try:
@@ -114,8 +125,10 @@ class Inspector:
             with contextlib.suppress(OrchestratorError):
                 await asyncio.shield(self._backend.remove(cid))
         if code != 0:
-            said = "\n".join(err).strip() or "\n".join(out).strip()
+            said = ("\n".join(err).strip() or "\n".join(out).strip())[-_MAX_MESSAGE_CHARS:]
             raise PkgbuildError(f"makepkg refused the PKGBUILD: {said or f'exit code {code}'}")
+        if kept["stdout"] >= _MAX_OUTPUT_BYTES:
+            raise PkgbuildError(f"makepkg printed more than {_MAX_OUTPUT_BYTES} bytes for it")
         return parse("\n".join(out) + "\n")
 
     async def provides(self, image: str) -> frozenset[str] | None:
@@ -140,8 +153,10 @@ def _skeleton(build_dir: Path) -> io.BytesIO:
                 break
             rel = path.relative_to(build_dir).as_posix()
             info = tarfile.TarInfo(rel)
-            info.uid = info.gid = 1000
-            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+            # Root's, so that the reader (uid 1000) can write nowhere in /src: the scratch
+            # volume is on the engine's disk, with no size limit.
+            info.uid = info.gid = 0
+            if rel != "PKGBUILD" and (path.is_symlink() or not (path.is_dir() or path.is_file())):
                 continue
             if path.is_dir():
                 info.type, info.mode = tarfile.DIRTYPE, 0o755

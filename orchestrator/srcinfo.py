@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from .errors import PkgbuildError
 
@@ -63,12 +63,15 @@ class SrcInfo:
         return self.per_arch("source", carch)
 
     def local_sources(self, carch: str = CARCH) -> tuple[str, ...]:
-        """The sources that must come with the upload: no URL, just a file name."""
+        """The file names makepkg looks for in the upload: sources that are no URL. As makepkg
+        has it, the URL is what follows the first ``::``, and the file name what precedes it
+        (or the whole entry), reduced to its last path component."""
         local = []
         for entry in self.sources(carch):
-            _, _, location = entry.rpartition("::")
-            if "://" not in location:
-                local.append(location)
+            name, _, url = entry.partition("::")
+            url = url or entry
+            if "://" not in url and not url.startswith("lp:"):
+                local.append(name.rsplit("/", 1)[-1])
         return tuple(local)
 
     def needs(self, carch: str = CARCH) -> tuple[str, ...]:
@@ -122,6 +125,12 @@ def parse(text: str) -> SrcInfo:
             else:
                 raise PkgbuildError(f"makepkg printed an unreadable .SRCINFO line: {raw!r}", number)
         if key == "pkgbase" and not raw.startswith(("\t", " ")):
+            if pkgbase is not None:
+                raise PkgbuildError(
+                    "makepkg's .SRCINFO has a second pkgbase (printed by the "
+                    "PKGBUILD's top level?)",
+                    number,
+                )
             pkgbase, section = value, base
         elif key == "pkgname" and not raw.startswith(("\t", " ")):
             section = packages.setdefault(value, {})
@@ -143,8 +152,7 @@ def problems(info: SrcInfo, build_dir: Path) -> list[str]:
     """What makepkg would stop at later, found before anything starts (a 422 for a build)."""
     found = []
     for name in info.local_sources():
-        path = PurePosixPath(name)
-        if path.is_absolute() or ".." in path.parts or not (build_dir / name).is_file():
+        if name in ("", ".", "..") or not (build_dir / name).is_file():
             found.append(f"local source {name!r} is not in the upload")
     for suffix in ("", f"_{CARCH}"):
         sources = info.base.get(f"source{suffix}", ())

@@ -114,6 +114,8 @@ async def test_the_pkgbuild_is_read_in_a_sandbox(
     found = await dry_run(client, build_dir("sandbox-probe"))
     [desc] = [line for line in found["srcinfo"].splitlines() if "pkgdesc" in line]
     assert "net=offline" in desc and "root=read-only" in desc, desc
+    # Not even the upload's own folders: they are on the engine's disk, with no size limit.
+    assert "upload=read-only" in desc, desc
     assert "CapEff:0000000000000000" in desc and "uid=1000" in desc, desc
     # And it is gone afterwards.
     left = docker_client.containers.list(
@@ -140,3 +142,23 @@ async def test_a_pkgbuild_that_hangs_when_read_is_stopped_at_the_deadline(
         all=True, filters={"label": f"{INSTANCE_LABEL}={quick.instance_id}"}
     )
     assert left == []
+
+
+async def test_a_top_level_that_floods_its_output_costs_little(
+    client: TestClient, tmp_path: Path
+) -> None:
+    # Found by a hostile review: 400 MB on stderr became an 847 MB answer, kept for 10 minutes.
+    src = tmp_path / "flood"
+    src.mkdir()
+    (src / "PKGBUILD").write_text(
+        "pkgname=flood\npkgver=1\npkgrel=1\narch=(any)\n"
+        "yes 'a line the top level prints again and again' | head -c 50M >&2\nexit 1\n"
+    )
+    response = await client.post(
+        "/v1/builds",
+        params={"dry_run": "true"},
+        data=tar_dir(src),
+        headers={"Content-Type": "application/gzip"},
+    )
+    assert response.status == 422
+    assert len(await response.read()) < 64 * 1024

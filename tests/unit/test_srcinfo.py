@@ -76,9 +76,22 @@ def test_renamed_and_remote_sources_are_not_local(tmp_path: Path) -> None:
         "\tsource = renamed.patch::local.patch\n"
         "\tsource = ../escape\n\npkgname = a\n"
     )
-    assert info.local_sources() == ("local.patch", "../escape")
+    # As makepkg reads them: the name before the first '::', its last component (found by a
+    # hostile review: the text after '::' was checked, and makepkg then failed the build).
+    assert info.local_sources() == ("renamed.patch", "escape")
     (tmp_path / "local.patch").write_text("")
-    assert problems(info, tmp_path) == ["local source '../escape' is not in the upload"]
+    assert problems(info, tmp_path) == [
+        "local source 'renamed.patch' is not in the upload",
+        "local source 'escape' is not in the upload",
+    ]
+    (tmp_path / "renamed.patch").write_text("")
+    (tmp_path / "escape").write_text("")
+    assert problems(info, tmp_path) == []
+
+
+def test_a_second_pkgbase_printed_by_the_top_level_is_refused() -> None:
+    with pytest.raises(PkgbuildError, match="second pkgbase"):
+        parse(SPLIT + "pkgbase = evil\n\tsource = /etc/passwd\n")
 
 
 def test_what_the_image_does_not_provide_is_named() -> None:
