@@ -381,3 +381,22 @@ def extract_packages(fileobj: IO[bytes], dest: Path, *, max_bytes: int) -> list[
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return stored
+
+
+def small_files(fileobj: IO[bytes], max_bytes: int, max_members: int = 32) -> dict[str, bytes]:
+    """The regular files of a ``get_archive`` tar by base name, each cut at ``max_bytes``: for
+    the few short notes a build leaves (it wrote them, so nothing about them is trusted)."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for index, member in enumerate(tar):
+                if index >= max_members:
+                    break
+                if not member.isfile():
+                    continue
+                source = tar.extractfile(member)
+                if source is not None:
+                    found[PurePosixPath(member.name).name] = source.read(max_bytes)
+    except (tarfile.TarError, OSError, EOFError):
+        pass  # what was read so far stands
+    return found

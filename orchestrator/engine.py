@@ -1,4 +1,5 @@
-"""The build engine: a backend, a runner, and the start-up sweep of an earlier run's containers."""
+"""The build engine: a backend, a runner, the build caches, and the start-up sweep of an earlier
+run's containers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from types import TracebackType
 
 from .backend import Backend
 from .backend.docker import DockerBackend
+from .caches import Caches
 from .cancel import CancelToken
 from .runner import INSTANCE_LABEL, BuildRequest, BuildResult, Runner, Sink
 from .settings import Settings
@@ -17,7 +19,8 @@ class Engine:
     def __init__(self, settings: Settings, backend: Backend) -> None:
         self.settings = settings
         self.backend = backend
-        self.runner = Runner(backend, settings)
+        self.caches = Caches(backend, settings)
+        self.runner = Runner(backend, settings, self.caches)
         self.reaped: list[str] = []
 
     @classmethod
@@ -27,6 +30,7 @@ class Engine:
         engine = cls(settings, backend)
         try:
             engine.reaped = await backend.reap({INSTANCE_LABEL: settings.instance_id})
+            await engine.caches.open()
         except BaseException:
             await backend.close()
             raise

@@ -93,7 +93,15 @@ class ContainerGone(BackendError):
     """The container no longer exists (removed behind our back, or already reaped)."""
 
 
-class JobStateConflict(OrchestratorError):
+class Conflict(OrchestratorError):
+    """The thing asked for is busy or in a state that does not allow this now."""
+
+
+class CacheBusy(Conflict):
+    """A build cache is lent to a running build."""
+
+
+class JobStateConflict(Conflict):
     """The job is in a state that does not allow this (e.g. cancelling a finished job)."""
 
     def __init__(self, message: str, status: str) -> None:

@@ -25,6 +25,7 @@ class Action(StrEnum):
     VALIDATED = "validated"
     CONTAINER_CREATED = "container_created"
     SOURCES_COPIED = "sources_copied"
+    CACHE = "cache"  # which build cache a build got, and afterwards what hit in it
     BUILD_STARTED = "build_started"
     OUTPUT = "output"  # a run of lines of one stream, joined by "\n"
     PHASE = "phase"  # one of makepkg's own "==> ..." lines, still carrying its stream

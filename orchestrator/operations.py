@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import tarfile
 from collections.abc import Iterator, Mapping
@@ -54,11 +55,12 @@ class Operations:
         registry.register_resume("worker_install", self._resume_install)
         registry.register_resume("model_download", self._resume_download)
 
-    async def submit(self, body: Mapping[str, Any]) -> JobRecord:
+    async def submit(self, body: Mapping[str, Any], *, cache: bool = True) -> JobRecord:
+        """Queue the operation ``body`` names; ``cache`` is for the builds it makes."""
         operation = body.get("operation")
         timeout_s = _timeout(body.get("timeout_s"), self._settings)
         if operation == "worker_install":
-            return await self.install_worker(_text(body, "worker_id"), timeout_s)
+            return await self.install_worker(_text(body, "worker_id"), timeout_s, cache=cache)
         if operation == "model_download":
             sha256 = body.get("sha256")
             if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha256)):
@@ -68,17 +70,19 @@ class Operations:
             )
         raise UnknownOperation(operation, OPERATIONS)
 
-    async def install_worker(self, worker_id: str, timeout_s: float | None) -> JobRecord:
+    async def install_worker(
+        self, worker_id: str, timeout_s: float | None, *, cache: bool = True
+    ) -> JobRecord:
         entry = self.catalog.get(worker_id)
         # Refuses what cannot run here (metal, another OS or CPU); the build itself warns
         # when a cuda worker gets no GPU.
         entry.check_runs_here(self._settings, gpu_runtime=await self._backend.gpu_runtime())
         subject = f"worker:{entry.id}"
         with self._claim(subject):
-            return await self._queue_install(entry, subject, timeout_s)
+            return await self._queue_install(entry, subject, timeout_s, cache)
 
     async def _queue_install(
-        self, entry: CatalogEntry, subject: str, timeout_s: float | None
+        self, entry: CatalogEntry, subject: str, timeout_s: float | None, cache: bool
     ) -> JobRecord:
         job_id = self._registry.new_job_id()
         record = JobRecord(
@@ -89,6 +93,7 @@ class Operations:
             pkgname=entry.id,
             pkgver=entry.version,
             timeout_s=timeout_s,
+            request={} if cache else {"cache": False},
         )
         queued = await self._install_job(entry, record)
         message = f"📥 Queued install of {entry.name} {entry.version} ({entry.worker_type})"
@@ -99,7 +104,8 @@ class Operations:
         source_dir = await asyncio.to_thread(
             entry.write_build_dir, self._settings.work_dir / job_id
         )
-        request = BuildRequest(job_id, source_dir, entry.worker_type, timeout_s)
+        cache = record.request.get("cache", True) is not False
+        request = BuildRequest(job_id, source_dir, entry.worker_type, timeout_s, cache=cache)
 
         async def work(sink: Sink, token: CancelToken) -> BuildResult:
             built = await self._engine.build(request, sink, token)
@@ -109,8 +115,9 @@ class Operations:
                 assert token.reason is not None
                 result = cancel_result(token.reason, timeout_s)
                 await sink([ending_event(result, "Install")])
-                return result
-            return await self._install(entry, built, sink, token, job_id)
+                return dataclasses.replace(result, cache=built.cache)
+            installed = await self._install(entry, built, sink, token, job_id)
+            return dataclasses.replace(installed, cache=built.cache)
 
         return Queued(work, cleanup_dir=source_dir, subject=f"worker:{entry.id}")
 

@@ -189,7 +189,12 @@ class Registry:
         await self.uploads.settle(record.id, source_dir)
         info = srcinfo.parse(record.srcinfo) if record.srcinfo else None
         request = BuildRequest(
-            record.id, source_dir, record.variant or "cpu", record.timeout_s, srcinfo=info
+            record.id,
+            source_dir,
+            record.variant or "cpu",
+            record.timeout_s,
+            srcinfo=info,
+            cache=record.request.get("cache", True) is not False,
         )
 
         async def work(sink: Sink, token: CancelToken) -> BuildResult:
@@ -252,8 +257,9 @@ class Registry:
         info: SrcInfo,
         variant: str,
         timeout_s: float | None,
+        cache: bool = True,
     ) -> JobRecord:
-        request = BuildRequest(job_id, source_dir, variant, timeout_s, srcinfo=info)
+        request = BuildRequest(job_id, source_dir, variant, timeout_s, srcinfo=info, cache=cache)
 
         async def work(sink: Sink, token: CancelToken) -> BuildResult:
             return await self._engine.build(request, sink, token)
@@ -267,6 +273,7 @@ class Registry:
             pkgver=info.version,
             timeout_s=timeout_s,
             srcinfo=info.text,
+            request={} if cache else {"cache": False},
         )
         message = f"📥 Queued {info.pkgbase} {info.version} ({variant})"
         return await self.submit(record, Queued(work, cleanup_dir=source_dir), message)
@@ -439,6 +446,7 @@ class Registry:
             reason=result.reason,
             cancel_reason=reason.value if stopped and reason else None,
             artifacts=tuple(p.name for p in result.artifacts),
+            cache=result.cache,
         )
         await self._store.flush()
         return record

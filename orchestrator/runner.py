@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import archive, srcinfo
+from . import archive, cachescript, srcinfo
 from .backend import Backend, ContainerSpec, ExitStatus, OutputStream
+from .caches import Caches, Lease
 from .cancel import CancelReason, CancelToken
 from .errors import OrchestratorError, PkgbuildError
 from .events import Action, Event, Level, output_events
@@ -26,6 +26,7 @@ from .settings import MiB, Settings
 from .srcinfo import SrcInfo
 from .status import JobStatus
 from .variants import VariantPlan, plan
+from .watchdog import watch_disk
 
 Sink = Callable[[Sequence[Event]], Awaitable[None]]
 
@@ -58,6 +59,7 @@ class BuildRequest:
     variant: str = "cpu"
     timeout_s: float | None = None
     srcinfo: SrcInfo | None = None  # makepkg's reading, when the caller already has it
+    cache: bool = True  # lend the build its package's cache (when the service keeps them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +68,15 @@ class BuildResult:
     reason: str
     exit_code: int | None = None
     artifacts: tuple[Path, ...] = field(default=())
+    cache: Mapping[str, Any] | None = None  # whether a cache was used, and what hit
 
 
 class Runner:
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings, caches: Caches | None = None) -> None:
         self._backend = backend
         self._settings = settings
         self.inspector = Inspector(backend, settings)
+        self.caches = caches
 
     async def prepare(self, request: BuildRequest) -> tuple[SrcInfo, VariantPlan]:
         """Everything that can be checked before the build's container exists: the variant,
@@ -117,19 +121,30 @@ class Runner:
             loop = asyncio.get_running_loop()
             timer = loop.call_later(request.timeout_s, cancel.cancel, CancelReason.TIMEOUT)
         container: list[str] = []  # filled as soon as the container exists, for the cleanup
-        try:
-            result = await self._build(request, sink, cancel, container)
-        except OrchestratorError as exc:
-            result = BuildResult(JobStatus.FAILED, str(exc))
-        finally:
-            if timer is not None:
-                timer.cancel()
-            await _shielded(self._destroy(request.job_id, container, sink))
+        cache: dict[str, Any] = {}  # filled once the build knows whether it has a cache
+        # The lease outlives the container: its volume is not released (nor pruned) while a
+        # container still has it mounted.
+        async with contextlib.AsyncExitStack() as leases:
+            try:
+                result = await self._build(request, sink, cancel, container, (leases, cache))
+            except OrchestratorError as exc:
+                result = BuildResult(JobStatus.FAILED, str(exc))
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                await _shielded(self._destroy(request.job_id, container, sink))
+        if cache:
+            result = replace(result, cache=cache)
         await sink([ending_event(result)])
         return result
 
     async def _build(
-        self, request: BuildRequest, sink: Sink, cancel: CancelToken, container: list[str]
+        self,
+        request: BuildRequest,
+        sink: Sink,
+        cancel: CancelToken,
+        container: list[str],
+        caching: tuple[contextlib.AsyncExitStack, dict[str, Any]],
     ) -> BuildResult:
         if cancel.cancelled:  # not even makepkg's reading: nothing has started
             return _cancelled(cancel, request)
@@ -148,12 +163,14 @@ class Runner:
         if cancel.cancelled:
             return _cancelled(cancel, request)
 
+        lease = await self._lease(request, info, variant.variant, sink, *caching)
         spec = ContainerSpec(
             image=variant.image,
-            command=MAKEPKG,
+            command=cachescript.command(MAKEPKG) if lease else MAKEPKG,
             labels=self.labels(request.job_id),
             workdir=BUILD_DIR,
-            env={"PKGDEST": PACKAGE_DIR},
+            env={"PKGDEST": PACKAGE_DIR, **self._cache_env(lease, info)},
+            volumes={lease.volume: cachescript.CACHE_DIR} if lease else {},
             network=self._settings.build_network,
             memory_bytes=self._settings.build_memory_bytes,
             cpus=self._settings.build_cpus,
@@ -183,7 +200,7 @@ class Runner:
             return _cancelled(cancel, request)
 
         stream = await self._backend.attach(cid)
-        ended = await self._until_exit(cid, stream, sink, cancel, request)
+        ended = await self._until_exit(cid, stream, sink, cancel, request, lease)
         if isinstance(ended, BuildResult):  # stopped before it ended by itself
             return ended
         exit_code = ended.code
@@ -195,6 +212,10 @@ class Runner:
             exited = f"out of memory (limit {limit} MiB): {exited}"
             level = Level.ERROR
         await sink([Event(Action.BUILD_EXITED, exited, level)])
+        if lease is not None:
+            lease.report = await self._cache_report(cid, lease)
+            caching[1].update(lease.report.to_dict())
+            await sink([Event(Action.CACHE, lease.report.summary().capitalize())])
         if exit_code != 0 or ended.oom_killed:
             return BuildResult(JobStatus.FAILED, exited, exit_code)
 
@@ -212,6 +233,53 @@ class Runner:
         names = ", ".join(p.name for p in packages)
         return BuildResult(JobStatus.SUCCEEDED, f"built {names}", 0, tuple(packages))
 
+    async def _lease(
+        self,
+        request: BuildRequest,
+        info: SrcInfo,
+        variant: str,
+        sink: Sink,
+        leases: contextlib.AsyncExitStack,
+        record: dict[str, Any],
+    ) -> Lease | None:
+        """The package's cache, when there is one to lend; the build says which it got."""
+        caches = self.caches
+        if caches is None or not caches.enabled:
+            return None
+        if not request.cache:
+            record.update(used=False, why="cache=off was asked for")
+            await sink([Event(Action.CACHE, "No cache: this build asked for cache=off")])
+            return None
+        try:
+            lease = await leases.enter_async_context(
+                caches.lease(info.pkgbase, variant, request.job_id)
+            )
+        except OrchestratorError as exc:
+            record.update(used=False, why=str(exc))
+            await sink([Event(Action.CACHE, f"Building without a cache: {exc}", Level.WARNING)])
+            return None
+        record.update(key=lease.key, used=True, warm=lease.warm)
+        state = "warm" if lease.warm else "new: this build fills it"
+        await sink([Event(Action.CACHE, f"Cache {lease.key} ({state}) mounted at /cache")])
+        return lease
+
+    def _cache_env(self, lease: Lease | None, info: SrcInfo) -> dict[str, str]:
+        if lease is None:
+            return {}
+        return cachescript.env(info, self._settings.cache_max_bytes // 2)
+
+    async def _cache_report(self, cid: str, lease: Lease) -> cachescript.CacheReport:
+        """What the wrapper left in the container about the cache; none of it is trusted."""
+        files: dict[str, bytes] = {}
+        try:
+            tar = await self._backend.copy_out(cid, cachescript.REPORT_DIR + "/.")
+        except OrchestratorError:
+            tar = None
+        if tar is not None:
+            with tar:
+                files = await asyncio.to_thread(archive.small_files, tar, 64 * 1024)
+        return cachescript.parse_report(lease.key, lease.warm, files)
+
     async def _until_exit(
         self,
         cid: str,
@@ -219,6 +287,7 @@ class Runner:
         sink: Sink,
         cancel: CancelToken,
         request: BuildRequest,
+        lease: Lease | None,
     ) -> ExitStatus | BuildResult:
         """Run the container to its end and say how it ended; or stop it (cancelled, or over
         its disk limit) and say why."""
@@ -230,8 +299,11 @@ class Runner:
             build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink))
             stop = asyncio.ensure_future(cancel.wait())
             waits = [stop]
-            if not self._backend.enforces_disk_limit:
-                waits.append(asyncio.ensure_future(self._watch_disk(cid)))
+            if lease is not None or not self._backend.enforces_disk_limit:
+                cache = cachescript.CACHE_DIR if lease else None
+                before = (lease.size_bytes or 0) if lease else 0
+                watch = watch_disk(self._backend, self._settings, cid, cache, before)
+                waits.append(asyncio.ensure_future(watch))
             await asyncio.wait({build, *waits}, return_when=asyncio.FIRST_COMPLETED)
             if build.done():
                 return build.result()
@@ -243,7 +315,7 @@ class Runner:
                 used, limit = waits[1].result() // MiB, self._settings.build_disk_bytes // MiB
                 result = BuildResult(
                     JobStatus.FAILED,
-                    f"the build wrote more than {limit} MiB to its container's disk "
+                    f"the build wrote more than {limit} MiB to its container's disk and cache "
                     f"({used} MiB; the limit is ORCHESTRATOR_BUILD_DISK_BYTES)",
                 )
                 await sink([Event(Action.CANCELLING, f"Stopping the build: {result.reason}")])
@@ -257,27 +329,6 @@ class Runner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await build
             await stream.aclose()
-
-    async def _watch_disk(self, cid: str) -> int:
-        """Return what the build has written once that is over its limit; until then, look.
-
-        Where the engine has no quota, only the engine can measure, and its answer can take
-        seconds (Docker on fuse-overlayfs walks the whole container for it): so the pause
-        between looks is at least ten times the last look's cost."""
-        limit = self._settings.build_disk_bytes
-        pause_s = self._settings.build_disk_poll_s
-        while True:
-            await asyncio.sleep(pause_s)
-            began = time.monotonic()
-            try:
-                used = await self._backend.disk_usage(cid)
-            except OrchestratorError:
-                used = None
-            if used is None:  # gone, or an engine that cannot tell: nothing more to watch
-                await asyncio.Event().wait()
-            elif used > limit:
-                return used
-            pause_s = max(self._settings.build_disk_poll_s, 10 * (time.monotonic() - began))
 
     async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> ExitStatus:
         async for batch in stream:

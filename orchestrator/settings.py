@@ -56,6 +56,17 @@ class Settings(BaseSettings):
         description="The watchdog's pace; it also waits 10x as long as the engine took to "
         "answer, so that measuring never costs the daemon more than a tenth of its time.",
     )
+    caches: bool = Field(
+        default=True,
+        description="Keep a cache volume per package and variant (sources, cargo, sccache, "
+        "ccache) for its later builds; a build can still opt out with cache=off.",
+    )
+    cache_max_bytes: int = Field(
+        default=20 * GiB,
+        gt=0,
+        description="All build caches together; past it the least recently used idle ones "
+        "are removed after a build. Each tool's own store is held to half of it.",
+    )
     inspect_timeout_s: float = Field(
         default=15.0,
         gt=0,

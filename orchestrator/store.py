@@ -111,6 +111,7 @@ class JobRecord:
     # (a download's URL and checksum); internal, so not part of the API's view.
     request: Mapping[str, Any] = field(default_factory=dict)
     srcinfo: str | None = None  # the .SRCINFO makepkg printed for the PKGBUILD
+    cache: Mapping[str, Any] | None = None  # whether the build had a cache, and what hit
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in _JOB_COLUMNS if name != "request"}
@@ -146,6 +147,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     ("ALTER TABLE jobs ADD COLUMN request TEXT NOT NULL DEFAULT '{}'",),
     ("ALTER TABLE jobs ADD COLUMN srcinfo TEXT",),
+    ("ALTER TABLE jobs ADD COLUMN cache TEXT",),
 )
 
 _JOB_COLUMNS = tuple(JobRecord.__dataclass_fields__)
@@ -168,6 +170,8 @@ def _to_column(name: str, value: Any) -> Any:
         return JobStatus(value).value
     if name == "request":
         return json.dumps(dict(value))
+    if name == "cache":
+        return None if value is None else json.dumps(dict(value))
     if isinstance(value, str):
         return str(value)  # StrEnum members (CancelReason...) go in as their plain value
     return value
@@ -178,6 +182,7 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
     values["status"] = JobStatus(values["status"])
     values["artifacts"] = tuple(json.loads(values["artifacts"]))
     values["request"] = json.loads(values["request"])
+    values["cache"] = None if values["cache"] is None else json.loads(values["cache"])
     return JobRecord(**values)
 
 

@@ -108,6 +108,9 @@ def docker_client() -> Iterator[docker.DockerClient]:
     for container in client.containers.list(all=True, filters={"label": INSTANCE_LABEL}):
         if container.labels.get(INSTANCE_LABEL, "").startswith("test-"):
             container.remove(force=True)
+    for volume in client.volumes.list(filters={"label": INSTANCE_LABEL}):
+        if (volume.attrs.get("Labels") or {}).get(INSTANCE_LABEL, "").startswith("test-"):
+            volume.remove(force=True)
     client.close()
 
 

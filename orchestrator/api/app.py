@@ -27,7 +27,7 @@ from ..operations import Operations
 from ..registry import Registry
 from ..settings import Settings
 from ..store import Store
-from . import artifacts, builds, jobs, meta, stream
+from . import artifacts, builds, caches, jobs, meta, stream
 from . import catalog as catalog_api
 from .errors import error_response, errors_middleware
 from .guard import AccessLogger, cross_origin_middleware, host_middleware, host_name
@@ -164,6 +164,9 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
     app.router.add_delete("/v1/workers/{worker_id}", catalog_api.delete_worker)
     app.router.add_get("/v1/models", catalog_api.list_models)
     app.router.add_delete("/v1/models/{name}", catalog_api.delete_model)
+    app.router.add_get("/v1/caches", caches.list_caches)
+    app.router.add_get("/v1/caches/{key}", caches.get_cache)
+    app.router.add_delete("/v1/caches/{key}", caches.delete_cache)
     app.router.add_get("/health", meta.health)
     app.router.add_get("/metrics", meta.metrics)
     app.router.add_get("/openapi.json", meta.openapi)

@@ -76,6 +76,15 @@ def parse_flag(raw: str | None, name: str) -> bool:
     raise InvalidInput(f"{name} must be true or false, not {raw!r}")
 
 
+def parse_cache(raw: str | None) -> bool:
+    """``cache=off`` builds without the package's cache; ``on`` (the default) with it."""
+    if raw is None or raw.lower() in ("", "on", "true", "1"):
+        return True
+    if raw.lower() in ("off", "false", "0"):
+        return False
+    raise InvalidInput(f"cache must be on or off, not {raw!r}")
+
+
 async def create_build(request: web.Request) -> web.Response:
     """A build job; or, with ``dry_run=true``, only what makepkg reads (200, no job)."""
     settings = request.app[SETTINGS]
@@ -86,6 +95,7 @@ async def create_build(request: web.Request) -> web.Response:
         request.query.get("timeout_s"), settings.default_timeout_s, settings.max_timeout_s
     )
     dry_run = parse_flag(request.query.get("dry_run"), "dry_run")
+    cache = parse_cache(request.query.get("cache"))
     variant = plan(variant_name, settings, gpu_runtime=await request.app[BACKEND].gpu_runtime())
 
     # aiohttp reports a missing Content-Type as application/octet-stream; a page can send a
@@ -144,7 +154,9 @@ async def create_build(request: web.Request) -> web.Response:
             return web.json_response(payload)
         if problems:
             raise PkgbuildError("; ".join(problems), problems=problems)
-        record = await registry.submit_build(job_id, dest, info, variant.variant.value, timeout_s)
+        record = await registry.submit_build(
+            job_id, dest, info, variant.variant.value, timeout_s, cache
+        )
     except OSError as exc:
         await _discard(registry, job_id, dest)
         if out_of_space(exc):
@@ -164,6 +176,7 @@ async def create_build(request: web.Request) -> web.Response:
         "pkgver": record.pkgver,
         "pkgnames": list(info.pkgnames),
         "variant": record.variant,
+        "cache": cache,
         "warnings": warnings,
         **job_links(record.id),
     }

@@ -13,6 +13,7 @@ from ..errors import (
     ArchiveTooLarge,
     BackendError,
     BackendUnavailable,
+    Conflict,
     InsufficientStorage,
     InvalidInput,
     JobStateConflict,
@@ -41,6 +42,8 @@ def translate(exc: OrchestratorError) -> web.Response:
         return error_response(422, "unknown_operation", str(exc), operations=list(exc.known))
     if isinstance(exc, JobStateConflict):
         return error_response(409, "conflict", str(exc), status=exc.status)
+    if isinstance(exc, Conflict):
+        return error_response(409, "conflict", str(exc))
     if isinstance(exc, ArchiveTooLarge):
         return error_response(413, "too_large", str(exc), limit_bytes=exc.limit_bytes)
     if isinstance(exc, ArchiveError):

@@ -9,7 +9,7 @@ from aiohttp import web
 from ..errors import InvalidInput
 from ..status import JobStatus
 from ..store import JobRecord
-from .builds import job_links
+from .builds import job_links, parse_cache
 from .keys import OPERATIONS, REGISTRY, STORE
 
 _MAX_LIMIT = 500
@@ -76,7 +76,8 @@ async def create_job(request: web.Request) -> web.Response:
         raise InvalidInput('send a JSON object like {"operation": "worker_install", ...}') from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
-    record = await request.app[OPERATIONS].submit(body)
+    cache = parse_cache(request.query.get("cache"))
+    record = await request.app[OPERATIONS].submit(body, cache=cache)
     return web.json_response(
         {"job_id": record.id, "status": record.status.value, **job_links(record.id)},
         status=201,

@@ -38,6 +38,19 @@ _CROSS_ORIGIN = _error(
 # /health, /metrics and /openapi.json answer without a token.
 _OPEN: list[dict[str, list[str]]] = []
 _NOT_FOUND = _error("No such job")
+_CACHE_PARAM = {
+    "name": "cache",
+    "in": "query",
+    "description": "off: build without the package's cache (it is neither read nor filled)",
+    "schema": {"type": "string", "enum": ["on", "off"], "default": "on"},
+}
+_CACHE_KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": "pkgbase:variant",
+    "schema": {"type": "string"},
+}
 
 _PATHS: dict[str, Any] = {
     "/v1/builds": {
@@ -60,6 +73,7 @@ _PATHS: dict[str, Any] = {
                     "description": "Only have makepkg read the PKGBUILD: 200, no job",
                     "schema": {"type": "boolean", "default": False},
                 },
+                _CACHE_PARAM,
             ],
             "requestBody": {
                 "required": True,
@@ -89,6 +103,7 @@ _PATHS: dict[str, Any] = {
     "/v1/jobs": {
         "post": {
             "summary": "Start an operation as a job: worker_install or model_download",
+            "parameters": [_CACHE_PARAM],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -208,6 +223,34 @@ _PATHS: dict[str, Any] = {
                 "409": _error("A download of this model is running"),
             },
         }
+    },
+    "/v1/caches": {
+        "get": {
+            "summary": "Build caches, most recently used first",
+            "responses": {"200": _json("Caches", "CacheList"), "401": _UNAUTHORIZED},
+        }
+    },
+    "/v1/caches/{key}": {
+        "get": {
+            "summary": "One build cache",
+            "parameters": [_CACHE_KEY],
+            "responses": {
+                "200": _json("The cache", "Cache"),
+                "401": _UNAUTHORIZED,
+                "404": _error("No such cache"),
+            },
+        },
+        "delete": {
+            "summary": "Remove a build cache (its volume); the next build of it starts cold",
+            "parameters": [_CACHE_KEY],
+            "responses": {
+                "204": {"description": "Removed"},
+                "401": _UNAUTHORIZED,
+                "403": _CROSS_ORIGIN,
+                "404": _error("No such cache"),
+                "409": _error("A running build is using it"),
+            },
+        },
     },
     "/v1/jobs/{job_id}": {
         "get": {
@@ -337,6 +380,7 @@ _SCHEMAS: dict[str, Any] = {
             "pkgname": {"type": "string"},
             "pkgver": {"type": "string"},
             "variant": {"type": "string"},
+            "cache": {"type": "boolean", "description": "whether the build may use its cache"},
             "pkgnames": {"type": "array", "items": {"type": "string"}},
             "warnings": {"type": "array", "items": {"type": "string"}},
         },
@@ -382,9 +426,41 @@ _SCHEMAS: dict[str, Any] = {
                 "type": ["string", "null"],
                 "description": "the .SRCINFO makepkg printed for the PKGBUILD",
             },
+            "cache": {
+                "type": ["object", "null"],
+                "description": "whether the build had its package's cache (used, why not), and "
+                "what hit: sources reused, sccache and ccache hits and misses",
+            },
             "last_seq": {"type": "integer", "description": "the seq of its newest event"},
             "artifacts": {"type": "array", "items": {"type": "object"}},
             "sse_url": {"type": "string"},
+        },
+    },
+    "Cache": {
+        "type": "object",
+        "required": ["key", "package", "variant", "builds", "hits", "in_use"],
+        "properties": {
+            "key": {"type": "string", "description": "pkgbase:variant"},
+            "package": {"type": "string"},
+            "variant": {"type": "string"},
+            "volume": {"type": "string", "description": "the engine's volume holding it"},
+            "size_bytes": {"type": ["integer", "null"], "description": "after its last build"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "last_used_at": {"type": "string", "format": "date-time"},
+            "builds": {"type": "integer", "description": "builds that used it"},
+            "hits": {"type": "integer", "description": "builds that found it already filled"},
+            "last_build": {"type": ["object", "null"], "description": "its last build's report"},
+            "last_job": {"type": ["string", "null"]},
+            "in_use": {"type": "boolean"},
+        },
+    },
+    "CacheList": {
+        "type": "object",
+        "properties": {
+            "caches": {"type": "array", "items": {"$ref": "#/components/schemas/Cache"}},
+            "enabled": {"type": "boolean"},
+            "total_bytes": {"type": "integer"},
+            "max_bytes": {"type": "integer"},
         },
     },
     "JobList": {

@@ -32,6 +32,7 @@ class ContainerSpec:
     read_only: bool = False  # the root filesystem; then only tmpfs and scratch are writable
     tmpfs: Mapping[str, str] = field(default_factory=dict)  # path → mount options
     scratch: tuple[str, ...] = ()  # empty writable folders, gone with the container
+    volumes: Mapping[str, str] = field(default_factory=dict)  # named volume → mount path
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +101,32 @@ class Backend(Protocol):
         tell. May be slow (a walk of the container's files): the caller paces itself."""
         ...
 
+    async def path_usage(self, container_id: str, path: str) -> int | None:
+        """Bytes under ``path`` in the running container (a volume), as its user sees them;
+        None when this engine cannot tell or the container has stopped."""
+        ...
+
     @property
     def enforces_disk_limit(self) -> bool:
         """Whether ``ContainerSpec.disk_bytes`` is a hard quota here (writes past it fail);
         otherwise only ``disk_usage`` can tell, after the fact."""
+        ...
+
+    @property
+    def supports_volumes(self) -> bool:
+        """Whether named volumes (build caches) can be made and mounted here."""
+        ...
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Make the named volume unless it exists; say whether it was made now."""
+        ...
+
+    async def remove_volume(self, name: str) -> None:
+        """Remove the named volume; gone already is fine, in use is ``BackendError``."""
+        ...
+
+    async def list_volumes(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
+        """The named volumes carrying all of ``labels``: name → its labels."""
         ...
 
     async def kill(self, container_id: str, grace_s: float = 0.0) -> None:

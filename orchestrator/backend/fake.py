@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
-from ..errors import ContainerGone, ImageNotFound
+from ..cachescript import REPORT_DIR
+from ..errors import BackendError, ContainerGone, ImageNotFound
 from . import ContainerSpec, ExitStatus, OutputChunk, Stream
 
 
@@ -29,6 +30,7 @@ class Script:
     exit_code: int = 0
     oom_killed: bool = False
     disk_bytes: int | None = None  # what disk_usage reports once the container has started
+    cache_bytes: int | None = None  # what path_usage reports while it runs
     packages: dict[str, bytes] = field(
         default_factory=lambda: {"demo-1.0-1-x86_64.pkg.tar.gz": b"pkg"}
     )
@@ -68,6 +70,8 @@ class FakeBackend:
         self.gpu = False
         self.labels: dict[str, str] = {}
         self.specs: dict[str, ContainerSpec] = {}  # every container ever created, by id
+        self.volumes: dict[str, dict[str, str]] = {}  # name → labels
+        self.cache_files: dict[str, bytes] = {}  # what a cache wrapper would leave to copy out
         self._next = 0
 
     def _get(self, container_id: str) -> FakeContainer:
@@ -147,6 +151,10 @@ class FakeBackend:
         container = self._get(container_id)
         return container.script.disk_bytes if container.state != "created" else 0
 
+    async def path_usage(self, container_id: str, path: str) -> int | None:
+        container = self._get(container_id)
+        return container.script.cache_bytes if container.state == "running" else None
+
     @property
     def enforces_disk_limit(self) -> bool:
         return False
@@ -159,12 +167,37 @@ class FakeBackend:
         container.task.cancel()
         await container.exited.wait()
 
+    @property
+    def supports_volumes(self) -> bool:
+        return True
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> bool:
+        if name in self.volumes:
+            return False
+        self.volumes[name] = dict(labels)
+        return True
+
+    async def remove_volume(self, name: str) -> None:
+        if any(name in c.spec.volumes for c in self.containers.values()):
+            raise BackendError(f"volume {name} is in use by a container")
+        self.volumes.pop(name, None)
+
+    async def list_volumes(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
+        return {
+            name: dict(found)
+            for name, found in self.volumes.items()
+            if all(found.get(k) == v for k, v in labels.items())
+        }
+
     async def copy_out(self, container_id: str, path: str) -> IO[bytes]:
         container = self._get(container_id)
         self.calls.append(("copy_out", container_id))
+        files = container.script.packages
+        if path.startswith(REPORT_DIR):
+            files = self.cache_files if container.spec.volumes else {}
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as archive:
-            for name, data in container.script.packages.items():
+            for name, data in files.items():
                 info = tarfile.TarInfo(f"./{name}")
                 info.size = len(data)
                 archive.addfile(info, io.BytesIO(data))

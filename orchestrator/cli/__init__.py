@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from .caches import add_commands as add_cache_commands
 from .catalog import add_commands as add_catalog_commands
 from .client import (
     EXIT_CANCELLED,
@@ -16,6 +17,7 @@ from .client import (
     EXIT_USAGE,
 )
 from .commands import (
+    NO_CACHE_HELP,
     cmd_artifacts,
     cmd_build,
     cmd_cancel,
@@ -48,6 +50,9 @@ examples:
   orchestrator jobs --status running
   orchestrator logs JOB --follow
   orchestrator cancel JOB
+  orchestrator build ./my-worker --no-cache
+  orchestrator cache list
+  orchestrator cache remove hexyl:cpu
   orchestrator worker available
   orchestrator worker install rust-hello --follow
   orchestrator model download https://host/model.gguf --name model.gguf --sha256 HEX
@@ -95,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "-d", "--detach", action="store_true", help="print the job id and return at once"
     )
+    build.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     build.set_defaults(handler=cmd_build)
 
     check = commands.add_parser(
@@ -143,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     artifacts.set_defaults(handler=cmd_artifacts)
 
     add_catalog_commands(commands, common)
+    add_cache_commands(commands, common)
 
     serve = commands.add_parser(
         "serve",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .client import EXIT_OK, Client
-from .commands import _client, _exit_for, _say, follow, table
+from .commands import NO_CACHE_HELP, _client, _exit_for, _say, follow, table
 
 
 async def _wait(client: Client, created: dict[str, Any], args: argparse.Namespace) -> int:
@@ -71,7 +71,8 @@ async def worker_install(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"operation": "worker_install", "worker_id": args.worker_id}
         if args.timeout_s is not None:
             body["timeout_s"] = args.timeout_s
-        return await _wait(client, await client.start_job(body), args)
+        created = await client.start_job(body, cache=not args.no_cache)
+        return await _wait(client, created, args)
 
 
 async def worker_list(args: argparse.Namespace) -> int:
@@ -144,6 +145,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "binary; a failed or cancelled install keeps the previous version. Ctrl-C cancels.",
     )
     install.add_argument("worker_id", metavar="ID")
+    install.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     install.set_defaults(handler=worker_install)
     verbs.add_parser("list", parents=[common], help="list installed workers").set_defaults(
         handler=worker_list

@@ -91,6 +91,8 @@ class Client:
                 method, self._url + path, timeout=self._timeout, **kwargs
             ) as response:
                 await _raise_for_status(response)
+                if response.status == 204:
+                    return None
                 return await (response.text() if as_text else response.json())
         except aiohttp.ClientError as exc:
             raise CliError(
@@ -98,9 +100,17 @@ class Client:
             ) from exc
 
     async def submit(
-        self, directory: Path, variant: str, timeout_s: float | None, *, dry_run: bool = False
+        self,
+        directory: Path,
+        variant: str,
+        timeout_s: float | None,
+        *,
+        dry_run: bool = False,
+        cache: bool = True,
     ) -> dict[str, Any]:
         params = {"variant": variant}
+        if not cache:
+            params["cache"] = "off"
         if timeout_s is not None:
             params["timeout_s"] = str(timeout_s)
         if dry_run:
@@ -132,8 +142,9 @@ class Client:
     async def delete(self, path: str) -> Any:
         return await self._call("DELETE", path)
 
-    async def start_job(self, body: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("POST", "/v1/jobs", json=body)
+    async def start_job(self, body: dict[str, Any], *, cache: bool = True) -> dict[str, Any]:
+        params = {} if cache else {"cache": "off"}
+        result: dict[str, Any] = await self._call("POST", "/v1/jobs", json=body, params=params)
         return result
 
     async def text(self, path: str) -> str:

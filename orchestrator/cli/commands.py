@@ -29,6 +29,7 @@ from .client import (
 )
 
 PREFIX = "[orchestrator]"
+NO_CACHE_HELP = "build without the package's cache (it is neither read nor filled)"
 
 
 def _say(message: str, args: argparse.Namespace) -> None:
@@ -124,7 +125,9 @@ async def cmd_build(args: argparse.Namespace) -> int:
     if not await asyncio.to_thread(directory.is_dir):
         raise CliError(f"{directory} is not a directory", EXIT_USAGE)
     async with _client(args) as client:
-        created = await client.submit(directory, args.variant, args.timeout_s)
+        created = await client.submit(
+            directory, args.variant, args.timeout_s, cache=not args.no_cache
+        )
         job_id = created["job_id"]
         if args.detach:
             print(json.dumps(created) if args.json else job_id)

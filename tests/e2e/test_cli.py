@@ -245,3 +245,34 @@ def test_model_commands_and_ctrl_c(cli_service: str, file_server: str) -> None:
     assert "Download cancelled by user" in rest
     listed = json.loads(cli(cli_service, "model", "list", "--json").stdout)
     assert listed["models"] == []
+
+
+def test_cache_commands_and_no_cache(cli_service: str, build_dir: Callable[..., Path]) -> None:
+    built = cli(cli_service, "build", str(build_dir("hello-c")), "--follow")
+    assert built.returncode == 0, built.stderr
+    assert "[orchestrator] Cache hello-c:cpu" in built.stdout
+    listed = cli(cli_service, "cache", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split() == [
+        "KEY",
+        "SIZE",
+        "LAST",
+        "USED",
+        "BUILDS",
+        "HITS",
+        "IN",
+        "USE",
+    ]
+    assert any(line.startswith("hello-c:cpu ") for line in listed.stdout.splitlines())
+    shown = json.loads(cli(cli_service, "cache", "show", "hello-c:cpu", "--json").stdout)
+    assert shown["key"] == "hello-c:cpu" and shown["builds"] >= 1
+
+    uncached = cli(cli_service, "build", str(build_dir("hello-c")), "--no-cache", "--follow")
+    assert uncached.returncode == 0, uncached.stderr
+    assert "[orchestrator] No cache: this build asked for cache=off" in uncached.stdout
+
+    removed = cli(cli_service, "cache", "remove", "hello-c:cpu")
+    assert removed.returncode == 0, removed.stderr
+    again = cli(cli_service, "cache", "remove", "hello-c:cpu")
+    assert again.returncode == 2 and "no cache 'hello-c:cpu'" in again.stderr
+    assert "hello-c:cpu" not in cli(cli_service, "cache", "list").stdout

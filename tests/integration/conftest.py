@@ -26,6 +26,13 @@ async def engine(settings: Settings, docker_client: docker.DockerClient) -> Asyn
         all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
     )
     assert left == [], f"containers left behind: {[c.name for c in left]}"
+    remove_volumes(docker_client, settings.instance_id)
+
+
+def remove_volumes(client: docker.DockerClient, instance_id: str) -> None:
+    """A test's build caches go with it (the session's end sweeps what a failure left)."""
+    for volume in client.volumes.list(filters={"label": f"{INSTANCE_LABEL}={instance_id}"}):
+        volume.remove(force=True)
 
 
 def job_containers(client: docker.DockerClient, job_id: str) -> list[str]:

@@ -38,14 +38,19 @@ async def test_out_of_memory_is_named_with_the_limit(
     assert any("out of memory (limit 192 MiB)" in e.message for e in recorder.events[-1:])
 
 
+@pytest.mark.parametrize("into", [".", "$SRCDEST"], ids=["build-folder", "cache"])
 async def test_a_build_writing_past_its_disk_limit_is_stopped_with_a_reason(
-    engine: Engine, recorder: Recorder, build_dir: Callable[..., Path], settings: Settings
+    engine: Engine,
+    recorder: Recorder,
+    build_dir: Callable[..., Path],
+    settings: Settings,
+    into: str,
 ) -> None:
+    # Its cache volume counts too: no engine has a quota for a volume.
     limited = settings.model_copy(update={"build_disk_bytes": 64 * MiB, "build_disk_poll_s": 3.0})
     async with await Engine.open(limited) as engine:
-        result = await engine.build(
-            BuildRequest(job_id(), build_dir("disk-filler", mib=200)), recorder, CancelToken()
-        )
+        src = build_dir("disk-filler", mib=200, into=into)
+        result = await engine.build(BuildRequest(job_id(), src), recorder, CancelToken())
     assert result.status is JobStatus.FAILED
     assert result.reason.startswith("the build wrote more than 64 MiB"), result.reason
     assert "ORCHESTRATOR_BUILD_DISK_BYTES" in result.reason

@@ -308,7 +308,7 @@ async def test_writer_failure_is_raised_not_lost(db: Path) -> None:
 
 async def test_wal_and_schema_version(db: Path, store: Store) -> None:
     assert on_disk(db, "PRAGMA journal_mode") == [("wal",)]
-    assert on_disk(db, "PRAGMA user_version") == [(3,)]
+    assert on_disk(db, "PRAGMA user_version") == [(4,)]
     await store.close()
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA user_version = 99")
@@ -473,6 +473,12 @@ async def test_a_version_1_database_gains_the_request_column(tmp_path: Path) -> 
     await store.create_job(job("new", request={"url": "https://x/m.gguf", "sha256": None}))
     new = await store.get_job("new")
     assert new is not None and new.request == {"url": "https://x/m.gguf", "sha256": None}
+    # ...and, by migration 4, the cache column: none before a build, its report after.
+    assert old.cache is None
+    report = {"key": "demo:cpu", "used": True, "sccache": {"hits": 3, "misses": 1}}
+    await store.update_job("old", cache=report)
+    again = await store.get_job("old")
+    assert again is not None and again.cache == report
     await store.close()
 
 

@@ -1,0 +1,139 @@
+"""Build caches: cold against warm wall time, and what a cold build pays for the cache.
+
+    .venv/bin/python bench/caches.py [--only echo-worker,hexyl,gnu-hello] [--rounds N]
+
+For each package, per round: a build with cache=off (what a build cost before caches), a build
+with a new, empty cache (cold: the cache machinery's own cost is the gap to cache=off), and a
+second build with that cache (warm). Each round uses a fresh service instance, so its caches
+start empty; the three builds of a round run back to back. Wall time is the engine's whole
+build: container, copy-in, makepkg, copy-out, removal. Prints a Markdown table and writes
+bench/results/caches-<UTC time>.json. Needs the cpu build image and the Docker daemon; the
+packages download their sources (Debian's archive, the crate registry) on every cold build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from orchestrator import BuildRequest, CancelToken, Engine, JobStatus, Settings  # noqa: E402
+from orchestrator.catalog import load  # noqa: E402
+from orchestrator.events import Event  # noqa: E402
+from orchestrator.runner import INSTANCE_LABEL  # noqa: E402
+
+TEST_PKGBUILDS = REPO / "tests" / "pkgbuilds"
+
+
+async def _source(name: str, dest: Path) -> Path:
+    if name == "echo-worker":
+        catalog = await load(None)
+        return catalog.get(name).write_build_dir(dest)
+    shutil.copytree(TEST_PKGBUILDS / name, dest)
+    return dest
+
+
+async def _build(engine: Engine, name: str, work: Path, cache: bool) -> dict[str, Any]:
+    src = await _source(name, work / uuid.uuid4().hex)
+    began = time.perf_counter()
+    lines: list[Event] = []
+
+    async def sink(batch: Any) -> None:
+        lines.extend(batch)
+
+    result = await engine.build(
+        BuildRequest(uuid.uuid4().hex, src, cache=cache), sink, CancelToken()
+    )
+    took_s = time.perf_counter() - began
+    if result.status is not JobStatus.SUCCEEDED:
+        tail = "\n".join(e.message for e in lines[-40:])
+        raise SystemExit(f"{name} failed ({result.reason}):\n{tail}")
+    return {"wall_s": took_s, "cache": dict(result.cache or {})}
+
+
+def _drop_volumes(client: docker.DockerClient, instance: str) -> None:
+    for volume in client.volumes.list(filters={"label": f"{INSTANCE_LABEL}={instance}"}):
+        volume.remove(force=True)
+
+
+async def bench(names: list[str], rounds: int) -> dict[str, list[dict[str, Any]]]:
+    client = docker.from_env()
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    work = Path(tempfile.mkdtemp(prefix="bench-caches-"))
+    try:
+        for round_ in range(rounds):
+            for name in names:
+                instance = f"bench-caches-{uuid.uuid4().hex[:8]}"
+                settings = Settings(data_dir=work / instance, instance_id=instance)
+                try:
+                    async with await Engine.open(settings) as engine:
+                        off = await _build(engine, name, work, cache=False)
+                        cold = await _build(engine, name, work, cache=True)
+                        warm = await _build(engine, name, work, cache=True)
+                finally:
+                    _drop_volumes(client, instance)
+                row = {"round": round_, "off": off, "cold": cold, "warm": warm}
+                results[name].append(row)
+                print(
+                    f"{name} round {round_}: off {off['wall_s']:.1f} s, cold "
+                    f"{cold['wall_s']:.1f} s, warm {warm['wall_s']:.1f} s; warm cache "
+                    f"{json.dumps(warm['cache'])}",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        client.close()
+    return results
+
+
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    rows = [
+        "| package | cache=off (s) | cold (s) | warm (s) | warm/cold | cold/off | warm hits |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        off = statistics.median(r["off"]["wall_s"] for r in runs)
+        cold = statistics.median(r["cold"]["wall_s"] for r in runs)
+        warm = statistics.median(r["warm"]["wall_s"] for r in runs)
+        last = runs[-1]["warm"]["cache"]
+        hits = []
+        for tool in ("sources", "sccache", "ccache"):
+            found = last.get(tool) or {}
+            if found.get("hits", 0) + found.get("misses", 0):
+                hits.append(f"{tool} {found['hits']}/{found['hits'] + found['misses']}")
+        rows.append(
+            f"| {name} | {off:.1f} | {cold:.1f} | {warm:.1f} | {warm / cold:.2f} | "
+            f"{cold / off:.2f} | {', '.join(hits) or '—'} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="echo-worker,hexyl,gnu-hello")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    results = asyncio.run(bench(names, args.rounds))
+    print(table(results))
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (out / f"caches-{stamp}.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

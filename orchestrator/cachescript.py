@@ -1,0 +1,267 @@
+"""What runs in a build container that has a cache: a bash wrapper around makepkg.
+
+The cache volume is mounted at ``/cache``. Before makepkg the wrapper keeps in ``SRCDEST`` only
+what can be shown to be this build's (a file whose checksum the PKGBUILD gives and matches, a
+git mirror of the same URL), so the cache can make a build faster but never change what it
+builds: a file kept under the same name with other bytes, or a mirror of another repository,
+would otherwise be used as is. It points cargo's home, sccache (as ``RUSTC_WRAPPER``) and
+ccache (first in ``PATH``) at the volume, runs makepkg, and leaves what hit in
+``/tmp/orchestrator-cache`` for the runner to copy out. Nothing here can fail the build: a
+cache tool that does not start is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .srcinfo import CARCH, SrcInfo
+
+CACHE_DIR = "/cache"
+REPORT_DIR = "/tmp/orchestrator-cache"
+# Strongest first: makepkg checks every array it is given, we need one that matches.
+_SUMS: tuple[tuple[str, str], ...] = (
+    ("b2sums", "b2sum"),
+    ("sha512sums", "sha512sum"),
+    ("sha384sums", "sha384sum"),
+    ("sha256sums", "sha256sum"),
+    ("sha224sums", "sha224sum"),
+    ("sha1sums", "sha1sum"),
+    ("md5sums", "md5sum"),
+)
+_VCS = ("bzr", "fossil", "git", "hg", "svn")
+_SAFE_NAME = re.compile(r"[^/\x00-\x1f]+")
+
+SCRIPT = r"""
+set -u
+C=/cache R=/tmp/orchestrator-cache
+mkdir -p "$C/src" "$C/cargo" "$C/sccache" "$C/ccache" "$R"
+declare -A keep=()
+reused=0 wanted=0
+while IFS=$'\t' read -r kind name a b; do
+    [ -n "$kind" ] || continue
+    keep[$name]=1
+    path="$C/src/$name"
+    wanted=$((wanted + 1))
+    case $kind in
+    file)
+        if [ -f "$path" ] && [ "$("$a" <"$path" | cut -d' ' -f1)" = "$b" ]; then
+            reused=$((reused + 1))
+        else
+            rm -rf -- "$path" "$path.part"
+        fi ;;
+    git)
+        if [ -d "$path" ] && [ "$(git -C "$path" config --get remote.origin.url)" = "$a" ]; then
+            # A build killed mid-fetch leaves git's lock files; this build holds the cache alone.
+            find "$path" -name '*.lock' -type f -delete
+            reused=$((reused + 1))
+        else
+            rm -rf -- "$path"
+        fi ;;
+    *) rm -rf -- "$path" ;;
+    esac
+done <<<"${ORCHESTRATOR_SOURCES:-}"
+shopt -s nullglob dotglob
+for entry in "$C/src"/*; do
+    base=${entry##*/}
+    [ -n "${keep[${base%.part}]:-}" ] || rm -rf -- "$entry"
+done
+shopt -u nullglob dotglob
+printf '%s %s\n' "$reused" "$wanted" >"$R/sources"
+
+export SRCDEST="$C/src" CARGO_HOME="$C/cargo" SCCACHE_DIR="$C/sccache" CCACHE_DIR="$C/ccache"
+export CARGO_INCREMENTAL=0 SCCACHE_IGNORE_SERVER_IO_ERROR=1
+if command -v sccache >/dev/null && sccache --start-server >/dev/null 2>&1; then
+    export RUSTC_WRAPPER=sccache
+fi
+if command -v ccache >/dev/null && [ -d /usr/lib/ccache ]; then
+    ccache --zero-stats >/dev/null 2>&1
+    # Debian's masquerade folder has gcc and clang but not cc and c++, which Makefiles call.
+    mkdir -p /tmp/orchestrator-ccache
+    ln -sf "$(command -v ccache)" /tmp/orchestrator-ccache/cc
+    ln -sf "$(command -v ccache)" /tmp/orchestrator-ccache/c++
+    export PATH="/tmp/orchestrator-ccache:/usr/lib/ccache:$PATH"
+fi
+
+"$@"
+code=$?
+
+if [ -n "${RUSTC_WRAPPER:-}" ]; then
+    sccache --show-stats --stats-format=json >"$R/sccache.json" 2>/dev/null
+    sccache --stop-server >/dev/null 2>&1
+fi
+if [ -d /usr/lib/ccache ]; then
+    ccache --print-stats >"$R/ccache.tsv" 2>/dev/null
+fi
+du -sb "$C" 2>/dev/null | cut -f1 >"$R/size"
+exit "$code"
+"""
+
+
+def command(makepkg: tuple[str, ...]) -> tuple[str, ...]:
+    return ("bash", "-c", SCRIPT, "orchestrator-cache", *makepkg)
+
+
+def env(info: SrcInfo, tool_max_bytes: int) -> dict[str, str]:
+    size = f"{max(tool_max_bytes // (1024 * 1024), 64)}M"
+    return {
+        "ORCHESTRATOR_SOURCES": source_lines(info),
+        "SCCACHE_CACHE_SIZE": size,
+        "CCACHE_MAXSIZE": size,
+    }
+
+
+def source_lines(info: SrcInfo, carch: str = CARCH) -> str:
+    """One line per remote source, as the wrapper reads them: ``file NAME TOOL SUM`` for a file
+    with a checksum, ``git NAME URL`` for a git source, ``other NAME`` for anything that cannot
+    be shown to be this build's (its cached copy is dropped)."""
+    sources = info.sources(carch)
+    sums = {array: info.per_arch(array, carch) for array, _tool in _SUMS}
+    lines = []
+    for index, entry in enumerate(sources):
+        name, url = makepkg_name(entry)
+        if url is None or not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+            continue  # a local file (from the upload), or a name we would not handle safely
+        scheme = url.split("://", 1)[0]
+        vcs = scheme.split("+", 1)[0]
+        if vcs == "git":
+            clean = url.removeprefix("git+").split("#", 1)[0].split("?", 1)[0]
+            if "\t" not in clean and "\n" not in clean:
+                lines.append(f"git\t{name}\t{clean}")
+                continue
+        elif vcs not in _VCS:
+            for array, tool in _SUMS:
+                values = sums[array]
+                digest = values[index].lower() if index < len(values) else "skip"
+                if re.fullmatch(r"[0-9a-f]{32,128}", digest):
+                    lines.append(f"file\t{name}\t{tool}\t{digest}")
+                    break
+            else:
+                lines.append(f"other\t{name}")
+            continue
+        lines.append(f"other\t{name}")
+    return "\n".join(lines)
+
+
+def makepkg_name(entry: str) -> tuple[str, str | None]:
+    """The name makepkg keeps a source under in ``SRCDEST`` and its URL (None for a local file),
+    as makepkg's ``get_filename`` and ``get_url`` have them."""
+    name, sep, url = entry.partition("::")
+    if not sep:
+        name, url = "", entry
+    if "://" not in url:
+        return (name or url).rsplit("/", 1)[-1], None
+    if name:
+        return name, url
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme in _VCS:
+        base = url.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return (base.split(".git", 1)[0] if scheme == "git" else base), url
+    return url.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1], url
+
+
+@dataclass(frozen=True, slots=True)
+class Hits:
+    hits: int
+    misses: int
+
+    @property
+    def lookups(self) -> int:
+        return self.hits + self.misses
+
+    def to_dict(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses}
+
+    def __str__(self) -> str:
+        if not self.lookups:
+            return "nothing to look up"
+        return f"{self.hits} of {self.lookups} hit ({100 * self.hits // self.lookups}%)"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheReport:
+    """What a build's cache gave it, as its job record and narration tell it."""
+
+    key: str
+    warm: bool  # the volume had been used by an earlier build
+    sources: Hits | None = None  # remote sources found in SRCDEST (hits) or downloaded
+    sccache: Hits | None = None
+    ccache: Hits | None = None
+    size_bytes: int | None = None  # the whole cache after the build, as the build saw it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "used": True,
+            "warm": self.warm,
+            "sources": self.sources and self.sources.to_dict(),
+            "sccache": self.sccache and self.sccache.to_dict(),
+            "ccache": self.ccache and self.ccache.to_dict(),
+            "size_bytes": self.size_bytes,
+        }
+
+    def summary(self) -> str:
+        parts = [f"cache {self.key} ({'warm' if self.warm else 'cold: first build'})"]
+        if self.sources is not None and self.sources.lookups:
+            parts.append(f"sources {self.sources.hits} of {self.sources.lookups} reused")
+        for name in ("sccache", "ccache"):
+            hits: Hits | None = getattr(self, name)
+            if hits is not None and hits.lookups:
+                parts.append(f"{name} {hits}")
+        return "; ".join(parts)
+
+
+def parse_report(key: str, warm: bool, files: Mapping[str, bytes]) -> CacheReport:
+    """The report from the wrapper's files (name → content); what is missing or garbled is
+    left out, since the build wrote those files and may have written anything."""
+    return CacheReport(
+        key,
+        warm,
+        sources=_sources(files.get("sources", b"")),
+        sccache=_sccache(files.get("sccache.json", b"")),
+        ccache=_ccache(files.get("ccache.tsv", b"")),
+        size_bytes=_int(files.get("size", b"")),
+    )
+
+
+def _int(data: bytes) -> int | None:
+    text = data.decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() and len(text) < 20 else None
+
+
+def _sources(data: bytes) -> Hits | None:
+    parts = data.decode("ascii", "replace").split()
+    if len(parts) != 2 or not all(p.isdigit() and len(p) < 10 for p in parts):
+        return None
+    reused, wanted = int(parts[0]), int(parts[1])
+    return Hits(reused, max(wanted - reused, 0))
+
+
+def _sccache(data: bytes) -> Hits | None:
+    try:
+        stats = json.loads(data)["stats"]
+        hits = _count(stats["cache_hits"])
+        misses = _count(stats["cache_misses"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return Hits(hits, misses)
+
+
+def _count(field: Any) -> int:
+    counts = field.get("counts", {}) if isinstance(field, dict) else {}
+    return sum(v for v in counts.values() if isinstance(v, int) and v >= 0)
+
+
+def _ccache(data: bytes) -> Hits | None:
+    stats: dict[str, int] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        name, _, value = line.partition("\t")
+        if value.strip().isdigit():
+            stats[name.strip()] = int(value)
+    if "cache_miss" not in stats:
+        return None
+    hits = stats.get("direct_cache_hit", 0) + stats.get("preprocessed_cache_hit", 0)
+    return Hits(hits, stats["cache_miss"])
