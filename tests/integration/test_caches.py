@@ -54,6 +54,7 @@ def greet(client: docker.DockerClient, settings: Settings, result: BuildResult) 
     return out
 
 
+@pytest.mark.timeout(1200)  # two cold-ish builds of a real crate and a warm one
 async def test_a_rust_crate_after_a_cancel_builds_and_then_rebuilds_from_the_cache(
     engine: Engine, build_dir: Callable[..., Path]
 ) -> None:
@@ -86,6 +87,7 @@ async def test_a_rust_crate_after_a_cancel_builds_and_then_rebuilds_from_the_cac
     assert "sources 1 of 1 reused" in said[-1] and "sccache" in said[-1]
 
 
+@pytest.mark.timeout(900)
 async def test_a_changed_source_is_rebuilt_and_an_unchanged_one_hits(
     engine: Engine,
     build_dir: Callable[..., Path],
@@ -112,6 +114,7 @@ async def test_a_changed_source_is_rebuilt_and_an_unchanged_one_hits(
     assert report(rebuilt)["ccache"]["misses"] >= 1 and report(rebuilt)["sccache"]["misses"] >= 1
 
 
+@pytest.mark.timeout(900)
 async def test_a_cached_download_that_no_longer_matches_is_fetched_again(
     engine: Engine,
     build_dir: Callable[..., Path],
@@ -140,6 +143,7 @@ async def test_a_cached_download_that_no_longer_matches_is_fetched_again(
     assert ccache["hits"] >= 5 and ccache["hits"] > ccache["misses"], ccache
 
 
+@pytest.mark.timeout(900)
 async def test_two_builds_of_one_package_at_once_both_succeed(
     engine: Engine, build_dir: Callable[..., Path]
 ) -> None:
@@ -156,6 +160,7 @@ async def test_two_builds_of_one_package_at_once_both_succeed(
     assert report(again)["warm"] is True and report(again)["ccache"]["hits"] >= 1
 
 
+@pytest.mark.timeout(900)
 async def test_pruning_keeps_the_cap(
     settings: Settings, build_dir: Callable[..., Path], docker_client: docker.DockerClient
 ) -> None:
