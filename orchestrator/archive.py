@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import lzma
 import os
 import re
@@ -21,7 +22,7 @@ import stat
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
@@ -295,8 +296,16 @@ class _BulkReader:
         self._source.close()
 
 
-def pack_dir(src: Path, *, uid: int, gid: int, max_bytes: int) -> IO[bytes]:
-    """Tar ``src``'s contents (not the folder itself) with owner ``uid:gid``, for put_archive.
+def pack_dir(
+    src: Path,
+    *,
+    uid: int,
+    gid: int,
+    max_bytes: int,
+    mtimes: Mapping[str, float] | None = None,
+) -> IO[bytes]:
+    """Tar ``src``'s contents (not the folder itself) with owner ``uid:gid``, for put_archive;
+    a file named in ``mtimes`` (by its path in ``src``) gets that mtime.
 
     Symlinks are kept only when they stay inside ``src``; anything else that is not a regular
     file or directory is refused.
@@ -319,6 +328,8 @@ def pack_dir(src: Path, *, uid: int, gid: int, max_bytes: int) -> IO[bytes]:
                     raise ArchiveError(f"{rel!r} is not a regular file or directory")
                 info = tar.gettarinfo(str(path), arcname=rel)
                 info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+                if mtimes is not None and rel in mtimes:
+                    info.mtime = mtimes[rel]
                 total += info.size
                 if total > max_bytes:
                     raise ArchiveTooLarge(
@@ -399,4 +410,19 @@ def small_files(fileobj: IO[bytes], max_bytes: int, max_members: int = 32) -> di
                     found[PurePosixPath(member.name).name] = source.read(max_bytes)
     except (tarfile.TarError, OSError, EOFError):
         pass  # what was read so far stands
+    return found
+
+
+def file_digests(src: Path) -> dict[str, str]:
+    """sha256 of each regular file under ``src``, by its path there (as ``pack_dir`` names it);
+    symlinks are not followed."""
+    found: dict[str, str] = {}
+    root = src.resolve()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            found[path.relative_to(root).as_posix()] = digest.hexdigest()
     return found

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 CACHE_LABEL = "orchestrator.cache"  # the key, on the volume
 INSTANCE_LABEL = "orchestrator.instance"
 VOLUME_PREFIX = "orchestrator-cache-"
+MAX_INPUTS = 20_000  # local files remembered per cache; past it, all are new every build
 
 
 def cache_key(pkgbase: str, variant: str) -> str:
@@ -68,6 +69,8 @@ class CacheInfo:
     size_bytes: int | None = None  # as the last build saw it
     last: dict[str, Any] | None = None  # the last build's report
     last_job: str | None = None
+    # The last build's local files, path → [sha256, the mtime they were given]; not served.
+    inputs: dict[str, list[Any]] | None = None
 
     def to_dict(self, in_use: bool) -> dict[str, Any]:
         pkgbase, _, variant = self.key.rpartition(":")
@@ -90,12 +93,13 @@ class CacheInfo:
 @dataclass(slots=True)
 class Lease:
     """A cache lent to one build: the volume to mount, whether a build filled it before, and
-    (set by the runner once the build is over) what the build found in it."""
+    (set by the runner) whether the build ran with it and what it found in it."""
 
     key: str
     volume: str
     warm: bool
-    size_bytes: int | None = None  # as its last build left it
+    image: str  # the build's image, which also measures the volume afterwards
+    started: bool = False
     report: CacheReport | None = field(default=None)
 
 
@@ -105,8 +109,11 @@ class Caches:
         self._settings = settings
         self._path = settings.data_dir / "caches.json"
         self._index: dict[str, CacheInfo] = {}
+        # Lent to a build, or being removed: never both. Checked and set without an await in
+        # between, so a lease and a removal cannot both pass.
         self._busy: set[str] = set()
         self._lock = asyncio.Lock()  # index changes and volume removals, one at a time
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -114,7 +121,7 @@ class Caches:
 
     async def open(self) -> None:
         """Load the index and keep only what the engine still has; adopt volumes it has that
-        the index lost (a crash between creating one and saving)."""
+        the index lost (a crash between creating one and saving); prune to the cap."""
         self._index = _load(self._path)
         if not self._backend.supports_volumes:
             return
@@ -130,7 +137,7 @@ class Caches:
             ):
                 self._index[key] = CacheInfo(key, name, now, now, builds=1)
         self._index = {k: c for k, c in self._index.items() if c.volume in found}
-        await asyncio.to_thread(self._save)
+        await self.prune()
 
     def listing(self) -> list[dict[str, Any]]:
         ordered = sorted(self._index.values(), key=lambda c: c.last_used_at, reverse=True)
@@ -143,9 +150,12 @@ class Caches:
         return info.to_dict(key in self._busy)
 
     @contextlib.asynccontextmanager
-    async def lease(self, pkgbase: str, variant: str, job_id: str) -> AsyncIterator[Lease]:
+    async def lease(
+        self, pkgbase: str, variant: str, job_id: str, image: str
+    ) -> AsyncIterator[Lease]:
         """The package's cache for one build; ``CacheBusy`` when another build has it. On the
-        way out its use is recorded (however the build ended), and the caches are pruned."""
+        way out its use is recorded (however the build ended); then it is measured and the
+        caches pruned, in the background."""
         key = cache_key(pkgbase, variant)
         if key in self._busy:
             raise CacheBusy(f"cache {key} is in use by another build of {pkgbase}")
@@ -158,19 +168,39 @@ class Caches:
             self._busy.discard(key)
             raise
         known = self._index.get(key)
-        warm = not created and known is not None and known.builds > 0
-        lease = Lease(key, name, warm, known.size_bytes if known and warm else None)
-        if known is None:  # listed (in use) from its first build on
+        lease = Lease(key, name, not created and known is not None and known.builds > 0, image)
+        if known is None or created:  # listed (in use) from its first build on
             now = time.time()
             self._index[key] = CacheInfo(key, name, now, now)
         try:
             yield lease
         finally:
-            self._busy.discard(key)
             # Shielded: a cancelled job's use of the cache is still accounted for.
-            await asyncio.shield(self._used(lease, job_id))
+            await asyncio.shield(self._release(lease, job_id))
 
-    async def _used(self, lease: Lease, job_id: str) -> None:
+    async def inputs(self, lease: Lease, digests: Mapping[str, str]) -> dict[str, float] | None:
+        """The mtimes to give the build's local files (path → sha256): unchanged since the
+        last build of this cache, the mtime it had then; new or changed, now. cargo takes a
+        file whose mtime is older than its output as unchanged, so a file that changed must
+        look newer than anything an earlier build made. Saved before the build starts, or a
+        crash could pair kept output with an older record; None when it could not be saved
+        (then cargo's kept output must not be used)."""
+        async with self._lock:
+            info = self._index[lease.key]
+            now = time.time()
+            old = info.inputs or {}
+            stamps = {
+                rel: float(old[rel][1]) if rel in old and old[rel][0] == digest else now
+                for rel, digest in digests.items()
+            }
+            kept = {rel: [digests[rel], stamps[rel]] for rel in digests}
+            if len(kept) > MAX_INPUTS:
+                stamps, kept = dict.fromkeys(digests, now), {}
+            self._index[lease.key] = replace(info, inputs=kept)
+            saved = await asyncio.to_thread(self._save)
+        return stamps if saved else None
+
+    async def _release(self, lease: Lease, job_id: str) -> None:
         async with self._lock:
             now = time.time()
             known = self._index.get(lease.key) or CacheInfo(lease.key, lease.volume, now, now)
@@ -178,14 +208,42 @@ class Caches:
             self._index[lease.key] = replace(
                 known,
                 last_used_at=now,
-                builds=known.builds + 1,
-                warm_builds=known.warm_builds + int(lease.warm),
-                size_bytes=report.size_bytes if report else known.size_bytes,
+                builds=known.builds + int(lease.started),
+                warm_builds=known.warm_builds + int(lease.started and lease.warm),
                 last=report.to_dict() if report else known.last,
-                last_job=job_id,
+                last_job=job_id if lease.started else known.last_job,
             )
+            self._busy.discard(lease.key)
+            await asyncio.to_thread(self._save)
+        task = asyncio.create_task(self._measure(lease))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _measure(self, lease: Lease) -> None:
+        """The volume's size as root sees it (a build cannot hide files from that), then the
+        prune that keeps the cap; after the build, so it costs the build nothing."""
+        labels = {INSTANCE_LABEL: self._settings.instance_id}
+        try:
+            size = await self._backend.volume_usage(lease.volume, lease.image, labels)
+        except OrchestratorError as exc:
+            log.warning("could not measure cache %s: %s", lease.key, exc)
+            size = None
+        async with self._lock:
+            info = self._index.get(lease.key)
+            if info is not None and info.volume == lease.volume and size is not None:
+                self._index[lease.key] = replace(info, size_bytes=size)
             await self._prune_locked()
             await asyncio.to_thread(self._save)
+
+    async def settled(self) -> None:
+        """Wait for the measuring and pruning that builds left running."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def remove(self, key: str) -> None:
         async with self._lock:
@@ -194,7 +252,11 @@ class Caches:
                 raise NotFound(f"no cache {key!r}")
             if key in self._busy:
                 raise CacheBusy(f"cache {key!r} is in use by a running build")
-            await self._backend.remove_volume(info.volume)
+            self._busy.add(key)
+            try:
+                await self._backend.remove_volume(info.volume)
+            finally:
+                self._busy.discard(key)
             del self._index[key]
             await asyncio.to_thread(self._save)
 
@@ -217,11 +279,14 @@ class Caches:
                 break
             if info.key in self._busy:
                 continue
+            self._busy.add(info.key)
             try:
                 await self._backend.remove_volume(info.volume)
             except OrchestratorError as exc:  # in use after all: the next prune tries again
                 log.warning("could not remove cache %s: %s", info.key, exc)
                 continue
+            finally:
+                self._busy.discard(info.key)
             del self._index[info.key]
             total -= info.size_bytes or 0
             removed.append(info.key)
@@ -229,7 +294,7 @@ class Caches:
             log.info("pruned caches (over %d bytes): %s", cap, ", ".join(removed))
         return removed
 
-    def _save(self) -> None:
+    def _save(self) -> bool:
         data = {k: asdict(c) for k, c in self._index.items()}
         tmp = self._path.with_suffix(".tmp")
         try:
@@ -238,6 +303,8 @@ class Caches:
             os.replace(tmp, self._path)
         except OSError as exc:  # a full disk: the index is rebuilt from the volumes later
             log.warning("could not save the cache index: %s", exc)
+            return False
+        return True
 
 
 def _load(path: Path) -> dict[str, CacheInfo]:

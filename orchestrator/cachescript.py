@@ -12,6 +12,7 @@ cache tool that does not start is left out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -38,11 +39,17 @@ _SAFE_NAME = re.compile(r"[^/\x00-\x1f]+")
 SCRIPT = r"""
 set -u
 C=/cache R=/tmp/orchestrator-cache
-mkdir -p "$C/src" "$C/cargo" "$C/sccache" "$C/ccache" "$R"
+mkdir -p "$R"
+if ! mkdir -p "$C/src" "$C/cargo" "$C/cargo-build" "$C/sccache" "$C/ccache" 2>/dev/null ||
+    [ ! -w "$C/src" ]; then
+    # An image older than the caches (no /cache of the build user's): build without one.
+    echo unusable >"$R/unusable"
+    exec "$@"
+fi
 declare -A keep=()
 reused=0 wanted=0
 while IFS=$'\t' read -r kind name a b; do
-    [ -n "$kind" ] || continue
+    [ -n "$kind" ] && [ -n "$name" ] || continue  # a name never kept: nothing to check
     keep[$name]=1
     path="$C/src/$name"
     wanted=$((wanted + 1))
@@ -54,26 +61,37 @@ while IFS=$'\t' read -r kind name a b; do
             rm -rf -- "$path" "$path.part"
         fi ;;
     git)
-        if [ -d "$path" ] && [ "$(git -C "$path" config --get remote.origin.url)" = "$a" ]; then
-            # A build killed mid-fetch leaves git's lock files; this build holds the cache alone.
-            find "$path" -name '*.lock' -type f -delete
+        # Only a mirror of the same URL that can be brought up to date: makepkg builds from
+        # a stale one (with a warning) when its own fetch fails, which a build without the
+        # cache would not do.
+        if [ -d "$path" ] && [ "$(git -C "$path" config --get remote.origin.url)" = "$a" ] &&
+            find "$path" -name '*.lock' -type f -delete &&
+            timeout 600 git -C "$path" fetch --all -p --quiet >/dev/null 2>&1; then
             reused=$((reused + 1))
         else
             rm -rf -- "$path"
         fi ;;
-    *) rm -rf -- "$path" ;;
+    *) rm -rf -- "$path" "$path.part" ;;
     esac
 done <<<"${ORCHESTRATOR_SOURCES:-}"
 shopt -s nullglob dotglob
 for entry in "$C/src"/*; do
-    base=${entry##*/}
-    [ -n "${keep[${base%.part}]:-}" ] || rm -rf -- "$entry"
+    [ -n "${keep[${entry##*/}]:-}" ] || rm -rf -- "$entry"
 done
-shopt -u nullglob dotglob
 printf '%s %s\n' "$reused" "$wanted" >"$R/sources"
 
 export SRCDEST="$C/src" CARGO_HOME="$C/cargo" SCCACHE_DIR="$C/sccache" CCACHE_DIR="$C/ccache"
 export CARGO_INCREMENTAL=0 SCCACHE_IGNORE_SERVER_IO_ERROR=1
+key=${ORCHESTRATOR_BUILD_DIR_KEY:-}
+for entry in "$C/cargo-build"/*; do
+    [ -n "$key" ] && [ "${entry##*/}" = "$key" ] || rm -rf -- "$entry"
+done
+shopt -u nullglob dotglob
+if [ -n "$key" ]; then
+    # cargo's intermediate output (build-dir), kept; the binaries still land in the target
+    # folder the PKGBUILD expects.
+    export CARGO_BUILD_BUILD_DIR="$C/cargo-build/$key/{workspace-path-hash}"
+fi
 if command -v sccache >/dev/null && sccache --start-server >/dev/null 2>&1; then
     export RUSTC_WRAPPER=sccache
 fi
@@ -96,7 +114,6 @@ fi
 if [ -d /usr/lib/ccache ]; then
     ccache --print-stats >"$R/ccache.tsv" 2>/dev/null
 fi
-du -sb "$C" 2>/dev/null | cut -f1 >"$R/size"
 exit "$code"
 """
 
@@ -105,10 +122,25 @@ def command(makepkg: tuple[str, ...]) -> tuple[str, ...]:
     return ("bash", "-c", SCRIPT, "orchestrator-cache", *makepkg)
 
 
+MAX_SOURCES_BYTES = 64 * 1024  # one environment string may be 128 KiB at most (execve)
+
+
 def env(info: SrcInfo, tool_max_bytes: int) -> dict[str, str]:
+    """The wrapper's environment for a build of ``info``.
+
+    cargo's build-dir is kept only when every remote source is pinned (a checksum, or a git
+    mirror whose checkout makepkg makes afresh, so its files are newer than any earlier
+    output), and under a key made of those pins: other sources, another build-dir. cargo
+    decides what is fresh by mtime, so local files are given theirs by the runner."""
+    lines = source_lines(info)
+    pinned = all(line.startswith(("file\t", "git\t")) for line in lines)
+    if len(lines) > MAX_SOURCES_BYTES:
+        lines, pinned = "", False  # every download again, no build-dir: slower, still right
     size = f"{max(tool_max_bytes // (1024 * 1024), 64)}M"
+    key = hashlib.sha256(lines.encode()).hexdigest()[:16] if pinned else ""
     return {
-        "ORCHESTRATOR_SOURCES": source_lines(info),
+        "ORCHESTRATOR_SOURCES": lines,
+        "ORCHESTRATOR_BUILD_DIR_KEY": key,
         "SCCACHE_CACHE_SIZE": size,
         "CCACHE_MAXSIZE": size,
     }
@@ -119,31 +151,44 @@ def source_lines(info: SrcInfo, carch: str = CARCH) -> str:
     with a checksum, ``git NAME URL`` for a git source, ``other NAME`` for anything that cannot
     be shown to be this build's (its cached copy is dropped)."""
     sources = info.sources(carch)
-    sums = {array: info.per_arch(array, carch) for array, _tool in _SUMS}
     lines = []
     for index, entry in enumerate(sources):
         name, url = makepkg_name(entry)
-        if url is None or not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
-            continue  # a local file (from the upload), or a name we would not handle safely
-        scheme = url.split("://", 1)[0]
-        vcs = scheme.split("+", 1)[0]
+        if url is None:
+            continue  # a local file, from the upload
+        if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+            lines.append("other\t")  # not kept (nor handled) by the wrapper; not pinned
+            continue
+        vcs = url.split("://", 1)[0].split("+", 1)[0]
         if vcs == "git":
             clean = url.removeprefix("git+").split("#", 1)[0].split("?", 1)[0]
             if "\t" not in clean and "\n" not in clean:
                 lines.append(f"git\t{name}\t{clean}")
                 continue
         elif vcs not in _VCS:
-            for array, tool in _SUMS:
-                values = sums[array]
-                digest = values[index].lower() if index < len(values) else "skip"
-                if re.fullmatch(r"[0-9a-f]{32,128}", digest):
-                    lines.append(f"file\t{name}\t{tool}\t{digest}")
-                    break
-            else:
-                lines.append(f"other\t{name}")
-            continue
+            digest = _strongest_sum(info, index, carch)
+            if digest is not None:
+                lines.append(f"file\t{name}\t{digest[0]}\t{digest[1]}")
+                continue
         lines.append(f"other\t{name}")
     return "\n".join(lines)
+
+
+def _strongest_sum(info: SrcInfo, index: int, carch: str) -> tuple[str, str] | None:
+    """The strongest checksum the PKGBUILD gives for source number ``index`` (of ``source``
+    then ``source_<carch>``, as makepkg counts them), as (tool, digest)."""
+    common = len(info.base.get("source", ()))
+    for array, tool in _SUMS:
+        if index < common:
+            values = info.base.get(array, ())
+            at = index
+        else:
+            values = info.base.get(f"{array}_{carch}", ())
+            at = index - common
+        digest = values[at].lower() if at < len(values) else "skip"
+        if re.fullmatch(r"[0-9a-f]{32,128}", digest):
+            return tool, digest
+    return None
 
 
 def makepkg_name(entry: str) -> tuple[str, str | None]:
@@ -152,7 +197,7 @@ def makepkg_name(entry: str) -> tuple[str, str | None]:
     name, sep, url = entry.partition("::")
     if not sep:
         name, url = "", entry
-    if "://" not in url:
+    if "://" not in url and not url.startswith("lp:"):
         return (name or url).rsplit("/", 1)[-1], None
     if name:
         return name, url
@@ -160,7 +205,7 @@ def makepkg_name(entry: str) -> tuple[str, str | None]:
     if scheme in _VCS:
         base = url.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         return (base.split(".git", 1)[0] if scheme == "git" else base), url
-    return url.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1], url
+    return url.rsplit("/", 1)[-1], url  # makepkg keeps a query or fragment in the name
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +235,6 @@ class CacheReport:
     sources: Hits | None = None  # remote sources found in SRCDEST (hits) or downloaded
     sccache: Hits | None = None
     ccache: Hits | None = None
-    size_bytes: int | None = None  # the whole cache after the build, as the build saw it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -200,7 +244,6 @@ class CacheReport:
             "sources": self.sources and self.sources.to_dict(),
             "sccache": self.sccache and self.sccache.to_dict(),
             "ccache": self.ccache and self.ccache.to_dict(),
-            "size_bytes": self.size_bytes,
         }
 
     def summary(self) -> str:
@@ -223,13 +266,7 @@ def parse_report(key: str, warm: bool, files: Mapping[str, bytes]) -> CacheRepor
         sources=_sources(files.get("sources", b"")),
         sccache=_sccache(files.get("sccache.json", b"")),
         ccache=_ccache(files.get("ccache.tsv", b"")),
-        size_bytes=_int(files.get("size", b"")),
     )
-
-
-def _int(data: bytes) -> int | None:
-    text = data.decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() and len(text) < 20 else None
 
 
 def _sources(data: bytes) -> Hits | None:

@@ -43,6 +43,7 @@ class Engine:
         return await self.runner.run(request, sink, cancel)
 
     async def close(self) -> None:
+        await self.caches.close()
         await self.backend.close()
 
     async def __aenter__(self) -> Engine:

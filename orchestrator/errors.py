@@ -101,6 +101,10 @@ class CacheBusy(Conflict):
     """A build cache is lent to a running build."""
 
 
+class VolumeInUse(Conflict):
+    """The engine will not remove a volume a container still has mounted."""
+
+
 class JobStateConflict(Conflict):
     """The job is in a state that does not allow this (e.g. cancelling a finished job)."""
 

@@ -163,13 +163,14 @@ class Runner:
         if cancel.cancelled:
             return _cancelled(cancel, request)
 
-        lease = await self._lease(request, info, variant.variant, sink, *caching)
+        lease = await self._lease(request, info, variant, sink, *caching)
+        cache_env, mtimes = await self._cache_setup(lease, info, request.source_dir)
         spec = ContainerSpec(
             image=variant.image,
             command=cachescript.command(MAKEPKG) if lease else MAKEPKG,
             labels=self.labels(request.job_id),
             workdir=BUILD_DIR,
-            env={"PKGDEST": PACKAGE_DIR, **self._cache_env(lease, info)},
+            env={"PKGDEST": PACKAGE_DIR, **cache_env},
             volumes={lease.volume: cachescript.CACHE_DIR} if lease else {},
             network=self._settings.build_network,
             memory_bytes=self._settings.build_memory_bytes,
@@ -191,6 +192,7 @@ class Runner:
             uid=BUILDER_UID,
             gid=BUILDER_UID,
             max_bytes=self._settings.max_build_dir_bytes,
+            mtimes=mtimes,
         )
         with tar:
             size = tar.seek(0, 2)
@@ -215,7 +217,8 @@ class Runner:
         if lease is not None:
             lease.report = await self._cache_report(cid, lease)
             caching[1].update(lease.report.to_dict())
-            await sink([Event(Action.CACHE, lease.report.summary().capitalize())])
+            summary = lease.report.summary()
+            await sink([Event(Action.CACHE, summary[:1].upper() + summary[1:])])
         if exit_code != 0 or ended.oom_killed:
             return BuildResult(JobStatus.FAILED, exited, exit_code)
 
@@ -237,7 +240,7 @@ class Runner:
         self,
         request: BuildRequest,
         info: SrcInfo,
-        variant: str,
+        variant: VariantPlan,
         sink: Sink,
         leases: contextlib.AsyncExitStack,
         record: dict[str, Any],
@@ -252,7 +255,7 @@ class Runner:
             return None
         try:
             lease = await leases.enter_async_context(
-                caches.lease(info.pkgbase, variant, request.job_id)
+                caches.lease(info.pkgbase, variant.variant, request.job_id, variant.image)
             )
         except OrchestratorError as exc:
             record.update(used=False, why=str(exc))
@@ -263,16 +266,25 @@ class Runner:
         await sink([Event(Action.CACHE, f"Cache {lease.key} ({state}) mounted at /cache")])
         return lease
 
-    def _cache_env(self, lease: Lease | None, info: SrcInfo) -> dict[str, str]:
-        if lease is None:
-            return {}
-        return cachescript.env(info, self._settings.cache_max_bytes // 2)
+    async def _cache_setup(
+        self, lease: Lease | None, info: SrcInfo, source_dir: Path
+    ) -> tuple[dict[str, str], dict[str, float] | None]:
+        """The wrapper's environment, and the mtimes to give the local files (see
+        ``Caches.inputs``); without them, cargo's kept output is not used."""
+        if lease is None or self.caches is None:
+            return {}, None
+        env = cachescript.env(info, self._settings.cache_max_bytes // 4)
+        digests = await asyncio.to_thread(archive.file_digests, source_dir)
+        mtimes = await self.caches.inputs(lease, digests)
+        if mtimes is None:
+            env["ORCHESTRATOR_BUILD_DIR_KEY"] = ""
+        return env, mtimes
 
     async def _cache_report(self, cid: str, lease: Lease) -> cachescript.CacheReport:
         """What the wrapper left in the container about the cache; none of it is trusted."""
         files: dict[str, bytes] = {}
         try:
-            tar = await self._backend.copy_out(cid, cachescript.REPORT_DIR + "/.")
+            tar = await self._backend.copy_out(cid, cachescript.REPORT_DIR + "/.", 1 << 20)
         except OrchestratorError:
             tar = None
         if tar is not None:
@@ -295,14 +307,15 @@ class Runner:
         waits: list[asyncio.Future[Any]] = []
         try:
             await self._backend.start(cid)
+            if lease is not None:
+                lease.started = True
             await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
             build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink))
             stop = asyncio.ensure_future(cancel.wait())
             waits = [stop]
             if lease is not None or not self._backend.enforces_disk_limit:
                 cache = cachescript.CACHE_DIR if lease else None
-                before = (lease.size_bytes or 0) if lease else 0
-                watch = watch_disk(self._backend, self._settings, cid, cache, before)
+                watch = watch_disk(self._backend, self._settings, cid, cache)
                 waits.append(asyncio.ensure_future(watch))
             await asyncio.wait({build, *waits}, return_when=asyncio.FIRST_COMPLETED)
             if build.done():

@@ -176,7 +176,7 @@ async def create_build(request: web.Request) -> web.Response:
         "pkgver": record.pkgver,
         "pkgnames": list(info.pkgnames),
         "variant": record.variant,
-        "cache": cache,
+        "cache": cache and request.app[ENGINE].caches.enabled,
         "warnings": warnings,
         **job_links(record.id),
     }

@@ -122,7 +122,12 @@ class Backend(Protocol):
         ...
 
     async def remove_volume(self, name: str) -> None:
-        """Remove the named volume; gone already is fine, in use is ``BackendError``."""
+        """Remove the named volume; gone already is fine, in use is ``VolumeInUse``."""
+        ...
+
+    async def volume_usage(self, name: str, image: str, labels: Mapping[str, str]) -> int | None:
+        """Bytes in the named volume, counted by root (so nothing in it is hidden), with
+        ``image`` as the tool; None when this engine cannot tell."""
         ...
 
     async def list_volumes(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
@@ -133,8 +138,11 @@ class Backend(Protocol):
         """Stop the container and everything in it; a container that already exited is fine."""
         ...
 
-    async def copy_out(self, container_id: str, path: str) -> IO[bytes]:
-        """A tar of ``path``, spooled on our side; the caller closes it."""
+    async def copy_out(
+        self, container_id: str, path: str, max_bytes: int | None = None
+    ) -> IO[bytes]:
+        """A tar of ``path``, spooled on our side, of at most ``max_bytes`` (default: the
+        artifact cap; past it ``ArchiveTooLarge``); the caller closes it."""
         ...
 
     async def remove(self, container_id: str) -> None:

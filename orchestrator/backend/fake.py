@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ..cachescript import REPORT_DIR
-from ..errors import BackendError, ContainerGone, ImageNotFound
+from ..errors import ContainerGone, ImageNotFound, VolumeInUse
 from . import ContainerSpec, ExitStatus, OutputChunk, Stream
 
 
@@ -71,6 +71,7 @@ class FakeBackend:
         self.labels: dict[str, str] = {}
         self.specs: dict[str, ContainerSpec] = {}  # every container ever created, by id
         self.volumes: dict[str, dict[str, str]] = {}  # name → labels
+        self.volume_bytes: dict[str, int] = {}  # what volume_usage says of each
         self.cache_files: dict[str, bytes] = {}  # what a cache wrapper would leave to copy out
         self._next = 0
 
@@ -179,8 +180,12 @@ class FakeBackend:
 
     async def remove_volume(self, name: str) -> None:
         if any(name in c.spec.volumes for c in self.containers.values()):
-            raise BackendError(f"volume {name} is in use by a container")
+            raise VolumeInUse(f"volume {name} is in use by a container")
         self.volumes.pop(name, None)
+        self.volume_bytes.pop(name, None)
+
+    async def volume_usage(self, name: str, image: str, labels: Mapping[str, str]) -> int | None:
+        return self.volume_bytes.get(name) if name in self.volumes else None
 
     async def list_volumes(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
         return {
@@ -189,7 +194,9 @@ class FakeBackend:
             if all(found.get(k) == v for k, v in labels.items())
         }
 
-    async def copy_out(self, container_id: str, path: str) -> IO[bytes]:
+    async def copy_out(
+        self, container_id: str, path: str, max_bytes: int | None = None
+    ) -> IO[bytes]:
         container = self._get(container_id)
         self.calls.append(("copy_out", container_id))
         files = container.script.packages

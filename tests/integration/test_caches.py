@@ -6,6 +6,7 @@ and the API lists, removes and skips caches."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,9 @@ async def test_a_changed_source_is_rebuilt_and_an_unchanged_one_hits(
     for name, old, new in (("greet.c", "hello", "bye"), ("lib.rs", "hello", "bye")):
         path = changed / name
         path.write_text(path.read_text().replace(old, new))
+        # Older than the kept output, as a file from a tarball or a backup can be: cargo
+        # would take it as unchanged by its mtime alone.
+        os.utime(path, (1_500_000_000, 1_500_000_000))
     rebuilt, _ = await build(engine, changed)
     assert rebuilt.status is JobStatus.SUCCEEDED
     assert report(rebuilt)["warm"] is True
@@ -164,14 +168,18 @@ async def test_two_builds_of_one_package_at_once_both_succeed(
 async def test_pruning_keeps_the_cap(
     settings: Settings, build_dir: Callable[..., Path], docker_client: docker.DockerClient
 ) -> None:
-    # Room for one small cache (hello-c's: a few hundred KiB), not for greeter's cargo output.
-    capped = settings.model_copy(update={"cache_max_bytes": 4 * 1024 * 1024})
+    capped = settings.model_copy()
     async with await Engine.open(capped) as engine:
-        small, _ = await build(engine, build_dir("hello-c"))
-        assert 0 < report(small)["size_bytes"] < capped.cache_max_bytes
+        await build(engine, build_dir("hello-c"))
+        await engine.caches.settled()  # measured (by root, in a container) and pruned
+        [entry] = engine.caches.listing()
+        # Room for hello-c's cache (one object file) and half a MiB: not for greeter's cargo
+        # output and compiled crates.
+        capped.cache_max_bytes = entry["size_bytes"] + 512 * 1024
         assert len(cache_volumes(docker_client, capped)) == 1
         big, _ = await build(engine, build_dir("greeter"))
-        assert report(big)["size_bytes"] > capped.cache_max_bytes
+        await engine.caches.settled()
+        assert report(big)["used"] is True
         listed = engine.caches.listing()
         assert sum(c["size_bytes"] for c in listed) <= capped.cache_max_bytes
         # greeter's is the newest but over the cap on its own; hello-c's fits and stays.
@@ -190,7 +198,11 @@ async def test_the_api_lists_removes_and_skips_caches(
         job = await wait_status(client, created["job_id"], {"succeeded", "failed"})
         assert job["status"] == "succeeded"
         assert job["cache"]["used"] is True and job["cache"]["key"] == "hello-c:cpu"
-        listed = await (await client.get("/v1/caches")).json()
+        for _ in range(100):  # its size comes after the build, measured in the background
+            listed = await (await client.get("/v1/caches")).json()
+            if listed["caches"] and listed["caches"][0]["size_bytes"] is not None:
+                break
+            await asyncio.sleep(0.1)
         [entry] = listed["caches"]
         assert (entry["key"], entry["builds"], entry["hits"]) == ("hello-c:cpu", 1, 0)
         assert entry["size_bytes"] > 0 and entry["in_use"] is False

@@ -34,8 +34,13 @@ def settings(tmp_path: Path) -> Settings:
 
 
 async def use(caches: Caches, pkgbase: str, size_bytes: int, job: str = "j") -> None:
-    async with caches.lease(pkgbase, "cpu", job) as lease:
-        lease.report = parse_report(lease.key, lease.warm, {"size": str(size_bytes).encode()})
+    """A build of ``pkgbase`` that leaves its cache ``size_bytes`` big."""
+    backend = caches._backend
+    assert isinstance(backend, FakeBackend)
+    async with caches.lease(pkgbase, "cpu", job, "image") as lease:
+        lease.started = True
+        backend.volume_bytes[lease.volume] = size_bytes
+    await caches.settled()
 
 
 def test_keys_split_back_and_volume_names_suit_docker() -> None:
@@ -51,9 +56,11 @@ async def test_second_use_is_warm_and_counted(settings: Settings) -> None:
     backend = FakeBackend()
     caches = Caches(backend, settings)
     await caches.open()
-    async with caches.lease("hexyl", "cpu", "j1") as first:
+    async with caches.lease("hexyl", "cpu", "j1", "image") as first:
         assert not first.warm
-    async with caches.lease("hexyl", "cpu", "j2") as second:
+        first.started = True
+    async with caches.lease("hexyl", "cpu", "j2", "image") as second:
+        second.started = True
         assert second.warm
         assert backend.volumes[second.volume][CACHE_LABEL] == "hexyl:cpu"
     [info] = caches.listing()
@@ -67,14 +74,14 @@ async def test_second_use_is_warm_and_counted(settings: Settings) -> None:
 
 async def test_one_build_at_a_time_and_a_busy_cache_is_not_removed(settings: Settings) -> None:
     caches = Caches(FakeBackend(), settings)
-    async with caches.lease("hexyl", "cpu", "j1"):
+    async with caches.lease("hexyl", "cpu", "j1", "image"):
         with pytest.raises(CacheBusy):
-            async with caches.lease("hexyl", "cpu", "j2"):
+            async with caches.lease("hexyl", "cpu", "j2", "image"):
                 pass
         with pytest.raises(CacheBusy):
             await caches.remove("hexyl:cpu")
         assert caches.get("hexyl:cpu")["in_use"] is True
-        async with caches.lease("hexyl", "cuda", "j3"):  # another variant is another cache
+        async with caches.lease("hexyl", "cuda", "j3", "image"):  # another variant is another cache
             pass
     await caches.remove("hexyl:cpu")
     with pytest.raises(NotFound):
@@ -102,7 +109,8 @@ async def test_a_cancelled_build_still_records_its_use(settings: Settings) -> No
     entered = asyncio.Event()
 
     async def build() -> None:
-        async with caches.lease("slow", "cpu", "j1"):
+        async with caches.lease("slow", "cpu", "j1", "image") as lease:
+            lease.started = True
             entered.set()
             await asyncio.sleep(3600)
 
@@ -195,15 +203,13 @@ def test_reports_tolerate_what_a_build_may_write() -> None:
         "sources": b"1 2\n",
         "sccache.json": json.dumps(sccache).encode(),
         "ccache.tsv": b"direct_cache_hit\t5\npreprocessed_cache_hit\t1\ncache_miss\t2\n",
-        "size": b"123456\n",
     }
     report = parse_report("demo:cpu", True, files)
     assert report.sources == Hits(1, 1)
     assert report.sccache == Hits(42, 8)
     assert report.ccache == Hits(6, 2)
-    assert report.size_bytes == 123456
     assert "sccache 42 of 50 hit (84%)" in report.summary()
-    garbled = {"sources": b"x", "sccache.json": b"{", "ccache.tsv": b"\xff", "size": b"-1"}
+    garbled = {"sources": b"x", "sccache.json": b"{", "ccache.tsv": b"\xff"}
     assert parse_report("demo:cpu", False, garbled).to_dict() == {
         "key": "demo:cpu",
         "used": True,
@@ -211,7 +217,6 @@ def test_reports_tolerate_what_a_build_may_write() -> None:
         "sources": None,
         "sccache": None,
         "ccache": None,
-        "size_bytes": None,
     }
 
 
@@ -233,7 +238,7 @@ async def test_the_runner_mounts_the_cache_and_reports_it(
     settings: Settings, tmp_path: Path
 ) -> None:
     backend = FakeBackend(Script())
-    backend.cache_files = {"sccache.json": b"{}", "sources": b"0 0", "size": b"4096"}
+    backend.cache_files = {"sccache.json": b"{}", "sources": b"0 0"}
     engine = await Engine.open(settings, backend)
     first = await build(engine, tmp_path, "j1")
     second = await build(engine, tmp_path, "j2")
@@ -249,7 +254,6 @@ async def test_the_runner_mounts_the_cache_and_reports_it(
         "sources": {"hits": 0, "misses": 0},
         "sccache": None,
         "ccache": None,
-        "size_bytes": 4096,
     }
     cache_lines = [e.message for e in second.events if e.action is Action.CACHE]
     assert cache_lines[0] == "Cache demo:cpu (warm) mounted at /cache"
@@ -269,3 +273,68 @@ async def test_caches_can_be_turned_off_for_the_service(tmp_path: Path) -> None:
     assert recorder.result.cache is None  # type: ignore[attr-defined]
     assert backend.volumes == {}
     await engine.close()
+
+
+async def test_local_files_keep_their_mtime_only_while_unchanged(settings: Settings) -> None:
+    backend = FakeBackend()
+    caches = Caches(backend, settings)
+    async with caches.lease("demo", "cpu", "j1", "image") as lease:
+        first = await caches.inputs(lease, {"a.rs": "1" * 64, "b.rs": "2" * 64})
+    assert first is not None and first["a.rs"] == first["b.rs"]
+    await asyncio.sleep(0.01)
+    again = Caches(backend, settings)  # a restart: the record was saved before the build
+    await again.open()
+    async with again.lease("demo", "cpu", "j2", "image") as lease:
+        second = await again.inputs(lease, {"a.rs": "1" * 64, "b.rs": "3" * 64, "c.rs": "4" * 64})
+    assert second is not None
+    assert second["a.rs"] == first["a.rs"]  # unchanged: cargo's output for it stays fresh
+    assert second["b.rs"] > first["b.rs"] and second["c.rs"] == second["b.rs"]
+    saved = json.loads((settings.data_dir / "caches.json").read_text())
+    assert saved["demo:cpu"]["inputs"]["b.rs"] == ["3" * 64, second["b.rs"]]
+
+
+async def test_no_mtimes_when_the_record_cannot_be_saved(settings: Settings) -> None:
+    caches = Caches(FakeBackend(), settings)
+    settings.data_dir.mkdir(parents=True)
+    (settings.data_dir / "caches.json").mkdir()  # os.replace onto a folder fails
+    async with caches.lease("demo", "cpu", "j1", "image") as lease:
+        assert await caches.inputs(lease, {"a.rs": "1" * 64}) is None
+
+
+async def test_a_cache_being_removed_is_not_lent(settings: Settings) -> None:
+    class SlowRemoval(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.removing = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def remove_volume(self, name: str) -> None:
+            self.removing.set()
+            await self.release.wait()
+            await super().remove_volume(name)
+
+    backend = SlowRemoval()
+    caches = Caches(backend, settings)
+    await use(caches, "demo", MiB)
+    removal = asyncio.create_task(caches.remove("demo:cpu"))
+    await backend.removing.wait()
+    with pytest.raises(CacheBusy):
+        async with caches.lease("demo", "cpu", "j2", "image"):
+            pass
+    backend.release.set()
+    await removal
+    assert caches.listing() == [] and backend.volumes == {}
+
+
+async def test_a_volume_made_anew_forgets_the_files_of_the_old_one(settings: Settings) -> None:
+    backend = FakeBackend()
+    caches = Caches(backend, settings)
+    async with caches.lease("demo", "cpu", "j1", "image") as lease:
+        lease.started = True
+        first = await caches.inputs(lease, {"a.rs": "1" * 64})
+    backend.volumes.clear()  # removed behind our back: its cargo output went with it
+    await asyncio.sleep(0.01)
+    async with caches.lease("demo", "cpu", "j2", "image") as lease:
+        assert not lease.warm
+        second = await caches.inputs(lease, {"a.rs": "1" * 64})
+    assert first is not None and second is not None and second["a.rs"] > first["a.rs"]

@@ -35,10 +35,12 @@ class GatedBackend(FakeBackend):
         self.copying = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def copy_out(self, container_id: str, path: str) -> IO[bytes]:
+    async def copy_out(
+        self, container_id: str, path: str, max_bytes: int | None = None
+    ) -> IO[bytes]:
         self.copying.set()
         await self.gate.wait()
-        return await super().copy_out(container_id, path)
+        return await super().copy_out(container_id, path, max_bytes)
 
 
 @asynccontextmanager
