@@ -240,7 +240,10 @@ class Caches:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Let the measuring finish (its container goes with it), then stop what is left."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.settled(), timeout_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
