@@ -33,6 +33,10 @@ import aiohttp
 import docker
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from orchestrator import sse  # noqa: E402
+
 PKGBUILDS = Path(__file__).resolve().parent / "pkgbuilds"
 IMAGE = "orchestrator/build:cpu"
 LABEL = "orchestrator.bench"
@@ -174,22 +178,16 @@ class Api:
     async def events(self, job_id: str, until: str | None = None):  # type: ignore[no-untyped-def]
         """Yield (arrival time, event) to the end marker (or to an event with line ``until``)."""
         async with self.session.get(f"{self.url}/v1/jobs/{job_id}/stream") as response:
-            kind = ""
-            async for raw in response.content:
-                line = raw.rstrip(b"\n")
-                if line.startswith(b"event: "):
-                    kind = line[7:].decode()
-                elif line.startswith(b"data: "):
-                    if line == b"data: [DONE]":
-                        return
-                    event = json.loads(line[6:])
-                    if kind == "end":
-                        yield time.time(), {"end": event}
-                        kind = ""
-                        continue
-                    yield time.time(), event
-                    if until is not None and until in event.get("message", "").split("\n"):
-                        return
+            async for message in sse.messages(response.content.iter_any()):
+                if message.is_done:
+                    return
+                if message.is_end:
+                    yield time.time(), {"end": message.json()}
+                    continue
+                event = message.json()
+                yield time.time(), event
+                if until is not None and until in event.get("message", "").split("\n"):
+                    return
 
 
 # -- raw docker-py, the baseline ----------------------------------------------------------------

@@ -7,24 +7,22 @@ sending, never blocks the build or the other subscribers, and memory stays bound
 subscribers do. A batch holds at most ``BATCH_MAX_BYTES`` (or one event, if that is bigger):
 a client that stops reading pins one batch, not the ring's whole backlog or a page of the store.
 
-What travels is a ``Frame``: the event already encoded as Server-Sent Event bytes, made once when
-it is published, so 500 subscribers cost one JSON encoding per event, not 500.
+What travels is a ``Frame``: the event already encoded as Server-Sent Event bytes (``sse.py``),
+made once when it is published, so 500 subscribers cost one JSON encoding per event, not 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-from .events import line_count
+from .sse import event_frame
 from .store import Store, StoredEvent
 
-_quote = json.encoder.encode_basestring  # C-accelerated
 _RING_EVENTS = 16384
 _RING_BYTES = 16 * 1024 * 1024  # an output event can be 64 KiB: bound the bytes as well
 _STORE_PAGE = 4000
@@ -38,18 +36,7 @@ class Frame:
 
     @classmethod
     def of(cls, event: StoredEvent) -> Frame:
-        # The same JSON as json.dumps(event.to_dict()), built by hand: this runs once per event
-        # (a flood of output is one event per 64 KiB of it), and only the message needs
-        # escaping (ids, actions and levels are plain words we make).
-        stream = "" if event.stream is None else f', "stream": "{event.stream}"'
-        if event.action == "output":
-            stream += f', "lines": {line_count(event.message)}'
-        data = (
-            f'id: {event.seq}\ndata: {{"seq": {event.seq}, "ts": {event.ts!r}, '
-            f'"job_id": "{event.job_id}", "action": "{event.action}", '
-            f'"level": "{event.level}", "message": {_quote(event.message)}{stream}}}\n\n'
-        )
-        return cls(event.seq, data.encode())
+        return cls(event.seq, event_frame(event))
 
 
 def _within(max_bytes: int, frames: Iterable[Frame]) -> list[Frame]:

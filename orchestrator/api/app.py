@@ -30,7 +30,15 @@ from ..store import Store
 from . import artifacts, builds, caches, jobs, meta, stream
 from . import catalog as catalog_api
 from .errors import error_response, errors_middleware
-from .guard import AccessLogger, cross_origin_middleware, host_middleware, host_name
+from .guard import (
+    API_PREFIX,
+    STREAM_SUFFIX,
+    TOKEN_PARAM,
+    AccessLogger,
+    cross_origin_middleware,
+    host_middleware,
+    host_name,
+)
 from .keys import BACKEND, BUS, DISK, ENGINE, METRICS, OPERATIONS, REGISTRY, SETTINGS, STORE
 
 
@@ -62,11 +70,11 @@ def _auth_middleware(token: str) -> web.middleware:  # type: ignore[valid-type]
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith(API_PREFIX):
             given = request.headers.get("Authorization", "")
             # EventSource cannot set headers, so the stream also takes ?access_token=.
-            if not given and request.path.endswith("/stream") and "access_token" in request.query:
-                given = f"Bearer {request.query['access_token']}"
+            if not given and request.path.endswith(STREAM_SUFFIX) and TOKEN_PARAM in request.query:
+                given = f"Bearer {request.query[TOKEN_PARAM]}"
             if not hmac.compare_digest(given.encode(), expected):
                 response = error_response(401, "unauthorized", "a valid bearer token is required")
                 response.headers["WWW-Authenticate"] = "Bearer"

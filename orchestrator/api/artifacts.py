@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..archive import is_package_name
 from .keys import REGISTRY
+from .wire import Artifact, ArtifactList, artifact_url, respond
 
 
 async def list_artifacts(request: web.Request) -> web.Response:
@@ -16,16 +17,11 @@ async def list_artifacts(request: web.Request) -> web.Response:
     for name in record.artifacts:
         path = folder / name
         if path.is_file():
+            size_bytes = path.stat().st_size
             items.append(
-                {
-                    "name": name,
-                    "size_bytes": path.stat().st_size,
-                    "url": f"/v1/jobs/{record.id}/artifacts/{name}",
-                }
+                Artifact(name=name, size_bytes=size_bytes, url=artifact_url(record.id, name))
             )
-    return web.json_response(
-        {"job_id": record.id, "status": record.status.value, "artifacts": items}
-    )
+    return respond(ArtifactList(job_id=record.id, status=record.status, artifacts=items))
 
 
 async def get_artifact(request: web.Request) -> web.StreamResponse:

@@ -20,6 +20,7 @@ from ..registry import Registry
 from ..settings import MiB
 from ..variants import plan
 from .keys import BACKEND, DISK, ENGINE, REGISTRY, SETTINGS
+from .wire import BuildSubmitted, DryRun, job_links, respond
 
 ACCEPTED_TYPES = frozenset(
     {
@@ -31,10 +32,6 @@ ACCEPTED_TYPES = frozenset(
     }
 )
 _CHUNK = 256 * 1024
-
-
-def job_links(job_id: str) -> dict[str, str]:
-    return {"job_url": f"/v1/jobs/{job_id}", "sse_url": f"/v1/jobs/{job_id}/stream"}
 
 
 def parse_timeout(raw: str | None, default_s: float, max_s: float) -> float:
@@ -144,14 +141,16 @@ async def create_build(request: web.Request) -> web.Response:
         problems = srcinfo.problems(info, dest)
         warnings = [*variant.warnings, *await runner.image_warnings(info, variant.image)]
         if dry_run:
-            payload = {
-                "srcinfo": info.text,
-                **info.summary(),
-                "variant": variant.variant.value,
-                "problems": problems,
-                "warnings": warnings,
-            }
-            return web.json_response(payload)
+            dry = DryRun.model_validate(
+                {
+                    "srcinfo": info.text,
+                    **info.summary(),
+                    "variant": variant.variant.value,
+                    "problems": problems,
+                    "warnings": warnings,
+                }
+            )
+            return respond(dry)
         if problems:
             raise PkgbuildError("; ".join(problems), problems=problems)
         record = await registry.submit_build(
@@ -169,18 +168,18 @@ async def create_build(request: web.Request) -> web.Response:
         body.close()
         if dry_run:
             await _discard(registry, job_id, dest)
-    payload = {
-        "job_id": record.id,
-        "status": record.status.value,
-        "pkgname": record.pkgname,
-        "pkgver": record.pkgver,
-        "pkgnames": list(info.pkgnames),
-        "variant": record.variant,
-        "cache": cache and request.app[ENGINE].caches.enabled,
-        "warnings": warnings,
+    submitted = BuildSubmitted(
+        job_id=record.id,
+        status=record.status,
+        pkgname=record.pkgname,
+        pkgver=record.pkgver,
+        pkgnames=list(info.pkgnames),
+        variant=record.variant,
+        cache=cache and request.app[ENGINE].caches.enabled,
+        warnings=warnings,
         **job_links(record.id),
-    }
-    return web.json_response(payload, status=201, headers={"Location": f"/v1/jobs/{record.id}"})
+    )
+    return respond(submitted, status=201, headers={"Location": f"/v1/jobs/{record.id}"})
 
 
 async def _discard(registry: Registry, job_id: str, dest: Path) -> None:

@@ -8,27 +8,42 @@ from aiohttp import web
 
 from ..errors import NotFound
 from .keys import OPERATIONS
+from .wire import (
+    Catalog,
+    CatalogWorker,
+    CatalogWorkerDetail,
+    DownloadedModel,
+    InstalledWorker,
+    ModelList,
+    Removed,
+    WorkerList,
+    respond,
+)
 
 
 async def list_catalog(request: web.Request) -> web.Response:
     catalog = request.app[OPERATIONS].catalog
-    return web.json_response(
-        {
-            "workers": [entry.summary() for entry in catalog.entries.values()],
+    return respond(
+        Catalog(
+            workers=[CatalogWorker.model_validate(e.summary()) for e in catalog.entries.values()],
             # Entries that did not validate were skipped; say which and why.
-            "problems": [str(p) for p in catalog.problems],
+            problems=[str(p) for p in catalog.problems],
             # Until true, makepkg is still reading the PKGBUILDs: more problems may appear.
-            "checked": catalog.checked,
-        }
+            checked=catalog.checked,
+        )
     )
 
 
 async def get_catalog_worker(request: web.Request) -> web.Response:
     entry = request.app[OPERATIONS].catalog.get(request.match_info["worker_id"])
-    body = entry.summary()
-    body["sources"] = sorted(entry.sources)
-    body["pkgbuild_url"] = f"/v1/catalog/workers/{entry.id}/pkgbuild"
-    return web.json_response(body)
+    detail = CatalogWorkerDetail.model_validate(
+        {
+            **entry.summary(),
+            "sources": sorted(entry.sources),
+            "pkgbuild_url": f"/v1/catalog/workers/{entry.id}/pkgbuild",
+        }
+    )
+    return respond(detail)
 
 
 async def get_catalog_pkgbuild(request: web.Request) -> web.Response:
@@ -38,7 +53,9 @@ async def get_catalog_pkgbuild(request: web.Request) -> web.Response:
 
 async def list_workers(request: web.Request) -> web.Response:
     workers = await asyncio.to_thread(request.app[OPERATIONS].workers.list)
-    return web.json_response({"workers": [w.to_dict() for w in workers]})
+    return respond(
+        WorkerList(workers=[InstalledWorker.model_validate(w.to_dict()) for w in workers])
+    )
 
 
 async def get_worker(request: web.Request) -> web.Response:
@@ -46,7 +63,7 @@ async def get_worker(request: web.Request) -> web.Response:
     worker = await asyncio.to_thread(request.app[OPERATIONS].workers.get, worker_id)
     if worker is None:
         raise NotFound(f"worker {worker_id!r} is not installed")
-    return web.json_response(worker.to_dict())
+    return respond(InstalledWorker.model_validate(worker.to_dict()))
 
 
 async def delete_worker(request: web.Request) -> web.Response:
@@ -55,12 +72,12 @@ async def delete_worker(request: web.Request) -> web.Response:
     operations.ensure_idle(f"worker:{worker_id}")
     if not await asyncio.to_thread(operations.workers.remove, worker_id):
         raise NotFound(f"worker {worker_id!r} is not installed")
-    return web.json_response({"removed": worker_id})
+    return respond(Removed(removed=worker_id))
 
 
 async def list_models(request: web.Request) -> web.Response:
     models = await asyncio.to_thread(request.app[OPERATIONS].models.list)
-    return web.json_response({"models": [m.to_dict() for m in models]})
+    return respond(ModelList(models=[DownloadedModel.model_validate(m.to_dict()) for m in models]))
 
 
 async def delete_model(request: web.Request) -> web.Response:
@@ -69,4 +86,4 @@ async def delete_model(request: web.Request) -> web.Response:
     operations.ensure_idle(f"model:{name}")
     if not await asyncio.to_thread(operations.models.remove, name):
         raise NotFound(f"no model named {name!r}")
-    return web.json_response({"removed": name})
+    return respond(Removed(removed=name))

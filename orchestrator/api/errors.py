@@ -26,12 +26,13 @@ from ..errors import (
     VariantRefused,
 )
 from ..store import JobNotFound
+from .wire import Error, respond
 
 log = logging.getLogger(__name__)
 
 
 def error_response(http_status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=http_status)
+    return respond(Error(error=code, message=message, **extra), status=http_status)
 
 
 def translate(exc: OrchestratorError) -> web.Response:

@@ -25,6 +25,8 @@ from aiohttp.web_request import BaseRequest
 from .errors import error_response
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+API_PREFIX = "/v1/"  # what a token guards; health, metrics and the OpenAPI document stay open
+STREAM_SUFFIX = "/stream"  # the stream also takes its token as ?access_token=
 # "none": the user typed the URL or followed a bookmark; no page sent it.
 _TRUSTED_FETCH_SITES = frozenset({"same-origin", "none"})
 TOKEN_PARAM = "access_token"

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from ..errors import InvalidInput
 from ..status import JobStatus
-from ..store import JobRecord
-from .builds import job_links, parse_cache
+from .builds import parse_cache
 from .keys import OPERATIONS, REGISTRY, STORE
+from .wire import Job, JobList, JobSubmitted, job_links, respond
 
 _MAX_LIMIT = 500
-
-
-def job_view(record: JobRecord) -> dict[str, Any]:
-    data = record.to_dict()
-    data["job_id"] = record.id
-    data["artifacts"] = [
-        {"name": name, "url": f"/v1/jobs/{record.id}/artifacts/{name}"} for name in record.artifacts
-    ]
-    data.update(job_links(record.id))
-    return data
 
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -50,14 +38,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 50, _MAX_LIMIT)
     offset = _int_param(request, "offset", 0, 10**9)
     records, total = await request.app[STORE].list_jobs(status=status, limit=limit, offset=offset)
-    return web.json_response(
-        {"jobs": [job_view(r) for r in records], "total": total, "limit": limit, "offset": offset}
+    return respond(
+        JobList(jobs=[Job.of(r) for r in records], total=total, limit=limit, offset=offset)
     )
 
 
 async def get_job(request: web.Request) -> web.Response:
     record = await request.app[REGISTRY].get(request.match_info["job_id"])
-    return web.json_response(job_view(record))
+    return respond(Job.of(record))
 
 
 async def create_job(request: web.Request) -> web.Response:
@@ -78,8 +66,8 @@ async def create_job(request: web.Request) -> web.Response:
         raise InvalidInput("the body must be a JSON object")
     cache = parse_cache(request.query.get("cache"))
     record = await request.app[OPERATIONS].submit(body, cache=cache)
-    return web.json_response(
-        {"job_id": record.id, "status": record.status.value, **job_links(record.id)},
+    return respond(
+        JobSubmitted(job_id=record.id, status=record.status, **job_links(record.id)),
         status=201,
         headers={"Location": f"/v1/jobs/{record.id}"},
     )
@@ -87,4 +75,4 @@ async def create_job(request: web.Request) -> web.Response:
 
 async def cancel_job(request: web.Request) -> web.Response:
     record = await request.app[REGISTRY].cancel(request.match_info["job_id"])
-    return web.json_response(job_view(record))
+    return respond(Job.of(record))

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..errors import OrchestratorError
 from .keys import BACKEND, DISK, METRICS, REGISTRY, SETTINGS, STORE
 from .openapi import document
+from .wire import DiskHealth, Health, StoreHealth, respond
 
 
 async def health(request: web.Request) -> web.Response:
@@ -26,27 +27,27 @@ async def health(request: web.Request) -> web.Response:
         docker_ok, error = False, str(exc)
     disk, store_failure = request.app[DISK], request.app[STORE].failure
     healthy = docker_ok and images.get("cpu", False) and disk.full is None and not store_failure
-    body = {
-        "status": "ok" if healthy else "unavailable",
-        "docker": docker_ok,
-        "images": images,
-        "store": {"ok": store_failure is None, "error": store_failure},
-        "disk": {
-            "path": str(disk.path),
-            "free_bytes": await asyncio.to_thread(disk.free_bytes),
-            "full": disk.full,
-        },
-        "queue_length": request.app[REGISTRY].queue_length,
-    }
+    body = Health(
+        status="ok" if healthy else "unavailable",
+        docker=docker_ok,
+        images=images,
+        store=StoreHealth(ok=store_failure is None, error=store_failure),
+        disk=DiskHealth(
+            path=str(disk.path),
+            free_bytes=await asyncio.to_thread(disk.free_bytes),
+            full=disk.full,
+        ),
+        queue_length=request.app[REGISTRY].queue_length,
+    )
     if error:
-        body["error"] = error
+        body.error = error
     elif not images.get("cpu"):
-        body["error"] = f"build image {settings.image_cpu} is missing: run images/bootstrap"
+        body.error = f"build image {settings.image_cpu} is missing: run images/bootstrap"
     elif disk.full is not None:
-        body["error"] = f"the data disk is full ({disk.full})"
+        body.error = f"the data disk is full ({disk.full})"
     elif store_failure is not None:
-        body["error"] = f"the job store cannot write: {store_failure}"
-    return web.json_response(body, status=200 if healthy else 503)
+        body.error = f"the job store cannot write: {store_failure}"
+    return respond(body, status=200 if healthy else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,587 +1,454 @@
-"""The OpenAPI 3 document of the HTTP API; a test checks it against the app's routes.
+"""The OpenAPI 3.1 document, generated: the route table below plus the JSON schemas of ``wire.py``.
 
-Over the ~400 lines a module should have, because it is one literal written by hand: it is to be
-generated from the API's pydantic models instead (the redesign's "one wire format"), which
-removes this file.
+Over the ~400 lines a module should have only because the route table is one literal of about
+280 of them, kept in one piece to be read beside ``app.py``; the generator is the rest.
+
+A route names its summary, parameters, request body and, per status, the model that answers
+(a bare string is an ``Error`` with that description). What the guards add is derived from the
+rules they enforce (``guard.py``): a ``401`` on everything under ``/v1/`` when a token is set,
+the stream's ``?access_token=``, and a ``403`` on every method that changes state. Tests check
+the table against the app's routes and real answers against the document.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import (
+    GenerateJsonSchema,
+    JsonSchemaMode,
+    JsonSchemaValue,
+    models_json_schema,
+)
+
 from .._version import __version__
+from ..status import JobStatus
+from .guard import API_PREFIX, SAFE_METHODS, STREAM_SUFFIX, TOKEN_PARAM
+from .wire import (
+    ArtifactList,
+    BuildSubmitted,
+    Cache,
+    CacheList,
+    Catalog,
+    CatalogWorkerDetail,
+    DryRun,
+    Error,
+    Event,
+    Health,
+    InstalledWorker,
+    Job,
+    JobList,
+    JobSubmitted,
+    ModelList,
+    Operation,
+    Removed,
+    StreamEnd,
+    WorkerList,
+)
 
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_REF = "#/components/schemas/{model}"
+_TEXT = {"type": "string"}
+_TAR_TYPES = ("application/x-tar", "application/gzip", "application/octet-stream")
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    where: str  # path, query or header
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    description: str | None = None
 
 
-def _json(description: str, schema: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
+@dataclass(frozen=True, slots=True)
+class Body:
+    """An answer or a request body: a model as JSON, or any of ``media`` types with ``schema``
+    (none at all: no body)."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    media: tuple[str, ...] = ()
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string", "format": "binary"})
+    headers: tuple[str, ...] = ()  # response headers it always has
+    extra: dict[str, Any] = field(default_factory=dict)  # more for its media type object
 
 
-_WORKER_ID = {"name": "worker_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_STATUS_REF = {"$ref": "#/components/schemas/Status"}
-_UNAUTHORIZED = _error("Missing or wrong bearer token (when a token is configured)")
-_CROSS_ORIGIN = _error(
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    answers: dict[int, Body | str]
+    params: tuple[Param, ...] = ()
+    body: Body | None = None
+
+
+def _json(model: type[BaseModel], description: str, *headers: str) -> Body:
+    return Body(description, model, headers=headers)
+
+
+def _binary(description: str, *media: str) -> Body:
+    return Body(description, media=media)
+
+
+def _text(description: str) -> Body:
+    return Body(description, media=("text/plain",), schema=_TEXT)
+
+
+_JOB_ID = Param("job_id", "path")
+_WORKER_ID = Param("worker_id", "path")
+_CACHE_KEY = Param("key", "path", description="pkgbase:variant")
+_CACHE = Param(
+    "cache",
+    "query",
+    {"type": "string", "enum": ["on", "off"], "default": "on"},
+    "off: build without the package's cache (it is neither read nor filled)",
+)
+_NO_JOB = "No such job"
+_QUEUED = "Queued; Location names the job"
+_UNAUTHORIZED = "Missing or wrong bearer token (when a token is configured)"
+_CROSS_ORIGIN = (
     "A browser request from another origin (Sec-Fetch-Site, or Origin not this Host); "
     "error `cross_origin`"
 )
-# /health, /metrics and /openapi.json answer without a token.
-_OPEN: list[dict[str, list[str]]] = []
-_NOT_FOUND = _error("No such job")
-_CACHE_PARAM = {
-    "name": "cache",
-    "in": "query",
-    "description": "off: build without the package's cache (it is neither read nor filled)",
-    "schema": {"type": "string", "enum": ["on", "off"], "default": "on"},
-}
-_CACHE_KEY = {
-    "name": "key",
-    "in": "path",
-    "required": True,
-    "description": "pkgbase:variant",
-    "schema": {"type": "string"},
-}
 
-_PATHS: dict[str, Any] = {
-    "/v1/builds": {
-        "post": {
-            "summary": "Submit a build directory (a tar of the PKGBUILD and its local sources)",
-            "parameters": [
-                {
-                    "name": "variant",
-                    "in": "query",
-                    "schema": {
-                        "type": "string",
-                        "enum": ["cpu", "cuda", "metal"],
-                        "default": "cpu",
-                    },
-                },
-                {"name": "timeout_s", "in": "query", "schema": {"type": "number"}},
-                {
-                    "name": "dry_run",
-                    "in": "query",
-                    "description": "Only have makepkg read the PKGBUILD: 200, no job",
-                    "schema": {"type": "boolean", "default": False},
-                },
-                _CACHE_PARAM,
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
-                    "application/gzip": {"schema": {"type": "string", "format": "binary"}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                },
-            },
-            "responses": {
-                "200": _json("dry_run: what makepkg read, and what would stop a build", "DryRun"),
-                "201": _json("Queued; Location names the job", "Submitted"),
-                "400": _error("Unsafe or unreadable archive, or a bad parameter"),
-                "401": _UNAUTHORIZED,
-                "403": _CROSS_ORIGIN,
-                "413": _error("Upload or unpacked build directory over the limit"),
-                "415": _error("No Content-Type, or not a tar type"),
-                "422": _error(
-                    "makepkg refused the PKGBUILD (its message), a problem it would stop at "
-                    "(problems), an unknown variant, or a variant refused here"
-                ),
-                "503": _error("Shutting down, or the Docker daemon is unreachable"),
-                "507": _error("The data disk is full, or the queue's share of it is used up"),
-            },
-        }
-    },
-    "/v1/jobs": {
-        "post": {
-            "summary": "Start an operation as a job: worker_install or model_download",
-            "parameters": [_CACHE_PARAM],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Operation"}}
-                },
-            },
-            "responses": {
-                "201": _json("Queued; Location names the job", "Submitted"),
-                "400": _error("Missing or malformed field"),
-                "401": _UNAUTHORIZED,
-                "403": _CROSS_ORIGIN,
-                "404": _error("No such worker in the catalog"),
-                "409": _error("The same worker or model is already being worked on"),
-                "415": _error("Content-Type is not application/json"),
-                "422": _error(
-                    "Unknown operation (the answer lists the known ones), or a worker "
-                    "that cannot run here (metal)"
-                ),
-                "503": _error("Shutting down"),
-            },
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/v1/builds",
+        "Submit a build directory (a tar of the PKGBUILD and its local sources)",
+        params=(
+            Param(
+                "variant",
+                "query",
+                {"type": "string", "enum": ["cpu", "cuda", "metal"], "default": "cpu"},
+            ),
+            Param("timeout_s", "query", {"type": "number", "exclusiveMinimum": 0}),
+            Param(
+                "dry_run",
+                "query",
+                {"type": "boolean", "default": False},
+                "Only have makepkg read the PKGBUILD: 200, no job",
+            ),
+            _CACHE,
+        ),
+        body=_binary("The build directory as a tar, optionally gzipped", *_TAR_TYPES),
+        answers={
+            200: _json(DryRun, "dry_run: what makepkg read, and what would stop a build"),
+            201: _json(BuildSubmitted, _QUEUED, "Location"),
+            400: "Unsafe or unreadable archive, or a bad parameter",
+            408: "The upload took longer than ORCHESTRATOR_UPLOAD_TIMEOUT_S",
+            413: "Upload or unpacked build directory over the limit",
+            415: "No Content-Type, or not a tar type",
+            422: "makepkg refused the PKGBUILD (its message), a problem it would stop at "
+            "(problems), an unknown variant, or a variant refused here",
+            503: "Shutting down, or the Docker daemon is unreachable",
+            507: "The data disk is full, or the queue's share of it is used up",
         },
-        "get": {
-            "summary": "Jobs, newest first",
-            "parameters": [
-                {
-                    "name": "status",
-                    "in": "query",
-                    "schema": {"$ref": "#/components/schemas/Status"},
+    ),
+    Route(
+        "GET",
+        "/v1/jobs",
+        "Jobs, newest first",
+        params=(
+            Param("status", "query", {"$ref": _REF.format(model=JobStatus.__name__)}),
+            Param(
+                "limit", "query", {"type": "integer", "minimum": 0, "maximum": 500, "default": 50}
+            ),
+            Param("offset", "query", {"type": "integer", "minimum": 0, "default": 0}),
+        ),
+        answers={200: _json(JobList, "A page of jobs"), 400: "Bad filter or page"},
+    ),
+    Route(
+        "POST",
+        "/v1/jobs",
+        "Start an operation as a job: worker_install or model_download",
+        params=(_CACHE,),
+        body=_json(Operation, "The operation"),
+        answers={
+            201: _json(JobSubmitted, _QUEUED, "Location"),
+            400: "Missing or malformed field",
+            404: "No such worker in the catalog",
+            409: "The same worker or model is already being worked on",
+            415: "Content-Type is not application/json",
+            422: "Unknown operation (the answer lists the known ones), or a worker that cannot "
+            "run here (metal)",
+            503: "Shutting down",
+            507: "The data disk is full",
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}",
+        "One job",
+        params=(_JOB_ID,),
+        answers={200: _json(Job, "The job"), 404: _NO_JOB},
+    ),
+    Route(
+        "POST",
+        "/v1/jobs/{job_id}/cancel",
+        "Cancel a job; answers once its container is gone",
+        params=(_JOB_ID,),
+        answers={
+            200: _json(Job, "The job, now ended"),
+            404: _NO_JOB,
+            409: "The job has already ended",
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}/stream",
+        "The job's narration as Server-Sent Events (replay, then live)",
+        params=(
+            _JOB_ID,
+            Param("Last-Event-ID", "header", {"type": "integer", "minimum": 0}),
+            Param("last_event_id", "query", {"type": "integer", "minimum": 0}),
+        ),
+        answers={
+            200: Body(
+                "Per event `id: <seq>` and `data: <Event as JSON>`; `: keep-alive` comments "
+                "while nothing happens; once the job has ended `event: end` with a StreamEnd, "
+                "then `data: [DONE]`",
+                media=("text/event-stream",),
+                schema=_TEXT,
+                extra={
+                    "x-events": {
+                        "message": {"$ref": _REF.format(model=Event.__name__)},
+                        "end": {"$ref": _REF.format(model=StreamEnd.__name__)},
+                    }
                 },
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
-            ],
-            "responses": {
-                "200": _json("A page of jobs", "JobList"),
-                "400": _error("Bad filter or page"),
-                "401": _UNAUTHORIZED,
-            },
+            ),
+            400: "Bad Last-Event-ID",
+            404: _NO_JOB,
         },
-    },
-    "/v1/catalog/workers": {
-        "get": {
-            "summary": "Workers that can be installed, and catalog entries that were skipped",
-            "responses": {"200": _json("The catalog", "Catalog"), "401": _UNAUTHORIZED},
-        }
-    },
-    "/v1/catalog/workers/{worker_id}": {
-        "get": {
-            "summary": "One catalog entry",
-            "parameters": [_WORKER_ID],
-            "responses": {
-                "200": _json("The entry", "CatalogWorker"),
-                "401": _UNAUTHORIZED,
-                "404": _error("No such worker in the catalog"),
-            },
-        }
-    },
-    "/v1/catalog/workers/{worker_id}/pkgbuild": {
-        "get": {
-            "summary": "The entry's PKGBUILD",
-            "parameters": [_WORKER_ID],
-            "responses": {
-                "200": {
-                    "description": "PKGBUILD text",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                },
-                "401": _UNAUTHORIZED,
-                "404": _error("No such worker in the catalog"),
-            },
-        }
-    },
-    "/v1/workers": {
-        "get": {
-            "summary": "Installed workers",
-            "responses": {"200": _json("Installed workers", "WorkerList"), "401": _UNAUTHORIZED},
-        }
-    },
-    "/v1/workers/{worker_id}": {
-        "get": {
-            "summary": "One installed worker",
-            "parameters": [_WORKER_ID],
-            "responses": {
-                "200": _json("The worker", "InstalledWorker"),
-                "401": _UNAUTHORIZED,
-                "404": _error("Not installed"),
-            },
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}/artifacts",
+        "The packages a job made",
+        params=(_JOB_ID,),
+        answers={200: _json(ArtifactList, "Artifacts"), 404: _NO_JOB},
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}/artifacts/{name}",
+        "Download one package",
+        params=(_JOB_ID, Param("name", "path")),
+        answers={
+            200: _binary("The package file", "application/octet-stream"),
+            404: "No such job or artifact",
         },
-        "delete": {
-            "summary": "Uninstall a worker",
-            "parameters": [_WORKER_ID],
-            "responses": {
-                "200": {"description": "Removed"},
-                "401": _UNAUTHORIZED,
-                "403": _CROSS_ORIGIN,
-                "404": _error("Not installed"),
-                "409": _error("An install of this worker is running"),
-            },
+    ),
+    Route(
+        "GET",
+        "/v1/catalog/workers",
+        "Workers that can be installed, and catalog entries that were skipped",
+        answers={200: _json(Catalog, "The catalog")},
+    ),
+    Route(
+        "GET",
+        "/v1/catalog/workers/{worker_id}",
+        "One catalog entry",
+        params=(_WORKER_ID,),
+        answers={
+            200: _json(CatalogWorkerDetail, "The entry"),
+            404: "No such worker in the catalog",
         },
-    },
-    "/v1/models": {
-        "get": {
-            "summary": "Downloaded models",
-            "responses": {"200": _json("Models", "ModelList"), "401": _UNAUTHORIZED},
-        }
-    },
-    "/v1/models/{name}": {
-        "delete": {
-            "summary": "Delete a downloaded model",
-            "parameters": [
-                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {
-                "200": {"description": "Removed"},
-                "400": _error("Not a valid model name"),
-                "401": _UNAUTHORIZED,
-                "403": _CROSS_ORIGIN,
-                "404": _error("No such model"),
-                "409": _error("A download of this model is running"),
-            },
-        }
-    },
-    "/v1/caches": {
-        "get": {
-            "summary": "Build caches, most recently used first",
-            "responses": {"200": _json("Caches", "CacheList"), "401": _UNAUTHORIZED},
-        }
-    },
-    "/v1/caches/{key}": {
-        "get": {
-            "summary": "One build cache",
-            "parameters": [_CACHE_KEY],
-            "responses": {
-                "200": _json("The cache", "Cache"),
-                "401": _UNAUTHORIZED,
-                "404": _error("No such cache"),
-            },
+    ),
+    Route(
+        "GET",
+        "/v1/catalog/workers/{worker_id}/pkgbuild",
+        "The entry's PKGBUILD",
+        params=(_WORKER_ID,),
+        answers={
+            200: _text("PKGBUILD text"),
+            404: "No such worker in the catalog",
         },
-        "delete": {
-            "summary": "Remove a build cache (its volume); the next build of it starts cold",
-            "parameters": [_CACHE_KEY],
-            "responses": {
-                "204": {"description": "Removed"},
-                "401": _UNAUTHORIZED,
-                "403": _CROSS_ORIGIN,
-                "404": _error("No such cache"),
-                "409": _error("A running build is using it"),
-            },
+    ),
+    Route("GET", "/v1/workers", "Installed workers", answers={200: _json(WorkerList, "Workers")}),
+    Route(
+        "GET",
+        "/v1/workers/{worker_id}",
+        "One installed worker",
+        params=(_WORKER_ID,),
+        answers={
+            200: _json(InstalledWorker, "The worker"),
+            400: "Not a worker id",
+            404: "Not installed",
         },
-    },
-    "/v1/jobs/{job_id}": {
-        "get": {
-            "summary": "One job",
-            "parameters": [_JOB_ID],
-            "responses": {"200": _json("The job", "Job"), "401": _UNAUTHORIZED, "404": _NOT_FOUND},
-        }
-    },
-    "/v1/jobs/{job_id}/cancel": {
-        "post": {
-            "summary": "Cancel a job; answers once its container is gone",
-            "parameters": [_JOB_ID],
-            "responses": {
-                "200": _json("The job, now ended", "Job"),
-                "401": _UNAUTHORIZED,
-                "403": _CROSS_ORIGIN,
-                "404": _NOT_FOUND,
-                "409": _error("The job has already ended"),
-            },
-        }
-    },
-    "/v1/jobs/{job_id}/stream": {
-        "get": {
-            "summary": "The job's narration as Server-Sent Events (replay, then live)",
-            "parameters": [
-                _JOB_ID,
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
-                {"name": "last_event_id", "in": "query", "schema": {"type": "integer"}},
-            ],
+    ),
+    Route(
+        "DELETE",
+        "/v1/workers/{worker_id}",
+        "Uninstall a worker",
+        params=(_WORKER_ID,),
+        answers={
+            200: _json(Removed, "Removed"),
+            400: "Not a worker id",
+            404: "Not installed",
+            409: "An install of this worker is running",
+        },
+    ),
+    Route("GET", "/v1/models", "Downloaded models", answers={200: _json(ModelList, "Models")}),
+    Route(
+        "DELETE",
+        "/v1/models/{name}",
+        "Delete a downloaded model",
+        params=(Param("name", "path"),),
+        answers={
+            200: _json(Removed, "Removed"),
+            400: "Not a valid model name",
+            404: "No such model",
+            409: "A download of this model is running",
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/caches",
+        "Build caches, most recently used first",
+        answers={200: _json(CacheList, "Caches")},
+    ),
+    Route(
+        "GET",
+        "/v1/caches/{key}",
+        "One build cache",
+        params=(_CACHE_KEY,),
+        answers={200: _json(Cache, "The cache"), 404: "No such cache"},
+    ),
+    Route(
+        "DELETE",
+        "/v1/caches/{key}",
+        "Remove a build cache (its volume); the next build of it starts cold",
+        params=(_CACHE_KEY,),
+        answers={
+            204: Body("Removed"),
+            404: "No such cache",
+            409: "A running build is using it",
+            502: "The engine could not remove its volume",
+        },
+    ),
+    Route(
+        "GET",
+        "/health",
+        "Daemon reachable, build images present, job store and data disk writable",
+        answers={200: _json(Health, "Healthy"), 503: _json(Health, "Not ready, saying why")},
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        "Prometheus metrics",
+        answers={200: _text("Prometheus text format")},
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        "This document",
+        answers={200: Body("OpenAPI 3.1", media=("application/json",), schema={"type": "object"})},
+    ),
+)
+
+
+class _Schemas(GenerateJsonSchema):
+    # A property's title would only repeat its name.
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    # A field that defaults to None is left out of the answer when unset: no default to state.
+    def default_schema(self, schema: Any) -> JsonSchemaValue:
+        out = super().default_schema(schema)
+        if "default" in out and out["default"] is None:
+            del out["default"]
+        return out
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _content(body: Body) -> dict[str, Any]:
+    if body.model is not None:
+        return {"application/json": {"schema": _ref(body.model), **body.extra}}
+    return {media: {"schema": body.schema, **body.extra} for media in body.media}
+
+
+def _answer(answer: Body | str) -> dict[str, Any]:
+    body = answer if isinstance(answer, Body) else _json(Error, answer)
+    out: dict[str, Any] = {"description": body.description}
+    if body.model is not None or body.media:
+        out["content"] = _content(body)
+    if body.headers:
+        out["headers"] = {name: {"schema": _TEXT, "required": True} for name in body.headers}
+    return out
+
+
+def _parameter(param: Param) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": param.name, "in": param.where, "schema": param.schema}
+    if param.where == "path":
+        out["required"] = True
+    if param.description:
+        out["description"] = param.description
+    return out
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    answers = dict(route.answers)
+    op: dict[str, Any] = {"summary": route.summary}
+    if route.params:
+        op["parameters"] = [_parameter(p) for p in route.params]
+    if route.body is not None:
+        op["requestBody"] = {"required": True, **_answer(route.body)}
+    if not route.path.startswith(API_PREFIX):
+        op["security"] = []  # answers without a token
+    else:
+        answers.setdefault(401, _UNAUTHORIZED)
+        if route.path.endswith(STREAM_SUFFIX):
             # EventSource cannot set headers, so the stream also takes the token in the query.
-            "security": [{"bearer": []}, {"access_token": []}],
-            "responses": {
-                "200": {
-                    "description": "id: seq, data: an Event as JSON; at the end `event: end` "
-                    "with the final status, then `data: [DONE]`",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                },
-                "400": _error("Bad Last-Event-ID"),
-                "401": _UNAUTHORIZED,
-                "404": _NOT_FOUND,
-            },
-        }
-    },
-    "/v1/jobs/{job_id}/artifacts": {
-        "get": {
-            "summary": "The packages a job made",
-            "parameters": [_JOB_ID],
-            "responses": {
-                "200": _json("Artifacts", "ArtifactList"),
-                "401": _UNAUTHORIZED,
-                "404": _NOT_FOUND,
-            },
-        }
-    },
-    "/v1/jobs/{job_id}/artifacts/{name}": {
-        "get": {
-            "summary": "Download one package",
-            "parameters": [
-                _JOB_ID,
-                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-            ],
-            "responses": {
-                "200": {
-                    "description": "The package file",
-                    "content": {
-                        "application/octet-stream": {
-                            "schema": {"type": "string", "format": "binary"}
-                        }
-                    },
-                },
-                "401": _UNAUTHORIZED,
-                "404": _error("No such job or artifact"),
-            },
-        }
-    },
-    "/health": {
-        "get": {
-            "summary": "Daemon reachable and build images present",
-            "security": _OPEN,
-            "responses": {"200": _json("Healthy", "Health"), "503": _json("Not ready", "Health")},
-        }
-    },
-    "/metrics": {
-        "get": {
-            "summary": "Prometheus metrics",
-            "security": _OPEN,
-            "responses": {
-                "200": {
-                    "description": "Prometheus text format",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        }
-    },
-    "/openapi.json": {
-        "get": {
-            "summary": "This document",
-            "security": _OPEN,
-            "responses": {
-                "200": {
-                    "description": "OpenAPI 3.1",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                }
-            },
-        }
-    },
-}
-
-_STATUS = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "interrupted"]
-_TIME = {"type": ["string", "null"], "format": "date-time"}
-
-_SCHEMAS: dict[str, Any] = {
-    "Status": {"type": "string", "enum": _STATUS},
-    "Error": {
-        "type": "object",
-        "required": ["error", "message"],
-        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-    },
-    "Submitted": {
-        "type": "object",
-        "required": ["job_id", "status", "sse_url"],
-        "properties": {
-            "job_id": {"type": "string"},
-            "status": {"$ref": "#/components/schemas/Status"},
-            "sse_url": {"type": "string"},
-            "job_url": {"type": "string"},
-            "pkgname": {"type": "string"},
-            "pkgver": {"type": "string"},
-            "variant": {"type": "string"},
-            "cache": {"type": "boolean", "description": "whether the build may use its cache"},
-            "pkgnames": {"type": "array", "items": {"type": "string"}},
-            "warnings": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "DryRun": {
-        "type": "object",
-        "required": ["srcinfo", "problems", "warnings"],
-        "properties": {
-            "srcinfo": {"type": "string", "description": "exactly as makepkg printed it"},
-            "pkgbase": {"type": "string"},
-            "pkgnames": {"type": "array", "items": {"type": "string"}},
-            "version": {"type": "string"},
-            "arch": {"type": "array", "items": {"type": "string"}},
-            "sources": {"type": "array", "items": {"type": "string"}},
-            "depends": {"type": "array", "items": {"type": "string"}},
-            "makedepends": {"type": "array", "items": {"type": "string"}},
-            "variant": {"type": "string"},
-            "problems": {"type": "array", "items": {"type": "string"}},
-            "warnings": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "Job": {
-        "type": "object",
-        "required": ["job_id", "status", "created_at"],
-        "properties": {
-            "job_id": {"type": "string"},
-            "operation": {"type": "string"},
-            "status": {"$ref": "#/components/schemas/Status"},
-            "variant": {"type": ["string", "null"]},
-            "pkgname": {"type": ["string", "null"]},
-            "pkgver": {"type": ["string", "null"]},
-            "created_at": {"type": "string", "format": "date-time"},
-            "started_at": _TIME,
-            "finished_at": _TIME,
-            "timeout_s": {"type": ["number", "null"]},
-            "exit_code": {"type": ["integer", "null"]},
-            "reason": {"type": ["string", "null"]},
-            "cancel_reason": {
-                "type": ["string", "null"],
-                "enum": ["user", "timeout", "shutdown", "disk_full", None],
-            },
-            "srcinfo": {
-                "type": ["string", "null"],
-                "description": "the .SRCINFO makepkg printed for the PKGBUILD",
-            },
-            "cache": {
-                "type": ["object", "null"],
-                "description": "whether the build had its package's cache (used, why not), and "
-                "what hit: sources reused, sccache and ccache hits and misses",
-            },
-            "last_seq": {"type": "integer", "description": "the seq of its newest event"},
-            "artifacts": {"type": "array", "items": {"type": "object"}},
-            "sse_url": {"type": "string"},
-        },
-    },
-    "Cache": {
-        "type": "object",
-        "required": ["key", "package", "variant", "builds", "hits", "in_use"],
-        "properties": {
-            "key": {"type": "string", "description": "pkgbase:variant"},
-            "package": {"type": "string"},
-            "variant": {"type": "string"},
-            "volume": {"type": "string", "description": "the engine's volume holding it"},
-            "size_bytes": {"type": ["integer", "null"], "description": "after its last build"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "last_used_at": {"type": "string", "format": "date-time"},
-            "builds": {"type": "integer", "description": "builds that used it"},
-            "hits": {"type": "integer", "description": "builds that found it already filled"},
-            "last_build": {"type": ["object", "null"], "description": "its last build's report"},
-            "last_job": {"type": ["string", "null"]},
-            "in_use": {"type": "boolean"},
-        },
-    },
-    "CacheList": {
-        "type": "object",
-        "properties": {
-            "caches": {"type": "array", "items": {"$ref": "#/components/schemas/Cache"}},
-            "enabled": {"type": "boolean"},
-            "total_bytes": {"type": "integer"},
-            "max_bytes": {"type": "integer"},
-        },
-    },
-    "JobList": {
-        "type": "object",
-        "properties": {
-            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
-            "total": {"type": "integer"},
-            "limit": {"type": "integer"},
-            "offset": {"type": "integer"},
-        },
-    },
-    "ArtifactList": {
-        "type": "object",
-        "properties": {
-            "job_id": {"type": "string"},
-            "artifacts": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "name": {"type": "string"},
-                        "size_bytes": {"type": "integer"},
-                        "url": {"type": "string"},
-                    },
-                },
-            },
-        },
-    },
-    "Event": {
-        "type": "object",
-        "required": ["seq", "ts", "job_id", "action", "level", "message"],
-        "properties": {
-            "seq": {"type": "integer"},
-            "ts": {"type": "number"},
-            "job_id": {"type": "string"},
-            "action": {"type": "string"},
-            "level": {"type": "string", "enum": ["debug", "info", "warning", "error"]},
-            "message": {
-                "type": "string",
-                "description": "For `output` events: a run of consecutive lines of one stream, "
-                "joined by \\n (no trailing newline)",
-            },
-            "stream": {"type": "string", "enum": ["stdout", "stderr"]},
-            "lines": {
-                "type": "integer",
-                "description": "`output` events only: how many lines `message` holds",
-            },
-        },
-    },
-    "Operation": {
-        "type": "object",
-        "required": ["operation"],
-        "properties": {
-            "operation": {"type": "string", "enum": ["worker_install", "model_download"]},
-            "worker_id": {"type": "string"},
-            "url": {"type": "string", "description": "http(s) URL, or hf://REPO/FILE[@REV]"},
-            "name": {"type": "string"},
-            "sha256": {"type": "string"},
-            "timeout_s": {"type": "number"},
-        },
-    },
-    "CatalogWorker": {
-        "type": "object",
-        "properties": {
-            k: {"type": "string"}
-            for k in (
-                "id",
-                "name",
-                "version",
-                "description",
-                "license",
-                "worker_type",
-                "binary_name",
-            )
-        },
-    },
-    "Catalog": {
-        "type": "object",
-        "properties": {
-            "workers": {"type": "array", "items": {"$ref": "#/components/schemas/CatalogWorker"}},
-            "problems": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "InstalledWorker": {
-        "type": "object",
-        "properties": {
-            k: {"type": "string"}
-            for k in ("id", "version", "binary", "path", "sha256", "installed_at")
-        },
-    },
-    "WorkerList": {
-        "type": "object",
-        "properties": {
-            "workers": {"type": "array", "items": {"$ref": "#/components/schemas/InstalledWorker"}}
-        },
-    },
-    "ModelList": {
-        "type": "object",
-        "properties": {"models": {"type": "array", "items": {"type": "object"}}},
-    },
-    "Health": {
-        "type": "object",
-        "properties": {
-            "status": {"type": "string"},
-            "docker": {"type": "boolean"},
-            "images": {"type": "object"},
-        },
-    },
-}
+            op["security"] = [{"bearer": []}, {TOKEN_PARAM: []}]
+    if route.method not in SAFE_METHODS:
+        answers.setdefault(403, _CROSS_ORIGIN)
+    op["responses"] = {str(status): _answer(answers[status]) for status in sorted(answers)}
+    return op
 
 
+def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    # The stream's models are named by an extension, errors by a default: list them first.
+    found: dict[type[BaseModel], JsonSchemaMode] = {
+        Event: "serialization",
+        StreamEnd: "serialization",
+        Error: "serialization",
+    }
+    for route in ROUTES:
+        if route.body is not None and route.body.model is not None:
+            found[route.body.model] = "validation"
+        for answer in route.answers.values():
+            if isinstance(answer, Body) and answer.model is not None:
+                found[answer.model] = "serialization"
+    return list(found.items())
+
+
+@functools.cache
 def document() -> dict[str, Any]:
+    """The document (built once; callers must not change it)."""
+    _, schemas = models_json_schema(
+        _models(),
+        ref_template=_REF,
+        union_format="primitive_type_array",
+        schema_generator=_Schemas,
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     return {
         "openapi": "3.1.0",
         "info": {"title": "orchestrator", "version": __version__},
-        "paths": _PATHS,
+        "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": schemas["$defs"],
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
-                "access_token": {"type": "apiKey", "in": "query", "name": "access_token"},
+                TOKEN_PARAM: {"type": "apiKey", "in": "query", "name": TOKEN_PARAM},
             },
         },
         "security": [{"bearer": []}],

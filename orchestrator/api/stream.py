@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import re
 import socket
@@ -29,7 +28,9 @@ from aiohttp import web
 
 from ..bus import Frame
 from ..errors import InvalidInput
+from ..sse import HEARTBEAT, end_frame
 from .keys import BUS, REGISTRY, SETTINGS
+from .wire import StreamEnd
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
                 pending = asyncio.ensure_future(anext(events))
             # Not kept in a local: a finished task holds its result, the batch.
             if not (await asyncio.wait({pending}, timeout=HEARTBEAT_S))[0]:
-                await _send(request, response, b": keep-alive\n\n", stall_timeout_s)
+                await _send(request, response, HEARTBEAT, stall_timeout_s)
                 continue
             try:
                 batch = pending.result()
@@ -157,18 +158,13 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
             del data
         record = await registry.get(job_id)
         if record.status.terminal:
-            end = {
-                "job_id": job_id,
-                "status": record.status.value,
-                "reason": record.reason,
-                "exit_code": record.exit_code,
-            }
-            await _send(
-                request,
-                response,
-                f"event: end\ndata: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode(),
-                stall_timeout_s,
+            end = StreamEnd(
+                job_id=job_id,
+                status=record.status,
+                reason=record.reason,
+                exit_code=record.exit_code,
             )
+            await _send(request, response, end_frame(end.model_dump(mode="json")), stall_timeout_s)
         # aiohttp would otherwise end the response itself, waiting on the peer with no limit.
         try:
             async with asyncio.timeout(stall_timeout_s):

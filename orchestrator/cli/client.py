@@ -19,6 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from .. import sse
+
 # Exit codes, documented in `orchestrator --help` and README.
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -185,14 +187,14 @@ class Client:
             try:
                 async with self._session.get(url, headers=headers, timeout=timeout) as response:
                     await _raise_for_status(response)
-                    async for kind, data in _sse(response.content):
+                    async for message in sse.messages(response.content.iter_any()):
                         failures = 0
-                        if data == "[DONE]":
+                        if message.is_done:
                             return
-                        if kind == "end":
-                            yield End(json.loads(data))
+                        if message.is_end:
+                            yield End(message.json())
                             continue
-                        event = json.loads(data)
+                        event = message.json()
                         if event["seq"] <= last:
                             continue
                         last = event["seq"]
@@ -222,23 +224,3 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if response.status == 503:
         code = EXIT_UNAVAILABLE
     raise CliError(f"{message} (HTTP {response.status})", code)
-
-
-async def _sse(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str]]:
-    """(event type, data) for each Server-Sent Event; comments and ids are skipped."""
-    kind, data = "message", list[str]()
-    async for raw in content:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield kind, "\n".join(data)
-            kind, data = "message", list[str]()
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                kind = value
-            elif field == "data":
-                data.append(value)

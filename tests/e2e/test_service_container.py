@@ -15,6 +15,8 @@ from typing import Any
 import docker
 import pytest
 
+from orchestrator.sse import Parser
+
 from ..integration.conftest import job_containers
 from ..integration.service import tar_dir
 from .conftest import ServiceContainer
@@ -45,26 +47,19 @@ def sse(
     messages: list[str] = []
     end: dict[str, Any] | None = None
     done = False
+    parser = Parser()
     with urllib.request.urlopen(f"{service.url}/v1/jobs/{job_id}/stream", timeout=300) as stream:
-        event = "message"
-        for raw in stream:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line == "data: [DONE]":
+        for message in (m for raw in stream for m in parser.feed(raw)):
+            if message.is_done:
                 done = True
                 break
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-                if event == "end":
-                    end = data
-                else:
-                    lines = data["message"].split("\n")  # output events hold runs of lines
-                    messages += lines
-                    if until is not None and until in lines:
-                        break
-            elif not line:
-                event = "message"
+            if message.is_end:
+                end = message.json()
+                continue
+            lines = message.json()["message"].split("\n")  # output events hold runs of lines
+            messages += lines
+            if until is not None and until in lines:
+                break
     return messages, end, done
 
 

@@ -1,10 +1,9 @@
-"""Helpers for API tests: a real app on 127.0.0.1, tar uploads, and an SSE reader."""
+"""Helpers for API tests: a real app on 127.0.0.1, tar uploads, and reading a job's stream."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import json
 import tarfile
 import time
 from collections.abc import Callable
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+
+from orchestrator import sse
 
 
 def tar_dir(path: Path, *, gz: bool = True) -> bytes:
@@ -80,26 +81,18 @@ async def read_sse(
         )
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line:
-                if not line.startswith(":"):
-                    key, _, value = line.partition(": ")
-                    fields[key] = value
-                continue
-            if fields.get("data") == "[DONE]":
+        async for message in sse.messages(response.content.iter_any()):
+            if message.is_done:
                 result.done = True
-            elif fields.get("event") == "end":
-                result.end = json.loads(fields["data"])
-            elif "data" in fields:
-                event = json.loads(fields["data"])
+            elif message.is_end:
+                result.end = message.json()
+            else:
+                event = message.json()
                 result.events.append(event)
-                result.ids.append(int(fields["id"]))
+                result.ids.append(int(message.id))
                 if until is not None and until(event):
                     response.close()
                     return
-            fields = {}
 
     await asyncio.wait_for(read(), timeout_s)
     return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ import aiohttp
 import docker
 import pytest
 
-from orchestrator import Settings
+from orchestrator import Settings, sse
 
 from .conftest import job_containers
 from .service import tar_dir
@@ -88,16 +87,15 @@ async def test_sigterm_interrupts_builds_ends_streams_and_leaves_nothing(
         messages: list[str] = []
         end: dict[str, str] = {}
         async with session.get(f"{url}/v1/jobs/{job_id}/stream") as stream:
-            async for raw in stream.content:
-                line = raw.decode().strip()
-                if line.startswith("data: {") and '"seq"' in line:
-                    lines = json.loads(line[6:])["message"].split("\n")
+            async for message in sse.messages(stream.content.iter_any()):
+                if message.is_end:
+                    end = message.json()
+                elif not message.is_done:
+                    lines = message.json()["message"].split("\n")
                     messages += lines
                     if "children started" in lines:
                         assert job_containers(docker_client, job_id) != []
                         proc.send_signal(signal.SIGTERM)
-                elif line.startswith("data: {"):
-                    end = json.loads(line[6:])
     # The stream ended because the service shut down, and said how the job ended.
     assert end["status"] == "interrupted"
     assert "shutting down" in messages[-1]

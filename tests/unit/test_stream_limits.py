@@ -25,7 +25,7 @@ import pytest
 from aiohttp import ClientError, ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from orchestrator import Settings
+from orchestrator import Settings, sse
 from orchestrator.api import create_app
 from orchestrator.api.stream import WRITE_PIECE_BYTES
 from orchestrator.backend.fake import FakeBackend, Script
@@ -175,18 +175,15 @@ class SseParser:
         self.ids: list[int] = []
         self.events: list[dict[str, Any]] = []
         self.done = False
-        self._rest = b""
+        self._parser = sse.Parser()
 
     def feed(self, data: bytes) -> None:
-        blocks = (self._rest + data).split(b"\n\n")
-        self._rest = blocks.pop()
-        for block in blocks:
-            fields = dict(line.partition(": ")[::2] for line in block.decode().split("\n") if line)
-            if fields.get("data") == "[DONE]":
+        for message in self._parser.feed(data):
+            if message.is_done:
                 self.done = True
-            elif "id" in fields:
-                self.ids.append(int(fields["id"]))
-                self.events.append(json.loads(fields["data"]))
+            elif not message.is_end:
+                self.ids.append(int(message.id))
+                self.events.append(message.json())
 
 
 def parse_sse(body: bytes) -> SseParser:

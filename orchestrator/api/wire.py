@@ -1,0 +1,361 @@
+"""The API's wire format: every JSON body it takes or answers, and the stream's events.
+
+Handlers answer through these models (``respond``), and ``openapi.py`` builds the document from
+their JSON schemas, so what is served and what is documented cannot disagree. Every model
+forbids fields it does not name: a field added to a record reaches clients only once it is
+added here. Timestamps are ISO 8601 strings in UTC, as the stores already write them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.json_schema import SkipJsonSchema
+
+from ..cancel import CancelReason
+from ..events import Action, Level
+from ..status import JobStatus
+from ..store import JobRecord
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+Variant = Literal["cpu", "cuda", "metal"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def respond(
+    body: BaseModel, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """``body`` as the JSON answer. Fields left unset stay out: the ones documented as present
+    only sometimes (an error's details, a health problem)."""
+    return web.json_response(
+        body.model_dump(mode="json", exclude_unset=True), status=status, headers=headers
+    )
+
+
+def job_links(job_id: str) -> dict[str, str]:
+    return {"job_url": f"/v1/jobs/{job_id}", "sse_url": f"/v1/jobs/{job_id}/stream"}
+
+
+def artifact_url(job_id: str, name: str) -> str:
+    return f"/v1/jobs/{job_id}/artifacts/{name}"
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class Error(_Wire):
+    """A refusal or failure. The fields after `message` come only with the codes they name."""
+
+    error: str = Field(
+        description="what went wrong, as a word: not_found, bad_request, conflict, too_large, "
+        "bad_archive, bad_pkgbuild, bad_variant, variant_refused, unknown_operation, "
+        "insufficient_storage, unavailable, backend_error, unauthorized, cross_origin, "
+        "host_not_allowed, internal_error, or the HTTP reason (unsupported_media_type, ...)"
+    )
+    message: str = Field(description="for people: what to do about it")
+    operations: list[str] | SkipJsonSchema[None] = Field(
+        default=None, description="unknown_operation: the known ones"
+    )
+    status: str | SkipJsonSchema[None] = Field(
+        default=None, description="conflict over a job's state: the state it is in"
+    )
+    limit_bytes: int | SkipJsonSchema[None] = Field(default=None, description="too_large")
+    line: int | None = Field(
+        default=None, description="bad_pkgbuild: the PKGBUILD's line, when makepkg named one"
+    )
+    problems: list[str] | SkipJsonSchema[None] = Field(
+        default=None, description="bad_pkgbuild: everything that would stop the build"
+    )
+    variant: str | SkipJsonSchema[None] = Field(default=None, description="variant_refused")
+    reason: str | SkipJsonSchema[None] = Field(default=None, description="variant_refused")
+    suggestion: str | None = Field(default=None, description="variant_refused")
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+class ArtifactLink(_Wire):
+    name: str
+    url: str
+
+
+class Job(_Wire):
+    """A job: a build, a worker install or a model download."""
+
+    id: str
+    operation: str = Field(description="build, worker_install or model_download")
+    status: JobStatus
+    variant: str | None
+    pkgname: str | None = Field(description="a download's: the model's name")
+    pkgver: str | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    timeout_s: float | None
+    exit_code: int | None
+    reason: str | None = Field(description="how it ended, for people")
+    cancel_reason: CancelReason | None
+    artifacts: list[ArtifactLink]
+    last_seq: int = Field(description="the seq of its newest event")
+    srcinfo: str | None = Field(description="the .SRCINFO makepkg printed for the PKGBUILD")
+    cache: dict[str, Any] | None = Field(
+        description="whether the build had its package's cache (used, why not), and what hit: "
+        "sources reused, sccache and ccache hits and misses"
+    )
+    job_id: str
+    job_url: str
+    sse_url: str
+
+    @classmethod
+    def of(cls, record: JobRecord) -> Job:
+        fields = record.to_dict()
+        artifacts = [{"name": n, "url": artifact_url(record.id, n)} for n in record.artifacts]
+        fields.update(job_id=record.id, artifacts=artifacts, **job_links(record.id))
+        return cls.model_validate(fields)
+
+
+class JobList(_Wire):
+    """A page of jobs, newest first."""
+
+    jobs: list[Job]
+    total: int = Field(description="jobs matching the filter, on every page")
+    limit: int
+    offset: int
+
+
+class JobSubmitted(_Wire):
+    """A queued job (`Location` names it)."""
+
+    job_id: str
+    status: JobStatus
+    job_url: str
+    sse_url: str
+
+
+class BuildSubmitted(_Wire):
+    """A queued build (`Location` names it)."""
+
+    job_id: str
+    status: JobStatus
+    pkgname: str | None
+    pkgver: str | None
+    pkgnames: list[str]
+    variant: str | None
+    cache: bool = Field(description="whether the build may use its cache")
+    warnings: list[str]
+    job_url: str
+    sse_url: str
+
+
+class DryRun(_Wire):
+    """What makepkg read from the PKGBUILD, and what would stop a build of it."""
+
+    srcinfo: str = Field(description="exactly as makepkg printed it")
+    pkgbase: str
+    pkgnames: list[str]
+    version: str
+    arch: list[str]
+    sources: list[str]
+    depends: list[str]
+    makedepends: list[str]
+    variant: Variant
+    problems: list[str]
+    warnings: list[str]
+
+
+class WorkerInstall(BaseModel):
+    """Build a catalog worker and install its binary."""
+
+    operation: Literal["worker_install"]
+    worker_id: str = Field(min_length=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class ModelDownload(BaseModel):
+    """Download a model file."""
+
+    operation: Literal["model_download"]
+    url: str = Field(min_length=1, description="http(s) URL, or hf://REPO/FILE[@REV]")
+    name: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern="^[0-9a-fA-F]{64}$")
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class Operation(RootModel[WorkerInstall | ModelDownload]):
+    """An operation to run as a job."""
+
+    root: WorkerInstall | ModelDownload = Field(discriminator="operation")
+
+
+# -- the stream --------------------------------------------------------------------------------
+
+
+class Event(_Wire):
+    """One event of a job's narration: an SSE message's `data`, its `id` the `seq`."""
+
+    seq: int
+    ts: float = Field(description="Unix time, seconds")
+    job_id: str
+    action: Action
+    level: Level
+    message: str = Field(
+        description="for `output` events: a run of consecutive lines of one stream, joined by "
+        "\\n (no trailing newline)"
+    )
+    stream: Literal["stdout", "stderr"] | SkipJsonSchema[None] = None
+    lines: int | SkipJsonSchema[None] = Field(
+        default=None, description="`output` events only: how many lines `message` holds"
+    )
+
+
+class StreamEnd(_Wire):
+    """The data of the stream's `event: end`, once the job has ended."""
+
+    job_id: str
+    status: JobStatus
+    reason: str | None
+    exit_code: int | None
+
+
+# -- artifacts ---------------------------------------------------------------------------------
+
+
+class Artifact(_Wire):
+    name: str
+    size_bytes: int
+    url: str
+
+
+class ArtifactList(_Wire):
+    """The packages a job made that are still on disk."""
+
+    job_id: str
+    status: JobStatus
+    artifacts: list[Artifact]
+
+
+# -- catalog, workers, models ------------------------------------------------------------------
+
+
+class CatalogWorker(_Wire):
+    """A worker that can be installed."""
+
+    id: str
+    name: str
+    version: str
+    description: str
+    license: str
+    worker_type: Variant
+    platforms: list[str]
+    architectures: list[str]
+    binary_name: str
+    depends: list[str]
+    makedepends: list[str]
+
+
+class CatalogWorkerDetail(CatalogWorker):
+    """A catalog entry, with the names of its local sources and where its PKGBUILD is."""
+
+    sources: list[str]
+    pkgbuild_url: str
+
+
+class Catalog(_Wire):
+    workers: list[CatalogWorker]
+    problems: list[str] = Field(description="entries that did not validate, and why")
+    checked: bool = Field(
+        description="false while makepkg is still reading the PKGBUILDs: more problems may appear"
+    )
+
+
+class InstalledWorker(_Wire):
+    id: str
+    version: str
+    binary: str
+    path: str
+    sha256: str
+    installed_at: Timestamp
+    job_id: str | None = Field(description="the install job")
+
+
+class WorkerList(_Wire):
+    workers: list[InstalledWorker]
+
+
+class DownloadedModel(_Wire):
+    name: str
+    path: str
+    size_bytes: int
+    sha256: str
+    downloaded_at: Timestamp
+    url: str
+
+
+class ModelList(_Wire):
+    models: list[DownloadedModel]
+
+
+class Removed(_Wire):
+    removed: str = Field(description="the worker's id, or the model's name")
+
+
+# -- caches ------------------------------------------------------------------------------------
+
+
+class Cache(_Wire):
+    """A build cache: one package's, for one variant."""
+
+    key: str = Field(description="pkgbase:variant")
+    package: str
+    variant: str
+    volume: str = Field(description="the engine's volume holding it")
+    size_bytes: int | None = Field(description="after its last build")
+    created_at: Timestamp
+    last_used_at: Timestamp
+    builds: int = Field(description="builds that used it")
+    hits: int = Field(description="builds that found it already filled")
+    last_build: dict[str, Any] | None = Field(description="its last build's report")
+    last_job: str | None
+    in_use: bool
+
+
+class CacheList(_Wire):
+    """Build caches, most recently used first."""
+
+    caches: list[Cache]
+    enabled: bool
+    total_bytes: int
+    max_bytes: int
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+class StoreHealth(_Wire):
+    ok: bool
+    error: str | None
+
+
+class DiskHealth(_Wire):
+    path: str
+    free_bytes: int
+    full: str | None = Field(description="while the disk counts as full: how full")
+
+
+class Health(_Wire):
+    """Whether the service can build: daemon, images, job store, data disk."""
+
+    status: Literal["ok", "unavailable"]
+    docker: bool
+    images: dict[str, bool] = Field(description="variant → its build image is present")
+    store: StoreHealth
+    disk: DiskHealth
+    queue_length: int
+    error: str | SkipJsonSchema[None] = Field(
+        default=None, description="when unavailable: the first thing that is wrong"
+    )
