@@ -9,8 +9,9 @@ import pytest
 import requests
 
 from orchestrator.backend import ContainerSpec
-from orchestrator.backend._attach import MAX_LINE_BYTES, LineSplitter, demux
+from orchestrator.backend._attach import demux
 from orchestrator.backend.docker import _is_transient, _is_unsent, create_kwargs, quota_capable
+from orchestrator.backend.lines import MAX_LINE_BYTES, LineSplitter
 from orchestrator.errors import BackendError
 
 
