@@ -1,4 +1,5 @@
-"""Pure logic of the backends: line splitting, the Docker sandbox, what is retried."""
+"""Pure logic of the backends: line splitting, the Docker sandbox, what is retried, the choice
+of engine by setting."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import docker.errors
 import pytest
 import requests
 
+from orchestrator import Settings
 from orchestrator.backend import Step
 from orchestrator.backend._attach import demux
 from orchestrator.backend.docker import _is_transient, _is_unsent, create_kwargs, quota_capable
+from orchestrator.backend.engines import ENGINES, open_backend
+from orchestrator.backend.fake import FakeBackend
 from orchestrator.backend.lines import MAX_LINE_BYTES, LineSplitter
-from orchestrator.errors import BackendError
+from orchestrator.errors import BackendError, UnknownBackend
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -184,3 +188,14 @@ def test_a_disk_quota_is_asked_for_only_where_the_driver_can_have_one(
     assert create_kwargs(spec, quota=quota_capable(info)).get("storage_opt") == (
         {"size": "123"} if capable else None
     )
+
+
+def test_the_backend_setting_picks_the_engine_by_name() -> None:
+    assert set(ENGINES) >= {"docker", "fake"}
+    backend = open_backend(Settings(backend="fake"))
+    assert isinstance(backend, FakeBackend) and backend.name == "fake"
+
+
+def test_an_unknown_backend_is_an_error_naming_the_known_ones() -> None:
+    with pytest.raises(UnknownBackend, match=r"unknown backend 'podman'.*docker, fake"):
+        open_backend(Settings(backend="podman"))
