@@ -1,5 +1,4 @@
-"""One build, start to end: the only place that sequences a build's backend calls and narrates
-them.
+"""One build, start to end: the only place that sequences a build's step and narrates it.
 
 ``Runner.run`` validates, sets the build's step up with the sources in it, starts makepkg,
 streams its output as events, and collects the packages. Whatever happens (success, failure,
