@@ -1,7 +1,7 @@
 """orchestrator: builds PKGBUILDs in throwaway Docker containers, with live narration and cancel."""
 
 from ._version import __version__
-from .backend import Backend, ContainerSpec, OutputChunk
+from .backend import Backend, OutputChunk, Step
 from .cancel import CancelReason, CancelToken
 from .engine import Engine
 from .errors import (
@@ -36,7 +36,6 @@ __all__ = [
     "CancelReason",
     "CancelToken",
     "ContainerGone",
-    "ContainerSpec",
     "Engine",
     "Event",
     "ImageNotFound",
@@ -49,6 +48,7 @@ __all__ = [
     "Runner",
     "Settings",
     "SrcInfo",
+    "Step",
     "Variant",
     "VariantError",
     "VariantPlan",

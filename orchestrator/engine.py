@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from .backend import Backend
-from .backend.docker import DockerBackend
+from .backend.engines import open_backend
 from .caches import Caches
 from .cancel import CancelToken
 from .runner import INSTANCE_LABEL, BuildRequest, BuildResult, Runner, Sink
@@ -25,8 +25,9 @@ class Engine:
 
     @classmethod
     async def open(cls, settings: Settings, backend: Backend | None = None) -> Engine:
-        """Connect and remove containers this instance left behind when it last stopped."""
-        backend = backend if backend is not None else DockerBackend(settings)
+        """Connect to ``backend``, or else to the engine the ``backend`` setting names, and
+        remove the steps this instance left behind when it last stopped."""
+        backend = backend if backend is not None else open_backend(settings)
         engine = cls(settings, backend)
         try:
             engine.reaped = await backend.reap({INSTANCE_LABEL: settings.instance_id})

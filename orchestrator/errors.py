@@ -85,6 +85,16 @@ class BackendUnavailable(BackendError):
     """The engine cannot be reached (socket missing, daemon down)."""
 
 
+class UnknownBackend(BackendError):
+    """The ``backend`` setting names no engine this service knows."""
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        super().__init__(
+            f"unknown backend {name!r} (ORCHESTRATOR_BACKEND); known backends: {', '.join(known)}"
+        )
+        self.known = known
+
+
 class ImageNotFound(BackendError):
     """A build image is not present locally; we never pull."""
 

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from .backend import Backend, ContainerSpec
+from .backend import Backend, Step
 from .errors import InspectTimeout, OrchestratorError, PkgbuildError
 from .settings import MiB, Settings
 from .srcinfo import SrcInfo, parse
@@ -73,27 +73,24 @@ class Inspector:
             self._answers.popitem(last=False)
 
     async def _read(self, tar: io.BytesIO, image: str, labels: dict[str, str]) -> SrcInfo:
-        spec = ContainerSpec(
+        step = Step(
             image=image,
             command=("makepkg", "--printsrcinfo"),
             labels=labels,
             workdir=SOURCE_DIR,
-            # Everything makepkg insists on being able to write, on the tmpfs.
+            # Everything makepkg insists on being able to write, in the in-memory /tmp.
             env={"BUILDDIR": "/tmp", "SRCDEST": "/tmp", "PKGDEST": "/tmp", "LOGDEST": "/tmp"},
-            network="none",
+            inputs=tar,
+            network=False,
             memory_bytes=256 * MiB,
             cpus=1.0,
             pids_limit=64,
             log_max_bytes=1 * MiB,
             read_only=True,
-            tmpfs={"/tmp": "size=16m"},
-            scratch=(SOURCE_DIR,),
+            tmp_bytes=16 * MiB,
         )
-        cid = await self._backend.create(spec)
+        handle = await self._backend.setup(step)
         try:
-            tar.seek(0)
-            await self._backend.copy_in(cid, SOURCE_DIR, tar)
-            stream = await self._backend.attach(cid)
             out: list[str] = []
             err: list[str] = []
 
@@ -107,10 +104,10 @@ class Inspector:
                         if kept[chunk.stream] < _MAX_OUTPUT_BYTES:
                             kept[chunk.stream] += len(chunk.text) + 1
                             (out if chunk.stream == "stdout" else err).append(chunk.text)
-                return (await self._backend.wait(cid)).code
+                return (await self._backend.wait(handle)).code
 
+            stream = await self._backend.start(handle)
             try:
-                await self._backend.start(cid)
                 code = await asyncio.wait_for(collect(), self._settings.inspect_timeout_s)
             except TimeoutError:
                 raise InspectTimeout(
@@ -123,7 +120,7 @@ class Inspector:
         finally:
             # Should this fail, start-up reaping removes it by its label.
             with contextlib.suppress(OrchestratorError):
-                await asyncio.shield(self._backend.remove(cid))
+                await asyncio.shield(self._backend.destroy(handle))
         if code != 0:
             said = ("\n".join(err).strip() or "\n".join(out).strip())[-_MAX_MESSAGE_CHARS:]
             raise PkgbuildError(f"makepkg refused the PKGBUILD: {said or f'exit code {code}'}")

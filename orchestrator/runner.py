@@ -1,9 +1,9 @@
-"""One build, start to end: the only place that sequences backend calls and narrates them.
+"""One build, start to end: the only place that sequences a build's step and narrates it.
 
-``Runner.run`` validates, creates the container, copies the sources in, starts makepkg, streams
-its output as events, and copies the packages out. Whatever happens (success, failure, cancel,
-timeout, or the task itself being cancelled) the container is removed before ``run`` returns, and
-the last event says how the build ended.
+``Runner.run`` validates, sets the build's step up with the sources in it, starts makepkg,
+streams its output as events, and collects the packages. Whatever happens (success, failure,
+cancel, timeout, or the task itself being cancelled) the step is destroyed before ``run``
+returns, and the last event says how the build ended.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import archive, cachescript, srcinfo
-from .backend import Backend, ContainerSpec, ExitStatus, OutputStream
+from .backend import Backend, ExitStatus, OutputStream, Step
 from .caches import Caches, Lease
 from .cancel import CancelReason, CancelToken
 from .errors import OrchestratorError, PkgbuildError
@@ -165,27 +165,6 @@ class Runner:
 
         lease = await self._lease(request, info, variant, sink, *caching)
         cache_env, mtimes = await self._cache_setup(lease, info, request.source_dir)
-        spec = ContainerSpec(
-            image=variant.image,
-            command=cachescript.command(MAKEPKG) if lease else MAKEPKG,
-            labels=self.labels(request.job_id),
-            workdir=BUILD_DIR,
-            env={"PKGDEST": PACKAGE_DIR, **cache_env},
-            volumes={lease.volume: cachescript.CACHE_DIR} if lease else {},
-            network=self._settings.build_network,
-            memory_bytes=self._settings.build_memory_bytes,
-            cpus=self._settings.build_cpus,
-            pids_limit=self._settings.build_pids_limit,
-            log_max_bytes=self._settings.build_log_max_bytes,
-            gpus=variant.gpus,
-            disk_bytes=self._settings.build_disk_bytes,
-        )
-        cid = await self._backend.create(spec)
-        container.append(cid)
-        await sink(
-            [Event(Action.CONTAINER_CREATED, f"Container {cid[:12]} created from {spec.image}")]
-        )
-
         tar = await asyncio.to_thread(
             archive.pack_dir,
             request.source_dir,
@@ -196,13 +175,32 @@ class Runner:
         )
         with tar:
             size = tar.seek(0, 2)
-            await self._backend.copy_in(cid, BUILD_DIR, tar)
+            step = Step(
+                image=variant.image,
+                command=cachescript.command(MAKEPKG) if lease else MAKEPKG,
+                labels=self.labels(request.job_id),
+                workdir=BUILD_DIR,
+                env={"PKGDEST": PACKAGE_DIR, **cache_env},
+                inputs=tar,
+                volumes={lease.volume: cachescript.CACHE_DIR} if lease else {},
+                network=self._settings.build_network != "none",
+                memory_bytes=self._settings.build_memory_bytes,
+                cpus=self._settings.build_cpus,
+                pids_limit=self._settings.build_pids_limit,
+                log_max_bytes=self._settings.build_log_max_bytes,
+                gpus=variant.gpus,
+                disk_bytes=self._settings.build_disk_bytes,
+            )
+            cid = await self._backend.setup(step)
+        container.append(cid)
+        await sink(
+            [Event(Action.CONTAINER_CREATED, f"Container {cid[:12]} created from {step.image}")]
+        )
         await sink([Event(Action.SOURCES_COPIED, f"Copied the build directory in ({size} bytes)")])
         if cancel.cancelled:
             return _cancelled(cancel, request)
 
-        stream = await self._backend.attach(cid)
-        ended = await self._until_exit(cid, stream, sink, cancel, request, lease)
+        ended = await self._until_exit(cid, sink, cancel, request, lease)
         if isinstance(ended, BuildResult):  # stopped before it ended by itself
             return ended
         exit_code = ended.code
@@ -284,7 +282,7 @@ class Runner:
         """What the wrapper left in the container about the cache; none of it is trusted."""
         files: dict[str, bytes] = {}
         try:
-            tar = await self._backend.copy_out(cid, cachescript.REPORT_DIR + "/.", 1 << 20)
+            tar = await self._backend.collect(cid, cachescript.REPORT_DIR + "/.", 1 << 20)
         except OrchestratorError:
             tar = None
         if tar is not None:
@@ -295,7 +293,6 @@ class Runner:
     async def _until_exit(
         self,
         cid: str,
-        stream: OutputStream,
         sink: Sink,
         cancel: CancelToken,
         request: BuildRequest,
@@ -303,12 +300,12 @@ class Runner:
     ) -> ExitStatus | BuildResult:
         """Run the container to its end and say how it ended; or stop it (cancelled, or over
         its disk limit) and say why."""
+        stream = await self._backend.start(cid)
+        if lease is not None:
+            lease.started = True
         build: asyncio.Future[ExitStatus] | None = None
         waits: list[asyncio.Future[Any]] = []
         try:
-            await self._backend.start(cid)
-            if lease is not None:
-                lease.started = True
             await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
             build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink))
             stop = asyncio.ensure_future(cancel.wait())
@@ -353,7 +350,7 @@ class Runner:
         return await self._backend.wait(cid)
 
     async def _copy_packages(self, cid: str, job_id: str) -> list[Path]:
-        tar = await self._backend.copy_out(cid, PACKAGE_DIR + "/.")
+        tar = await self._backend.collect(cid, PACKAGE_DIR + "/.")
         with tar:
             return await asyncio.to_thread(
                 archive.extract_packages,
@@ -365,11 +362,11 @@ class Runner:
     async def _destroy(self, job_id: str, container: list[str], sink: Sink) -> None:
         try:
             if container:
-                await self._backend.remove(container[0])
+                await self._backend.destroy(container[0])
                 message = f"Container {container[0][:12]} removed"
                 await sink([Event(Action.CONTAINER_REMOVED, message)])
             else:
-                # The task may have been cancelled while `create` was in flight: find it by label.
+                # The task may have been cancelled while `setup` was in flight: find it by label.
                 await self._backend.reap({JOB_LABEL: job_id})
         except OrchestratorError as exc:
             # Start-up reaping will remove it later; the build's own outcome stands.

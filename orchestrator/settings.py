@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="ignore")
 
     # -- engine ---------------------------------------------------------------------------------
+    backend: str = Field(
+        default="docker",
+        description="The engine builds run on: docker, or fake (in memory, for tests).",
+    )
     docker_url: str | None = Field(
         default=None, description="Docker endpoint; unset means DOCKER_HOST or the local socket."
     )

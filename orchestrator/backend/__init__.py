@@ -1,8 +1,12 @@
-"""The container engine behind a small interface, so Docker can be swapped for another engine.
+"""The seam between a build and the engine that runs it: one step at a time.
 
-A build is: ``create`` → ``copy_in`` → ``attach`` → ``start`` → read the output → ``wait`` →
-``copy_out`` → ``remove``; ``kill`` may come at any point, and ``remove`` is always safe to call
-again. Only the runner sequences these calls.
+Modelled on Woodpecker CI's backends. A ``Step`` says what a build needs (image, command, its
+input files, limits as plain numbers), never an engine's options; each engine maps it onto its
+own. For one step: ``setup`` → ``start`` (its output, from the first byte) → ``wait`` →
+``collect`` → ``destroy``. ``kill`` may come at any point after ``setup``; ``destroy`` is always
+safe to call again. Only the runner and the inspector sequence these calls.
+``docs/backends.md`` says how Docker, Docker Swarm and Kubernetes map onto it; ``engines.py``
+picks one by the ``backend`` setting.
 """
 
 from __future__ import annotations
@@ -13,26 +17,37 @@ from typing import IO, Literal, Protocol
 
 Stream = Literal["stdout", "stderr"]
 
+# What identifies a step to its engine once it is set up: Docker's container id, a Swarm
+# service's id, a pod's name. Opaque to the caller, which only passes it back.
+Handle = str
+
 
 @dataclass(frozen=True, slots=True)
-class ContainerSpec:
+class Step:
+    """One command in a fresh sandbox from a local image: what a build needs, no engine's terms.
+
+    Limits left at None are the engine's defaults. ``labels`` find the step again (``reap``).
+    """
+
     image: str
     command: tuple[str, ...]
     labels: Mapping[str, str]
     user: str = "builder"
     workdir: str = "/build"
     env: Mapping[str, str] = field(default_factory=dict)
-    network: str = "bridge"
+    inputs: IO[bytes] | None = None  # a tar, there at ``workdir`` before the command starts
+    network: bool = True  # off: no interface but loopback
     memory_bytes: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
-    log_max_bytes: int | None = None
-    gpus: bool = False
-    disk_bytes: int | None = None  # what the build may write to its own filesystem
-    read_only: bool = False  # the root filesystem; then only tmpfs and scratch are writable
-    tmpfs: Mapping[str, str] = field(default_factory=dict)  # path → mount options
-    scratch: tuple[str, ...] = ()  # empty writable folders, gone with the container
-    volumes: Mapping[str, str] = field(default_factory=dict)  # named volume → mount path
+    disk_bytes: int | None = None  # what the step may write to its own filesystem
+    log_max_bytes: int | None = None  # what the engine may keep of the output beside the stream
+    gpus: bool = False  # every GPU of the host (only asked where ``gpu_runtime`` says yes)
+    volumes: Mapping[str, str] = field(default_factory=dict)  # cache volume name → mount path
+    # A sandbox that can write almost nowhere: a read-only root, with only ``workdir`` (the
+    # inputs) and an in-memory ``/tmp`` of ``tmp_bytes`` writable; both gone with the step.
+    read_only: bool = False
+    tmp_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +65,7 @@ class OutputChunk:
 
 @dataclass(frozen=True, slots=True)
 class ExitStatus:
-    """How a container ended: its exit code, and whether the kernel killed a process in it for
+    """How a step ended: its exit code, and whether the kernel killed a process in it for
     going over the memory limit (whatever the exit code then says)."""
 
     code: int
@@ -58,7 +73,8 @@ class ExitStatus:
 
 
 class OutputStream(Protocol):
-    """Batches of chunks in the order the container wrote them; ends when the container exits."""
+    """Batches of chunks in the order the step wrote them; ends when the step exits.
+    ``lines.LineSplitter`` turns an engine's bytes into these."""
 
     def __aiter__(self) -> AsyncIterator[list[OutputChunk]]: ...
 
@@ -66,9 +82,50 @@ class OutputStream(Protocol):
 
 
 class Backend(Protocol):
+    @property
+    def name(self) -> str:
+        """What the ``backend`` setting calls this engine."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``BackendUnavailable`` when the engine cannot be reached."""
         ...
+
+    # -- one step ---------------------------------------------------------------------------
+
+    async def setup(self, step: Step) -> Handle:
+        """Make the step's sandbox with its inputs in place, not yet running; never pulls an
+        image (``ImageNotFound``). On failure nothing is left that ``reap`` would not find."""
+        ...
+
+    async def start(self, handle: Handle) -> OutputStream:
+        """Start the step; its output from the first byte (not a line may be missed, however
+        fast the step exits). The caller closes the stream."""
+        ...
+
+    async def wait(self, handle: Handle) -> ExitStatus:
+        """Wait for the step to exit; say how it ended."""
+        ...
+
+    async def collect(self, handle: Handle, path: str, max_bytes: int | None = None) -> IO[bytes]:
+        """A tar of ``path`` in the exited step, spooled on our side, of at most ``max_bytes``
+        (default: the artifact cap; past it ``ArchiveTooLarge``); the caller closes it."""
+        ...
+
+    async def kill(self, handle: Handle, grace_s: float = 0.0) -> None:
+        """Stop the step and every process in it (SIGTERM, SIGKILL after ``grace_s``); a step
+        that already exited is fine."""
+        ...
+
+    async def destroy(self, handle: Handle) -> None:
+        """Remove the step and whatever it wrote (not its cache volume); idempotent."""
+        ...
+
+    async def reap(self, labels: Mapping[str, str]) -> list[Handle]:
+        """Destroy every step carrying all of ``labels``, in any state; return them."""
+        ...
+
+    # -- what the runner asks of the engine -------------------------------------------------
 
     async def image_present(self, image: str) -> bool: ...
 
@@ -77,40 +134,26 @@ class Backend(Protocol):
         ...
 
     async def gpu_runtime(self) -> bool:
-        """Whether containers can be given GPUs here."""
+        """Whether steps can be given GPUs here."""
         ...
 
-    async def create(self, spec: ContainerSpec) -> str:
-        """Create (not start) a container from a local image; return its id. Never pulls."""
+    async def disk_usage(self, handle: Handle) -> int | None:
+        """Bytes the step has written to its own filesystem; None when this engine cannot
+        tell. May be slow (a walk of the step's files): the caller paces itself."""
         ...
 
-    async def copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None: ...
-
-    async def attach(self, container_id: str) -> OutputStream:
-        """Attach to the output; called before ``start`` so not a line is missed."""
-        ...
-
-    async def start(self, container_id: str) -> None: ...
-
-    async def wait(self, container_id: str) -> ExitStatus:
-        """Wait for the container to exit; say how it ended."""
-        ...
-
-    async def disk_usage(self, container_id: str) -> int | None:
-        """Bytes the container has written to its own filesystem; None when this engine cannot
-        tell. May be slow (a walk of the container's files): the caller paces itself."""
-        ...
-
-    async def path_usage(self, container_id: str, path: str) -> int | None:
-        """Bytes under ``path`` in the running container (a volume), as its user sees them;
-        None when this engine cannot tell or the container has stopped."""
+    async def path_usage(self, handle: Handle, path: str) -> int | None:
+        """Bytes under ``path`` in the running step (a volume), as its user sees them; None
+        when this engine cannot tell or the step has stopped."""
         ...
 
     @property
     def enforces_disk_limit(self) -> bool:
-        """Whether ``ContainerSpec.disk_bytes`` is a hard quota here (writes past it fail);
-        otherwise only ``disk_usage`` can tell, after the fact."""
+        """Whether ``Step.disk_bytes`` is a hard quota here (writes past it fail); otherwise
+        only ``disk_usage`` can tell, after the fact."""
         ...
+
+    # -- cache volumes ----------------------------------------------------------------------
 
     @property
     def supports_volumes(self) -> bool:
@@ -134,26 +177,7 @@ class Backend(Protocol):
         """The named volumes carrying all of ``labels``: name → its labels."""
         ...
 
-    async def kill(self, container_id: str, grace_s: float = 0.0) -> None:
-        """Stop the container and everything in it; a container that already exited is fine."""
-        ...
-
-    async def copy_out(
-        self, container_id: str, path: str, max_bytes: int | None = None
-    ) -> IO[bytes]:
-        """A tar of ``path``, spooled on our side, of at most ``max_bytes`` (default: the
-        artifact cap; past it ``ArchiveTooLarge``); the caller closes it."""
-        ...
-
-    async def remove(self, container_id: str) -> None:
-        """Remove the container and its anonymous volumes; idempotent."""
-        ...
-
-    async def reap(self, labels: Mapping[str, str]) -> list[str]:
-        """Remove every container carrying all of ``labels``; return their ids."""
-        ...
-
     async def close(self) -> None: ...
 
 
-__all__ = ["Backend", "ContainerSpec", "ExitStatus", "OutputChunk", "OutputStream", "Stream"]
+__all__ = ["Backend", "ExitStatus", "Handle", "OutputChunk", "OutputStream", "Step", "Stream"]

@@ -5,7 +5,8 @@ frame and yields one frame at a time. A build that flushes every line sends one 
 that costs several microseconds a line before we have done anything with it. Here one thread reads
 the socket in large blocks, splits Docker's multiplexed framing (an 8-byte header: stream id, three
 zero bytes, big-endian payload size) in bulk, and cuts each stream at its last newline, so the work
-per line is done by ``bytes`` methods in C, not by Python code.
+per line is done by ``bytes`` methods in C, not by Python code (``lines.py``, shared by every
+engine, cuts the lines).
 
 Why attach at all: on Docker 20.10, ``logs(follow=True)`` stops early when a container exits in a
 burst; an attach made before ``start`` sees every byte.
@@ -26,8 +27,8 @@ from typing import Any
 
 from ..errors import BackendError
 from . import OutputChunk, Stream
+from .lines import LineSplitter
 
-MAX_LINE_BYTES = 64 * 1024  # a longer run without a newline is cut, so memory stays bounded
 _MAX_BUFFERED_BYTES = 8 * 1024 * 1024  # then the reader waits, and so does the container
 _READ_BYTES = 256 * 1024
 _HEADER = struct.Struct(">BxxxL")
@@ -62,42 +63,6 @@ def demux(blocks: Iterable[bytes]) -> Iterator[list[tuple[Stream, bytes]]]:
             yield runs
     if buf:
         raise BackendError(f"the attach stream ended inside a frame ({len(buf)} bytes left)")
-
-
-class LineSplitter:
-    """Runs of stream bytes → chunks of whole lines; a partial line waits for its stream's rest."""
-
-    def __init__(self) -> None:
-        self._partial: dict[Stream, bytes] = {"stdout": b"", "stderr": b""}
-
-    def feed(self, runs: Iterable[tuple[Stream, bytes]], now: float) -> list[OutputChunk]:
-        chunks = []
-        for stream, data in runs:
-            buf = self._partial[stream] + data if self._partial[stream] else data
-            cut = buf.rfind(b"\n")
-            pieces = [buf[:cut]] if cut >= 0 else []
-            rest = buf[cut + 1 :]
-            while len(rest) > MAX_LINE_BYTES:
-                pieces.append(rest[:MAX_LINE_BYTES])
-                rest = rest[MAX_LINE_BYTES:]
-            self._partial[stream] = rest
-            if pieces:
-                chunks.append(OutputChunk(stream, _decode(b"\n".join(pieces)), now))
-        return chunks
-
-    def finish(self) -> list[OutputChunk]:
-        """Whatever partial lines are left when the stream ends: nothing written is lost."""
-        now = time.time()
-        chunks = [OutputChunk(s, _decode(b), now) for s, b in self._partial.items() if b]
-        self._partial = {"stdout": b"", "stderr": b""}
-        return chunks
-
-
-def _decode(raw: bytes) -> str:
-    text = raw.decode("utf-8", errors="replace")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").removesuffix("\r")
-    return text
 
 
 class AttachOutput:

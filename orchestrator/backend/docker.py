@@ -1,15 +1,20 @@
-"""Docker behind the ``Backend`` interface, with docker-py.
+"""Docker behind the ``Backend`` interface, with docker-py: a step is one container.
+
+``setup`` is create + ``put_archive`` of the inputs; ``start`` attaches, then starts, so the
+attach sees every byte: on Docker 20.10, ``logs(follow=True)`` stops early when a container exits
+in a burst, and attach does not (``_attach.py`` reads it). The sandbox's Docker terms (init,
+dropped capabilities, no-new-privileges, the json-file log, a storage quota, tmpfs and scratch
+volumes) are derived here from the engine-neutral ``Step``, in ``create_kwargs``.
 
 docker-py blocks, so every call runs in this backend's own thread pool (a build holds a thread for
-its output and one for its wait; the loop's default pool is too small for that). Output is read
-from an ``attach`` made before ``start``: on Docker 20.10, ``logs(follow=True)`` stops early when a
-container exits in a burst, and attach does not (``_attach.py`` reads it).
-Only transient daemon errors are retried; docker errors leave this module as ours.
+its output and one for its wait; the loop's default pool is too small for that). Only transient
+daemon errors are retried; docker errors leave this module as ours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import time
@@ -30,10 +35,11 @@ from ..errors import (
     BackendUnavailable,
     ContainerGone,
     ImageNotFound,
+    OrchestratorError,
     VolumeInUse,
 )
 from ..settings import Settings
-from . import ContainerSpec, ExitStatus
+from . import ExitStatus, Step
 from ._attach import AttachOutput
 
 T = TypeVar("T")
@@ -69,6 +75,8 @@ def _status(exc: docker.errors.APIError) -> int:
 
 
 class DockerBackend:
+    name = "docker"
+
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         try:
@@ -125,28 +133,41 @@ class DockerBackend:
         found = await self._run(self._client.images.get, image)
         return dict(found.labels or {})
 
-    async def create(self, spec: ContainerSpec) -> str:
-        return await self._run(self._create, spec, idempotent=False)
-
-    def _create(self, spec: ContainerSpec) -> str:
+    async def setup(self, step: Step) -> str:
+        cid = await self._run(self._create, step, idempotent=False)
         try:
-            self._client.images.get(spec.image)
+            if step.inputs is not None:
+                await self._copy_in(cid, step.workdir, step.inputs)
+        except BaseException:
+            # Not left for reaping: the caller has no handle to destroy it by.
+            removal = asyncio.ensure_future(self.destroy(cid))
+            with contextlib.suppress(OrchestratorError):
+                await asyncio.shield(removal)
+            raise
+        return cid
+
+    def _create(self, step: Step) -> str:
+        try:
+            self._client.images.get(step.image)
         except docker.errors.ImageNotFound:
-            hint = " --cuda" if "cuda" in spec.image else ""
+            hint = " --cuda" if "cuda" in step.image else ""
             raise ImageNotFound(
-                f"build image {spec.image!r} is not on this Docker host "
+                f"build image {step.image!r} is not on this Docker host "
                 f"(images are never pulled; make it with 'images/bootstrap{hint}')"
             ) from None
         if self._quota is None:
             self._quota = quota_capable(self._client.info())
-        kwargs = create_kwargs(spec, quota=self._quota)
+        network = self._settings.build_network
+        kwargs = create_kwargs(step, quota=self._quota, network=network)
         try:
             container = self._client.containers.create(**kwargs)
         except docker.errors.APIError as exc:
             if "storage_opt" not in kwargs or not _quota_refused(exc):
                 raise
             self._quota = False
-            container = self._client.containers.create(**create_kwargs(spec, quota=False))
+            container = self._client.containers.create(
+                **create_kwargs(step, quota=False, network=network)
+            )
         return str(container.id)
 
     @property
@@ -176,7 +197,7 @@ class DockerBackend:
         first = out.split(b"\t", 1)[0].strip() if out else b""
         return int(first) if first.isdigit() else None
 
-    async def copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None:
+    async def _copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None:
         def put() -> None:
             tar.seek(0)  # a retry must send the whole archive again
             if not self._client.api.put_archive(container_id, path, tar):
@@ -184,17 +205,21 @@ class DockerBackend:
 
         await self._run(put)
 
-    async def attach(self, container_id: str) -> AttachOutput:
-        sock = await self._run(self._attach, container_id)
-        return AttachOutput(sock, self._pool, asyncio.get_running_loop())
+    async def start(self, handle: str) -> AttachOutput:
+        # Attached before it starts: a container that prints and exits at once loses nothing.
+        sock = await self._run(self._attach, handle)
+        output = AttachOutput(sock, self._pool, asyncio.get_running_loop())
+        try:
+            await self._run(self._client.api.start, handle)
+        except BaseException:
+            await output.aclose()
+            raise
+        return output
 
     def _attach(self, container_id: str) -> Any:
         # The socket, not docker-py's frame iterator: see _attach.py for why.
         params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1}
         return self._long.attach_socket(container_id, params=params)
-
-    async def start(self, container_id: str) -> None:
-        await self._run(self._client.api.start, container_id)
 
     async def wait(self, container_id: str) -> ExitStatus:
         result = await self._run(self._long.wait, container_id)
@@ -227,10 +252,8 @@ class DockerBackend:
         except docker.errors.NotFound:
             return
 
-    async def copy_out(
-        self, container_id: str, path: str, max_bytes: int | None = None
-    ) -> IO[bytes]:
-        return await self._run(self._copy_out, container_id, path, max_bytes)
+    async def collect(self, handle: str, path: str, max_bytes: int | None = None) -> IO[bytes]:
+        return await self._run(self._copy_out, handle, path, max_bytes)
 
     def _copy_out(self, container_id: str, path: str, max_bytes: int | None) -> IO[bytes]:
         # get_archive's own, but keeping the response: stopping half-way must close it, or
@@ -267,8 +290,8 @@ class DockerBackend:
         out.seek(0)
         return out
 
-    async def remove(self, container_id: str) -> None:
-        await self._run(self._remove, container_id)
+    async def destroy(self, handle: str) -> None:
+        await self._run(self._remove, handle)
 
     def _remove(self, container_id: str) -> None:
         api = self._client.api
@@ -353,7 +376,7 @@ class DockerBackend:
             functools.partial(self._client.api.containers, all=True, filters=filters)
         )
         ids = [str(c["Id"]) for c in found]
-        await asyncio.gather(*(self.remove(cid) for cid in ids))
+        await asyncio.gather(*(self.destroy(cid) for cid in ids))
         return ids
 
     async def close(self) -> None:
@@ -380,16 +403,19 @@ def _quota_refused(exc: docker.errors.APIError) -> bool:
     return "storage-opt" in text or "storage opt" in text or "quota" in text
 
 
-def create_kwargs(spec: ContainerSpec, *, quota: bool = False) -> dict[str, Any]:
-    """The ``containers.create`` arguments for a spec: the sandbox every build runs in."""
+def create_kwargs(step: Step, *, quota: bool = False, network: str = "bridge") -> dict[str, Any]:
+    """The ``containers.create`` arguments for a step: the sandbox every build runs in.
+
+    ``network`` is the Docker network a step with network gets (``build_network``); ``quota``
+    says whether the storage driver takes a size for the container's writable layer."""
     kwargs: dict[str, Any] = {
-        "image": spec.image,
-        "command": list(spec.command),
-        "labels": dict(spec.labels),
-        "user": spec.user,
-        "working_dir": spec.workdir,
-        "environment": dict(spec.env),
-        "network_mode": spec.network,
+        "image": step.image,
+        "command": list(step.command),
+        "labels": dict(step.labels),
+        "user": step.user,
+        "working_dir": step.workdir,
+        "environment": dict(step.env),
+        "network_mode": network if step.network else "none",
         # docker-init as PID 1 reaps zombies and forwards signals; a SIGKILL of the container
         # then takes every process in its PID namespace with it.
         "init": True,
@@ -400,31 +426,29 @@ def create_kwargs(spec: ContainerSpec, *, quota: bool = False) -> dict[str, Any]
         "stdin_open": False,
         "log_config": LogConfig(
             type=LogConfig.types.JSON,
-            config={"max-size": str(spec.log_max_bytes)} if spec.log_max_bytes else {},
+            config={"max-size": str(step.log_max_bytes)} if step.log_max_bytes else {},
         ),
     }
-    if spec.memory_bytes:
-        kwargs["mem_limit"] = spec.memory_bytes
-    if spec.cpus:
-        kwargs["nano_cpus"] = int(spec.cpus * 1e9)
-    if spec.pids_limit:
-        kwargs["pids_limit"] = spec.pids_limit
-    if spec.gpus:
+    if step.memory_bytes:
+        kwargs["mem_limit"] = step.memory_bytes
+    if step.cpus:
+        kwargs["nano_cpus"] = int(step.cpus * 1e9)
+    if step.pids_limit:
+        kwargs["pids_limit"] = step.pids_limit
+    if step.gpus:
         kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    if quota and spec.disk_bytes:
-        kwargs["storage_opt"] = {"size": str(spec.disk_bytes)}
-    if spec.read_only:
+    if quota and step.disk_bytes:
+        kwargs["storage_opt"] = {"size": str(step.disk_bytes)}
+    if step.read_only:
         kwargs["read_only"] = True
-    if spec.tmpfs:
-        kwargs["tmpfs"] = dict(spec.tmpfs)
-    if spec.scratch:
-        # Anonymous volumes: writable (and reachable by put_archive) under a read-only root,
-        # and removed with the container (remove(v=True)).
-        kwargs["volumes"] = list(spec.scratch)
-    if spec.volumes:
+        kwargs["tmpfs"] = {"/tmp": f"size={step.tmp_bytes}"}
+        # An anonymous volume at the workdir: writable (and reachable by put_archive) under
+        # the read-only root, and removed with the container (remove(v=True)).
+        kwargs["volumes"] = [step.workdir]
+    if step.volumes:
         kwargs["mounts"] = [
             Mount(target, name, type="volume", no_copy=False)
-            for name, target in spec.volumes.items()
+            for name, target in step.volumes.items()
         ]
     return kwargs
 

@@ -1,8 +1,9 @@
-"""An in-memory backend for unit tests of the runner and the registry.
+"""An in-memory backend for unit tests of the runner and the registry (``backend=fake``).
 
-Each container plays a script: lines to print (with optional pauses) and an exit code. It honours
-the interface's contract (attach before start, remove idempotent, kill of an exited container is
-fine) and records every call, so tests can assert what the runner did and in which order.
+Each step plays a script: lines to print (with optional pauses) and an exit code. It honours
+the interface's contract (the output from the first line, destroy idempotent, kill of an exited
+step is fine), sends its output through the same line splitter as a real engine, and records
+every call, so tests can assert what the runner did and in which order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import IO
 
 from ..cachescript import REPORT_DIR
 from ..errors import ContainerGone, ImageNotFound, VolumeInUse
-from . import ContainerSpec, ExitStatus, OutputChunk, Stream
+from . import ExitStatus, OutputChunk, Step, Stream
+from .lines import LineSplitter
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Script:
 @dataclass
 class FakeContainer:
     id: str
-    spec: ContainerSpec
+    step: Step
     script: Script
     files: dict[str, bytes] = field(default_factory=dict)
     state: str = "created"  # created → running → exited
@@ -62,6 +64,8 @@ class FakeOutput:
 
 
 class FakeBackend:
+    name = "fake"
+
     def __init__(self, script: Script | None = None, *, images: tuple[str, ...] | None = None):
         self.script = script or Script()
         self.images = images
@@ -69,7 +73,7 @@ class FakeBackend:
         self.calls: list[tuple[str, str]] = []
         self.gpu = False
         self.labels: dict[str, str] = {}
-        self.specs: dict[str, ContainerSpec] = {}  # every container ever created, by id
+        self.steps: dict[str, Step] = {}  # every step ever set up, by its handle
         self.volumes: dict[str, dict[str, str]] = {}  # name → labels
         self.volume_bytes: dict[str, int] = {}  # what volume_usage says of each
         self.cache_files: dict[str, bytes] = {}  # what a cache wrapper would leave to copy out
@@ -95,45 +99,44 @@ class FakeBackend:
             raise ImageNotFound(f"build image {image!r} is not on this Docker host")
         return dict(self.labels)
 
-    async def create(self, spec: ContainerSpec) -> str:
-        if self.images is not None and spec.image not in self.images:
-            raise ImageNotFound(f"build image {spec.image!r} is not on this Docker host")
+    async def setup(self, step: Step) -> str:
+        if self.images is not None and step.image not in self.images:
+            raise ImageNotFound(f"build image {step.image!r} is not on this Docker host")
         self._next += 1
         cid = f"fake{self._next:060d}"
-        self.containers[cid] = FakeContainer(cid, spec, self.script)
-        self.specs[cid] = spec
-        self.calls.append(("create", cid))
+        container = FakeContainer(cid, step, self.script)
+        if step.inputs is not None:
+            step.inputs.seek(0)
+            with tarfile.open(fileobj=step.inputs) as archive:
+                for member in archive.getmembers():
+                    data = archive.extractfile(member)
+                    if data is not None:
+                        container.files[f"{step.workdir}/{member.name}"] = data.read()
+        self.containers[cid] = container
+        self.steps[cid] = step
+        self.calls.append(("setup", cid))
         return cid
 
-    async def copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None:
-        container = self._get(container_id)
-        tar.seek(0)
-        with tarfile.open(fileobj=tar) as archive:
-            for member in archive.getmembers():
-                data = archive.extractfile(member)
-                if data is not None:
-                    container.files[f"{path}/{member.name}"] = data.read()
-        self.calls.append(("copy_in", container_id))
-
-    async def attach(self, container_id: str) -> FakeOutput:
-        self.calls.append(("attach", container_id))
-        return FakeOutput(self._get(container_id))
-
-    async def start(self, container_id: str) -> None:
-        container = self._get(container_id)
-        self.calls.append(("start", container_id))
+    async def start(self, handle: str) -> FakeOutput:
+        container = self._get(handle)
+        self.calls.append(("start", handle))
         container.state = "running"
-        if container.spec.command[:2] == ("makepkg", "--printsrcinfo"):
-            pkgbuild = container.files.get(f"{container.spec.workdir}/PKGBUILD", b"")
+        if container.step.command[:2] == ("makepkg", "--printsrcinfo"):
+            pkgbuild = container.files.get(f"{container.step.workdir}/PKGBUILD", b"")
             container.script = printsrcinfo(pkgbuild.decode(errors="replace"))
+        output = FakeOutput(container)
         container.task = asyncio.create_task(self._play(container))
+        return output
 
     async def _play(self, container: FakeContainer) -> None:
+        # Each script line leaves as bytes, as an engine's would, through the shared splitter.
+        splitter = LineSplitter()
         try:
             for stream, text, pause_s in container.script.steps:
                 if pause_s:
                     await asyncio.sleep(pause_s)
-                await container.queue.put([OutputChunk(stream, text, time.time())])
+                data = text.encode() + b"\n"
+                await container.queue.put(splitter.feed([(stream, data)], time.time()))
             container.exit_code = container.script.exit_code
         except asyncio.CancelledError:
             container.exit_code = 137
@@ -179,7 +182,7 @@ class FakeBackend:
         return True
 
     async def remove_volume(self, name: str) -> None:
-        if any(name in c.spec.volumes for c in self.containers.values()):
+        if any(name in c.step.volumes for c in self.containers.values()):
             raise VolumeInUse(f"volume {name} is in use by a container")
         self.volumes.pop(name, None)
         self.volume_bytes.pop(name, None)
@@ -194,14 +197,12 @@ class FakeBackend:
             if all(found.get(k) == v for k, v in labels.items())
         }
 
-    async def copy_out(
-        self, container_id: str, path: str, max_bytes: int | None = None
-    ) -> IO[bytes]:
-        container = self._get(container_id)
-        self.calls.append(("copy_out", container_id))
+    async def collect(self, handle: str, path: str, max_bytes: int | None = None) -> IO[bytes]:
+        container = self._get(handle)
+        self.calls.append(("collect", handle))
         files = container.script.packages
         if path.startswith(REPORT_DIR):
-            files = self.cache_files if container.spec.volumes else {}
+            files = self.cache_files if container.step.volumes else {}
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as archive:
             for name, data in files.items():
@@ -211,9 +212,9 @@ class FakeBackend:
         out.seek(0)
         return out
 
-    async def remove(self, container_id: str) -> None:
-        self.calls.append(("remove", container_id))
-        container = self.containers.pop(container_id, None)
+    async def destroy(self, handle: str) -> None:
+        self.calls.append(("destroy", handle))
+        container = self.containers.pop(handle, None)
         if container is not None and container.task is not None:
             container.task.cancel()
 
@@ -221,15 +222,15 @@ class FakeBackend:
         ids = [
             cid
             for cid, c in self.containers.items()
-            if all(c.spec.labels.get(k) == v for k, v in labels.items())
+            if all(c.step.labels.get(k) == v for k, v in labels.items())
         ]
         for cid in ids:
-            await self.remove(cid)
+            await self.destroy(cid)
         return ids
 
     async def close(self) -> None:
         for cid in list(self.containers):
-            await self.remove(cid)
+            await self.destroy(cid)
 
 
 _ASSIGN = re.compile(r"^(pkgname|pkgbase|pkgver|pkgrel|epoch|arch)=(.*)$", re.MULTILINE)

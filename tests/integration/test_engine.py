@@ -289,7 +289,7 @@ async def test_start_up_reaps_this_instances_orphans_only(
         docker_client.api.remove_container(theirs, force=True)
 
 
-async def test_kill_and_remove_are_safe_to_repeat(
+async def test_kill_and_destroy_are_safe_to_repeat(
     engine: Engine, docker_client: docker.DockerClient, settings: Settings
 ) -> None:
     container = docker_client.containers.create(
@@ -298,5 +298,5 @@ async def test_kill_and_remove_are_safe_to_repeat(
     container.start()
     container.wait()
     await engine.backend.kill(str(container.id))  # already exited: not an error
-    await engine.backend.remove(str(container.id))
-    await engine.backend.remove(str(container.id))  # already gone: not an error
+    await engine.backend.destroy(str(container.id))
+    await engine.backend.destroy(str(container.id))  # already gone: not an error

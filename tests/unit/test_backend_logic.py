@@ -1,4 +1,5 @@
-"""Pure logic of the Docker backend: line splitting, the sandbox, what is retried."""
+"""Pure logic of the backends: line splitting, the Docker sandbox, what is retried, the choice
+of engine by setting."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import docker.errors
 import pytest
 import requests
 
-from orchestrator.backend import ContainerSpec
-from orchestrator.backend._attach import MAX_LINE_BYTES, LineSplitter, demux
+from orchestrator import Settings
+from orchestrator.backend import Step
+from orchestrator.backend._attach import demux
 from orchestrator.backend.docker import _is_transient, _is_unsent, create_kwargs, quota_capable
-from orchestrator.errors import BackendError
+from orchestrator.backend.engines import ENGINES, open_backend
+from orchestrator.backend.fake import FakeBackend
+from orchestrator.backend.lines import MAX_LINE_BYTES, LineSplitter
+from orchestrator.errors import BackendError, UnknownBackend
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -85,11 +90,11 @@ def test_an_endless_line_is_cut_so_memory_stays_bounded() -> None:
 
 
 def test_sandbox_options() -> None:
-    spec = ContainerSpec(
+    spec = Step(
         image="img",
         command=("makepkg",),
         labels={"orchestrator.job": "j"},
-        network="none",
+        network=False,
         memory_bytes=1024,
         cpus=1.5,
         pids_limit=100,
@@ -110,10 +115,27 @@ def test_sandbox_options() -> None:
     assert kwargs["log_config"]["Config"] == {"max-size": "2048"}
     assert "device_requests" not in kwargs
     assert "volumes" not in kwargs  # never a bind mount, never the Docker socket
+    assert "read_only" not in kwargs and "tmpfs" not in kwargs
+
+
+def test_a_step_with_network_gets_the_configured_docker_network() -> None:
+    step = Step(image="img", command=("x",), labels={})
+    assert create_kwargs(step)["network_mode"] == "bridge"
+    assert create_kwargs(step, network="builds")["network_mode"] == "builds"
+
+
+def test_a_read_only_step_writes_only_its_workdir_and_a_small_tmp() -> None:
+    step = Step(
+        image="img", command=("x",), labels={}, workdir="/src", read_only=True, tmp_bytes=4096
+    )
+    kwargs = create_kwargs(step)
+    assert kwargs["read_only"] is True
+    assert kwargs["tmpfs"] == {"/tmp": "size=4096"}
+    assert kwargs["volumes"] == ["/src"]  # anonymous: removed with the container
 
 
 def test_gpu_builds_request_every_gpu() -> None:
-    spec = ContainerSpec(image="img", command=("x",), labels={}, gpus=True)
+    spec = Step(image="img", command=("x",), labels={}, gpus=True)
     [request] = create_kwargs(spec)["device_requests"]
     assert request["Count"] == -1
     assert request["Capabilities"] == [["gpu"]]
@@ -162,7 +184,18 @@ def test_a_disk_quota_is_asked_for_only_where_the_driver_can_have_one(
     info: dict[str, object], capable: bool
 ) -> None:
     assert quota_capable(info) is capable
-    spec = ContainerSpec(image="i", command=("true",), labels={}, disk_bytes=123)
+    spec = Step(image="i", command=("true",), labels={}, disk_bytes=123)
     assert create_kwargs(spec, quota=quota_capable(info)).get("storage_opt") == (
         {"size": "123"} if capable else None
     )
+
+
+def test_the_backend_setting_picks_the_engine_by_name() -> None:
+    assert set(ENGINES) >= {"docker", "fake"}
+    backend = open_backend(Settings(backend="fake"))
+    assert isinstance(backend, FakeBackend) and backend.name == "fake"
+
+
+def test_an_unknown_backend_is_an_error_naming_the_known_ones() -> None:
+    with pytest.raises(UnknownBackend, match=r"unknown backend 'podman'.*docker, fake"):
+        open_backend(Settings(backend="podman"))

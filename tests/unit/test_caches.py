@@ -242,7 +242,7 @@ async def test_the_runner_mounts_the_cache_and_reports_it(
     engine = await Engine.open(settings, backend)
     first = await build(engine, tmp_path, "j1")
     second = await build(engine, tmp_path, "j2")
-    spec = list(backend.specs.values())[-1]
+    spec = list(backend.steps.values())[-1]
     assert list(spec.volumes.values()) == [CACHE_DIR]
     assert spec.command[:2] == ("bash", "-c") and spec.command[-4:][0] == "makepkg"
     assert "SCCACHE_CACHE_SIZE" in spec.env
@@ -259,7 +259,7 @@ async def test_the_runner_mounts_the_cache_and_reports_it(
     assert cache_lines[0] == "Cache demo:cpu (warm) mounted at /cache"
 
     off = await build(engine, tmp_path, "j3", cache=False)
-    spec = list(backend.specs.values())[-1]
+    spec = list(backend.steps.values())[-1]
     assert spec.volumes == {} and spec.command[0] == "makepkg"
     assert off.result.cache == {"used": False, "why": "cache=off was asked for"}  # type: ignore[attr-defined]
     await engine.close()

@@ -27,7 +27,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 class GatedBackend(FakeBackend):
-    """Holds ``copy_out`` (the container has exited, the build is past its point of no return)
+    """Holds ``collect`` (the container has exited, the build is past its point of no return)
     until the test opens the gate."""
 
     def __init__(self, script: Script | None = None) -> None:
@@ -35,12 +35,10 @@ class GatedBackend(FakeBackend):
         self.copying = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def copy_out(
-        self, container_id: str, path: str, max_bytes: int | None = None
-    ) -> IO[bytes]:
+    async def collect(self, handle: str, path: str, max_bytes: int | None = None) -> IO[bytes]:
         self.copying.set()
         await self.gate.wait()
-        return await super().copy_out(container_id, path, max_bytes)
+        return await super().collect(handle, path, max_bytes)
 
 
 @asynccontextmanager

@@ -25,7 +25,7 @@ def verbs(backend: FakeBackend) -> list[str]:
     return [
         verb
         for verb, cid in backend.calls
-        if backend.specs[cid].command[:2] != ("makepkg", "--printsrcinfo")
+        if backend.steps[cid].command[:2] != ("makepkg", "--printsrcinfo")
     ]
 
 
@@ -37,7 +37,7 @@ async def test_success_sequence_and_narration(
         BuildRequest("j1", build_dir("hello-c")), recorder, CancelToken()
     )
     assert result.status is JobStatus.SUCCEEDED
-    assert verbs(backend) == ["create", "copy_in", "attach", "start", "copy_out", "remove"]
+    assert verbs(backend) == ["setup", "start", "collect", "destroy"]
     assert [p.name for p in result.artifacts] == ["demo-1.0-1-x86_64.pkg.tar.gz"]
     assert (settings.artifacts_dir / "j1" / "demo-1.0-1-x86_64.pkg.tar.gz").read_bytes() == b"pkg"
     phase = next(e for e in recorder.events if e.action is Action.PHASE)
@@ -56,7 +56,7 @@ async def test_labels_and_sandbox(
     )
     create = next(e for e in recorder.events if e.action is Action.CONTAINER_CREATED)
     assert settings.image_cpu in create.message
-    assert backend.calls[0][0] == "create"
+    assert backend.calls[0][0] == "setup"
 
 
 async def test_files_copied_in_are_the_build_dir(
@@ -70,7 +70,7 @@ async def test_files_copied_in_are_the_build_dir(
     await recorder.wait_for(lambda e: e.action is Action.BUILD_STARTED)
     [container] = backend.containers.values()
     assert sorted(container.files) == ["/build/Makefile", "/build/PKGBUILD", "/build/hello.c"]
-    assert container.spec.labels[JOB_LABEL] == "j3"
+    assert container.step.labels[JOB_LABEL] == "j3"
     await task
 
 
@@ -82,7 +82,7 @@ async def test_nonzero_exit_fails_without_copying_out(
         BuildRequest("j4", build_dir("hello-c")), recorder, CancelToken()
     )
     assert (result.status, result.exit_code) == (JobStatus.FAILED, 4)
-    assert "copy_out" not in verbs(backend)
+    assert "collect" not in verbs(backend)
     assert recorder.events[-1].message == "❌ Build failed: makepkg exited with code 4"
 
 
@@ -113,7 +113,7 @@ async def test_cancel_while_running_kills_and_tells_why(
     assert result.status is status
     assert recorder.events[-1].action is action
     assert "never" not in recorder.lines()
-    assert verbs(backend)[-2:] == ["kill", "remove"]
+    assert verbs(backend)[-2:] == ["kill", "destroy"]
     assert backend.containers == {}
 
 
@@ -144,7 +144,7 @@ async def test_cancel_before_start_never_creates(
         BuildRequest("j7", build_dir("hello-c")), recorder, token
     )
     assert result.status is JobStatus.CANCELLED
-    assert "create" not in verbs(backend)
+    assert "setup" not in verbs(backend)
     assert "start" not in verbs(backend)
 
 
@@ -164,7 +164,7 @@ async def test_cancel_between_copy_and_start_never_starts(
     )
     assert result.status is JobStatus.CANCELLED
     assert "start" not in verbs(backend)
-    assert verbs(backend)[-1] == "remove"
+    assert verbs(backend)[-1] == "destroy"
 
 
 async def test_task_cancellation_still_removes_the_container(
@@ -181,7 +181,7 @@ async def test_task_cancellation_still_removes_the_container(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert backend.containers == {}
-    assert verbs(backend)[-1] == "remove"
+    assert verbs(backend)[-1] == "destroy"
 
 
 async def test_missing_image_is_a_failed_build_with_the_reason(
@@ -219,7 +219,7 @@ async def test_an_oom_kill_is_named_whatever_the_exit_code(
     limit = settings.build_memory_bytes // 1024**2
     assert result.status is JobStatus.FAILED
     assert result.reason == f"out of memory (limit {limit} MiB): makepkg exited with code 0"
-    assert "copy_out" not in verbs(backend)
+    assert "collect" not in verbs(backend)
 
 
 async def test_the_disk_watchdog_stops_a_build_over_its_limit(
@@ -232,4 +232,4 @@ async def test_the_disk_watchdog_stops_a_build_over_its_limit(
     )
     assert result.status is JobStatus.FAILED
     assert result.reason.startswith("the build wrote more than 0 MiB to its container's disk")
-    assert verbs(backend)[-2:] == ["kill", "remove"]
+    assert verbs(backend)[-2:] == ["kill", "destroy"]

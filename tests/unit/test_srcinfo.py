@@ -116,7 +116,7 @@ async def test_makepkgs_answer_is_remembered_for_the_same_input(tmp_path: Path) 
     (tmp_path / "PKGBUILD").write_text("pkgname=a\npkgver=1\npkgrel=1\npackage() { :; }\n")
     first = await inspector.read(tmp_path, "img", {})
     second = await inspector.read(tmp_path, "img", {})
-    assert first == second and len(backend.specs) == 1
+    assert first == second and len(backend.steps) == 1
     (tmp_path / "PKGBUILD").write_text("pkgname=a\npkgver=2\npkgrel=1\npackage() { :; }\n")
     assert (await inspector.read(tmp_path, "img", {})).version == "2-1"
-    assert len(backend.specs) == 2
+    assert len(backend.steps) == 2
