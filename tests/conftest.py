@@ -90,6 +90,15 @@ def recorder() -> Recorder:
     return Recorder()
 
 
+# Every instance this test session makes starts with this, and only those are swept at its end:
+# another suite on the same daemon (a second checkout, CI beside a developer) is left alone.
+SESSION_PREFIX = f"test-{uuid.uuid4().hex[:8]}-"
+
+
+def instance_id(kind: str = "") -> str:
+    return f"{SESSION_PREFIX}{kind}{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     try:
@@ -104,12 +113,12 @@ def docker_client() -> Iterator[docker.DockerClient]:
         except docker.errors.ImageNotFound:
             pytest.fail(f"build image {image} is missing: run images/bootstrap first")
     yield client
-    # A test that failed half-way may leave a container; sweep every test instance's.
+    # A test that failed half-way may leave a container; sweep this session's instances'.
     for container in client.containers.list(all=True, filters={"label": INSTANCE_LABEL}):
-        if container.labels.get(INSTANCE_LABEL, "").startswith("test-"):
+        if container.labels.get(INSTANCE_LABEL, "").startswith(SESSION_PREFIX):
             container.remove(force=True)
     for volume in client.volumes.list(filters={"label": INSTANCE_LABEL}):
-        if (volume.attrs.get("Labels") or {}).get(INSTANCE_LABEL, "").startswith("test-"):
+        if (volume.attrs.get("Labels") or {}).get(INSTANCE_LABEL, "").startswith(SESSION_PREFIX):
             volume.remove(force=True)
     client.close()
 
@@ -118,7 +127,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
-        instance_id=f"test-{uuid.uuid4().hex[:12]}",
+        instance_id=instance_id(),
         build_cpus=1.0,
         build_memory_bytes=1024**3,
     )

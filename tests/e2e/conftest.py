@@ -22,6 +22,7 @@ import pytest
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.image import DockerImage
 
+from ..conftest import instance_id
 from ..integration.test_serve import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +68,7 @@ class ServiceContainer:
 @pytest.fixture
 def run_service(service_image: str, docker_client: docker.DockerClient) -> Iterator[object]:
     """Start service containers on a shared data volume; all are removed afterwards."""
-    instance = f"test-e2e-{uuid.uuid4().hex[:8]}"
+    instance = instance_id("e2e-")
     volume = docker_client.volumes.create(f"orchestrator-e2e-{uuid.uuid4().hex[:8]}")
     started: list[DockerContainer] = []
 
@@ -108,7 +109,7 @@ def cli_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {
         **os.environ,
         "ORCHESTRATOR_DATA_DIR": str(data),
-        "ORCHESTRATOR_INSTANCE_ID": f"test-cli-{uuid.uuid4().hex[:8]}",
+        "ORCHESTRATOR_INSTANCE_ID": instance_id("cli-"),
         "ORCHESTRATOR_PORT": str(port),
     }
     env.pop("ORCHESTRATOR_API_TOKEN", None)

@@ -46,7 +46,7 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir: Path = tmp_path_factory.mktemp("schemathesis") / "data"
-    settings = Settings(data_dir=data_dir, instance_id="test-schemathesis")
+    settings = Settings(data_dir=data_dir, instance_id="unit-schemathesis")
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_app(settings, backend=FakeBackend()))
 
