@@ -20,15 +20,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from . import recovery
 from .bus import Bus
 from .cancel import CancelReason, CancelToken
 from .disk import DataDisk, out_of_space
 from .errors import (
     InsufficientStorage,
     JobStateConflict,
-    OrchestratorError,
     ShuttingDown,
     UnknownOperation,
 )
@@ -164,39 +163,14 @@ class Registry:
         return interrupted
 
     async def _recover(self) -> list[str]:
-        leftovers = await self._store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING])
-        interrupted: list[str] = []
-        for record in leftovers:
-            if record.status is JobStatus.RUNNING:
-                reason = "the service stopped while this job was running"
-            else:
-                kind = self._kinds.get(record.operation)
-                try:
-                    if kind is None:
-                        raise KeyError(record.operation)
-                    job = await kind.resume(record)
-                except KeyError:
-                    reason = f"jobs of kind {record.operation!r} cannot be queued again"
-                except (OrchestratorError, OSError) as exc:
-                    reason = f"it could not be queued again after a restart: {exc}"
-                else:
-                    message = "🔁 Queued again after a restart"
-                    await self._enqueue(record, kind, job, message, recovering=True)
-                    continue
-            interrupted.append(record.id)
-            await self._store.append(
-                record.id,
-                [Event(Action.INTERRUPTED, f"⚠️ Job interrupted: {reason}", Level.ERROR)],
-            )
-            await self._store.update_job(
-                record.id,
-                status=JobStatus.INTERRUPTED,
-                finished_at=time.time(),
-                reason=reason,
-                cancel_reason=record.cancel_reason or CancelReason.SHUTDOWN.value,
-            )
-        # Sources of jobs that will never run again (and of uploads cut off half-way).
-        await asyncio.to_thread(_remove_all_but, self._settings.work_dir, set(self._handles))
+        async def enqueue(record: JobRecord, kind: Kind, job: Job) -> None:
+            message = "🔁 Queued again after a restart"
+            await self._enqueue(record, kind, job, message, recovering=True)
+
+        interrupted = await recovery.recover(self._store, self._kinds, enqueue)
+        await asyncio.to_thread(
+            recovery.remove_all_but, self._settings.work_dir, set(self._handles)
+        )
         return interrupted
 
     async def shutdown(self) -> None:
@@ -441,14 +415,3 @@ class Registry:
     @property
     def queue_length(self) -> int:
         return self._queue.qsize()
-
-
-def _remove_all_but(folder: Path, keep: set[str]) -> None:
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        if entry.name not in keep:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
