@@ -22,6 +22,7 @@ class CancelToken:
         self._event = asyncio.Event()
         self._reason: CancelReason | None = None
         self._detail: str | None = None
+        self._after_s: float | None = None
 
     @property
     def reason(self) -> CancelReason | None:
@@ -33,15 +34,28 @@ class CancelToken:
         return self._detail
 
     @property
+    def after_s(self) -> float | None:
+        """The time limit that ran out, when the reason is the timeout."""
+        return self._after_s
+
+    @property
     def cancelled(self) -> bool:
         return self._reason is not None
 
-    def cancel(self, reason: CancelReason = CancelReason.USER, detail: str | None = None) -> bool:
-        """Record ``reason`` and wake the build; False if it was already cancelled (first wins)."""
+    def cancel(
+        self,
+        reason: CancelReason = CancelReason.USER,
+        detail: str | None = None,
+        *,
+        after_s: float | None = None,
+    ) -> bool:
+        """Record ``reason`` and wake the build; False if it was already cancelled (first wins).
+        ``after_s`` is the limit that ran out (the timeout), for the job's last words."""
         if self._reason is not None:
             return False
         self._reason = reason
         self._detail = detail
+        self._after_s = after_s
         self._event.set()
         return True
 

@@ -9,7 +9,8 @@ from .backend import Backend
 from .backend.engines import open_backend
 from .caches import Caches
 from .cancel import CancelToken
-from .runner import INSTANCE_LABEL, BuildRequest, BuildResult, Runner, Sink
+from .jobs import Sink, perform
+from .runner import INSTANCE_LABEL, NOUN, BuildRequest, BuildResult, Runner
 from .settings import Settings
 from .srcinfo import SrcInfo
 from .variants import VariantPlan
@@ -40,8 +41,21 @@ class Engine:
     async def prepare(self, request: BuildRequest) -> tuple[SrcInfo, VariantPlan]:
         return await self.runner.prepare(request)
 
-    async def build(self, request: BuildRequest, sink: Sink, cancel: CancelToken) -> BuildResult:
-        return await self.runner.run(request, sink, cancel)
+    async def build(
+        self,
+        request: BuildRequest,
+        sink: Sink,
+        cancel: CancelToken,
+        *,
+        timeout_s: float | None = None,
+    ) -> BuildResult:
+        """One build as a job runs it, outside the registry (tests, the bench): its time limit
+        armed, and its last line said."""
+
+        async def work(sink: Sink, cancel: CancelToken) -> BuildResult:
+            return await self.runner.run(request, sink, cancel)
+
+        return await perform(work, sink, cancel, noun=NOUN, timeout_s=timeout_s)
 
     async def close(self) -> None:
         await self.caches.close()

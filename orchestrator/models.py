@@ -4,7 +4,8 @@ Layout under ``root``: ``<name>`` is a finished model, ``<name>.json`` its metad
 ``.partial/<name>.part`` an unfinished download. A model appears only by ``os.replace`` of a
 complete, verified partial, so readers never see half a file and a failed or cancelled download
 leaves the previous version untouched. A failed (not cancelled) download keeps its partial so a
-later job resumes it with a ``Range`` request.
+later job resumes it with a ``Range`` request. Two downloads of one name would interleave their
+bytes in one partial: the registry runs one job per model name (its subject) at a time.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any, TypeVar
 import aiohttp
 
 from .cancel import CancelReason, CancelToken
-from .errors import InvalidInput, JobStateConflict
+from .errors import InvalidInput
 from .events import Action, Event, Level
-from .runner import BuildResult, Sink
+from .jobs import JobResult, Sink, cancel_result
 from .status import JobStatus
 
 MiB = 1024 * 1024
@@ -43,15 +44,7 @@ _RETRYABLE = (
     TimeoutError,  # is asyncio.TimeoutError since 3.11
 )
 
-# Mirrors the runner's endings, worded for downloads (the runner's table is private to it).
-_CANCEL_ENDINGS: dict[CancelReason, tuple[JobStatus, str]] = {
-    CancelReason.USER: (JobStatus.CANCELLED, "❌ Download cancelled by user"),
-    CancelReason.TIMEOUT: (JobStatus.TIMED_OUT, "⏱️ Download timed out"),
-    CancelReason.SHUTDOWN: (
-        JobStatus.INTERRUPTED,
-        "⚠️ Download interrupted: the service is shutting down",
-    ),
-}
+NOUN = "Download"  # how the endings name a download
 
 T = TypeVar("T")
 
@@ -80,7 +73,6 @@ class ModelInfo:
 class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._active: set[str] = set()  # two jobs writing one partial would interleave bytes
 
     @staticmethod
     def check_name(name: str) -> str:
@@ -127,16 +119,13 @@ class ModelStore:
         session: aiohttp.ClientSession | None = None,
         progress_interval_s: float = 0.5,
         max_attempts: int = 5,
-    ) -> BuildResult:
+    ) -> JobResult:
         self.check_name(name)
         expected = sha256.lower() if sha256 else None
         if expected is not None and not _SHA256.fullmatch(expected):
             raise InvalidInput(f"invalid sha256 {sha256!r}: expected 64 hex digits")
         if not url.lower().startswith(("http://", "https://")):
             raise InvalidInput(f"invalid model URL {url!r}: only http and https are supported")
-        if name in self._active:
-            raise JobStateConflict(f"model {name!r} is already being downloaded", "running")
-        self._active.add(name)
         own = session is None
         if session is None:
             timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
@@ -146,7 +135,6 @@ class ModelStore:
             job.interval = progress_interval_s
             return await job.run(max_attempts)
         finally:
-            self._active.discard(name)
             if own:
                 await session.close()
 
@@ -188,22 +176,20 @@ class _Download:
         self.interval = 0.5
         self._waiter: asyncio.Future[CancelReason] | None = None
 
-    async def run(self, max_attempts: int) -> BuildResult:
+    async def run(self, max_attempts: int) -> JobResult:
         self._waiter = asyncio.ensure_future(self.cancel.wait())
         try:
             return await self._run(max_attempts)
         except _Cancelled:
             self.partial.unlink(missing_ok=True)  # a cancelled download leaves nothing behind
             self.partial.with_suffix(".url").unlink(missing_ok=True)
-            assert self.cancel.reason is not None
-            status, message = _CANCEL_ENDINGS[self.cancel.reason]
-            return BuildResult(status, message)
+            return cancel_result(self.cancel, NOUN)
         finally:
             self._waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._waiter
 
-    async def _run(self, max_attempts: int) -> BuildResult:
+    async def _run(self, max_attempts: int) -> JobResult:
         if self.cancel.cancelled:
             raise _Cancelled
         await self._emit(Action.PHASE, f"Downloading {self.url} → {self.name}")
@@ -246,7 +232,7 @@ class _Download:
         if self.expected is not None and digest != self.expected:
             self.partial.unlink(missing_ok=True)  # bad bytes must not be resumed later
             self.partial.with_suffix(".url").unlink(missing_ok=True)
-            return BuildResult(
+            return JobResult(
                 JobStatus.FAILED, f"sha256 mismatch: expected {self.expected}, got {digest}"
             )
         final = self.root / self.name
@@ -256,7 +242,7 @@ class _Download:
         tmp = self.partial.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(info.to_dict(), indent=2))
         os.replace(tmp, self.root / f"{self.name}.json")
-        return BuildResult(
+        return JobResult(
             JobStatus.SUCCEEDED,
             f"downloaded {self.name} ({self.size} bytes, sha256 {digest[:12]}…)",
             0,
@@ -324,13 +310,13 @@ class _Download:
     def _stopped(self) -> bool:
         return self.cancel.cancelled
 
-    def _failed(self, problem: str) -> BuildResult:
+    def _failed(self, problem: str) -> JobResult:
         kept = self.partial.stat().st_size if self.partial.is_file() else 0
         if kept:
             problem += (
                 f"; the partial download ({kept} bytes) is kept and a later download resumes it"
             )
-        return BuildResult(JobStatus.FAILED, problem)
+        return JobResult(JobStatus.FAILED, problem)
 
     async def _progress(self, *, force: bool = False) -> None:
         now = time.monotonic()

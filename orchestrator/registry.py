@@ -1,4 +1,8 @@
-"""Jobs: submit, queue (FIFO, a fixed number at once), cancel, and shutdown.
+"""Jobs of every kind: submit, queue (FIFO, a fixed number at once), cancel, and shutdown.
+
+Kinds are registered by name (``register``) and looked up by it; what differs between them is
+theirs (``jobs.Kind``), and everything else is here, once: the time limit (``jobs.perform``), the
+busy guard (one unfinished job per subject), the endings and the final status.
 
 A job's state lives in the store; what this module holds in memory for a job is only its handle:
 the cancel token, and a future that completes when the job has reached its final status. A cancel
@@ -14,27 +18,37 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from . import srcinfo
+from . import recovery
 from .bus import Bus
 from .cancel import CancelReason, CancelToken
 from .disk import DataDisk, out_of_space
-from .engine import Engine
 from .errors import (
     InsufficientStorage,
-    InvalidInput,
     JobStateConflict,
-    OrchestratorError,
     ShuttingDown,
+    UnknownOperation,
 )
 from .events import Action, Event, Level
+from .jobs import (
+    Job,
+    JobResult,
+    Kind,
+    Plan,
+    Subjects,
+    Submission,
+    cancel_result,
+    ending_event,
+    interrupted_result,
+    parse_timeout,
+    perform,
+    stopped_by,
+    unstarted_result,
+)
 from .metrics import Metrics
-from .runner import BuildRequest, BuildResult, Sink, cancel_result
 from .settings import Settings
-from .srcinfo import SrcInfo
 from .status import JobStatus
 from .store import JobNotFound, JobRecord, Store
 from .uploads import UploadBudget
@@ -44,29 +58,18 @@ _SHUTDOWN_GRACE_S = 60.0
 log = logging.getLogger(__name__)
 
 
-Work = Callable[[Sink, CancelToken], Awaitable[BuildResult]]
-"""What a job does once it runs: narrate into the sink (ending with its terminal event), honour
-the token, and return how it ended. Builds, worker installs and model downloads are all Work."""
-
-
 @dataclass(frozen=True, slots=True)
-class Queued:
-    """What the registry needs to run a job: its work, and what the job holds until it ends."""
-
-    work: Work
-    cleanup_dir: Path | None = None  # removed when the job ends (uploaded sources)
-    subject: str | None = None  # what the job acts on ("worker:ID"), for conflicts
-
-
-Resume = Callable[[JobRecord], Awaitable[Queued]]
-"""Rebuilds a queued job's work from its stored record after a restart; raises
-``OrchestratorError`` (or ``OSError``) when it cannot run any more."""
+class Submitted:
+    record: JobRecord
+    plan: Plan
 
 
 @dataclass
 class _Handle:
     job_id: str
-    queued: Queued
+    job: Job
+    kind: Kind
+    subject: str | None
     timeout_s: float | None
     token: CancelToken = field(default_factory=CancelToken)
     started: bool = False
@@ -81,14 +84,12 @@ class Registry:
         self,
         settings: Settings,
         store: Store,
-        engine: Engine,
         bus: Bus,
         metrics: Metrics,
         disk: DataDisk | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
-        self._engine = engine
         self._bus = bus
         self._metrics = metrics
         self._disk = disk
@@ -96,9 +97,10 @@ class Registry:
         self._handles: dict[str, _Handle] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
-        self._resumers: dict[str, Resume] = {"build": self._resume_build}
+        self._kinds: dict[str, Kind] = {}
+        self._subjects = Subjects()
         # Final statuses the store could not take (a full disk), written once it has room.
-        self._unwritten: dict[str, tuple[_Handle, BuildResult, float | None]] = {}
+        self._unwritten: dict[str, tuple[_Handle, JobResult, float | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.uploads = UploadBudget(settings.max_queued_upload_bytes)
         if disk is not None:
@@ -132,9 +134,20 @@ class Registry:
                 return
             del self._unwritten[job_id]
 
-    def register_resume(self, operation: str, resume: Resume) -> None:
-        """How jobs of ``operation`` that were still queued run again after a restart."""
-        self._resumers[operation] = resume
+    def register(self, kind: Kind) -> None:
+        """Run jobs of ``kind``, under its name."""
+        self._kinds[kind.name] = kind
+
+    def kind(self, name: object, *, upload: bool = False) -> Kind:
+        """The kind called ``name`` among those whose request is (or is not) an upload."""
+        kind = self._kinds.get(name) if isinstance(name, str) else None
+        if kind is None or kind.upload is not upload:
+            known = tuple(k.name for k in self._kinds.values() if k.upload is upload)
+            raise UnknownOperation(name, known)
+        return kind
+
+    def parse_timeout(self, raw: object) -> float:
+        return parse_timeout(raw, self._settings.default_timeout_s, self._settings.max_timeout_s)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -150,57 +163,15 @@ class Registry:
         return interrupted
 
     async def _recover(self) -> list[str]:
-        leftovers = await self._store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING])
-        interrupted: list[str] = []
-        for record in leftovers:
-            if record.status is JobStatus.RUNNING:
-                reason = "the service stopped while this job was running"
-            else:
-                try:
-                    queued = await self._resumers[record.operation](record)
-                except KeyError:
-                    reason = f"jobs of kind {record.operation!r} cannot be queued again"
-                except (OrchestratorError, OSError) as exc:
-                    reason = f"it could not be queued again after a restart: {exc}"
-                else:
-                    message = "🔁 Queued again after a restart"
-                    await self._enqueue(record, queued, message, recovering=True)
-                    continue
-            interrupted.append(record.id)
-            await self._store.append(
-                record.id,
-                [Event(Action.INTERRUPTED, f"⚠️ Job interrupted: {reason}", Level.ERROR)],
-            )
-            await self._store.update_job(
-                record.id,
-                status=JobStatus.INTERRUPTED,
-                finished_at=time.time(),
-                reason=reason,
-                cancel_reason=record.cancel_reason or CancelReason.SHUTDOWN.value,
-            )
-        # Sources of jobs that will never run again (and of uploads cut off half-way).
-        await asyncio.to_thread(_remove_all_but, self._settings.work_dir, set(self._handles))
-        return interrupted
+        async def enqueue(record: JobRecord, kind: Kind, job: Job) -> None:
+            message = "🔁 Queued again after a restart"
+            await self._enqueue(record, kind, job, message, recovering=True)
 
-    async def _resume_build(self, record: JobRecord) -> Queued:
-        source_dir = self._settings.work_dir / record.id
-        if not (source_dir / "PKGBUILD").is_file():
-            raise InvalidInput("its uploaded sources are gone")
-        await self.uploads.settle(record.id, source_dir)
-        info = srcinfo.parse(record.srcinfo) if record.srcinfo else None
-        request = BuildRequest(
-            record.id,
-            source_dir,
-            record.variant or "cpu",
-            record.timeout_s,
-            srcinfo=info,
-            cache=record.request.get("cache", True) is not False,
+        interrupted = await recovery.recover(self._store, self._kinds, enqueue)
+        await asyncio.to_thread(
+            recovery.remove_all_but, self._settings.work_dir, set(self._handles)
         )
-
-        async def work(sink: Sink, token: CancelToken) -> BuildResult:
-            return await self._engine.build(request, sink, token)
-
-        return Queued(work, cleanup_dir=source_dir)
+        return interrupted
 
     async def shutdown(self) -> None:
         """Take no more work; stop every build (containers removed); end every stream.
@@ -244,65 +215,53 @@ class Registry:
         finally:
             self._bus.close(handle.job_id)
             self._handles.pop(handle.job_id, None)
+            self._subjects.release(handle.subject, handle.job_id)
 
     # -- requests -----------------------------------------------------------------------------
 
     def new_job_id(self) -> str:
         return uuid.uuid4().hex
 
-    async def submit_build(
-        self,
-        job_id: str,
-        source_dir: Path,
-        info: SrcInfo,
-        variant: str,
-        timeout_s: float | None,
-        cache: bool = True,
-    ) -> JobRecord:
-        request = BuildRequest(job_id, source_dir, variant, timeout_s, srcinfo=info, cache=cache)
+    async def submit(self, kind_name: object, submission: Submission) -> Submitted:
+        """Queue a job of the kind called ``kind_name``, or refuse it (nothing is left behind)."""
+        timeout_s = self.parse_timeout(submission.body.get("timeout_s"))
+        kind = self.kind(kind_name, upload=submission.upload is not None)
+        plan = await kind.parse(submission)
+        record = plan.record(submission.job_id, kind.name, timeout_s)
+        with self._subjects.claim(kind.subject(record)):
+            self._check_accepting()
+            self.check_room()
+            job = await kind.job(record)
+            try:
+                await self._store.create_job(record)
+            except BaseException:
+                if job.cleanup_dir is not None:
+                    await asyncio.to_thread(shutil.rmtree, job.cleanup_dir, True)
+                raise
+            await self._enqueue(record, kind, job, plan.message)
+        return Submitted(record, plan)
 
-        async def work(sink: Sink, token: CancelToken) -> BuildResult:
-            return await self._engine.build(request, sink, token)
-
-        record = JobRecord(
-            id=job_id,
-            operation="build",
-            status=JobStatus.QUEUED,
-            variant=variant,
-            pkgname=info.pkgbase,
-            pkgver=info.version,
-            timeout_s=timeout_s,
-            srcinfo=info.text,
-            request={} if cache else {"cache": False},
-        )
-        message = f"📥 Queued {info.pkgbase} {info.version} ({variant})"
-        return await self.submit(record, Queued(work, cleanup_dir=source_dir), message)
-
-    async def submit(self, record: JobRecord, queued: Queued, message: str) -> JobRecord:
-        """Queue a job; ``message`` is its first narration line."""
+    def _check_accepting(self) -> None:
         if not self._accepting:
             raise ShuttingDown("the service is shutting down and takes no new work")
-        self.check_room()
-        await self._store.create_job(record)
-        await self._enqueue(record, queued, message)
-        return record
 
     async def _enqueue(
-        self, record: JobRecord, queued: Queued, message: str, *, recovering: bool = False
+        self, record: JobRecord, kind: Kind, job: Job, message: str, *, recovering: bool = False
     ) -> None:
         job_id = record.id
-        handle = _Handle(job_id, queued, record.timeout_s)
+        handle = _Handle(job_id, job, kind, kind.subject(record), record.timeout_s)
         self._handles[job_id] = handle
+        self._subjects.hold(handle.subject, job_id)
         self._bus.open(job_id)
         try:
             ahead = self._queue.qsize() + sum(h.started for h in self._handles.values())
             if ahead >= self._settings.max_concurrent_builds:
                 message += f"; {self._queue.qsize()} job(s) ahead"
             await self._emit(job_id, [Event(Action.QUEUED, message)])
-            if not (self._accepting or recovering):  # shutdown began while we were writing
-                raise ShuttingDown("the service is shutting down and takes no new work")
+            if not recovering:  # shutdown may have begun while we were writing
+                self._check_accepting()
         except BaseException as exc:
-            result = BuildResult(JobStatus.FAILED, f"not queued: {exc}")
+            result = JobResult(JobStatus.FAILED, f"not queued: {exc}")
             await asyncio.shield(self._finish(handle, result, None))
             raise
         self._queue.put_nowait(handle)
@@ -310,10 +269,12 @@ class Registry:
 
     def busy_with(self, subject: str) -> str | None:
         """The id of an unfinished job acting on ``subject``, if there is one."""
-        for handle in self._handles.values():
-            if handle.queued.subject == subject and not handle.done.done():
-                return handle.job_id
-        return None
+        return self._subjects.busy_with(subject)
+
+    def ensure_idle(self, subject: str) -> None:
+        """409 while a job works on ``subject`` ("worker:ID", "model:NAME"), or is being queued
+        for it: one job at a time, and no removal under it."""
+        self._subjects.ensure_idle(subject)
 
     async def get(self, job_id: str) -> JobRecord:
         record = await self._store.get_job(job_id)
@@ -366,46 +327,40 @@ class Registry:
                 self._metrics.running.dec()
 
     async def _run(self, handle: _Handle) -> None:
-        job_id = handle.job_id
+        job_id, noun = handle.job_id, handle.kind.noun
         started = time.time()
 
         async def sink(batch: Sequence[Event]) -> None:
             await self._emit(job_id, batch)
 
-        timer = None
-        if handle.timeout_s is not None:
-            timer = asyncio.get_running_loop().call_later(
-                handle.timeout_s, handle.token.cancel, CancelReason.TIMEOUT
-            )
         try:
             await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
-            result = await handle.queued.work(sink, handle.token)
+            result = await perform(
+                handle.job.work, sink, handle.token, noun=noun, timeout_s=handle.timeout_s
+            )
         except asyncio.CancelledError:
-            result = BuildResult(JobStatus.INTERRUPTED, "the service stopped during the build")
+            result = interrupted_result(noun)
             await asyncio.shield(self._finish(handle, result, started))
             raise
         except Exception as exc:  # a bug or a store failure: the job must still end
             if out_of_space(exc):
                 full = self._disk.full if self._disk is not None else None
-                result = cancel_result(CancelReason.DISK_FULL, detail=full or str(exc))
+                result = cancel_result(CancelReason.DISK_FULL, noun, detail=full or str(exc))
             else:
                 log.exception("job %s failed inside the service", job_id)
-                result = BuildResult(JobStatus.FAILED, f"internal error: {exc}")
+                result = JobResult(JobStatus.FAILED, f"internal error: {exc}")
             with contextlib.suppress(Exception):
-                await self._emit(job_id, [Event(Action.FAILED, f"❌ {result.reason}", Level.ERROR)])
-        finally:
-            if timer is not None:
-                timer.cancel()
+                await self._emit(job_id, [ending_event(result, noun)])
         await asyncio.shield(self._finish(handle, result, started))
 
     async def _cancel_unstarted(self, handle: _Handle) -> None:
         if handle.done.done() or not handle.token.cancel(CancelReason.USER):
             return
-        result = BuildResult(JobStatus.CANCELLED, "❌ Job cancelled by user before it started")
-        await self._emit(handle.job_id, [Event(Action.CANCELLED, result.reason, Level.WARNING)])
+        result = unstarted_result(handle.kind.noun)
+        await self._emit(handle.job_id, [ending_event(result, handle.kind.noun)])
         await asyncio.shield(self._finish(handle, result, None))
 
-    async def _finish(self, handle: _Handle, result: BuildResult, started: float | None) -> None:
+    async def _finish(self, handle: _Handle, result: JobResult, started: float | None) -> None:
         """Write the final status; whatever fails, the stream ends and waiters are released."""
         handle.finishing = True
         try:
@@ -421,12 +376,13 @@ class Registry:
         finally:
             self._bus.close(handle.job_id)
             self._handles.pop(handle.job_id, None)
-            if handle.queued.cleanup_dir is not None:
-                await asyncio.to_thread(shutil.rmtree, handle.queued.cleanup_dir, True)
+            self._subjects.release(handle.subject, handle.job_id)
+            if handle.job.cleanup_dir is not None:
+                await asyncio.to_thread(shutil.rmtree, handle.job.cleanup_dir, True)
             self.uploads.release(handle.job_id)
 
     async def _write_final(
-        self, handle: _Handle, result: BuildResult, started: float | None
+        self, handle: _Handle, result: JobResult, started: float | None
     ) -> JobRecord:
         finished = time.time()
         reason = handle.token.reason
@@ -435,7 +391,7 @@ class Registry:
                 finished - started
             )
         # A cancel that came too late to stop anything leaves no trace: the job ended otherwise.
-        stopped = reason is not None and result.status is cancel_result(reason).status
+        stopped = stopped_by(reason, result.status)
         if stopped and reason is not None:
             self._metrics.cancels.labels(reason=reason.value).inc()
         record = await self._store.update_job(
@@ -459,17 +415,3 @@ class Registry:
     @property
     def queue_length(self) -> int:
         return self._queue.qsize()
-
-    def artifact_dir(self, job_id: str) -> Path:
-        return self._engine.runner.artifact_dir(job_id)
-
-
-def _remove_all_but(folder: Path, keep: set[str]) -> None:
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        if entry.name not in keep:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)

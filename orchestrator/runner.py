@@ -3,32 +3,32 @@
 ``Runner.run`` validates, sets the build's step up with the sources in it, starts makepkg,
 streams its output as events, and collects the packages. Whatever happens (success, failure,
 cancel, timeout, or the task itself being cancelled) the step is destroyed before ``run``
-returns, and the last event says how the build ended.
+returns. How the build ended is said by whoever runs it as a job (``jobs.perform``), which also
+holds its time limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import archive, cachescript, srcinfo
 from .backend import Backend, ExitStatus, OutputStream, Step
 from .caches import Caches, Lease
-from .cancel import CancelReason, CancelToken
+from .cancel import CancelToken
 from .errors import OrchestratorError, PkgbuildError
 from .events import Action, Event, Level, output_events
 from .inspector import Inspector
+from .jobs import JobResult, Sink, cancel_result
 from .settings import MiB, Settings
 from .srcinfo import SrcInfo
 from .status import JobStatus
 from .variants import VariantPlan, plan
 from .watchdog import watch_disk
-
-Sink = Callable[[Sequence[Event]], Awaitable[None]]
 
 JOB_LABEL = "orchestrator.job"
 INSTANCE_LABEL = "orchestrator.instance"
@@ -39,17 +39,7 @@ PACKAGE_DIR = "/out"
 MAKEPKG = ("makepkg", "--nodeps", "--noconfirm", "--noprogressbar")
 OUTPUT_PACE_S = 0.005  # the most a line can wait for the one before it to be sent
 
-_CANCEL_ENDINGS: dict[CancelReason, tuple[JobStatus, Action, str]] = {
-    CancelReason.USER: (JobStatus.CANCELLED, Action.CANCELLED, "❌ Build cancelled by user"),
-    CancelReason.TIMEOUT: (JobStatus.TIMED_OUT, Action.TIMED_OUT, "⏱️ Build timed out"),
-    CancelReason.SHUTDOWN: (
-        JobStatus.INTERRUPTED,
-        Action.INTERRUPTED,
-        "⚠️ Build interrupted: the service is shutting down",
-    ),
-    # A failure, not a choice: the job is stopped because its results could not be kept.
-    CancelReason.DISK_FULL: (JobStatus.FAILED, Action.FAILED, "stopped: the data disk is full"),
-}
+NOUN = "Build"  # how the endings name a build
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +47,11 @@ class BuildRequest:
     job_id: str
     source_dir: Path
     variant: str = "cpu"
-    timeout_s: float | None = None
     srcinfo: SrcInfo | None = None  # makepkg's reading, when the caller already has it
     cache: bool = True  # lend the build its package's cache (when the service keeps them)
 
 
-@dataclass(frozen=True, slots=True)
-class BuildResult:
-    status: JobStatus
-    reason: str
-    exit_code: int | None = None
-    artifacts: tuple[Path, ...] = field(default=())
-    cache: Mapping[str, Any] | None = None  # whether a cache was used, and what hit
+BuildResult = JobResult  # a build's result is a job's: its cache report is ``cache``
 
 
 class Runner:
@@ -116,10 +99,6 @@ class Runner:
         return self._settings.artifacts_dir / job_id
 
     async def run(self, request: BuildRequest, sink: Sink, cancel: CancelToken) -> BuildResult:
-        timer = None
-        if request.timeout_s is not None:
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(request.timeout_s, cancel.cancel, CancelReason.TIMEOUT)
         container: list[str] = []  # filled as soon as the container exists, for the cleanup
         cache: dict[str, Any] = {}  # filled once the build knows whether it has a cache
         # The lease outlives the container: its volume is not released (nor pruned) while a
@@ -130,12 +109,9 @@ class Runner:
             except OrchestratorError as exc:
                 result = BuildResult(JobStatus.FAILED, str(exc))
             finally:
-                if timer is not None:
-                    timer.cancel()
                 await _shielded(self._destroy(request.job_id, container, sink))
         if cache:
             result = replace(result, cache=cache)
-        await sink([ending_event(result)])
         return result
 
     async def _build(
@@ -147,7 +123,7 @@ class Runner:
         caching: tuple[contextlib.AsyncExitStack, dict[str, Any]],
     ) -> BuildResult:
         if cancel.cancelled:  # not even makepkg's reading: nothing has started
-            return _cancelled(cancel, request)
+            return cancel_result(cancel, NOUN)
         info, variant = await self.prepare(request)
         names = f" ({', '.join(info.pkgnames)})" if info.pkgnames != (info.pkgbase,) else ""
         notes = [
@@ -161,7 +137,7 @@ class Runner:
         notes += [Event(Action.WARNING, text, Level.WARNING) for text in warnings]
         await sink(notes)
         if cancel.cancelled:
-            return _cancelled(cancel, request)
+            return cancel_result(cancel, NOUN)
 
         lease = await self._lease(request, info, variant, sink, *caching)
         cache_env, mtimes = await self._cache_setup(lease, info, request.source_dir)
@@ -198,7 +174,7 @@ class Runner:
         )
         await sink([Event(Action.SOURCES_COPIED, f"Copied the build directory in ({size} bytes)")])
         if cancel.cancelled:
-            return _cancelled(cancel, request)
+            return cancel_result(cancel, NOUN)
 
         ended = await self._until_exit(cid, sink, cancel, request, lease)
         if isinstance(ended, BuildResult):  # stopped before it ended by itself
@@ -320,7 +296,7 @@ class Runner:
             if stop.done():
                 # Cancel won: say so, kill (which ends the output stream), then drop the pump.
                 await sink([Event(Action.CANCELLING, f"Stopping the build ({cancel.reason})")])
-                result = _cancelled(cancel, request)
+                result = cancel_result(cancel, NOUN)
             else:
                 used, limit = waits[1].result() // MiB, self._settings.build_disk_bytes // MiB
                 result = BuildResult(
@@ -373,34 +349,6 @@ class Runner:
             await sink(
                 [Event(Action.WARNING, f"Could not remove the container: {exc}", Level.ERROR)]
             )
-
-
-def _cancelled(cancel: CancelToken, request: BuildRequest) -> BuildResult:
-    assert cancel.reason is not None
-    return cancel_result(cancel.reason, request.timeout_s, cancel.detail)
-
-
-def cancel_result(
-    reason: CancelReason, timeout_s: float | None = None, detail: str | None = None
-) -> BuildResult:
-    """How a job that was stopped for ``reason`` ended."""
-    status, _action, message = _CANCEL_ENDINGS[reason]
-    if reason is CancelReason.TIMEOUT and timeout_s is not None:
-        message += f" after {timeout_s:g} s"
-    if detail:
-        message += f" ({detail})"
-    return BuildResult(status, message)
-
-
-def ending_event(result: BuildResult, noun: str = "Build") -> Event:
-    """The last narration line of a job: how it ended (cancel reasons are whole sentences)."""
-    for status, action, _message in _CANCEL_ENDINGS.values():
-        if result.status is status and status is not JobStatus.FAILED:
-            level = Level.ERROR if status is JobStatus.TIMED_OUT else Level.WARNING
-            return Event(action, result.reason, level)
-    if result.status is JobStatus.SUCCEEDED:
-        return Event(Action.SUCCEEDED, f"✅ {noun} succeeded: {result.reason}")
-    return Event(Action.FAILED, f"❌ {noun} failed: {result.reason}", Level.ERROR)
 
 
 async def _shielded(coro: Awaitable[None]) -> None:

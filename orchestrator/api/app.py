@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .. import catalog
+from .. import catalog, kinds
 from ..backend import Backend
 from ..bus import Bus
 from ..disk import DataDisk
@@ -23,7 +23,6 @@ from ..engine import Engine
 from ..installed import WorkerStore
 from ..metrics import Metrics
 from ..models import ModelStore
-from ..operations import Operations
 from ..registry import Registry
 from ..settings import Settings
 from ..store import Store
@@ -39,7 +38,19 @@ from .guard import (
     host_middleware,
     host_name,
 )
-from .keys import BACKEND, BUS, DISK, ENGINE, METRICS, OPERATIONS, REGISTRY, SETTINGS, STORE
+from .keys import (
+    BACKEND,
+    BUS,
+    CATALOG,
+    DISK,
+    ENGINE,
+    METRICS,
+    MODELS,
+    REGISTRY,
+    SETTINGS,
+    STORE,
+    WORKERS,
+)
 
 
 class InsecureBind(Exception):
@@ -124,19 +135,17 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS] = Bus(app[STORE])
-        app[REGISTRY] = Registry(
-            settings, app[STORE], app[ENGINE], app[BUS], app[METRICS], app[DISK]
-        )
+        registry = Registry(settings, app[STORE], app[BUS], app[METRICS], app[DISK])
+        app[REGISTRY] = registry
         workers = await catalog.load(settings.catalog)
-        app[OPERATIONS] = Operations(
-            settings,
-            app[REGISTRY],
-            app[ENGINE],
-            app[BACKEND],
-            workers,
-            WorkerStore(settings.workers_dir),
-            ModelStore(settings.models_dir),
+        app[CATALOG] = workers
+        app[WORKERS] = WorkerStore(settings.workers_dir)
+        app[MODELS] = ModelStore(settings.models_dir)
+        services = kinds.Services(
+            settings, app[ENGINE], registry.uploads, workers, app[WORKERS], app[MODELS]
         )
+        for kind in kinds.make(services):
+            registry.register(kind)
         # makepkg reads the catalog's PKGBUILDs beside start-up, not before it: a few seconds of
         # containers that nothing needs to wait for (an install reads its PKGBUILD anyway).
         verifying = asyncio.create_task(

@@ -5,14 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..archive import is_package_name
-from .keys import REGISTRY
+from .keys import ENGINE, REGISTRY
 from .wire import Artifact, ArtifactList, artifact_url, respond
 
 
 async def list_artifacts(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    record = await registry.get(request.match_info["job_id"])
-    folder = registry.artifact_dir(record.id)
+    record = await request.app[REGISTRY].get(request.match_info["job_id"])
+    folder = request.app[ENGINE].runner.artifact_dir(record.id)
     items = []
     for name in record.artifacts:
         path = folder / name
@@ -25,13 +24,12 @@ async def list_artifacts(request: web.Request) -> web.Response:
 
 
 async def get_artifact(request: web.Request) -> web.StreamResponse:
-    registry = request.app[REGISTRY]
-    record = await registry.get(request.match_info["job_id"])
+    record = await request.app[REGISTRY].get(request.match_info["job_id"])
     name = request.match_info["name"]
     # Only names the job recorded are served: no path from the request reaches the disk.
     if name not in record.artifacts or not is_package_name(name):
         raise web.HTTPNotFound(text=f"job {record.id} has no artifact named {name!r}")
-    path = registry.artifact_dir(record.id) / name
+    path = request.app[ENGINE].runner.artifact_dir(record.id) / name
     if not path.is_file():
         raise web.HTTPNotFound(text=f"artifact {name!r} is no longer on disk")
     return web.FileResponse(

@@ -15,7 +15,9 @@ from aiohttp import web
 
 from .. import archive, srcinfo
 from ..disk import out_of_space
-from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput, PkgbuildError
+from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput
+from ..jobs import Submission
+from ..kinds import parse_cache
 from ..registry import Registry
 from ..settings import MiB
 from ..variants import plan
@@ -32,18 +34,6 @@ ACCEPTED_TYPES = frozenset(
     }
 )
 _CHUNK = 256 * 1024
-
-
-def parse_timeout(raw: str | None, default_s: float, max_s: float) -> float:
-    if raw is None or raw == "":
-        return default_s
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(f"timeout_s must be a number of seconds, not {raw!r}") from None
-    if not 0 < value <= max_s:
-        raise InvalidInput(f"timeout_s must be more than 0 and at most {max_s:g}")
-    return value
 
 
 async def _receive(request: web.Request, body: IO[bytes], limit: int, timeout_s: float) -> None:
@@ -73,24 +63,15 @@ def parse_flag(raw: str | None, name: str) -> bool:
     raise InvalidInput(f"{name} must be true or false, not {raw!r}")
 
 
-def parse_cache(raw: str | None) -> bool:
-    """``cache=off`` builds without the package's cache; ``on`` (the default) with it."""
-    if raw is None or raw.lower() in ("", "on", "true", "1"):
-        return True
-    if raw.lower() in ("off", "false", "0"):
-        return False
-    raise InvalidInput(f"cache must be on or off, not {raw!r}")
-
-
 async def create_build(request: web.Request) -> web.Response:
     """A build job; or, with ``dry_run=true``, only what makepkg reads (200, no job)."""
     settings = request.app[SETTINGS]
     registry = request.app[REGISTRY]
     runner = request.app[ENGINE].runner
     variant_name = request.query.get("variant", "cpu")
-    timeout_s = parse_timeout(
-        request.query.get("timeout_s"), settings.default_timeout_s, settings.max_timeout_s
-    )
+    # What the query says is checked before the upload is read (the "build" kind checks it
+    # again, with the rest, when it takes the job).
+    registry.parse_timeout(request.query.get("timeout_s"))
     dry_run = parse_flag(request.query.get("dry_run"), "dry_run")
     cache = parse_cache(request.query.get("cache"))
     variant = plan(variant_name, settings, gpu_runtime=await request.app[BACKEND].gpu_runtime())
@@ -151,11 +132,9 @@ async def create_build(request: web.Request) -> web.Response:
                 }
             )
             return respond(dry)
-        if problems:
-            raise PkgbuildError("; ".join(problems), problems=problems)
-        record = await registry.submit_build(
-            job_id, dest, info, variant.variant.value, timeout_s, cache
-        )
+        query = dict(request.query)
+        submission = Submission(job_id, query, query, upload=dest, srcinfo=info)
+        record = (await registry.submit("build", submission)).record
     except OSError as exc:
         await _discard(registry, job_id, dest)
         if out_of_space(exc):

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from ..errors import NotFound
-from .keys import OPERATIONS
+from .keys import CATALOG, MODELS, REGISTRY, WORKERS
 from .wire import (
     Catalog,
     CatalogWorker,
@@ -22,7 +22,7 @@ from .wire import (
 
 
 async def list_catalog(request: web.Request) -> web.Response:
-    catalog = request.app[OPERATIONS].catalog
+    catalog = request.app[CATALOG]
     return respond(
         Catalog(
             workers=[CatalogWorker.model_validate(e.summary()) for e in catalog.entries.values()],
@@ -35,7 +35,7 @@ async def list_catalog(request: web.Request) -> web.Response:
 
 
 async def get_catalog_worker(request: web.Request) -> web.Response:
-    entry = request.app[OPERATIONS].catalog.get(request.match_info["worker_id"])
+    entry = request.app[CATALOG].get(request.match_info["worker_id"])
     detail = CatalogWorkerDetail.model_validate(
         {
             **entry.summary(),
@@ -47,12 +47,12 @@ async def get_catalog_worker(request: web.Request) -> web.Response:
 
 
 async def get_catalog_pkgbuild(request: web.Request) -> web.Response:
-    entry = request.app[OPERATIONS].catalog.get(request.match_info["worker_id"])
+    entry = request.app[CATALOG].get(request.match_info["worker_id"])
     return web.Response(text=entry.pkgbuild, content_type="text/plain")
 
 
 async def list_workers(request: web.Request) -> web.Response:
-    workers = await asyncio.to_thread(request.app[OPERATIONS].workers.list)
+    workers = await asyncio.to_thread(request.app[WORKERS].list)
     return respond(
         WorkerList(workers=[InstalledWorker.model_validate(w.to_dict()) for w in workers])
     )
@@ -60,30 +60,29 @@ async def list_workers(request: web.Request) -> web.Response:
 
 async def get_worker(request: web.Request) -> web.Response:
     worker_id = request.match_info["worker_id"]
-    worker = await asyncio.to_thread(request.app[OPERATIONS].workers.get, worker_id)
+    worker = await asyncio.to_thread(request.app[WORKERS].get, worker_id)
     if worker is None:
         raise NotFound(f"worker {worker_id!r} is not installed")
     return respond(InstalledWorker.model_validate(worker.to_dict()))
 
 
 async def delete_worker(request: web.Request) -> web.Response:
-    operations = request.app[OPERATIONS]
     worker_id = request.match_info["worker_id"]
-    operations.ensure_idle(f"worker:{worker_id}")
-    if not await asyncio.to_thread(operations.workers.remove, worker_id):
+    request.app[REGISTRY].ensure_idle(f"worker:{worker_id}")
+    if not await asyncio.to_thread(request.app[WORKERS].remove, worker_id):
         raise NotFound(f"worker {worker_id!r} is not installed")
     return respond(Removed(removed=worker_id))
 
 
 async def list_models(request: web.Request) -> web.Response:
-    models = await asyncio.to_thread(request.app[OPERATIONS].models.list)
+    models = await asyncio.to_thread(request.app[MODELS].list)
     return respond(ModelList(models=[DownloadedModel.model_validate(m.to_dict()) for m in models]))
 
 
 async def delete_model(request: web.Request) -> web.Response:
-    operations = request.app[OPERATIONS]
-    name = operations.models.check_name(request.match_info["name"])
-    operations.ensure_idle(f"model:{name}")
-    if not await asyncio.to_thread(operations.models.remove, name):
+    models = request.app[MODELS]
+    name = models.check_name(request.match_info["name"])
+    request.app[REGISTRY].ensure_idle(f"model:{name}")
+    if not await asyncio.to_thread(models.remove, name):
         raise NotFound(f"no model named {name!r}")
     return respond(Removed(removed=name))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import InvalidInput
+from ..jobs import Submission
 from ..status import JobStatus
-from .builds import parse_cache
-from .keys import OPERATIONS, REGISTRY, STORE
+from .keys import REGISTRY, STORE
 from .wire import Job, JobList, JobSubmitted, job_links, respond
 
 _MAX_LIMIT = 500
@@ -49,7 +49,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def create_job(request: web.Request) -> web.Response:
-    """POST /v1/jobs: the seed's operations (worker_install, model_download) as jobs."""
+    """POST /v1/jobs: a job of the kind ``operation`` names (worker_install, model_download)."""
     # A page on another site can POST text/plain (or no type) without a CORS preflight, so
     # JSON is taken only when labelled as JSON. aiohttp reports a missing type as
     # application/octet-stream, which is refused too.
@@ -64,8 +64,9 @@ async def create_job(request: web.Request) -> web.Response:
         raise InvalidInput('send a JSON object like {"operation": "worker_install", ...}') from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
-    cache = parse_cache(request.query.get("cache"))
-    record = await request.app[OPERATIONS].submit(body, cache=cache)
+    registry = request.app[REGISTRY]
+    submission = Submission(registry.new_job_id(), body, dict(request.query))
+    record = (await registry.submit(body.get("operation"), submission)).record
     return respond(
         JobSubmitted(job_id=record.id, status=record.status, **job_links(record.id)),
         status=201,

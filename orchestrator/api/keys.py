@@ -6,10 +6,12 @@ from aiohttp import web
 
 from ..backend import Backend
 from ..bus import Bus
+from ..catalog import Catalog
 from ..disk import DataDisk
 from ..engine import Engine
+from ..installed import WorkerStore
 from ..metrics import Metrics
-from ..operations import Operations
+from ..models import ModelStore
 from ..registry import Registry
 from ..settings import Settings
 from ..store import Store
@@ -22,4 +24,6 @@ ENGINE = web.AppKey("engine", Engine)
 BUS = web.AppKey("bus", Bus)
 REGISTRY = web.AppKey("registry", Registry)
 METRICS = web.AppKey("metrics", Metrics)
-OPERATIONS = web.AppKey("operations", Operations)
+CATALOG = web.AppKey("catalog", Catalog)
+WORKERS = web.AppKey("workers", WorkerStore)
+MODELS = web.AppKey("models", ModelStore)

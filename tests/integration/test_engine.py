@@ -198,8 +198,8 @@ async def test_timeout_kills_the_build(
     docker_client: docker.DockerClient,
 ) -> None:
     job = job_id()
-    request = BuildRequest(job, build_dir("forker", marker=job), timeout_s=3)
-    result = await engine.build(request, recorder, CancelToken())
+    request = BuildRequest(job, build_dir("forker", marker=job))
+    result = await engine.build(request, recorder, CancelToken(), timeout_s=3)
     assert result.status is JobStatus.TIMED_OUT
     assert recorder.events[-1].action is Action.TIMED_OUT
     assert "after 3 s" in recorder.events[-1].message

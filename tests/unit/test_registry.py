@@ -15,6 +15,8 @@ from orchestrator.backend.fake import FakeBackend, Script, printsrcinfo
 from orchestrator.bus import Bus
 from orchestrator.engine import Engine
 from orchestrator.errors import JobStateConflict
+from orchestrator.jobs import Submission
+from orchestrator.kinds import BuildKind
 from orchestrator.metrics import Metrics
 from orchestrator.registry import Registry
 from orchestrator.srcinfo import parse
@@ -46,7 +48,8 @@ async def open_registry(settings: Settings, backend: FakeBackend) -> AsyncIterat
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(settings.data_dir / "orchestrator.db")
     engine = await Engine.open(settings, backend)
-    registry = Registry(settings, store, engine, Bus(store), Metrics())
+    registry = Registry(settings, store, Bus(store), Metrics())
+    registry.register(BuildKind(settings, engine, registry.uploads))
     await registry.start()
     try:
         yield registry
@@ -73,7 +76,8 @@ async def submit(registry: Registry, settings: Settings, build_dir: Callable[...
     src.parent.mkdir(parents=True, exist_ok=True)
     build_dir("hello-c").rename(src)
     info = parse(printsrcinfo((src / "PKGBUILD").read_text()).steps[0][1])
-    await registry.submit_build(job_id, src, info, "cpu", 60.0)
+    body = {"variant": "cpu", "timeout_s": "60"}
+    await registry.submit("build", Submission(job_id, body, body, upload=src, srcinfo=info))
     return job_id
 
 

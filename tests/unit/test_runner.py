@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator import Action, BuildRequest, CancelReason, CancelToken, JobStatus, Settings
 from orchestrator.backend.fake import FakeBackend, Script
-from orchestrator.runner import JOB_LABEL, Runner
+from orchestrator.jobs import Sink, perform
+from orchestrator.runner import JOB_LABEL, BuildResult, Runner
 
 from ..conftest import Recorder
 
@@ -18,6 +20,22 @@ from ..conftest import Recorder
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", instance_id="unit")
+
+
+def build(
+    runner: Runner,
+    request: BuildRequest,
+    sink: Sink,
+    token: CancelToken,
+    *,
+    timeout_s: float | None = None,
+) -> Coroutine[Any, Any, BuildResult]:
+    """A build as a job runs it: the runner's work, then its ending said (``jobs.perform``)."""
+
+    async def work(sink: Sink, token: CancelToken) -> BuildResult:
+        return await runner.run(request, sink, token)
+
+    return perform(work, sink, token, noun="Build", timeout_s=timeout_s)
 
 
 def verbs(backend: FakeBackend) -> list[str]:
@@ -33,8 +51,8 @@ async def test_success_sequence_and_narration(
     settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
 ) -> None:
     backend = FakeBackend(Script([("stdout", "==> Making package: x", 0), ("stderr", "warn", 0)]))
-    result = await Runner(backend, settings).run(
-        BuildRequest("j1", build_dir("hello-c")), recorder, CancelToken()
+    result = await build(
+        Runner(backend, settings), BuildRequest("j1", build_dir("hello-c")), recorder, CancelToken()
     )
     assert result.status is JobStatus.SUCCEEDED
     assert verbs(backend) == ["setup", "start", "collect", "destroy"]
@@ -51,8 +69,8 @@ async def test_labels_and_sandbox(
     settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
 ) -> None:
     backend = FakeBackend()
-    await Runner(backend, settings).run(
-        BuildRequest("j2", build_dir("hello-c")), recorder, CancelToken()
+    await build(
+        Runner(backend, settings), BuildRequest("j2", build_dir("hello-c")), recorder, CancelToken()
     )
     create = next(e for e in recorder.events if e.action is Action.CONTAINER_CREATED)
     assert settings.image_cpu in create.message
@@ -65,7 +83,7 @@ async def test_files_copied_in_are_the_build_dir(
     backend = FakeBackend(Script([("stdout", "x", 0.2)]))
     token = CancelToken()
     task = asyncio.create_task(
-        Runner(backend, settings).run(BuildRequest("j3", build_dir("hello-c")), recorder, token)
+        build(Runner(backend, settings), BuildRequest("j3", build_dir("hello-c")), recorder, token)
     )
     await recorder.wait_for(lambda e: e.action is Action.BUILD_STARTED)
     [container] = backend.containers.values()
@@ -78,8 +96,8 @@ async def test_nonzero_exit_fails_without_copying_out(
     settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
 ) -> None:
     backend = FakeBackend(Script([("stderr", "==> ERROR: boom", 0)], exit_code=4))
-    result = await Runner(backend, settings).run(
-        BuildRequest("j4", build_dir("hello-c")), recorder, CancelToken()
+    result = await build(
+        Runner(backend, settings), BuildRequest("j4", build_dir("hello-c")), recorder, CancelToken()
     )
     assert (result.status, result.exit_code) == (JobStatus.FAILED, 4)
     assert "collect" not in verbs(backend)
@@ -105,7 +123,7 @@ async def test_cancel_while_running_kills_and_tells_why(
     backend = FakeBackend(Script([("stdout", "first", 0), ("stdout", "never", 30)]))
     token = CancelToken()
     task = asyncio.create_task(
-        Runner(backend, settings).run(BuildRequest("j5", build_dir("hello-c")), recorder, token)
+        build(Runner(backend, settings), BuildRequest("j5", build_dir("hello-c")), recorder, token)
     )
     await recorder.wait_for(lambda e: e.message == "first")
     token.cancel(reason)
@@ -128,8 +146,9 @@ async def test_timeout_cancels_with_its_own_reason(
     settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
 ) -> None:
     backend = FakeBackend(Script([("stdout", "never", 30)]))
-    request = BuildRequest("j6", build_dir("hello-c"), timeout_s=0.2)
-    result = await Runner(backend, settings).run(request, recorder, CancelToken())
+    request = BuildRequest("j6", build_dir("hello-c"))
+    runner = Runner(backend, settings)
+    result = await build(runner, request, recorder, CancelToken(), timeout_s=0.2)
     assert result.status is JobStatus.TIMED_OUT
     assert recorder.events[-1].message == "⏱️ Build timed out after 0.2 s"
 
@@ -140,8 +159,8 @@ async def test_cancel_before_start_never_creates(
     backend = FakeBackend()
     token = CancelToken()
     token.cancel()
-    result = await Runner(backend, settings).run(
-        BuildRequest("j7", build_dir("hello-c")), recorder, token
+    result = await build(
+        Runner(backend, settings), BuildRequest("j7", build_dir("hello-c")), recorder, token
     )
     assert result.status is JobStatus.CANCELLED
     assert "setup" not in verbs(backend)
@@ -159,8 +178,8 @@ async def test_cancel_between_copy_and_start_never_starts(
         if any(e.action is Action.SOURCES_COPIED for e in recorder.events):
             token.cancel()
 
-    result = await Runner(backend, settings).run(
-        BuildRequest("j8", build_dir("hello-c")), sink, token
+    result = await build(
+        Runner(backend, settings), BuildRequest("j8", build_dir("hello-c")), sink, token
     )
     assert result.status is JobStatus.CANCELLED
     assert "start" not in verbs(backend)
@@ -172,8 +191,11 @@ async def test_task_cancellation_still_removes_the_container(
 ) -> None:
     backend = FakeBackend(Script([("stdout", "first", 0), ("stdout", "never", 30)]))
     task = asyncio.create_task(
-        Runner(backend, settings).run(
-            BuildRequest("j9", build_dir("hello-c")), recorder, CancelToken()
+        build(
+            Runner(backend, settings),
+            BuildRequest("j9", build_dir("hello-c")),
+            recorder,
+            CancelToken(),
         )
     )
     await recorder.wait_for(lambda e: e.message == "first")
@@ -188,8 +210,11 @@ async def test_missing_image_is_a_failed_build_with_the_reason(
     settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
 ) -> None:
     backend = FakeBackend(images=())
-    result = await Runner(backend, settings).run(
-        BuildRequest("j10", build_dir("hello-c")), recorder, CancelToken()
+    result = await build(
+        Runner(backend, settings),
+        BuildRequest("j10", build_dir("hello-c")),
+        recorder,
+        CancelToken(),
     )
     assert result.status is JobStatus.FAILED
     assert "is not on this Docker host" in result.reason
@@ -200,8 +225,11 @@ async def test_gpu_requested_for_cuda_when_the_runtime_exists(
 ) -> None:
     backend = FakeBackend()
     backend.gpu = True
-    await Runner(backend, settings).run(
-        BuildRequest("j11", build_dir("hello-c"), variant="cuda"), recorder, CancelToken()
+    await build(
+        Runner(backend, settings),
+        BuildRequest("j11", build_dir("hello-c"), variant="cuda"),
+        recorder,
+        CancelToken(),
     )
     assert Action.WARNING not in recorder.actions()
     create = next(e for e in recorder.events if e.action is Action.CONTAINER_CREATED)
@@ -213,8 +241,11 @@ async def test_an_oom_kill_is_named_whatever_the_exit_code(
 ) -> None:
     # makepkg exits 0 only if the killed step's failure was swallowed; the kill still counts.
     backend = FakeBackend(Script([("stdout", "linking", 0)], exit_code=0, oom_killed=True))
-    result = await Runner(backend, settings).run(
-        BuildRequest("oom", build_dir("hello-c")), recorder, CancelToken()
+    result = await build(
+        Runner(backend, settings),
+        BuildRequest("oom", build_dir("hello-c")),
+        recorder,
+        CancelToken(),
     )
     limit = settings.build_memory_bytes // 1024**2
     assert result.status is JobStatus.FAILED
@@ -227,8 +258,11 @@ async def test_the_disk_watchdog_stops_a_build_over_its_limit(
 ) -> None:
     settings = settings.model_copy(update={"build_disk_bytes": 1000, "build_disk_poll_s": 0.01})
     backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 200, disk_bytes=5000))
-    result = await Runner(backend, settings).run(
-        BuildRequest("disk", build_dir("hello-c")), recorder, CancelToken()
+    result = await build(
+        Runner(backend, settings),
+        BuildRequest("disk", build_dir("hello-c")),
+        recorder,
+        CancelToken(),
     )
     assert result.status is JobStatus.FAILED
     assert result.reason.startswith("the build wrote more than 0 MiB to its container's disk")

@@ -1,0 +1,41 @@
+"""The job vocabulary, below every kind of job and the registry that runs them: status, cancel
+token, result, sink, the one table of endings, the time limit, and what a kind declares."""
+
+from ..cancel import CancelReason, CancelToken
+from ..status import JobStatus
+from .endings import (
+    ENDINGS,
+    Ending,
+    cancel_result,
+    ending_event,
+    interrupted_result,
+    stopped_by,
+    unstarted_result,
+)
+from .kind import Job, Kind, Plan, Submission
+from .result import JobResult, Sink, Work
+from .run import parse_timeout, perform
+from .subjects import Subjects
+
+__all__ = [
+    "ENDINGS",
+    "CancelReason",
+    "CancelToken",
+    "Ending",
+    "Job",
+    "JobResult",
+    "JobStatus",
+    "Kind",
+    "Plan",
+    "Sink",
+    "Subjects",
+    "Submission",
+    "Work",
+    "cancel_result",
+    "ending_event",
+    "interrupted_result",
+    "parse_timeout",
+    "perform",
+    "stopped_by",
+    "unstarted_result",
+]

@@ -1,0 +1,32 @@
+"""What every job hands back and writes into: its result, and the sink its narration goes to."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cancel import CancelToken
+from ..events import Event
+from ..status import JobStatus
+
+Sink = Callable[[Sequence[Event]], Awaitable[None]]
+"""Where a job's narration goes (the store, then the bus; a recorder in tests)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    status: JobStatus
+    reason: str
+    exit_code: int | None = None
+    artifacts: tuple[Path, ...] = field(default=())
+    cache: Mapping[str, Any] | None = None  # a build's: whether a cache was used, and what hit
+    # The last narration line when the kind words its success itself ("✅ Worker X installed");
+    # otherwise the table of endings words it.
+    ending: str | None = None
+
+
+Work = Callable[[Sink, CancelToken], Awaitable[JobResult]]
+"""What a job does once it runs: narrate into the sink, honour the token, and return how it
+ended. It does not say the last line: whoever runs it does (``jobs.perform``)."""

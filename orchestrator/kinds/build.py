@@ -1,0 +1,75 @@
+"""The "build" kind: an uploaded build directory, built by makepkg (``POST /v1/builds``)."""
+
+from __future__ import annotations
+
+from .. import srcinfo
+from ..cancel import CancelToken
+from ..engine import Engine
+from ..errors import InvalidInput, PkgbuildError
+from ..jobs import Job, JobResult, Plan, Sink, Submission
+from ..runner import NOUN, BuildRequest
+from ..settings import Settings
+from ..store import JobRecord
+from ..uploads import UploadBudget
+from ..variants import plan
+from ._body import cache_of, cache_request, parse_cache
+
+
+class BuildKind:
+    name = "build"
+    noun = NOUN
+    upload = True
+
+    def __init__(self, settings: Settings, engine: Engine, uploads: UploadBudget) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._uploads = uploads
+
+    async def parse(self, submission: Submission) -> Plan:
+        """The upload's PKGBUILD (as makepkg reads it), the variant, and ``cache``."""
+        if submission.upload is None:
+            raise InvalidInput("a build needs its uploaded build directory")
+        runner = self._engine.runner
+        query = submission.query
+        gpu_runtime = await self._engine.backend.gpu_runtime()
+        variant = plan(query.get("variant", "cpu"), self._settings, gpu_runtime=gpu_runtime)
+        cache = parse_cache(query.get("cache"))
+        info = submission.srcinfo
+        if info is None:
+            labels = runner.inspect_labels(submission.job_id)
+            info = await runner.inspector.read(submission.upload, variant.image, labels)
+        if problems := srcinfo.problems(info, submission.upload):
+            raise PkgbuildError("; ".join(problems), problems=problems)
+        return Plan(
+            message=f"📥 Queued {info.pkgbase} {info.version} ({variant.variant.value})",
+            variant=variant.variant.value,
+            pkgname=info.pkgbase,
+            pkgver=info.version,
+            srcinfo=info.text,
+            request=cache_request(cache),
+        )
+
+    def subject(self, record: JobRecord) -> str | None:
+        return None  # each build has its own sources: builds never wait for one another
+
+    async def job(self, record: JobRecord) -> Job:
+        source_dir = self._settings.work_dir / record.id
+        request = BuildRequest(
+            record.id,
+            source_dir,
+            record.variant or "cpu",
+            srcinfo=srcinfo.parse(record.srcinfo) if record.srcinfo else None,
+            cache=cache_of(record.request),
+        )
+
+        async def work(sink: Sink, token: CancelToken) -> JobResult:
+            return await self._engine.runner.run(request, sink, token)
+
+        return Job(work, cleanup_dir=source_dir)
+
+    async def resume(self, record: JobRecord) -> Job:
+        source_dir = self._settings.work_dir / record.id
+        if not (source_dir / "PKGBUILD").is_file():
+            raise InvalidInput("its uploaded sources are gone")
+        await self._uploads.settle(record.id, source_dir)
+        return await self.job(record)

@@ -1,0 +1,109 @@
+"""The "worker_install" kind: a catalog worker built by makepkg, then switched in atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import tarfile
+
+from ..cancel import CancelToken
+from ..catalog import Catalog, CatalogEntry
+from ..engine import Engine
+from ..events import Action, Event
+from ..installed import InstallError, WorkerStore
+from ..jobs import Job, JobResult, Plan, Sink, Submission, cancel_result, ending_event
+from ..runner import NOUN as BUILD
+from ..runner import BuildRequest
+from ..settings import Settings
+from ..status import JobStatus
+from ..store import JobRecord
+from ._body import cache_of, cache_request, parse_cache, required_text
+
+NOUN = "Install"
+
+
+class WorkerInstallKind:
+    name = "worker_install"
+    noun = NOUN
+    upload = False
+
+    def __init__(
+        self, settings: Settings, engine: Engine, catalog: Catalog, workers: WorkerStore
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._catalog = catalog
+        self._workers = workers
+
+    async def parse(self, submission: Submission) -> Plan:
+        """``worker_id``, a catalog entry that can run here; ``cache`` for its build."""
+        entry = self._catalog.get(required_text(submission.body, "worker_id"))
+        # Refuses what cannot run here (metal, another OS or CPU); the build itself warns
+        # when a cuda worker gets no GPU.
+        gpu_runtime = await self._engine.backend.gpu_runtime()
+        entry.check_runs_here(self._settings, gpu_runtime=gpu_runtime)
+        cache = parse_cache(submission.query.get("cache"))
+        return Plan(
+            message=f"📥 Queued install of {entry.name} {entry.version} ({entry.worker_type})",
+            variant=entry.worker_type,
+            pkgname=entry.id,
+            pkgver=entry.version,
+            request=cache_request(cache),
+        )
+
+    def subject(self, record: JobRecord) -> str | None:
+        return f"worker:{record.pkgname}"
+
+    async def job(self, record: JobRecord) -> Job:
+        # A resumed job installs what the catalog has now: it may have changed meanwhile.
+        entry = self._catalog.get(record.pkgname or "")
+        job_id = record.id
+        source_dir = await asyncio.to_thread(
+            entry.write_build_dir, self._settings.work_dir / job_id
+        )
+        request = BuildRequest(
+            job_id, source_dir, entry.worker_type, cache=cache_of(record.request)
+        )
+
+        async def work(sink: Sink, token: CancelToken) -> JobResult:
+            built = await self._engine.runner.run(request, sink, token)
+            if built.status is not JobStatus.SUCCEEDED:
+                return built
+            await sink([ending_event(built, BUILD)])  # the build's end, half-way through
+            if token.cancelled:  # the build finished, but the job was stopped: install nothing
+                return dataclasses.replace(cancel_result(token, NOUN), cache=built.cache)
+            installed = await self._install(entry, built, sink, token, job_id)
+            return dataclasses.replace(installed, cache=built.cache)
+
+        return Job(work, cleanup_dir=source_dir)
+
+    resume = job
+
+    async def _install(
+        self, entry: CatalogEntry, built: JobResult, sink: Sink, token: CancelToken, job_id: str
+    ) -> JobResult:
+        await sink([Event(Action.PHASE, f"Installing {entry.binary_name} {entry.version}")])
+        try:
+            [package] = built.artifacts
+            installed = await asyncio.to_thread(
+                self._workers.install,
+                entry.id,
+                entry.version,
+                entry.binary_name,
+                package,
+                job_id,
+                lambda: token.cancelled,  # asked right before the switch
+            )
+        except (InstallError, ValueError, tarfile.TarError, OSError) as exc:
+            return JobResult(JobStatus.FAILED, f"install of {entry.id} failed: {exc}", 0)
+        if installed is None:  # cancelled during the install: the previous version stays
+            return cancel_result(token, NOUN)
+        message = f"📦 Installed {installed.path} (sha256 {installed.sha256[:12]}…)"
+        await sink([Event(Action.INSTALLED, message)])
+        return JobResult(
+            JobStatus.SUCCEEDED,
+            f"installed {entry.id} {entry.version}",
+            0,
+            built.artifacts,
+            ending=f"✅ Worker {entry.id} {entry.version} installed",
+        )

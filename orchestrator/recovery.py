@@ -1,0 +1,62 @@
+"""After a restart: what an earlier process left running is interrupted, and what it left queued
+runs again (through its kind's ``resume``), in its order and before any new job."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+from .cancel import CancelReason
+from .errors import OrchestratorError
+from .events import Action, Event, Level
+from .jobs import Job, Kind
+from .status import JobStatus
+from .store import JobRecord, Store
+
+Enqueue = Callable[[JobRecord, Kind, Job], Awaitable[None]]
+
+
+async def recover(store: Store, kinds: Mapping[str, Kind], enqueue: Enqueue) -> list[str]:
+    """Queue again what can run again; interrupt the rest. Returns the interrupted ids."""
+    leftovers = await store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING])
+    interrupted: list[str] = []
+    for record in leftovers:
+        kind = kinds.get(record.operation)
+        if record.status is JobStatus.RUNNING:
+            reason = "the service stopped while this job was running"
+        elif kind is None:
+            reason = f"jobs of kind {record.operation!r} cannot be queued again"
+        else:
+            try:
+                job = await kind.resume(record)
+            except (OrchestratorError, OSError) as exc:
+                reason = f"it could not be queued again after a restart: {exc}"
+            else:
+                await enqueue(record, kind, job)
+                continue
+        interrupted.append(record.id)
+        await store.append(
+            record.id, [Event(Action.INTERRUPTED, f"⚠️ Job interrupted: {reason}", Level.ERROR)]
+        )
+        await store.update_job(
+            record.id,
+            status=JobStatus.INTERRUPTED,
+            finished_at=time.time(),
+            reason=reason,
+            cancel_reason=record.cancel_reason or CancelReason.SHUTDOWN.value,
+        )
+    return interrupted
+
+
+def remove_all_but(folder: Path, keep: set[str]) -> None:
+    """Sources of jobs that will never run again (and of uploads cut off half-way)."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name not in keep:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
