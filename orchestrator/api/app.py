@@ -20,6 +20,7 @@ from ..backend import Backend
 from ..bus import Bus
 from ..disk import DataDisk
 from ..engine import Engine
+from ..errors import InsecureBind as InsecureBind  # re-exported: it lived here before
 from ..installed import WorkerStore
 from ..metrics import Metrics
 from ..models import ModelStore
@@ -40,10 +41,6 @@ from .guard import (
     host_name,
 )
 from .keys import BACKEND, BUS, DISK, ENGINE, METRICS, OPERATIONS, REGISTRY, SETTINGS, STORE
-
-
-class InsecureBind(Exception):
-    """Binding beyond loopback without a token would hand the Docker socket to the network."""
 
 
 def check_bind(settings: Settings) -> None:
