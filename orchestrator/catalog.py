@@ -23,7 +23,8 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InvalidInput, NotFound, OrchestratorError, PkgbuildError, VariantRefused
+from .errors import InvalidInput, OrchestratorError, PkgbuildError, VariantRefused
+from .errors import WorkerNotFound as WorkerNotFound  # re-exported: it lived here before
 from .inspector import Inspector
 from .settings import Settings
 from .variants import plan
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 SHIPPED = Path(__file__).parent / "_catalog"
 _SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 _MAX_SOURCE_BYTES = 4 * 1024 * 1024
-
-
-class WorkerNotFound(NotFound):
-    def __init__(self, worker_id: str) -> None:
-        super().__init__(f"no worker with id {worker_id!r} in the catalog")
-        self.worker_id = worker_id
 
 
 class CatalogEntry(BaseModel):

@@ -68,7 +68,21 @@ class VariantRefused(VariantError):
 
 
 class NotFound(OrchestratorError):
-    """A named thing (worker, model) does not exist."""
+    """A named thing (job, worker, model) does not exist."""
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id '{job_id}'")
+        self.job_id = job_id
+
+
+class WorkerNotFound(NotFound):
+    """The catalog names no such worker."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"no worker with id {worker_id!r} in the catalog")
+        self.worker_id = worker_id
 
 
 class UnknownOperation(InvalidInput):
@@ -129,3 +143,15 @@ class InsufficientStorage(OrchestratorError):
 
 class ShuttingDown(OrchestratorError):
     """The service is stopping and takes no new work."""
+
+
+class StoreError(OrchestratorError):
+    """SQLite failed, or the store is closed; the sqlite3 error, if any, is the ``__cause__``."""
+
+
+class InstallError(OrchestratorError):
+    """A worker package does not hold what the catalog promised."""
+
+
+class InsecureBind(OrchestratorError):
+    """Binding beyond loopback without a token would hand the Docker socket to the network."""

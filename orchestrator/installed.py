@@ -27,11 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput, OrchestratorError
-
-
-class InstallError(OrchestratorError):
-    """The package does not hold what the catalog promised."""
+from .errors import InstallError as InstallError  # re-exported: it lived here before
+from .errors import InvalidInput
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from .cancel import CancelReason, CancelToken
 from .errors import InvalidInput
@@ -174,6 +181,8 @@ class _Download:
         self.start_size = 0
         self.last_progress = self.started
         self.interval = 0.5
+        self._mark = 0  # the size when the current attempt began
+        self._failures = 0  # failed attempts in a row
         self._waiter: asyncio.Future[CancelReason] | None = None
 
     async def run(self, max_attempts: int) -> JobResult:
@@ -206,26 +215,23 @@ class _Download:
             )
             await self._emit(Action.PHASE, f"Resuming at {self.size} bytes")
         self.start_size = self.size
-        failures, delay = 0, 0.2
-        while True:
-            before = self.size
-            try:
-                if await self._attempt():
-                    break
-                continue  # the server made us start over; not a failure
-            except (_Retry, *_RETRYABLE) as exc:
-                problem = str(exc) or type(exc).__name__
-            except (_Fatal, aiohttp.ClientError, OSError) as exc:
-                return self._failed(str(exc) or type(exc).__name__)
-            if self.size > before:  # progress resets the count: only failures in a row matter
-                failures, delay = 0, 0.2
-            failures += 1
-            if failures >= max_attempts:
-                return self._failed(f"{problem}; gave up after {failures} attempts in a row")
-            lost = f"connection lost at {self.size} bytes; resuming (attempt {failures + 1})"
-            await self._emit(Action.PHASE, f"{lost}: {problem}", Level.WARNING)
-            await self._race(asyncio.sleep(delay))
-            delay = min(delay * 2, 2.0)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((_Retry, *_RETRYABLE)),
+            after=self._count_in_a_row,
+            wait=wait_exponential(multiplier=0.2, max=2.0),  # 0.2 s, 0.4 s, ... at most 2 s
+            stop=stop_after_attempt(max_attempts),
+            before_sleep=self._resuming,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            await retrying(self._fetch)
+        except (_Retry, *_RETRYABLE) as exc:  # escapes only once the attempts ran out
+            return self._failed(
+                f"{_problem(exc)}; gave up after {self._failures} attempts in a row"
+            )
+        except (_Fatal, aiohttp.ClientError, OSError) as exc:
+            return self._failed(_problem(exc))
         await self._progress(force=True)
         await self._emit(Action.PHASE, "Verifying sha256")
         digest = self.hasher.hexdigest()
@@ -248,6 +254,31 @@ class _Download:
             0,
             (final,),
         )
+
+    async def _fetch(self) -> None:
+        """One attempt as tenacity counts them: requests until the partial is complete. A start
+        over that the server forces is not a failure, so it stays inside the attempt."""
+        self._mark = self.size
+        while not await self._attempt():
+            self._mark = self.size
+
+    def _count_in_a_row(self, state: RetryCallState) -> None:
+        """tenacity's ``after`` hook: an attempt that added bytes resets the count, so the stop and
+        the backoff (both read ``attempt_number``) see only failures in a row."""
+        if self.size > self._mark:
+            state.attempt_number = 1
+        self._failures = state.attempt_number
+
+    async def _resuming(self, state: RetryCallState) -> None:
+        assert state.outcome is not None
+        problem = _problem(state.outcome.exception())
+        lost = (
+            f"connection lost at {self.size} bytes; resuming (attempt {state.attempt_number + 1})"
+        )
+        await self._emit(Action.PHASE, f"{lost}: {problem}", Level.WARNING)
+
+    async def _sleep(self, seconds: float) -> None:
+        await self._race(asyncio.sleep(seconds))  # a cancel does not wait out the backoff
 
     async def _attempt(self) -> bool:
         """One request; True when the partial is complete, False to start over at once."""
@@ -331,6 +362,10 @@ class _Download:
 
     async def _emit(self, action: Action, message: str, level: Level = Level.INFO) -> None:
         await self.sink([Event(action, message, level)])
+
+
+def _problem(exc: BaseException | None) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _valid_name(name: str) -> bool:

@@ -102,6 +102,7 @@ class Registry:
         # Final statuses the store could not take (a full disk), written once it has room.
         self._unwritten: dict[str, tuple[_Handle, JobResult, float | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Future[None] | None = None  # the one shutdown, once begun
         self.uploads = UploadBudget(settings.max_queued_upload_bytes)
         if disk is not None:
             disk.on_change(self._disk_changed)
@@ -176,7 +177,14 @@ class Registry:
     async def shutdown(self) -> None:
         """Take no more work; stop every build (containers removed); end every stream.
 
-        Jobs still waiting stay queued, with their sources, for the next start."""
+        Jobs still waiting stay queued, with their sources, for the next start. Idempotent: a
+        later call waits for the first one's work, which a cancelled caller does not cut short.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         self._accepting = False
         waiting = [h for h in self._handles.values() if not h.started]
         for handle in waiting:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._checkpoint import BACKSTOP_PAGES, Checkpointer
-from .errors import OrchestratorError
+from .errors import JobNotFound as JobNotFound  # re-exported: it lived here before
+from .errors import StoreError as StoreError  # re-exported: it lived here before
 from .events import Event, line_count
 from .status import JobStatus
 
@@ -46,16 +47,6 @@ _MAX_PENDING_BYTES = 32 * 1024 * 1024
 
 def _size(batch: Sequence[StoredEvent]) -> int:
     return sum(len(event.message) for event in batch)
-
-
-class StoreError(OrchestratorError):
-    """SQLite failed, or the store is closed; the sqlite3 error, if any, is the ``__cause__``."""
-
-
-class JobNotFound(OrchestratorError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id '{job_id}'")
-        self.job_id = job_id
 
 
 def _iso(ts: float | None) -> str | None:

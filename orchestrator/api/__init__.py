@@ -1,5 +1,6 @@
 """The HTTP API."""
 
-from .app import InsecureBind, check_bind, create_app
+from ..errors import InsecureBind
+from .app import check_bind, create_app
 
 __all__ = ["InsecureBind", "check_bind", "create_app"]

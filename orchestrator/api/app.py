@@ -20,6 +20,7 @@ from ..backend import Backend
 from ..bus import Bus
 from ..disk import DataDisk
 from ..engine import Engine
+from ..errors import InsecureBind as InsecureBind  # re-exported: it lived here before
 from ..installed import WorkerStore
 from ..metrics import Metrics
 from ..models import ModelStore
@@ -51,10 +52,6 @@ from .keys import (
     STORE,
     WORKERS,
 )
-
-
-class InsecureBind(Exception):
-    """Binding beyond loopback without a token would hand the Docker socket to the network."""
 
 
 def check_bind(settings: Settings) -> None:
@@ -155,11 +152,16 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         yield
         verifying.cancel()
         await asyncio.gather(verifying, return_exceptions=True)
+        # on_shutdown has stopped the registry already, so this call only waits for that. It
+        # stays for a cleanup without a shutdown first (aiohttp runs none when start-up failed
+        # after this context, and nothing makes a caller of app.cleanup() run one), so the
+        # engine and the store below never close under running jobs.
         await app[REGISTRY].shutdown()
 
     async def on_shutdown(app: web.Application) -> None:
         # Runs before aiohttp waits for open requests: end the builds and the SSE streams
-        # first, or the streams would keep the server from stopping.
+        # first, or the streams would keep the server from stopping. This is the call that
+        # stops the registry; the one in registry_ctx is a backstop.
         await app[REGISTRY].shutdown()
 
     app.cleanup_ctx.extend([disk_ctx, store_ctx, engine_ctx, registry_ctx])

@@ -25,7 +25,6 @@ from ..errors import (
     VariantError,
     VariantRefused,
 )
-from ..store import JobNotFound
 from .wire import Error, respond
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def error_response(http_status: int, code: str, message: str, **extra: Any) -> w
 
 def translate(exc: OrchestratorError) -> web.Response:
     """Our exception tree → status; the most specific class first."""
-    if isinstance(exc, JobNotFound | NotFound):
+    if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, UnknownOperation):
         return error_response(422, "unknown_operation", str(exc), operations=list(exc.known))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._common import NO_CACHE_HELP
 from .caches import add_commands as add_cache_commands
 from .catalog import add_commands as add_catalog_commands
 from .client import (
@@ -17,7 +18,6 @@ from .client import (
     EXIT_USAGE,
 )
 from .commands import (
-    NO_CACHE_HELP,
     cmd_artifacts,
     cmd_build,
     cmd_cancel,

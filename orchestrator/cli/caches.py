@@ -7,8 +7,8 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+from ._common import client_for, say, table
 from .client import EXIT_OK
-from .commands import _client, _say, table
 
 
 def _size(value: Any) -> str:
@@ -29,7 +29,7 @@ def _path(key: str) -> str:
 
 
 async def cache_list(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         data = await client.get_json("/v1/caches")
     if args.json:
         print(json.dumps(data))
@@ -53,7 +53,7 @@ async def cache_list(args: argparse.Namespace) -> int:
 
 
 async def cache_show(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         data = await client.get_json(_path(args.key))
     if args.json:
         print(json.dumps(data))
@@ -67,9 +67,9 @@ async def cache_show(args: argparse.Namespace) -> int:
 
 
 async def cache_remove(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         await client.delete(_path(args.key))
-    _say(f"cache {args.key} removed", args)
+    say(f"cache {args.key} removed", args)
     return EXIT_OK
 
 

@@ -7,8 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ._common import NO_CACHE_HELP, client_for, exit_for, follow, say, table
 from .client import EXIT_OK, Client
-from .commands import NO_CACHE_HELP, _client, _exit_for, _say, follow, table
 
 
 async def _wait(client: Client, created: dict[str, Any], args: argparse.Namespace) -> int:
@@ -17,13 +17,13 @@ async def _wait(client: Client, created: dict[str, Any], args: argparse.Namespac
     if args.detach:
         print(json.dumps(created) if args.json else job_id)
         return EXIT_OK
-    _say(f"job {job_id}", args)
+    say(f"job {job_id}", args)
     status = await follow(client, job_id, args, show=args.follow, cancel_on_ctrl_c=True)
     if args.json:
         print(json.dumps({"job_id": job_id, "status": status}))
     else:
-        _say(f"job {job_id} {status}", args)
-    return _exit_for(status)
+        say(f"job {job_id} {status}", args)
+    return exit_for(status)
 
 
 def _print(args: argparse.Namespace, data: Any, rows: Sequence[Sequence[str]]) -> int:
@@ -35,7 +35,7 @@ def _print(args: argparse.Namespace, data: Any, rows: Sequence[Sequence[str]]) -
 
 
 async def worker_available(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         data = await client.get_json("/v1/catalog/workers")
     rows = [("ID", "VERSION", "TYPE", "NAME")]
     rows += [(w["id"], w["version"], w["worker_type"], w["name"]) for w in data["workers"]]
@@ -43,7 +43,7 @@ async def worker_available(args: argparse.Namespace) -> int:
 
 
 async def worker_get(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         if args.pkgbuild:
             print(await client.text(f"/v1/catalog/workers/{args.worker_id}/pkgbuild"), end="")
             return EXIT_OK
@@ -67,7 +67,7 @@ async def worker_get(args: argparse.Namespace) -> int:
 
 
 async def worker_install(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         body: dict[str, Any] = {"operation": "worker_install", "worker_id": args.worker_id}
         if args.timeout_s is not None:
             body["timeout_s"] = args.timeout_s
@@ -76,7 +76,7 @@ async def worker_install(args: argparse.Namespace) -> int:
 
 
 async def worker_list(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         data = await client.get_json("/v1/workers")
     rows = [("ID", "VERSION", "INSTALLED", "PATH")]
     rows += [(w["id"], w["version"], w["installed_at"], w["path"]) for w in data["workers"]]
@@ -84,14 +84,14 @@ async def worker_list(args: argparse.Namespace) -> int:
 
 
 async def worker_remove(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         data = await client.delete(f"/v1/workers/{args.worker_id}")
     print(json.dumps(data) if args.json else f"removed {args.worker_id}")
     return EXIT_OK
 
 
 async def model_download(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         body: dict[str, Any] = {
             "operation": "model_download",
             "url": args.source,
@@ -105,7 +105,7 @@ async def model_download(args: argparse.Namespace) -> int:
 
 
 async def model_list(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         data = await client.get_json("/v1/models")
     rows = [("NAME", "SIZE", "SHA256", "DOWNLOADED")]
     rows += [
@@ -116,7 +116,7 @@ async def model_list(args: argparse.Namespace) -> int:
 
 
 async def model_remove(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         data = await client.delete(f"/v1/models/{args.name}")
     print(json.dumps(data) if args.json else f"removed {args.name}")
     return EXIT_OK

@@ -1,110 +1,17 @@
-"""What each CLI command does, and how narration is printed.
-
-Build output goes through untouched (stdout lines to stdout, stderr lines to stderr); the
-orchestrator's own lifecycle lines are prefixed with ``[orchestrator]`` so a CI log shows at a
-glance which is which. ``--json`` prints one JSON object per line instead.
-"""
+"""What each build and job command does (build, check, logs, jobs, cancel, artifacts); what
+they share with the other command groups is in ``_common``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from .client import (
-    EXIT_BY_STATUS,
-    EXIT_CANCELLED,
-    EXIT_OK,
-    EXIT_USAGE,
-    Client,
-    CliError,
-    End,
-)
-
-PREFIX = "[orchestrator]"
-NO_CACHE_HELP = "build without the package's cache (it is neither read nor filled)"
-
-
-def _say(message: str, args: argparse.Namespace) -> None:
-    """A lifecycle line of our own (never in --json mode, which is for machines)."""
-    if not args.json:
-        print(f"{PREFIX} {message}", flush=True)
-
-
-def _print_event(event: dict[str, Any], args: argparse.Namespace) -> None:
-    if args.json:
-        print(json.dumps(event, ensure_ascii=False), flush=True)
-    elif event["action"] in ("output", "phase"):
-        out = sys.stderr if event.get("stream") == "stderr" else sys.stdout
-        print(event["message"], file=out, flush=True)
-    else:
-        print(f"{PREFIX} {event['message']}", flush=True)
-
-
-def table(rows: Sequence[Sequence[str]]) -> None:
-    """Columns padded to their widest cell: readable in a terminal and in a CI log."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.url, args.token)
-
-
-def _exit_for(status: str) -> int:
-    return EXIT_BY_STATUS.get(status, EXIT_OK)
-
-
-async def follow(
-    client: Client, job_id: str, args: argparse.Namespace, *, show: bool, cancel_on_ctrl_c: bool
-) -> str:
-    """Read the job's stream to its end; return the final status.
-
-    With ``cancel_on_ctrl_c``, the first Ctrl-C cancels the remote job and keeps following so
-    the cancellation is shown; a second Ctrl-C stops waiting.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    cancelling: list[asyncio.Task[Any]] = []
-
-    def on_sigint() -> None:
-        if cancel_on_ctrl_c and not cancelling:
-            _say(f"Ctrl-C: cancelling job {job_id} (Ctrl-C again to stop waiting)", args)
-            cancelling.append(loop.create_task(_cancel_quietly(client, job_id)))
-        elif task is not None:
-            task.cancel()
-
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
-    end: End | None = None
-    try:
-        async for item in client.stream(job_id):
-            if isinstance(item, End):
-                end = item
-            elif show:
-                _print_event(item, args)
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-    for pending in cancelling:
-        await pending
-    if end is not None:
-        if show and args.json:
-            print(json.dumps({"end": end.data}), flush=True)
-        return end.status
-    return str((await client.job(job_id))["status"])
-
-
-async def _cancel_quietly(client: Client, job_id: str) -> None:
-    # A 409 means it ended on its own meanwhile; the stream says how.
-    with contextlib.suppress(CliError):
-        await client.cancel(job_id)
+from ._common import PREFIX, client_for, exit_for, follow, print_event, say, table
+from .client import EXIT_BY_STATUS, EXIT_CANCELLED, EXIT_OK, EXIT_USAGE, Client, CliError, End
 
 
 async def _download_all(
@@ -115,7 +22,7 @@ async def _download_all(
     for artifact in await client.artifacts(job_id):
         dest = output / Path(artifact["name"]).name
         await client.download(artifact["url"], dest)
-        _say(f"saved {dest} ({artifact['size_bytes']} bytes)", args)
+        say(f"saved {dest} ({artifact['size_bytes']} bytes)", args)
         paths.append(dest)
     return paths
 
@@ -124,7 +31,7 @@ async def cmd_build(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     if not await asyncio.to_thread(directory.is_dir):
         raise CliError(f"{directory} is not a directory", EXIT_USAGE)
-    async with _client(args) as client:
+    async with client_for(args) as client:
         created = await client.submit(
             directory, args.variant, args.timeout_s, cache=not args.no_cache
         )
@@ -132,7 +39,7 @@ async def cmd_build(args: argparse.Namespace) -> int:
         if args.detach:
             print(json.dumps(created) if args.json else job_id)
             return EXIT_OK
-        _say(
+        say(
             f"job {job_id}: {created.get('pkgname')} {created.get('pkgver')} ({args.variant})", args
         )
         status = await follow(client, job_id, args, show=args.follow, cancel_on_ctrl_c=True)
@@ -146,8 +53,8 @@ async def cmd_build(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            _say(f"job {job_id} {status}", args)
-        return _exit_for(status)
+            say(f"job {job_id} {status}", args)
+        return exit_for(status)
 
 
 async def cmd_check(args: argparse.Namespace) -> int:
@@ -155,39 +62,39 @@ async def cmd_check(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     if not (directory / "PKGBUILD").is_file():
         raise CliError(f"{directory} has no PKGBUILD", EXIT_USAGE)
-    async with _client(args) as client:
+    async with client_for(args) as client:
         found = await client.submit(directory, args.variant, None, dry_run=True)
     if args.json:
         print(json.dumps(found, ensure_ascii=False), flush=True)
     else:
         print(found["srcinfo"], end="" if found["srcinfo"].endswith("\n") else "\n")
         for warning in found["warnings"]:
-            _say(f"warning: {warning}", args)
+            say(f"warning: {warning}", args)
         for problem in found["problems"]:
             print(f"{PREFIX} problem: {problem}", file=sys.stderr, flush=True)
     return EXIT_USAGE if found["problems"] else EXIT_OK
 
 
 async def cmd_logs(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         job = await client.job(args.job_id)
         if args.follow:
             status = await follow(client, args.job_id, args, show=True, cancel_on_ctrl_c=False)
-            return _exit_for(status)
+            return exit_for(status)
         # What is there now: read up to the seq the job had when we asked.
         last = int(job.get("last_seq") or 0)
         if last:
             async for item in client.stream(args.job_id):
                 if isinstance(item, End):
                     break
-                _print_event(item, args)
+                print_event(item, args)
                 if item["seq"] >= last:
                     break
-        return _exit_for(job["status"]) if job["status"] in EXIT_BY_STATUS else EXIT_OK
+        return exit_for(job["status"]) if job["status"] in EXIT_BY_STATUS else EXIT_OK
 
 
 async def cmd_jobs(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         page = await client.jobs(args.status, args.limit, args.offset)
     if args.json:
         print(json.dumps(page))
@@ -213,17 +120,17 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         job = await client.cancel(args.job_id)
     if args.json:
         print(json.dumps(job))
     else:
         print(f"job {args.job_id} {job['status']}")
-    return EXIT_OK if job["status"] == "cancelled" else _exit_for(job["status"])
+    return EXIT_OK if job["status"] == "cancelled" else exit_for(job["status"])
 
 
 async def cmd_artifacts(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with client_for(args) as client:
         if args.output:
             saved = await _download_all(client, args.job_id, Path(args.output), args)
             if args.json:

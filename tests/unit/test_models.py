@@ -324,6 +324,59 @@ async def test_500_is_retried_then_fails_keeping_the_partial(
     assert not (store.root / NAME).exists()
 
 
+async def test_backoff_doubles_between_failures_in_a_row(
+    store: ModelStore, origin: Origin, recorder: Recorder
+) -> None:
+    origin.status = 503
+    started = time.monotonic()
+
+    result = await store.download(origin.url, NAME, SHA, recorder, CancelToken(), max_attempts=4)
+
+    assert result.status is JobStatus.FAILED
+    assert result.reason.endswith("gave up after 4 attempts in a row")
+    assert len(origin.ranges) == 4
+    warned = [
+        at
+        for e, at in zip(recorder.events, recorder.arrived, strict=True)
+        if e.level is Level.WARNING
+    ]
+    first, second = (b - a for a, b in itertools.pairwise(warned))
+    assert 0.2 <= first < 0.4 <= second < 0.8  # the gaps also hold a request each
+    assert 1.4 <= time.monotonic() - started < 3  # 0.2 + 0.4 + 0.8 s of backoff
+
+
+async def test_an_attempt_that_adds_bytes_resets_the_count(
+    store: ModelStore, origin: Origin, recorder: Recorder
+) -> None:
+    origin.cut_after, origin.cut_requests = 700_000, 4  # more cuts than attempts allowed
+
+    result = await store.download(origin.url, NAME, SHA, recorder, CancelToken(), max_attempts=2)
+
+    assert result.status is JobStatus.SUCCEEDED, result.reason
+    assert len(origin.ranges) == 5
+    warnings = [e.message for e in recorder.events if e.level is Level.WARNING]
+    assert len(warnings) == 4 and all("(attempt 2)" in w for w in warnings)
+
+
+async def test_cancel_during_the_backoff_stops_at_once(
+    store: ModelStore, origin: Origin, recorder: Recorder
+) -> None:
+    origin.status = 503
+    cancel = CancelToken()
+    task = asyncio.create_task(
+        store.download(origin.url, NAME, SHA, recorder, cancel, max_attempts=10)
+    )
+    await recorder.wait_for(lambda e: "(attempt 5)" in e.message, timeout_s=5)  # 1.6 s backoff
+
+    cancel.cancel(CancelReason.USER)
+    cancelled_at = time.monotonic()
+    result = await asyncio.wait_for(task, 2)
+
+    assert time.monotonic() - cancelled_at < 0.5
+    assert result.status is JobStatus.CANCELLED
+    assert len(origin.ranges) == 4
+
+
 async def test_progress_is_throttled(store: ModelStore, origin: Origin, recorder: Recorder) -> None:
     origin.delay_s = 0.03  # 64 pieces: about 2 s
 

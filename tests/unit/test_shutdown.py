@@ -1,0 +1,96 @@
+"""The registry stops once: a second shutdown (the app calls it from ``on_shutdown`` and again
+from its cleanup context) waits for the first and does nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from orchestrator import Settings
+from orchestrator.api import create_app
+from orchestrator.api.keys import REGISTRY
+from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.bus import Bus
+
+from ..conftest import PKGBUILDS
+from ..integration.service import tar_dir
+
+SLOW = Script([("stdout", "started", 0), ("stdout", "never printed", 60)])
+GZ = {"Content-Type": "application/gzip"}
+
+
+@pytest.fixture
+def bus_shutdowns(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When ``Bus.shutdown`` ran: the last step of a registry's shutdown, once per shutdown."""
+    calls: list[float] = []
+    original = Bus.shutdown
+
+    def counted(self: Bus) -> None:
+        calls.append(time.monotonic())
+        original(self)
+
+    monkeypatch.setattr(Bus, "shutdown", counted)
+    return calls
+
+
+async def wait_status(client: TestClient, job_id: str, status: str) -> None:
+    for _ in range(500):
+        if (await (await client.get(f"/v1/jobs/{job_id}")).json())["status"] == status:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job {job_id} never became {status}")
+
+
+async def test_concurrent_and_later_shutdowns_do_the_work_once(
+    settings: Settings, bus_shutdowns: list[float]
+) -> None:
+    app = create_app(settings, backend=FakeBackend(SLOW))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        created = await client.post("/v1/builds", data=tar_dir(PKGBUILDS / "hello-c"), headers=GZ)
+        assert created.status == 201
+        job_id = (await created.json())["job_id"]
+        await wait_status(client, job_id, "running")
+
+        registry = app[REGISTRY]
+        await asyncio.wait_for(asyncio.gather(registry.shutdown(), registry.shutdown()), 10)
+        assert len(bus_shutdowns) == 1
+        job = await (await client.get(f"/v1/jobs/{job_id}")).json()
+        assert job["status"] == "interrupted"
+
+        # A call after it has finished returns at once.
+        await asyncio.wait_for(registry.shutdown(), 1)
+        assert len(bus_shutdowns) == 1
+    # Closing the app calls it twice more (on_shutdown, then the cleanup context).
+    assert len(bus_shutdowns) == 1
+
+
+async def test_closing_the_app_stops_the_registry_once(
+    settings: Settings, bus_shutdowns: list[float]
+) -> None:
+    async with TestClient(TestServer(create_app(settings, backend=FakeBackend()))) as client:
+        assert (await client.get("/health")).status == 200
+    assert len(bus_shutdowns) == 1
+
+
+async def test_a_cancelled_caller_does_not_cut_the_shutdown_short(
+    settings: Settings, bus_shutdowns: list[float]
+) -> None:
+    app = create_app(settings, backend=FakeBackend(SLOW))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        created = await client.post("/v1/builds", data=tar_dir(PKGBUILDS / "hello-c"), headers=GZ)
+        job_id = (await created.json())["job_id"]
+        await wait_status(client, job_id, "running")
+
+        first = asyncio.ensure_future(app[REGISTRY].shutdown())
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(app[REGISTRY].shutdown(), 10)  # waits for the same work
+        assert len(bus_shutdowns) == 1
+        job = await (await client.get(f"/v1/jobs/{job_id}")).json()
+        assert job["status"] == "interrupted"
+    assert len(bus_shutdowns) == 1
