@@ -7,6 +7,10 @@ however links are chained. It is then written by ``_unpack`` through directory d
 never follow a link, so a hostile archive fails with a clear ``ArchiveError`` (the API's 400)
 and writes nothing outside its folder. tarfile only parses; its extraction filters (missing from
 Debian bookworm's Python 3.11.2) are not relied on.
+
+Over ~400 lines on purpose: every tar that crosses the boundary (upload, copy-in, packages, a
+build's notes) is read or written here, so the rules for hostile archives are in one place to
+review; the descriptor-level writing is already split out into ``_unpack``.
 """
 
 from __future__ import annotations

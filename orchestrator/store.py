@@ -13,6 +13,9 @@ Final-status writes must survive the caller being cancelled. Once `update_job` h
 reaches the executor without suspending, and the executor job is shielded from the awaiting task,
 so it completes regardless. Callers should still wrap it, ``await asyncio.shield(store.update_job(
 ...))``, so that a cancel arriving before the call starts cannot skip it either.
+
+Over ~400 lines on purpose: the schema, its migrations and the one thread that owns the
+connection belong together; a second module would have to share the connection's thread rule.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ volumes) are derived here from the engine-neutral ``Step``, in ``create_kwargs``
 docker-py blocks, so every call runs in this backend's own thread pool (a build holds a thread for
 its output and one for its wait; the loop's default pool is too small for that). Only transient
 daemon errors are retried; docker errors leave this module as ours.
+
+Over ~400 lines on purpose: one engine, one module (as Woodpecker's backends are); every call
+shares the thread pool, the retry rules and the translation of docker-py's errors, which would
+have to be exported to split it.
 """
 
 from __future__ import annotations

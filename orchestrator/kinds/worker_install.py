@@ -9,8 +9,9 @@ import tarfile
 from ..cancel import CancelToken
 from ..catalog import Catalog, CatalogEntry
 from ..engine import Engine
+from ..errors import InstallError
 from ..events import Action, Event
-from ..installed import InstallError, WorkerStore
+from ..installed import WorkerStore
 from ..jobs import Job, JobResult, Plan, Sink, Submission, cancel_result, ending_event
 from ..runner import NOUN as BUILD
 from ..runner import BuildRequest
