@@ -9,9 +9,9 @@ the cancel token, and a future that completes when the job has reached its final
 is recorded (in the store, and in the token) before anything is killed, so cancel, timeout and
 shutdown always end up as their own statuses. Final status writes are shielded from cancellation.
 
-Over ~400 lines on purpose: the queue, cancel, the busy guard and the final write share one lock-free
-invariant (a job's handle exists exactly while it is unfinished), and split up it would be spread over
-modules that must each know it. Restart recovery is already its own module (``recovery.py``).
+Over ~400 lines on purpose: the queue, cancel, the busy guard and the final write share one
+invariant (a job's handle exists exactly while it is unfinished); split up, it would be spread
+over modules that must each know it. Restart recovery is already its own (``recovery.py``).
 """
 
 from __future__ import annotations
