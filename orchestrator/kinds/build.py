@@ -5,13 +5,12 @@ from __future__ import annotations
 from .. import srcinfo
 from ..cancel import CancelToken
 from ..engine import Engine
-from ..errors import InvalidInput, PkgbuildError
+from ..errors import InvalidInput
 from ..jobs import Job, JobResult, Plan, Sink, Submission
 from ..runner import NOUN, BuildRequest
 from ..settings import Settings
 from ..store import JobRecord
 from ..uploads import UploadBudget
-from ..variants import plan
 from ._body import cache_of, cache_request, parse_cache
 
 
@@ -29,17 +28,15 @@ class BuildKind:
         """The upload's PKGBUILD (as makepkg reads it), the variant, and ``cache``."""
         if submission.upload is None:
             raise InvalidInput("a build needs its uploaded build directory")
-        runner = self._engine.runner
         query = submission.query
-        gpu_runtime = await self._engine.backend.gpu_runtime()
-        variant = plan(query.get("variant", "cpu"), self._settings, gpu_runtime=gpu_runtime)
         cache = parse_cache(query.get("cache"))
-        info = submission.srcinfo
-        if info is None:
-            labels = runner.inspect_labels(submission.job_id)
-            info = await runner.inspector.read(submission.upload, variant.image, labels)
-        if problems := srcinfo.problems(info, submission.upload):
-            raise PkgbuildError("; ".join(problems), problems=problems)
+        reading = BuildRequest(
+            submission.job_id,
+            submission.upload,
+            query.get("variant", "cpu"),
+            srcinfo=submission.srcinfo,
+        )
+        info, variant = await self._engine.runner.prepare(reading)  # the runner's own checks
         return Plan(
             message=f"📥 Queued {info.pkgbase} {info.version} ({variant.variant.value})",
             variant=variant.variant.value,
