@@ -133,7 +133,7 @@ def env(info: SrcInfo, tool_max_bytes: int) -> dict[str, str]:
     output), and under a key made of those pins: other sources, another build-dir. cargo
     decides what is fresh by mtime, so local files are given theirs by the runner."""
     lines = source_lines(info)
-    pinned = all(line.startswith(("file\t", "git\t")) for line in lines)
+    pinned = all(line.startswith(("file\t", "git\t")) for line in lines.splitlines())
     if len(lines) > MAX_SOURCES_BYTES:
         lines, pinned = "", False  # every download again, no build-dir: slower, still right
     size = f"{max(tool_max_bytes // (1024 * 1024), 64)}M"

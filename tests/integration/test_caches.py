@@ -76,16 +76,17 @@ async def test_a_rust_crate_after_a_cancel_builds_and_then_rebuilds_from_the_cac
     assert report(second)["warm"] is True
     assert report(second)["sources"] == {"hits": 1, "misses": 0}  # the .crate, from SRCDEST
 
-    # The one after downloads nothing and compiles (nearly) nothing.
+    # The one after downloads nothing and compiles nothing: cargo finds every crate fresh
+    # in the kept build-dir (so it does not even ask sccache).
     third, recorder = await build(engine, build_dir("hexyl"))
     assert third.status is JobStatus.SUCCEEDED
     lines = recorder.lines()
     assert not [line for line in lines if "Downloaded " in line or "Downloading" in line]
-    sccache = report(third)["sccache"]
-    assert sccache["hits"] >= 15 and sccache["misses"] == 0, sccache
+    assert not [line for line in lines if line.strip().startswith("Compiling ")]
+    assert any(line.strip().startswith("Finished `release` profile") for line in lines)
     said = [e.message for e in recorder.events if e.action is Action.CACHE]
     assert said[0] == "Cache hexyl:cpu (warm) mounted at /cache"
-    assert "sources 1 of 1 reused" in said[-1] and "sccache" in said[-1]
+    assert "sources 1 of 1 reused" in said[-1]
 
 
 @pytest.mark.timeout(900)
@@ -102,7 +103,10 @@ async def test_a_changed_source_is_rebuilt_and_an_unchanged_one_hits(
     same, _ = await build(engine, build_dir("greeter"))
     assert same.status is JobStatus.SUCCEEDED
     assert report(same)["ccache"]["hits"] >= 1 and report(same)["ccache"]["misses"] == 0
-    assert report(same)["sccache"]["hits"] >= 1  # the library crate
+    # Its prepare() copies the Rust files (new mtimes), so cargo compiles them again: the
+    # library comes from sccache.
+    assert report(same)["sccache"]["hits"] >= 1
+    assert greet(docker_client, settings, same) == "hello from C\nhello from Rust\n"
 
     changed = build_dir("greeter")
     for name, old, new in (("greet.c", "hello", "bye"), ("lib.rs", "hello", "bye")):

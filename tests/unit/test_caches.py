@@ -15,6 +15,7 @@ from orchestrator.caches import CACHE_LABEL, Caches, cache_key, volume_name
 from orchestrator.cachescript import (
     CACHE_DIR,
     Hits,
+    env,
     makepkg_name,
     parse_report,
     source_lines,
@@ -338,3 +339,18 @@ async def test_a_volume_made_anew_forgets_the_files_of_the_old_one(settings: Set
         assert not lease.warm
         second = await caches.inputs(lease, {"a.rs": "1" * 64})
     assert first is not None and second is not None and second["a.rs"] > first["a.rs"]
+
+
+def test_cargo_output_is_kept_only_under_pinned_sources() -> None:
+    pinned = parse(
+        "pkgbase = p\n\tpkgver = 1\n\tpkgrel = 1\n"
+        "\tsource = p-1.tar.gz::https://static.crates.io/crates/p/p-1.crate\n"
+        "\tsource = git+https://example.org/r.git#commit=abc\n"
+        "\tsha256sums = " + "ab" * 32 + "\n\tsha256sums = SKIP\n\npkgname = p\n"
+    )
+    key = env(pinned, 1 << 30)["ORCHESTRATOR_BUILD_DIR_KEY"]
+    assert len(key) == 16
+    other = parse(SRCINFO)  # has SKIP-checksum downloads
+    assert env(other, 1 << 30)["ORCHESTRATOR_BUILD_DIR_KEY"] == ""
+    local = parse("pkgbase = l\n\tpkgver = 1\n\tpkgrel = 1\n\tsource = main.rs\n\npkgname = l\n")
+    assert env(local, 1 << 30)["ORCHESTRATOR_BUILD_DIR_KEY"] != ""  # nothing remote to pin
