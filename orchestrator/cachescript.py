@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .srcinfo import CARCH, SrcInfo
+from .srcinfo import CARCH, VCS, SrcInfo, makepkg_name
 
 CACHE_DIR = "/cache"
 REPORT_DIR = "/tmp/orchestrator-cache"
@@ -33,7 +33,6 @@ _SUMS: tuple[tuple[str, str], ...] = (
     ("sha1sums", "sha1sum"),
     ("md5sums", "md5sum"),
 )
-_VCS = ("bzr", "fossil", "git", "hg", "svn")
 _SAFE_NAME = re.compile(r"[^/\x00-\x1f]+")
 
 SCRIPT = r"""
@@ -165,7 +164,7 @@ def source_lines(info: SrcInfo, carch: str = CARCH) -> str:
             if "\t" not in clean and "\n" not in clean:
                 lines.append(f"git\t{name}\t{clean}")
                 continue
-        elif vcs not in _VCS:
+        elif vcs not in VCS:
             digest = _strongest_sum(info, index, carch)
             if digest is not None:
                 lines.append(f"file\t{name}\t{digest[0]}\t{digest[1]}")
@@ -189,23 +188,6 @@ def _strongest_sum(info: SrcInfo, index: int, carch: str) -> tuple[str, str] | N
         if re.fullmatch(r"[0-9a-f]{32,128}", digest):
             return tool, digest
     return None
-
-
-def makepkg_name(entry: str) -> tuple[str, str | None]:
-    """The name makepkg keeps a source under in ``SRCDEST`` and its URL (None for a local file),
-    as makepkg's ``get_filename`` and ``get_url`` have them."""
-    name, sep, url = entry.partition("::")
-    if not sep:
-        name, url = "", entry
-    if "://" not in url and not url.startswith("lp:"):
-        return (name or url).rsplit("/", 1)[-1], None
-    if name:
-        return name, url
-    scheme = url.split("://", 1)[0].split("+", 1)[0]
-    if scheme in _VCS:
-        base = url.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-        return (base.split(".git", 1)[0] if scheme == "git" else base), url
-    return url.rsplit("/", 1)[-1], url  # makepkg keeps a query or fragment in the name
 
 
 @dataclass(frozen=True, slots=True)

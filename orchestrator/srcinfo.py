@@ -63,16 +63,8 @@ class SrcInfo:
         return self.per_arch("source", carch)
 
     def local_sources(self, carch: str = CARCH) -> tuple[str, ...]:
-        """The file names makepkg looks for in the upload: sources that are no URL. As makepkg
-        has it, the URL is what follows the first ``::``, and the file name what precedes it
-        (or the whole entry), reduced to its last path component."""
-        local = []
-        for entry in self.sources(carch):
-            name, _, url = entry.partition("::")
-            url = url or entry
-            if "://" not in url and not url.startswith("lp:"):
-                local.append(name.rsplit("/", 1)[-1])
-        return tuple(local)
+        """The file names makepkg looks for in the upload: sources that are no URL."""
+        return tuple(name for name, url in map(makepkg_name, self.sources(carch)) if url is None)
 
     def needs(self, carch: str = CARCH) -> tuple[str, ...]:
         """Every package name in depends, makedepends and checkdepends, of the base and of
@@ -172,3 +164,24 @@ def not_provided(info: SrcInfo, provides: Iterable[str]) -> list[str]:
     """The packages the PKGBUILD depends on that the build image does not provide."""
     have = set(provides)
     return [name for name in info.needs() if name not in have]
+
+
+# The version-control schemes makepkg fetches itself (``git+https://…``).
+VCS = ("bzr", "fossil", "git", "hg", "svn")
+
+
+def makepkg_name(entry: str) -> tuple[str, str | None]:
+    """The name makepkg keeps a source under in ``SRCDEST`` and its URL (None for a local file),
+    as makepkg's ``get_filename`` and ``get_url`` have them."""
+    name, sep, url = entry.partition("::")
+    if not sep:
+        name, url = "", entry
+    if "://" not in url and not url.startswith("lp:"):
+        return (name or url).rsplit("/", 1)[-1], None
+    if name:
+        return name, url
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme in VCS:
+        base = url.split("#", 1)[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return (base.split(".git", 1)[0] if scheme == "git" else base), url
+    return url.rsplit("/", 1)[-1], url  # makepkg keeps a query or fragment in the name

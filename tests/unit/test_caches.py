@@ -16,13 +16,12 @@ from orchestrator.cachescript import (
     CACHE_DIR,
     Hits,
     env,
-    makepkg_name,
     parse_report,
     source_lines,
 )
 from orchestrator.errors import CacheBusy, NotFound
 from orchestrator.events import Action
-from orchestrator.srcinfo import parse
+from orchestrator.srcinfo import makepkg_name, parse
 
 from ..conftest import Recorder
 
