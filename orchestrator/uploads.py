@@ -2,7 +2,9 @@
 
 A gzip of a few hundred KiB can unpack to half a GiB, and uploads wait in the queue unpacked, so
 the bytes they take are counted here (claimed before unpacking, so that uploads arriving together
-cannot all take the last of it) and given back when each job ends.
+cannot all take the last of it) and given back when each job ends. A claim is the most an upload
+may unpack to, far more than most take, so one that finds no room while others are still
+unpacking waits for them to settle to their real size before it is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class UploadBudget:
         self.max_bytes = max_bytes
         self._held: dict[str, int] = {}  # job id → what its upload takes (or may take)
         self._unpacking: set[str] = set()  # claimed, not yet settled: not on disk yet
+        self._changed = asyncio.Event()  # set, and replaced, whenever a claim settles or ends
 
     @property
     def unpacking_bytes(self) -> int:
@@ -29,10 +32,12 @@ class UploadBudget:
     def held_bytes(self) -> int:
         return sum(self._held.values())
 
-    def claim(self, job_id: str, at_most_bytes: int) -> int:
+    async def claim(self, job_id: str, at_most_bytes: int) -> int:
         """Claim room for an upload about to be unpacked; return how much it may unpack to.
-        Raises ``InsufficientStorage`` when no room is left."""
-        room = self.max_bytes - self.held_bytes
+        Raises ``InsufficientStorage`` when no room is left once nothing else is unpacking."""
+        while (room := self.max_bytes - self.held_bytes) < at_most_bytes and self._unpacking:
+            # Unpacking is bounded (a local file, at most max_build_dir_bytes), so this is too.
+            await self._changed.wait()
         if room <= 0:
             raise InsufficientStorage(self.exceeded())
         self._held[job_id] = cap = min(at_most_bytes, room)
@@ -43,10 +48,16 @@ class UploadBudget:
         """Count what the unpacked upload really takes."""
         self._held[job_id] = await asyncio.to_thread(_tree_bytes, source_dir)
         self._unpacking.discard(job_id)
+        self._wake()
 
     def release(self, job_id: str) -> None:
         self._held.pop(job_id, None)
         self._unpacking.discard(job_id)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def exceeded(self) -> str:
         return (

@@ -98,8 +98,8 @@ async def create_build(request: web.Request) -> web.Response:
         # none), and before unpacking, so that uploads arriving together cannot all take the
         # last of it: the queue's share, and what the data disk has above its minimum (an
         # upload must never be what fills it, stopping everyone's builds).
-        others = registry.uploads.unpacking_bytes
-        queue_cap = registry.uploads.claim(job_id, settings.max_build_dir_bytes)
+        queue_cap = await registry.uploads.claim(job_id, settings.max_build_dir_bytes)
+        others = registry.uploads.unpacking_bytes - queue_cap
         disk_room = await asyncio.to_thread(request.app[DISK].room_bytes) - others
         cap_bytes = min(queue_cap, disk_room)
         try:
