@@ -101,11 +101,12 @@ class Service:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
+        self.instance_id = f"bench-{uuid.uuid4().hex[:8]}"
         env = {
             **os.environ,
             "ORCHESTRATOR_DATA_DIR": str(data),
             "ORCHESTRATOR_PORT": str(self.port),
-            "ORCHESTRATOR_INSTANCE_ID": f"bench-{uuid.uuid4().hex[:8]}",
+            "ORCHESTRATOR_INSTANCE_ID": self.instance_id,
             "ORCHESTRATOR_MAX_CONCURRENT_BUILDS": "16",
             **(env or {}),
         }
@@ -161,6 +162,14 @@ class Service:
         self._stop.set()
         self.proc.terminate()
         self.proc.wait(60)
+        # Its build caches are its own: a bench leaves nothing behind on the daemon.
+        subprocess.run(
+            "docker volume ls -q --filter label=orchestrator.instance="
+            f"{self.instance_id} | xargs -r docker volume rm",
+            shell=True,
+            check=False,
+            capture_output=True,
+        )
 
 
 @dataclass
