@@ -1,0 +1,166 @@
+"""Submit, follow, cancel and download from the dashboard, in Chromium, with real builds."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from playwright.async_api import Page, expect
+
+from ..integration.conftest import job_containers
+from .conftest import screenshot
+
+pytestmark = [pytest.mark.docker, pytest.mark.browser]
+
+BUILD_S = 120_000  # ms: a real build, its image start and makepkg included
+
+
+async def test_submit_a_folder_follow_it_and_download_its_package(
+    page: Page, serve: Callable[..., Any], build_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    async with serve() as service:
+        await page.goto(f"{service.url}/submit")
+        await screenshot(page, "submit")
+        await page.set_input_files("#folder", build_dir("hello-c"))
+        await page.click("button[type=submit]")
+
+        await page.wait_for_url(f"{service.url}/jobs/*", timeout=BUILD_S)
+        job_id = page.url.rsplit("/", 1)[1]
+        log = page.locator("#log")
+        # makepkg's phases arrive, marked as phases; then the end and the package.
+        await expect(log.locator(".phase").first).to_contain_text("==> ", timeout=BUILD_S)
+        await expect(page.locator("#ending")).to_contain_text("succeeded", timeout=BUILD_S)
+        await expect(log).to_contain_text("Finished making: hello-c")
+        await expect(page.locator("dl.meta")).to_contain_text("hello-c")
+        artifact = page.get_by_role("button", name="hello-c-1.0.0-1-x86_64.pkg.tar", exact=False)
+        await expect(artifact).to_be_visible()
+        await screenshot(page, "job")
+
+        async with page.expect_download() as waiting:
+            await artifact.click()
+        download = await waiting.value
+        saved = tmp_path / download.suggested_filename
+        await download.save_as(saved)
+        assert saved.name.startswith("hello-c-1.0.0-1-x86_64.pkg.tar")
+        with tarfile.open(saved) as package:  # a real package: makepkg's metadata and the binary
+            names = package.getnames()
+            assert ".PKGINFO" in names and "usr/bin/hello" in names
+            pkginfo = package.extractfile(".PKGINFO")
+            assert pkginfo is not None and b"pkgname = hello-c" in pkginfo.read()
+
+        # The list shows it, newest first, ended.
+        await page.goto(service.url)
+        row = page.locator(f"tr[data-job='{job_id}']")
+        await expect(row).to_contain_text("succeeded")
+        await expect(row.get_by_role("button", name="Cancel", exact=False)).to_have_count(0)
+        await screenshot(page, "jobs")
+
+
+async def test_a_bad_pkgbuild_shows_makepkgs_message(
+    page: Page, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    pkgbuild = b"pkgname=bad\npkgver=1-0\npkgrel=1\narch=('any')\npackage() { true; }\n"
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("PKGBUILD")
+        info.size = len(pkgbuild)
+        tar.addfile(info, io.BytesIO(pkgbuild))
+    async with serve() as service:
+        await page.goto(f"{service.url}/submit")
+        await page.set_input_files("#archive", archive)
+        await page.click("button[type=submit]")
+        alert = page.locator("#submit-result [role=alert]")
+        await expect(alert).to_contain_text("422", timeout=BUILD_S)
+        await expect(alert).to_contain_text("pkgver is not allowed to contain")
+        assert page.url == f"{service.url}/submit"
+        await screenshot(page, "submit-422")
+
+
+async def test_with_a_token_the_page_asks_refuses_a_wrong_one_and_cancels_a_build(
+    page: Page,
+    serve: Callable[..., Any],
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    async with serve(api_token="browser-s3cret") as service:
+        job_id = await service.submit(build_dir("ticker"))
+        await page.set_viewport_size({"width": 400, "height": 800})
+        await page.goto(f"{service.url}/jobs/{job_id}")
+        dialog = page.locator("#token-dialog")
+        await expect(dialog).to_be_visible()
+        await page.fill("#token-input", "wrong")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#token-error")).to_contain_text("refused")
+        await expect(dialog).to_be_visible()
+        await screenshot(page, "token")
+        await page.fill("#token-input", "browser-s3cret")
+        await page.keyboard.press("Enter")
+        await expect(dialog).to_be_hidden()
+
+        # The stream, with the token in its header, shows the build live.
+        log = page.locator("#log")
+        await expect(log).to_contain_text("tick 3", timeout=BUILD_S)
+        assert job_containers(docker_client, job_id) != []
+        assert (await service.job(job_id))["status"] == "running"
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 400
+        await screenshot(page, "job-running-400px")
+        await page.get_by_role("button", name="Cancel").click()
+        await expect(page.locator("#ending")).to_contain_text("cancelled", timeout=BUILD_S)
+        await expect(page.locator("#job-status")).to_contain_text("cancelled")
+        await expect(page.locator("#cancel")).to_be_hidden()
+        await expect(log).to_contain_text("cancel", timeout=BUILD_S)
+        assert job_containers(docker_client, job_id) == []
+        assert (await service.job(job_id))["status"] == "cancelled"
+
+        # The token is kept for the tab: the list loads without asking again.
+        await page.goto(service.url)
+        await expect(page.locator(f"tr[data-job='{job_id}']")).to_contain_text("cancelled")
+        await expect(dialog).to_be_hidden()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 400
+
+
+async def test_a_200_000_line_log_arrives_whole_and_the_page_stays_usable(
+    page: Page, serve: Callable[..., Any], build_dir: Callable[..., Path]
+) -> None:
+    async with serve() as service:
+        job_id = await service.submit(build_dir("flood", lines=200_000))
+        await page.goto(f"{service.url}/jobs/{job_id}")
+        await expect(page.locator("#ending")).to_contain_text("succeeded", timeout=BUILD_S)
+        await page.wait_for_function(
+            "(t => t.includes('\\n200000\\n') && t.includes('\\nflood-end\\n'))"
+            "(document.getElementById('log').textContent)",
+            timeout=BUILD_S,
+        )
+        text = await page.locator("#log").evaluate("e => e.textContent")
+        # Every stdout line, in order (stderr's line may fall anywhere among them: two pipes).
+        lines = text.split("\n")
+        numbers = [line for line in lines[lines.index("1") :] if line.isdigit()]
+        assert numbers[:200_001] == [str(i) for i in range(1, 200_001)]
+        await expect(page.locator("#log .stderr").last).to_contain_text("flood-end")
+        # Still answering: scrolling up stops following and offers the way back.
+        await page.locator("#log").evaluate("e => { e.scrollTop = 0; }")
+        await expect(page.locator("#jump")).to_be_visible()
+        await page.locator("#jump").click()
+        await expect(page.locator("#jump")).to_be_hidden()
+        assert await page.locator("#log").evaluate(
+            "e => e.scrollTop + e.clientHeight >= e.scrollHeight - 8"
+        )
+        await expect(page.locator("#log-lines")).to_contain_text("200,")
+
+
+async def test_workers_and_models_at_400px(page: Page, serve: Callable[..., Any]) -> None:
+    async with serve() as service:
+        await page.set_viewport_size({"width": 400, "height": 800})
+        await page.goto(f"{service.url}/catalog")
+        catalog = page.locator("section[aria-labelledby=catalog-title]")
+        await expect(catalog).to_contain_text("hello-c")
+        await expect(page.get_by_role("button", name="Install hello-c")).to_be_visible()
+        await expect(page.get_by_text("None installed.")).to_be_visible()
+        # Nothing wider than the screen but the tables' own scrolling boxes.
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 400
+        await screenshot(page, "catalog")
