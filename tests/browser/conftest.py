@@ -37,6 +37,7 @@ SCREENSHOTS = Path(__file__).parents[2] / "test-artifacts" / "screenshots"
 class Service:
     url: str
     token: str | None
+    settings: Settings
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -66,7 +67,7 @@ async def running(settings: Settings, client: docker.DockerClient) -> AsyncItera
     await server.start_server()
     try:
         token = settings.api_token.get_secret_value() if settings.api_token else None
-        yield Service(f"http://127.0.0.1:{server.port}", token)
+        yield Service(f"http://127.0.0.1:{server.port}", token, settings)
     finally:
         await server.close()
     left = client.containers.list(

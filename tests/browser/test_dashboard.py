@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 import tarfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from playwright.async_api import Page, expect
 
 from ..integration.conftest import job_containers
@@ -153,14 +157,94 @@ async def test_a_200_000_line_log_arrives_whole_and_the_page_stays_usable(
         await expect(page.locator("#log-lines")).to_contain_text("200,")
 
 
-async def test_workers_and_models_at_400px(page: Page, serve: Callable[..., Any]) -> None:
+@pytest.fixture
+async def model_origin() -> AsyncIterator[str]:
+    """A model server: ``/whole`` answers at once; ``/half`` sends half over two seconds (the
+    service narrates progress as data comes, at most a few times a second), then waits."""
+    size = 4 * 1024 * 1024
+    release = asyncio.Event()
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.Response(body=b"m" * size, content_type="application/octet-stream")
+
+    async def half(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = size
+        response.content_type = "application/octet-stream"
+        await response.prepare(request)
+        for _ in range(20):
+            await response.write(b"m" * (size // 40))
+            await asyncio.sleep(0.1)
+        await release.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/whole", whole)
+    app.router.add_get("/half", half)
+    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
+    await server.start_server()
+    yield str(server.make_url("/"))
+    release.set()
+    await server.close()
+
+
+async def test_workers_and_models_at_400px(
+    page: Page, serve: Callable[..., Any], model_origin: str
+) -> None:
     async with serve() as service:
         await page.set_viewport_size({"width": 400, "height": 800})
         await page.goto(f"{service.url}/catalog")
         catalog = page.locator("section[aria-labelledby=catalog-title]")
         await expect(catalog).to_contain_text("hello-c")
-        await expect(page.get_by_role("button", name="Install hello-c")).to_be_visible()
         await expect(page.get_by_text("None installed.")).to_be_visible()
-        # Nothing wider than the screen but the tables' own scrolling boxes.
+        # Nothing wider than the screen.
         assert await page.evaluate("document.documentElement.scrollWidth") <= 400
         await screenshot(page, "catalog")
+
+        # Install a worker: a real build, which runs while the models are tried below.
+        await page.get_by_role("button", name="Install hello-c").click()
+        await page.wait_for_url(f"{service.url}/jobs/*")
+        install = page.url.rsplit("/", 1)[1]
+        await expect(page.locator("dl.meta")).to_contain_text("worker_install")
+
+        # A download that stalls half-way shows its progress and is cancelled.
+        await page.goto(f"{service.url}/catalog")
+        await page.fill("#model-url", model_origin + "half")
+        await page.fill("#model-name", "stalled.gguf")
+        await page.get_by_role("button", name="Download").click()
+        download = page.locator(".downloads li", has_text="stalled.gguf")
+        await expect(download).to_contain_text(re.compile(r"\([1-9][0-9]?%\)"), timeout=BUILD_S)
+        shown = re.search(r"\((\d+)%\)", await download.inner_text())
+        assert shown is not None
+        assert await download.locator("progress").evaluate("e => e.value") == int(shown[1])
+        await screenshot(page, "model-download")
+        await download.get_by_role("button", name="Cancel").click()
+        await expect(download).to_contain_text("cancelled", timeout=BUILD_S)
+        assert list(service.settings.models_dir.glob("stalled*")) == []
+
+        # One that completes is listed, and can be deleted.
+        await page.fill("#model-url", model_origin + "whole")
+        await page.fill("#model-name", "whole.gguf")
+        await page.get_by_role("button", name="Download").click()
+        models = page.locator("section[aria-labelledby=models-title]")
+        await expect(models.get_by_role("button", name="Delete whole.gguf")).to_be_visible(
+            timeout=BUILD_S
+        )
+        await expect(models).to_contain_text("4.0 MiB")
+        await models.get_by_role("button", name="Delete whole.gguf").click()
+        await expect(models).to_contain_text("No models yet.")
+
+        # The worker, once installed, is listed and can be uninstalled.
+        for _ in range(BUILD_S // 500):
+            if (await service.job(install))["finished_at"]:
+                break
+            await asyncio.sleep(0.5)
+        assert (await service.job(install))["status"] == "succeeded"
+        await page.reload()
+        uninstall = page.get_by_role("button", name="Uninstall hello-c")
+        await expect(uninstall).to_be_visible()
+        await uninstall.click()
+        await expect(page.get_by_text("None installed.")).to_be_visible()
+        assert not (service.settings.workers_dir / "hello-c").exists() or not any(
+            (service.settings.workers_dir / "hello-c").iterdir()
+        )
