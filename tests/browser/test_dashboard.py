@@ -85,16 +85,17 @@ async def test_a_bad_pkgbuild_shows_makepkgs_message(
         await screenshot(page, "submit-422")
 
 
-async def test_with_a_token_the_page_asks_refuses_a_wrong_one_and_cancels_a_build(
+async def test_with_a_token_the_page_asks_refuses_a_wrong_one_and_cancels_builds(
     page: Page,
     serve: Callable[..., Any],
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:
-    async with serve(api_token="browser-s3cret") as service:
-        job_id = await service.submit(build_dir("ticker"))
+    async with serve(api_token="browser-s3cret", max_concurrent_builds=1) as service:
+        running = await service.submit(build_dir("ticker"))
+        queued = await service.submit(build_dir("ticker"))  # waits: one build at a time
         await page.set_viewport_size({"width": 400, "height": 800})
-        await page.goto(f"{service.url}/jobs/{job_id}")
+        await page.goto(service.url)
         dialog = page.locator("#token-dialog")
         await expect(dialog).to_be_visible()
         await page.fill("#token-input", "wrong")
@@ -106,26 +107,39 @@ async def test_with_a_token_the_page_asks_refuses_a_wrong_one_and_cancels_a_buil
         await page.keyboard.press("Enter")
         await expect(dialog).to_be_hidden()
 
-        # The stream, with the token in its header, shows the build live.
+        # The list follows the jobs without a reload; a queued one is cancelled from it.
+        first = page.locator(f"tr[data-job='{running}']")
+        second = page.locator(f"tr[data-job='{queued}']")
+        await expect(first).to_contain_text("running", timeout=BUILD_S)
+        await expect(second).to_contain_text("queued")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 400
+        await screenshot(page, "jobs-400px")
+        await second.get_by_role("button", name="Cancel").click()
+        await expect(second).to_contain_text("cancelled")
+        await expect(second.get_by_role("button")).to_have_count(0)
+        assert (await service.job(queued))["started_at"] is None
+        await page.select_option("#status-filter", "cancelled")
+        await expect(first).to_have_count(0)
+        await expect(second).to_be_visible()
+        await page.select_option("#status-filter", "")
+
+        # Its page, reached by a link (the token is kept for the tab: no prompt), follows the
+        # stream with the token in its header, and cancels it.
+        await first.get_by_role("link", name="ticker 1.0-1").click()
+        await page.wait_for_url(f"{service.url}/jobs/{running}")
         log = page.locator("#log")
         await expect(log).to_contain_text("tick 3", timeout=BUILD_S)
-        assert job_containers(docker_client, job_id) != []
-        assert (await service.job(job_id))["status"] == "running"
+        await expect(dialog).to_be_hidden()
+        assert job_containers(docker_client, running) != []
         assert await page.evaluate("document.documentElement.scrollWidth") <= 400
         await screenshot(page, "job-running-400px")
         await page.get_by_role("button", name="Cancel").click()
         await expect(page.locator("#ending")).to_contain_text("cancelled", timeout=BUILD_S)
         await expect(page.locator("#job-status")).to_contain_text("cancelled")
         await expect(page.locator("#cancel")).to_be_hidden()
-        await expect(log).to_contain_text("cancel", timeout=BUILD_S)
-        assert job_containers(docker_client, job_id) == []
-        assert (await service.job(job_id))["status"] == "cancelled"
-
-        # The token is kept for the tab: the list loads without asking again.
-        await page.goto(service.url)
-        await expect(page.locator(f"tr[data-job='{job_id}']")).to_contain_text("cancelled")
-        await expect(dialog).to_be_hidden()
-        assert await page.evaluate("document.documentElement.scrollWidth") <= 400
+        await expect(log.locator(".note").last).to_contain_text("cancelled")
+        assert job_containers(docker_client, running) == []
+        assert (await service.job(running))["status"] == "cancelled"
 
 
 async def test_a_200_000_line_log_arrives_whole_and_the_page_stays_usable(
