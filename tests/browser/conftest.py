@@ -16,7 +16,7 @@ from typing import Any
 
 import docker
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, async_playwright
 
@@ -110,6 +110,57 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     yield page
     await context.close()
     assert errors == []
+
+
+@dataclass
+class Proxy:
+    url: str
+    resumed_from: list[str | None]  # each stream request's Last-Event-ID
+
+
+@asynccontextmanager
+async def cutting_proxy(target: str, *, cut_after_bytes: int) -> AsyncIterator[Proxy]:
+    """A reverse proxy that drops the first stream it relays after ``cut_after_bytes`` (most
+    likely in the middle of an event), as a flaky network or a restarting proxy would."""
+    proxy = Proxy("", [])
+    hop = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+        stream = request.path.endswith("/stream")
+        if stream:
+            proxy.resumed_from.append(request.headers.get("Last-Event-ID"))
+        cut = stream and len(proxy.resumed_from) == 1
+        async with http.request(
+            request.method, target + request.path_qs, headers=headers, data=await request.read()
+        ) as upstream:
+            response = web.StreamResponse(
+                status=upstream.status,
+                headers={k: v for k, v in upstream.headers.items() if k.lower() not in hop},
+            )
+            await response.prepare(request)
+            sent = 0
+            async for chunk in upstream.content.iter_any():
+                if cut and sent + len(chunk) > cut_after_bytes:
+                    await response.write(chunk[: cut_after_bytes - sent])
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", relay)
+    async with ClientSession(auto_decompress=False) as http:
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        proxy.url = f"http://127.0.0.1:{server.port}"
+        try:
+            yield proxy
+        finally:
+            await server.close()
 
 
 async def screenshot(page: Page, name: str) -> None:

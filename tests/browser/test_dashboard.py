@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Page, expect
 
 from ..integration.conftest import job_containers
-from .conftest import screenshot
+from .conftest import cutting_proxy, screenshot
 
 pytestmark = [pytest.mark.docker, pytest.mark.browser]
 
@@ -142,18 +142,26 @@ async def test_with_a_token_the_page_asks_refuses_a_wrong_one_and_cancels_builds
         assert (await service.job(running))["status"] == "cancelled"
 
 
+async def until_the_flood_is_shown(page: Page) -> None:
+    await expect(page.locator("#ending")).to_contain_text("succeeded", timeout=BUILD_S)
+    await page.wait_for_function(
+        "(t => t.includes('\\n200000\\n') && t.includes('\\nflood-end\\n'))"
+        "(document.getElementById('log').textContent)",
+        timeout=BUILD_S,
+    )
+
+
 async def test_a_200_000_line_log_arrives_whole_and_the_page_stays_usable(
     page: Page, serve: Callable[..., Any], build_dir: Callable[..., Path]
 ) -> None:
     async with serve() as service:
         job_id = await service.submit(build_dir("flood", lines=200_000))
-        await page.goto(f"{service.url}/jobs/{job_id}")
-        await expect(page.locator("#ending")).to_contain_text("succeeded", timeout=BUILD_S)
-        await page.wait_for_function(
-            "(t => t.includes('\\n200000\\n') && t.includes('\\nflood-end\\n'))"
-            "(document.getElementById('log').textContent)",
-            timeout=BUILD_S,
-        )
+        # Through a proxy that drops the stream a few hundred KiB in: the page resumes it.
+        async with cutting_proxy(service.url, cut_after_bytes=300_000) as proxy:
+            await page.goto(f"{proxy.url}/jobs/{job_id}")
+            await until_the_flood_is_shown(page)
+        assert len(proxy.resumed_from) == 2 and proxy.resumed_from[0] is None
+        assert (proxy.resumed_from[1] or "").isdigit(), proxy.resumed_from
         text = await page.locator("#log").evaluate("e => e.textContent")
         # Every stdout line, in order (stderr's line may fall anywhere among them: two pipes).
         lines = text.split("\n")
