@@ -30,7 +30,16 @@ async def test_submit_a_folder_follow_it_and_download_its_package(
     async with serve() as service:
         await page.goto(f"{service.url}/submit")
         await screenshot(page, "submit")
-        await page.set_input_files("#folder", build_dir("hello-c"))
+        src = build_dir("hello-c")
+        # Beside the sources, a folder and a path over ustar's 100-byte name field: the page's
+        # tar writer must make an archive the service accepts.
+        deep = src / "notes" / ("d" * 60)
+        deep.mkdir(parents=True)
+        (deep / ("f" * 60)).write_text("kept\n")
+        pkgbuild = src / "PKGBUILD"
+        check = f'grep -q kept "$startdir/notes/{"d" * 60}/{"f" * 60}"'
+        pkgbuild.write_text(pkgbuild.read_text().replace("build() {", f"build() {{\n    {check}"))
+        await page.set_input_files("#folder", src)
         await page.click("button[type=submit]")
 
         await page.wait_for_url(f"{service.url}/jobs/*", timeout=BUILD_S)
