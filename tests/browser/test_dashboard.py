@@ -86,7 +86,13 @@ async def test_a_bad_pkgbuild_shows_makepkgs_message(
     async with serve() as service:
         await page.goto(f"{service.url}/submit")
         await page.set_input_files("#archive", archive)
-        await page.click("button[type=submit]")
+        # By keyboard: Tab from the archive field reaches the Build button, Enter submits.
+        await page.focus("#archive")
+        for _ in range(10):
+            await page.keyboard.press("Tab")
+            if await page.evaluate("document.activeElement.textContent") == "Build":
+                break
+        await page.keyboard.press("Enter")
         alert = page.locator("#submit-result [role=alert]")
         await expect(alert).to_contain_text("422", timeout=BUILD_S)
         await expect(alert).to_contain_text("pkgver is not allowed to contain")
