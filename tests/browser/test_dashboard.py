@@ -197,7 +197,8 @@ async def test_a_200_000_line_log_arrives_whole_and_the_page_stays_usable(
 @pytest.fixture
 async def model_origin() -> AsyncIterator[str]:
     """A model server: ``/whole`` answers at once; ``/half`` sends half over two seconds (the
-    service narrates progress as data comes, at most a few times a second), then waits."""
+    service narrates progress as data comes, at most a few times a second), then waits. And
+    ``/page``, a page of another origin."""
     size = 4 * 1024 * 1024
     release = asyncio.Event()
 
@@ -215,7 +216,13 @@ async def model_origin() -> AsyncIterator[str]:
         await release.wait()
         return response
 
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(
+            text="<!doctype html><title>elsewhere</title>", content_type="text/html"
+        )
+
     app = web.Application()
+    app.router.add_get("/page", page)
     app.router.add_get("/whole", whole)
     app.router.add_get("/half", half)
     server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
@@ -243,6 +250,15 @@ async def test_workers_and_models_at_400px(
         await page.wait_for_url(f"{service.url}/jobs/*")
         install = page.url.rsplit("/", 1)[1]
         await expect(page.locator("dl.meta")).to_contain_text("worker_install")
+        # Another origin's page cannot cancel it (the guard's 403; it ends succeeded below).
+        foreign = await page.context.new_page()
+        await foreign.goto(model_origin + "page")
+        sent = await foreign.evaluate(
+            "url => fetch(url, {method: 'POST', mode: 'no-cors'}).then(() => 'sent')",
+            f"{service.url}/v1/jobs/{install}/cancel",
+        )
+        assert sent == "sent"
+        await foreign.close()
 
         # A download that stalls half-way shows its progress and is cancelled.
         await page.goto(f"{service.url}/catalog")
