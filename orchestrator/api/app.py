@@ -27,6 +27,7 @@ from ..models import ModelStore
 from ..registry import Registry
 from ..settings import Settings
 from ..store import Store
+from ..web import add_routes as add_dashboard
 from . import artifacts, builds, caches, jobs, meta, stream
 from . import catalog as catalog_api
 from .errors import error_response, errors_middleware
@@ -189,4 +190,5 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
     app.router.add_get("/health", meta.health)
     app.router.add_get("/metrics", meta.metrics)
     app.router.add_get("/openapi.json", meta.openapi)
+    add_dashboard(app)  # /, /jobs/{id}, /submit, /catalog and /assets/: the browser's view
     return app

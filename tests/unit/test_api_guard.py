@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.web import is_dashboard_route
 
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir
@@ -354,7 +355,8 @@ def routes(app: web.Application) -> list[tuple[str, str]]:
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
-        if route.method != "HEAD" and path:
+        # The dashboard's pages and assets are for browsers, not part of the API's document.
+        if route.method != "HEAD" and path and not is_dashboard_route(str(path)):
             found.append((route.method, str(path)))
     return sorted(found)
 
