@@ -32,6 +32,8 @@ from .lines import LineSplitter
 _HEADER = struct.Struct(">BxxxL")
 _STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr", 3: "stderr"}
 _RETRY_LIVE_S = 0.5
+_QUIET_S = 5.0
+_MAX_QUIET_S = 60.0
 
 
 def timestamp_key(raw: bytes) -> bytes:
@@ -108,12 +110,30 @@ class ServiceOutput:
         self._loop = asyncio.get_running_loop()
         self._stop_live = threading.Event()
         self._live_response: Any = None
+        self._received = 0  # blocks any read got: the live read is not stuck
+        self._quiet_since = time.monotonic()
         self._done = False
         self._error: BaseException | None = None
         self._task = asyncio.ensure_future(self._run(ended))
 
+    async def _nudge(self) -> None:
+        """Open the live read again when it has been quiet for a while: under load, a follow
+        read opened as the task starts was seen to deliver nothing at all (and a read again
+        costs only what deduplication drops). The pause doubles while it stays quiet."""
+        quiet_s, seen = _QUIET_S, self._received
+        while True:
+            await asyncio.sleep(1.0)
+            if self._received != seen:
+                quiet_s, seen = _QUIET_S, self._received
+                self._quiet_since = time.monotonic()
+            elif time.monotonic() - self._quiet_since > quiet_s:
+                _close_response(self._live_response)
+                self._quiet_since = time.monotonic()
+                quiet_s = min(2 * quiet_s, _MAX_QUIET_S)
+
     async def _run(self, ended: Awaitable[object]) -> None:
         live = self._loop.run_in_executor(self._pool, self._live)
+        nudge = asyncio.ensure_future(self._nudge())
         try:
             await ended
         except asyncio.CancelledError:
@@ -122,6 +142,7 @@ class ServiceOutput:
         except Exception:  # how the step ended is ``wait``'s to say; its output is still read
             pass
         finally:
+            nudge.cancel()
             self._stop_live.set()
             _close_response(self._live_response)
             await asyncio.wait({live})
@@ -157,7 +178,7 @@ class ServiceOutput:
         try:
             with self._lock:
                 self._dedup.begin_read()
-            for batch in frames(response.iter_content(None)):
+            for batch in frames(self._counted(response.iter_content(None))):
                 if follow and self._stop_live.is_set():
                     return
                 with self._lock:
@@ -166,6 +187,11 @@ class ServiceOutput:
                     self._loop.call_soon_threadsafe(self._push, chunks)
         finally:
             _close_response(response)
+
+    def _counted(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            self._received += 1
+            yield block
 
     def _new(self, batch: list[tuple[Stream, bytes]]) -> list[tuple[Stream, bytes]]:
         runs: list[tuple[Stream, bytes]] = []
