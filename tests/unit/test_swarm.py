@@ -47,12 +47,12 @@ def _engine_calls(source: str) -> set[str]:
     calls = set()
     for node in ast.walk(ast.parse(source)):
         # self._api.X, self._long.X, self._client.X, and X on a local alias of one (api = ...)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
-            if node.value.attr in CLIENTS:
-                calls.add(node.attr)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if node.value.id == "api":
-                calls.add(node.attr)
+        if not isinstance(node, ast.Attribute):
+            continue
+        if isinstance(node.value, ast.Attribute) and node.value.attr in CLIENTS:
+            calls.add(node.attr)
+        if isinstance(node.value, ast.Name) and node.value.id == "api":
+            calls.add(node.attr)
     return calls
 
 
@@ -171,3 +171,36 @@ def test_the_wrapper_takes_only_plain_absolute_output_paths() -> None:
     for bad in (("out",), ("/a b",), ("/a\nb",)):
         with pytest.raises(ValueError, match="absolute"):
             _handoff.wrapper_env("http://h:1", "orch-a", "t", None, bad)
+
+
+def _task(state: str, code: int | None = None) -> dict[str, object]:
+    container = {} if code is None else {"ContainerID": "c1", "ExitCode": code}
+    return {"Status": {"State": state, "ContainerStatus": container}}
+
+
+def test_a_task_ends_with_its_own_exit_code_only_when_its_command_ended_it() -> None:
+    assert swarm._exit_code(_task("complete", 0)) == 0
+    assert swarm._exit_code(_task("failed", 2)) == 2
+    assert swarm._exit_code(_task("shutdown", 0)) is None  # stopped by Swarm: no code of its own
+    assert swarm._exit_code(_task("rejected")) is None
+    assert swarm._failed(_task("failed", 2)) and not swarm._failed(_task("complete", 0))
+
+
+def test_gpu_placement_reads_labels_and_generic_resources() -> None:
+    def node(labels: dict[str, str], kinds: list[str], availability: str = "active") -> dict:  # type: ignore[type-arg]
+        resources = [{"DiscreteResourceSpec": {"Kind": k, "Value": 1}} for k in kinds]
+        return {
+            "Spec": {"Labels": labels, "Availability": availability},
+            "Status": {"State": "ready"},
+            "Description": {"Resources": {"GenericResources": resources}},
+        }
+
+    plain, labelled, advertised = (
+        node({}, []),
+        node({"orchestrator.gpu": "true"}, []),
+        node({}, ["NVIDIA-GPU"]),
+    )
+    assert swarm._gpu_resources(advertised) == ["NVIDIA-GPU"]
+    assert swarm._gpu_request([labelled]) is None  # a constraint on the label instead
+    assert swarm._gpu_request([labelled, advertised]) == {"NVIDIA-GPU": 1}
+    assert swarm._usable(plain) and not swarm._usable(node({}, [], "drain"))
