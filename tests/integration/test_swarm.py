@@ -14,6 +14,7 @@ import docker
 import pytest
 
 from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, Settings
+from orchestrator.backend import Step
 from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
 
 from ..conftest import Recorder
@@ -115,3 +116,31 @@ async def test_a_gpu_build_is_refused_before_anything_exists_when_no_node_has_a_
     assert "needs a GPU" in result.reason and "orchestrator.gpu=true" in result.reason
     assert Action.CONTAINER_CREATED not in recorder.actions()
     assert job_containers(docker_client, job) == []
+
+
+async def test_a_gpu_step_is_placed_only_on_a_node_labelled_for_it(
+    engine: Engine, docker_client: docker.DockerClient, settings: Settings
+) -> None:
+    [node] = docker_client.nodes.list()
+    spec = node.attrs["Spec"]
+    node.update({**spec, "Labels": {**(spec.get("Labels") or {}), "orchestrator.gpu": "true"}})
+    try:
+        backend = engine.backend
+        assert await backend.gpu_runtime() is True
+        labels = {INSTANCE_LABEL: settings.instance_id, JOB_LABEL: job_id()}
+        handle = await backend.setup(
+            Step(image=settings.image_cpu, command=("true",), labels=labels, gpus=True)
+        )
+        try:
+            output = await backend.start(handle)
+            placement = docker_client.services.get(handle).attrs["Spec"]["TaskTemplate"]
+            assert placement["Placement"]["Constraints"] == ["node.labels.orchestrator.gpu==true"]
+            async for _ in output:
+                pass
+            await output.aclose()
+            assert (await backend.wait(handle)).code == 0  # the labelled node took it
+        finally:
+            await backend.destroy(handle)
+    finally:
+        node.reload()
+        node.update(spec)
