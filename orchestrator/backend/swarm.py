@@ -2,15 +2,16 @@
 
 Only what a manager offers is used (services, tasks, nodes, configs, networks, service logs, and
 the manager's own image list for what the health check and the runner ask of an image), never a
-call to a node-local container, so a task may land on any node; ``tests/unit/test_swarm_*``
-enforces it. Inputs and outputs travel over this service's own listener (``_handoff.py``), the
-output through the service logs API (``_servicelogs.py``).
+call to a node-local container, so a task may land on any node; ``tests/unit/test_swarm.py``
+enforces it. Inputs and packages travel over this service's own listener (``_handoff.py``), the
+output through the service logs API (``_servicelogs.py``); the service's spec and the reading
+of tasks and nodes are in ``_swarmspec.py``.
 
 The service is ``replicated`` with one replica and restart condition ``none`` (or ``on-failure``
 for ``swarm_restart_attempts``), not ``replicated-job``: on 20.10 removing a job service leaves
 its running task's container running, which would make cancel a lie. Removing a replicated
 service stops its task (SIGTERM, SIGKILL after the stop grace) and the task record goes once its
-container is gone, which is how ``kill`` knows nothing is left on any node.
+node reports the container stopped, which is how ``kill`` knows no process is left on any node.
 """
 
 from __future__ import annotations
@@ -29,19 +30,7 @@ from typing import IO, Any, TypeVar
 import docker
 import docker.errors
 import requests
-from docker.types import (
-    ConfigReference,
-    ContainerSpec,
-    DriverConfig,
-    Mount,
-    Placement,
-    Resources,
-    RestartPolicy,
-    ServiceMode,
-    TaskTemplate,
-)
 
-from ..archive import spooled
 from ..errors import (
     BackendError,
     BackendUnavailable,
@@ -52,15 +41,15 @@ from ..errors import (
 )
 from ..settings import Settings
 from . import ExitStatus, Step
-from ._handoff import Handoff, wrapper_command, wrapper_env
+from . import _swarmspec as spec
+from ._handoff import Handoff, wrapper_env
 from ._servicelogs import ServiceOutput
+from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
 from .docker import _client, _retrying, _unreachable
 
 T = TypeVar("T")
 
 MAX_CONFIG_BYTES = 500 * 1000  # Swarm's limit for a config
-SEALED_NETWORK = "orchestrator-sealed"  # an internal overlay: Swarm has no "none" network
-INPUTS_FILE = "/run/orchestrator-inputs.tar"
 _POLL_S = 0.25
 _NODE_CHECK_S = 1.0
 _GONE_TIMEOUT_S = 60.0
@@ -172,7 +161,7 @@ class SwarmBackend:
         try:
             found = await self._run(self._client.images.get, image)
         except ContainerGone:
-            raise ImageNotFound(_no_image(image)) from None
+            raise ImageNotFound(spec.no_image(image)) from None
         return dict(found.labels or {})
 
     async def gpu_runtime(self) -> bool:
@@ -180,13 +169,13 @@ class SwarmBackend:
 
     async def _nodes(self) -> list[dict[str, Any]]:
         nodes = await self._run(self._api.nodes)
-        return [n for n in nodes if _usable(n)]
+        return [n for n in nodes if spec.usable(n)]
 
     def _has_gpu(self, node: Mapping[str, Any]) -> bool:
         labels = (node.get("Spec") or {}).get("Labels") or {}
         if labels.get(self._settings.swarm_gpu_label) == "true":
             return True
-        return bool(_gpu_resources(node))
+        return bool(spec.gpu_resources(node))
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -204,11 +193,11 @@ class SwarmBackend:
         try:
             image = await self._run(self._client.images.get, step.image)
         except ContainerGone:
-            raise ImageNotFound(_no_image(step.image)) from None
+            raise ImageNotFound(spec.no_image(step.image)) from None
         if not step.network and step.outputs:
             raise BackendError("on swarm a step without network cannot send files back")
         handle = f"orch-{secrets.token_hex(10)}"
-        inputs = await asyncio.to_thread(_copy, step.inputs) if step.inputs else None
+        inputs = await asyncio.to_thread(spec.spooled_copy, step.inputs) if step.inputs else None
         planned = _Planned({})
         try:
             source: str | None = None
@@ -225,7 +214,9 @@ class SwarmBackend:
             env = wrapper_env(handoff.url, handle, token, source, step.outputs)
             if step.read_only:
                 env["ORCHESTRATOR_STEP_DIR"] = "/tmp/" + step.workdir.strip("/").replace("/", "-")
-            planned.create = self._service(handle, step, str(image.id), env, planned, gpu_nodes)
+            planned.create = spec.service_kwargs(
+                handle, step, str(image.id), env, planned.config_id, gpu_nodes, self._settings
+            )
         except BaseException:
             if inputs is not None:
                 inputs.close()
@@ -256,75 +247,6 @@ class SwarmBackend:
             self._api.create_network(
                 SEALED_NETWORK, driver="overlay", internal=True, check_duplicate=True
             )
-
-    def _service(
-        self,
-        handle: str,
-        step: Step,
-        image_id: str,
-        env: Mapping[str, str],
-        planned: _Planned,
-        gpu_nodes: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """The ``create_service`` arguments: the sandbox every build runs in, in Swarm's terms."""
-        mounts = [Mount("/tmp", None, type="tmpfs", tmpfs_size=step.tmp_bytes, tmpfs_mode=0o1777)]
-        configs = []
-        if planned.config_id:
-            configs.append(
-                ConfigReference(planned.config_id, f"{handle}-inputs", filename=INPUTS_FILE)
-            )
-        spec = ContainerSpec(
-            # By its id: a task never asks a registry, and every node must hold the same image
-            # (docker save | docker load keeps the id).
-            image=image_id,
-            command=wrapper_command(step.command),
-            env={**step.env, **env},
-            # Under a read-only root the inputs go to a folder in the in-memory /tmp: a tmpfs
-            # mount elsewhere would be root's (Swarm's tmpfs options have a mode that 20.10
-            # ignores, and no owner).
-            workdir="/tmp" if step.read_only else step.workdir,
-            user=step.user,
-            labels=dict(step.labels),  # on the task's container too: found by label anywhere
-            mounts=mounts,
-            configs=configs or None,
-            read_only=step.read_only,
-            init=True,
-            cap_drop=["ALL"],
-            stop_grace_period=int(self._settings.kill_grace_s * 1e9),
-        )
-        resources = Resources(
-            cpu_limit=int(step.cpus * 1e9) if step.cpus else None,
-            mem_limit=step.memory_bytes,
-            cpu_reservation=int(step.cpus * 1e9) if step.cpus else None,
-            mem_reservation=step.memory_bytes,
-            generic_resources=_gpu_request(gpu_nodes) if step.gpus else None,
-        )
-        if step.pids_limit:  # API 1.41; docker-py has no argument for it
-            resources.setdefault("Limits", {})["Pids"] = step.pids_limit
-        constraints = []
-        if step.gpus and not _gpu_request(gpu_nodes):
-            constraints.append(f"node.labels.{self._settings.swarm_gpu_label}==true")
-        attempts = self._settings.swarm_restart_attempts
-        restart = RestartPolicy(
-            condition="on-failure" if attempts else "none", max_attempts=attempts or 0
-        )
-        log = DriverConfig(
-            "json-file", {"max-size": str(step.log_max_bytes)} if step.log_max_bytes else {}
-        )
-        template = TaskTemplate(
-            container_spec=spec,
-            resources=resources,
-            restart_policy=restart,
-            placement=Placement(constraints=constraints or None),
-            log_driver=log,
-        )
-        return {
-            "task_template": template,
-            "name": handle,
-            "labels": dict(step.labels),
-            "mode": ServiceMode("replicated", replicas=1),
-            "networks": None if step.network else [SEALED_NETWORK],
-        }
 
     async def start(self, handle: str) -> ServiceOutput:
         planned = self._planned.get(handle)
@@ -366,16 +288,16 @@ class SwarmBackend:
             # failed by itself. A task Swarm moves elsewhere (its node drained) is not followed:
             # the build's output so far would be told twice.
             index = 0
-            while index + 1 < len(tasks) and index < attempts and _failed(tasks[index]):
+            while index + 1 < len(tasks) and index < attempts and spec.failed(tasks[index]):
                 index += 1
             if tasks:
                 task: dict[str, Any] = tasks[index]
-                state = _state(task)
+                state = spec.task_state(task)
                 if state == "running" or state in _ENDED:
                     self._running[handle].set()
                 if state == "complete":
                     return task
-                if state in _ENDED and not (_failed(task) and index < attempts):
+                if state in _ENDED and not (spec.failed(task) and index < attempts):
                     return task
                 node_id = task.get("NodeID")
                 now = time.monotonic()
@@ -408,7 +330,7 @@ class SwarmBackend:
             raise StepLost(why)
         status = task.get("Status") or {}
         state, err = str(status.get("State")), str(status.get("Err") or status.get("Message"))
-        code = _exit_code(task)
+        code = spec.exit_code(task)
         if state in ("complete", "failed") and code is not None:
             return ExitStatus(code)
         if handle in self._killed:
@@ -513,61 +435,3 @@ class SwarmBackend:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._long.close()
         self._client.close()
-
-
-def _usable(node: Mapping[str, Any]) -> bool:
-    spec, status = node.get("Spec") or {}, node.get("Status") or {}
-    return spec.get("Availability") == "active" and status.get("State") == "ready"
-
-
-def _gpu_resources(node: Mapping[str, Any]) -> list[str]:
-    described = (node.get("Description") or {}).get("Resources") or {}
-    kinds = []
-    for resource in described.get("GenericResources") or []:
-        for spec in resource.values():
-            kind = str(spec.get("Kind") or "")
-            if "gpu" in kind.lower():
-                kinds.append(kind)
-    return kinds
-
-
-def _gpu_request(gpu_nodes: list[dict[str, Any]]) -> dict[str, int | str] | None:
-    kinds = sorted({k for n in gpu_nodes for k in _gpu_resources(n)})
-    return {kinds[0]: 1} if kinds else None
-
-
-def _state(task: Mapping[str, Any]) -> str:
-    return str((task.get("Status") or {}).get("State") or "")
-
-
-def _failed(task: Mapping[str, Any]) -> bool:
-    """Ended by its own command with a non-zero code (what a restart policy retries)."""
-    return _state(task) == "failed" and bool(_exit_code(task))
-
-
-def _exit_code(task: Mapping[str, Any]) -> int | None:
-    status = task.get("Status") or {}
-    container = status.get("ContainerStatus") or {}
-    if not container.get("ContainerID") or "ExitCode" not in container:
-        return None
-    if status.get("State") not in ("complete", "failed"):
-        return None
-    return int(container["ExitCode"])
-
-
-def _copy(inputs: IO[bytes]) -> IO[bytes]:
-    # Ours to serve later: the caller closes its own as soon as setup returns.
-    out = spooled()
-    inputs.seek(0)
-    while block := inputs.read(1 << 20):
-        out.write(block)
-    out.seek(0)
-    return out
-
-
-def _no_image(image: str) -> str:
-    hint = " --cuda" if "cuda" in image else ""
-    return (
-        f"build image {image!r} is not on this swarm manager (images are never pulled; make "
-        f"it with 'images/bootstrap{hint}' and load it on every node with docker save/load)"
-    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from orchestrator.backend import _handoff, _servicelogs, swarm
+from orchestrator.backend import _handoff, _servicelogs, _swarmspec, swarm
 from orchestrator.backend._handoff import Handoff
 from orchestrator.backend._servicelogs import Deduplicator, frames, timestamp_key
 from orchestrator.errors import ArchiveTooLarge, ContainerGone
@@ -56,7 +56,7 @@ def _engine_calls(source: str) -> set[str]:
     return calls
 
 
-@pytest.mark.parametrize("module", [swarm, _servicelogs, _handoff])
+@pytest.mark.parametrize("module", [swarm, _swarmspec, _servicelogs, _handoff])
 def test_the_swarm_engine_only_asks_a_manager(module: object) -> None:
     source = Path(str(getattr(module, "__file__", ""))).read_text()
     calls = _engine_calls(source)
@@ -179,11 +179,11 @@ def _task(state: str, code: int | None = None) -> dict[str, object]:
 
 
 def test_a_task_ends_with_its_own_exit_code_only_when_its_command_ended_it() -> None:
-    assert swarm._exit_code(_task("complete", 0)) == 0
-    assert swarm._exit_code(_task("failed", 2)) == 2
-    assert swarm._exit_code(_task("shutdown", 0)) is None  # stopped by Swarm: no code of its own
-    assert swarm._exit_code(_task("rejected")) is None
-    assert swarm._failed(_task("failed", 2)) and not swarm._failed(_task("complete", 0))
+    assert _swarmspec.exit_code(_task("complete", 0)) == 0
+    assert _swarmspec.exit_code(_task("failed", 2)) == 2
+    assert _swarmspec.exit_code(_task("shutdown", 0)) is None  # Swarm stopped it: no code
+    assert _swarmspec.exit_code(_task("rejected")) is None
+    assert _swarmspec.failed(_task("failed", 2)) and not _swarmspec.failed(_task("complete", 0))
 
 
 def test_gpu_placement_reads_labels_and_generic_resources() -> None:
@@ -200,7 +200,7 @@ def test_gpu_placement_reads_labels_and_generic_resources() -> None:
         node({"orchestrator.gpu": "true"}, []),
         node({}, ["NVIDIA-GPU"]),
     )
-    assert swarm._gpu_resources(advertised) == ["NVIDIA-GPU"]
-    assert swarm._gpu_request([labelled]) is None  # a constraint on the label instead
-    assert swarm._gpu_request([labelled, advertised]) == {"NVIDIA-GPU": 1}
-    assert swarm._usable(plain) and not swarm._usable(node({}, [], "drain"))
+    assert _swarmspec.gpu_resources(advertised) == ["NVIDIA-GPU"]
+    assert _swarmspec.gpu_request([labelled]) is None  # a constraint on the label instead
+    assert _swarmspec.gpu_request([labelled, advertised]) == {"NVIDIA-GPU": 1}
+    assert _swarmspec.usable(plain) and not _swarmspec.usable(node({}, [], "drain"))
