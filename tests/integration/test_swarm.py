@@ -144,3 +144,24 @@ async def test_a_gpu_step_is_placed_only_on_a_node_labelled_for_it(
     finally:
         node.reload()
         node.update(spec)
+
+
+async def test_a_task_that_failed_by_itself_runs_again_while_attempts_are_left(
+    settings: Settings, docker_client: docker.DockerClient
+) -> None:
+    settings = settings.model_copy(update={"swarm_restart_attempts": 1})
+    async with await Engine.open(settings) as engine:
+        backend = engine.backend
+        labels = {INSTANCE_LABEL: settings.instance_id, JOB_LABEL: job_id()}
+        command = ("bash", "-c", "echo attempt; exit 3")
+        handle = await backend.setup(Step(image=settings.image_cpu, command=command, labels=labels))
+        try:
+            output = await backend.start(handle)
+            lines = [chunk.text async for batch in output for chunk in batch]
+            await output.aclose()
+            assert (await backend.wait(handle)).code == 3
+            assert "\n".join(lines).split("\n").count("attempt") == 2  # both runs, told once each
+            assert len(docker_client.api.tasks(filters={"service": handle})) == 2
+        finally:
+            await backend.destroy(handle)
+    assert left_behind(docker_client, f"{INSTANCE_LABEL}={settings.instance_id}") == []
