@@ -117,6 +117,15 @@ class ContainerGone(BackendError):
     """The container no longer exists (removed behind our back, or already reaped)."""
 
 
+class StepLost(BackendError):
+    """The step ended without its command ending it: its node was drained or went down, or
+    the engine stopped or refused its task. The message says which."""
+
+
+class NoPlacement(BackendError):
+    """No node of the cluster can take the step (none active, none with a GPU)."""
+
+
 class Conflict(OrchestratorError):
     """The thing asked for is busy or in a state that does not allow this now."""
 

@@ -158,6 +158,7 @@ class Runner:
                 workdir=BUILD_DIR,
                 env={"PKGDEST": PACKAGE_DIR, **cache_env},
                 inputs=tar,
+                outputs=(PACKAGE_DIR, cachescript.REPORT_DIR) if lease else (PACKAGE_DIR,),
                 volumes={lease.volume: cachescript.CACHE_DIR} if lease else {},
                 network=self._settings.build_network != "none",
                 memory_bytes=self._settings.build_memory_bytes,

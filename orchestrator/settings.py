@@ -22,7 +22,34 @@ class Settings(BaseSettings):
     # -- engine ---------------------------------------------------------------------------------
     backend: str = Field(
         default="docker",
-        description="The engine builds run on: docker, or fake (in memory, for tests).",
+        description="The engine builds run on: docker, swarm (services on a Docker Swarm, "
+        "from a manager), or fake (in memory, for tests).",
+    )
+    swarm_listen: str | None = Field(
+        default=None,
+        pattern=r"^[0-9A-Za-z.:\[\]-]+:[0-9]{1,5}$",
+        description="swarm: HOST:PORT where build tasks fetch their inputs and send their "
+        "packages (per-step tokens, not the API token); unset = the docker0 bridge's gateway "
+        "on an ephemeral port, which only tasks on this node reach.",
+    )
+    swarm_callback_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="swarm: how a task on any node reaches swarm_listen, e.g. "
+        "http://MANAGER-IP:7836; unset = http://<the docker0 gateway>:<its port>.",
+    )
+    swarm_restart_attempts: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="swarm: how often a task that failed by itself (not drained, not "
+        "cancelled) is run again; 0 = a build runs once, as on docker.",
+    )
+    swarm_gpu_label: str = Field(
+        default="orchestrator.gpu",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="swarm: the node label (=true) that marks a node able to run cuda builds "
+        "with a GPU; nodes advertising a generic resource named like *GPU* count too.",
     )
     docker_url: str | None = Field(
         default=None, description="Docker endpoint; unset means DOCKER_HOST or the local socket."

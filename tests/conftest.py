@@ -124,8 +124,17 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def backend_name() -> str:
+    """The engine a test's ``settings`` name; the acceptance tests parametrize it (``swarm``)."""
+    return "docker"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, backend_name: str, request: pytest.FixtureRequest) -> Settings:
+    if backend_name == "swarm":
+        request.getfixturevalue("swarm_manager")  # this engine in a swarm, for the session
     return Settings(
+        backend=backend_name,
         data_dir=tmp_path / "data",
         instance_id=instance_id(),
         build_cpus=1.0,

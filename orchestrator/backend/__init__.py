@@ -36,6 +36,9 @@ class Step:
     workdir: str = "/build"
     env: Mapping[str, str] = field(default_factory=dict)
     inputs: IO[bytes] | None = None  # a tar, there at ``workdir`` before the command starts
+    # The folders ``collect`` may ask for once the step has exited: an engine that cannot copy
+    # out of an exited sandbox (Swarm) has the step send them back as it ends.
+    outputs: tuple[str, ...] = ()
     network: bool = True  # off: no interface but loopback
     memory_bytes: int | None = None
     cpus: float | None = None

@@ -20,6 +20,13 @@ def _docker(settings: Settings) -> Backend:
     return DockerBackend(settings)
 
 
+def _swarm(settings: Settings) -> Backend:
+    # Services on a Docker Swarm, from a manager node (docs/backends.md).
+    from .swarm import SwarmBackend
+
+    return SwarmBackend(settings)
+
+
 def _fake(settings: Settings) -> Backend:
     # In-memory, for tests and demos: every build prints nothing and makes one package.
     from .fake import FakeBackend
@@ -27,7 +34,11 @@ def _fake(settings: Settings) -> Backend:
     return FakeBackend()
 
 
-ENGINES: dict[str, Callable[[Settings], Backend]] = {"docker": _docker, "fake": _fake}
+ENGINES: dict[str, Callable[[Settings], Backend]] = {
+    "docker": _docker,
+    "swarm": _swarm,
+    "fake": _fake,
+}
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import docker
@@ -14,7 +16,52 @@ from orchestrator import Engine, Settings
 from orchestrator.api import create_app
 from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
 
+from ..conftest import SESSION_PREFIX
+
 pytestmark = pytest.mark.docker
+
+
+# Both engines, for the acceptance tests: `@BACKENDS` on a test that takes `settings`.
+BACKENDS = pytest.mark.parametrize(
+    "backend_name", ["docker", pytest.param("swarm", marks=pytest.mark.swarm)]
+)
+
+
+@pytest.fixture(scope="session")
+def swarm_manager(docker_client: docker.DockerClient) -> Iterator[None]:
+    """This engine as a swarm manager: a one-node swarm on loopback made for the session (and
+    left again at its end) unless the engine is in one already."""
+    state = docker_client.info().get("Swarm", {}).get("LocalNodeState")
+    made = state == "inactive"
+    if made:
+        docker_client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+    elif not docker_client.info().get("Swarm", {}).get("ControlAvailable"):
+        pytest.fail(f"the engine is in a swarm ({state}) but not a manager: swarm tests need one")
+    yield
+    for service in docker_client.services.list(filters={"label": INSTANCE_LABEL}):
+        if (
+            (service.attrs["Spec"].get("Labels") or {})
+            .get(INSTANCE_LABEL, "")
+            .startswith(SESSION_PREFIX)
+        ):
+            service.remove()
+    if made:
+        docker_client.swarm.leave(force=True)
+
+
+def left_behind(client: docker.DockerClient, label: str) -> list[str]:
+    """Containers and swarm services carrying ``label``, once what is being removed is gone.
+
+    A swarm node's agent removes a task's container just after the manager has dropped the
+    task (about a second; no manager API tells when): so wait a little for that, no longer."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = [str(c.name) for c in client.containers.list(all=True, filters={"label": label})]
+        with contextlib.suppress(docker.errors.APIError):  # not a swarm manager: no services
+            found += [str(s.name) for s in client.services.list(filters={"label": label})]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -22,10 +69,8 @@ async def engine(settings: Settings, docker_client: docker.DockerClient) -> Asyn
     async with await Engine.open(settings) as engine:
         yield engine
     # Every test must leave nothing behind, whatever it did.
-    left = docker_client.containers.list(
-        all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
-    )
-    assert left == [], f"containers left behind: {[c.name for c in left]}"
+    left = left_behind(docker_client, f"{INSTANCE_LABEL}={settings.instance_id}")
+    assert left == [], f"containers or services left behind: {left}"
     remove_volumes(docker_client, settings.instance_id)
 
 
@@ -35,9 +80,12 @@ def remove_volumes(client: docker.DockerClient, instance_id: str) -> None:
         volume.remove(force=True)
 
 
-def job_containers(client: docker.DockerClient, job_id: str) -> list[str]:
+def job_containers(client: docker.DockerClient, job_id: str, *, settle: bool = True) -> list[str]:
+    """The job's containers and swarm services; with ``settle``, once removals have finished."""
+    if settle:
+        return left_behind(client, f"{JOB_LABEL}={job_id}")
     found = client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"})
-    return [c.id for c in found]
+    return [str(c.id) for c in found]
 
 
 def job_id() -> str:

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from orchestrator import Settings
 from orchestrator.api import InsecureBind, check_bind
 
-from .conftest import job_containers, serve
+from .conftest import BACKENDS, job_containers, serve
 from .service import Sse, has_line, read_sse, submit, wait_status
 from .test_engine import container_events, marked_processes
 
@@ -30,6 +30,7 @@ def assert_contiguous(sse: Sse, first: int = 1) -> None:
     assert [e["seq"] for e in sse.events] == sse.ids
 
 
+@BACKENDS
 async def test_build_streams_narration_and_returns_the_package(
     client: TestClient, build_dir: Callable[..., Path], docker_client: docker.DockerClient
 ) -> None:
@@ -84,6 +85,7 @@ async def test_a_job_runs_with_nobody_watching(
     assert job["status"] == "succeeded"
 
 
+@BACKENDS
 async def test_sse_replay_resume_and_many_subscribers(
     client: TestClient, build_dir: Callable[..., Path]
 ) -> None:
@@ -112,6 +114,7 @@ async def test_sse_replay_resume_and_many_subscribers(
     assert resumed_at_end.events == [] and resumed_at_end.done
 
 
+@BACKENDS
 async def test_a_stalled_subscriber_blocks_nothing_and_no_line_is_lost(
     client: TestClient, build_dir: Callable[..., Path]
 ) -> None:
@@ -131,6 +134,7 @@ async def test_a_stalled_subscriber_blocks_nothing_and_no_line_is_lost(
         stalled.close()
 
 
+@BACKENDS
 async def test_cancel_mid_build_leaves_nothing(
     client: TestClient,
     settings: Settings,
@@ -180,6 +184,7 @@ async def test_cancel_of_a_queued_job_means_it_never_starts(
         assert container_events(docker_client, queued, t0) == []
 
 
+@BACKENDS
 async def test_timeout_ends_the_job_as_timed_out(
     client: TestClient, build_dir: Callable[..., Path], docker_client: docker.DockerClient
 ) -> None:

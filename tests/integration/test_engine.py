@@ -28,7 +28,7 @@ from orchestrator import (
 from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
 
 from ..conftest import Recorder
-from .conftest import job_containers, job_id
+from .conftest import BACKENDS, job_containers, job_id
 
 pytestmark = pytest.mark.docker
 
@@ -50,6 +50,7 @@ def marked_processes(marker: str) -> list[str]:
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
 
 
+@BACKENDS
 async def test_c_program_builds_and_returns_its_package(
     engine: Engine,
     recorder: Recorder,
@@ -101,6 +102,7 @@ async def test_wrong_checksum_fails_with_makepkgs_error(
     assert result.artifacts == ()
 
 
+@BACKENDS
 async def test_output_arrives_while_the_build_runs(
     engine: Engine, recorder: Recorder, build_dir: Callable[..., Path]
 ) -> None:
@@ -118,6 +120,7 @@ async def test_output_arrives_while_the_build_runs(
     assert tocks == [f"tock {i}" for i in range(1, 7)]
 
 
+@BACKENDS
 async def test_no_line_is_lost_when_the_container_exits_in_a_burst(
     engine: Engine, recorder: Recorder, build_dir: Callable[..., Path]
 ) -> None:
@@ -131,6 +134,7 @@ async def test_no_line_is_lost_when_the_container_exits_in_a_burst(
     assert "flood-end" in recorder.lines("stderr")
 
 
+@BACKENDS
 @pytest.mark.parametrize("grace_s", [0.0, 1.0])
 async def test_cancel_kills_the_container_and_every_process(
     settings: Settings,
@@ -177,6 +181,7 @@ async def test_cancel_kills_the_container_and_every_process(
     assert [p.name for p in leftovers if p.name != "caches.json"] == []
 
 
+@BACKENDS
 async def test_cancel_before_start_means_the_container_never_starts(
     engine: Engine,
     recorder: Recorder,
@@ -191,6 +196,7 @@ async def test_cancel_before_start_means_the_container_never_starts(
     assert container_events(docker_client, job, t0) == []
 
 
+@BACKENDS
 async def test_timeout_kills_the_build(
     engine: Engine,
     recorder: Recorder,

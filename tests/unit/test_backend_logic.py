@@ -197,5 +197,5 @@ def test_the_backend_setting_picks_the_engine_by_name() -> None:
 
 
 def test_an_unknown_backend_is_an_error_naming_the_known_ones() -> None:
-    with pytest.raises(UnknownBackend, match=r"unknown backend 'podman'.*docker, fake"):
+    with pytest.raises(UnknownBackend, match=r"unknown backend 'podman'.*docker, swarm, fake"):
         open_backend(Settings(backend="podman"))

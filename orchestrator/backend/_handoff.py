@@ -1,0 +1,224 @@
+"""How a swarm task gets its inputs and sends its files back, with no shared filesystem and no
+call into its container: a small HTTP listener of this service, one exchange per step.
+
+A task may land on any node, and a manager offers no copy into or out of a task's container. So
+the task's wrapper (``wrapper_command``) fetches its inputs from here at its start and PUTs a tar
+of each output path here before it exits. Each step has its own random token, never the API
+token; the listener is separate from the API so the API can stay on loopback while this one
+listens where tasks reach it (the docker0 gateway by default: tasks on this node only).
+
+Treated as hostile input, like an upload: the token is compared in constant time, inputs are
+served once, each output is accepted once and cut at the artifact cap, unknown steps are 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from typing import IO
+
+from aiohttp import web
+
+from ..archive import spooled
+from ..errors import ArchiveTooLarge, ContainerGone
+
+_READ_BYTES = 1 << 20
+_TAR_SLACK_BYTES = 1 << 20  # tar's own headers and padding beyond the files' bytes
+_BODY_TIMEOUT_S = 600.0
+
+
+@dataclass
+class _Exchange:
+    token: str
+    inputs: IO[bytes] | None
+    outputs: tuple[str, ...]
+    fetched: bool = False
+    received: dict[int, IO[bytes]] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)  # an output we turned away, and why
+
+
+class Handoff:
+    def __init__(self, host: str, port: int, callback_url: str | None, max_bytes: int) -> None:
+        self._host, self._port = host, port
+        self._callback_url = callback_url
+        self._max_bytes = max_bytes
+        self._steps: dict[str, _Exchange] = {}
+        self._runner: web.AppRunner | None = None
+        self._starting = asyncio.Lock()
+        self.url = ""
+
+    async def start(self) -> None:
+        async with self._starting:
+            if self._runner is not None:
+                return
+            app = web.Application()
+            app.router.add_get("/steps/{handle}/inputs", self._get_inputs)
+            app.router.add_put("/steps/{handle}/outputs/{index:[0-9]{1,2}}", self._put_output)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, self._host, self._port)
+            await site.start()
+            self._runner = runner
+            port = runner.addresses[0][1]
+            host = f"[{self._host}]" if ":" in self._host else self._host
+            self.url = (self._callback_url or f"http://{host}:{port}").rstrip("/")
+
+    def open(self, handle: str, inputs: IO[bytes] | None, outputs: tuple[str, ...]) -> str:
+        """Expect ``handle``'s task: serve ``inputs`` (ours now) once, take ``outputs`` back."""
+        token = secrets.token_urlsafe(32)
+        self._steps[handle] = _Exchange(token, inputs, outputs)
+        return token
+
+    def output(self, handle: str, path: str, max_bytes: int | None) -> IO[bytes]:
+        """The tar the task sent for ``path``; ``ContainerGone`` if none came."""
+        step = self._steps.get(handle)
+        wanted = path.removesuffix("/.").rstrip("/") or "/"
+        if step is None or wanted not in step.outputs:
+            raise ContainerGone(f"step {handle} sends back no {path} (not asked for at setup)")
+        index = step.outputs.index(wanted)
+        if index in step.refused:
+            raise ArchiveTooLarge(step.refused[index], limit_bytes=self._max_bytes)
+        tar = step.received.get(index)
+        if tar is None:
+            raise ContainerGone(f"the task of step {handle} sent no {wanted} back")
+        cap = self._max_bytes if max_bytes is None else max_bytes
+        size = tar.seek(0, 2)
+        if size > cap + _TAR_SLACK_BYTES:
+            raise ArchiveTooLarge(f"{wanted} is larger than {cap} bytes", limit_bytes=cap)
+        tar.seek(0)
+        # Handed over once: the caller closes it.
+        del step.received[index]
+        return tar
+
+    def drop(self, handle: str) -> None:
+        step = self._steps.pop(handle, None)
+        if step is None:
+            return
+        for f in (step.inputs, *step.received.values()):
+            if f is not None:
+                f.close()
+
+    async def close(self) -> None:
+        for handle in list(self._steps):
+            self.drop(handle)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _authorized(self, request: web.Request) -> tuple[str, _Exchange]:
+        handle = request.match_info["handle"]
+        step = self._steps.get(handle)
+        if step is None:
+            raise web.HTTPNotFound(text="no such step\n")
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {step.token}".encode()):
+            raise web.HTTPForbidden(text="wrong token\n")
+        return handle, step
+
+    async def _get_inputs(self, request: web.Request) -> web.StreamResponse:
+        _handle, step = self._authorized(request)
+        if step.fetched or step.inputs is None:
+            raise web.HTTPGone(text="inputs already fetched\n")
+        step.fetched = True  # once, even if this answer breaks off: the task starts over
+        inputs = step.inputs
+        response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+        response.content_length = inputs.seek(0, 2)
+        inputs.seek(0)
+        await response.prepare(request)
+        while block := await asyncio.to_thread(inputs.read, _READ_BYTES):
+            await response.write(block)
+        await response.write_eof()
+        step.inputs = None
+        inputs.close()
+        return response
+
+    async def _put_output(self, request: web.Request) -> web.Response:
+        _handle, step = self._authorized(request)
+        index = int(request.match_info["index"])
+        if index >= len(step.outputs):
+            raise web.HTTPNotFound(text="no such output\n")
+        if index in step.received or index in step.refused:
+            raise web.HTTPConflict(text="already sent\n")
+        limit = self._max_bytes + _TAR_SLACK_BYTES
+        too_large = (
+            f"the packages are larger than {self._max_bytes} bytes "
+            "(ORCHESTRATOR_MAX_ARTIFACT_BYTES)"
+        )
+        if (request.content_length or 0) > limit:
+            step.refused[index] = too_large
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=limit, actual_size=request.content_length or 0
+            )
+        out = spooled()
+        try:
+            async with asyncio.timeout(_BODY_TIMEOUT_S):
+                while block := await request.content.read(_READ_BYTES):
+                    if out.tell() + len(block) > limit:
+                        step.refused[index] = too_large
+                        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1)
+                    await asyncio.to_thread(out.write, block)
+        except BaseException:
+            out.close()
+            raise
+        if self._steps.get(request.match_info["handle"]) is not step:
+            out.close()  # destroyed meanwhile
+            raise web.HTTPNotFound(text="no such step\n")
+        step.received[index] = out
+        return web.Response(status=201, text="ok\n")
+
+
+# The task's command: bash (every build image has it, with curl and tar) wraps the step's own.
+# Inputs come first, from the URL or from a config file; the outputs go back after the command,
+# whatever its exit code (the cache report matters most when a build failed). The token leaves
+# the environment before the command runs; a build that digs it out of /proc can only spoil its
+# own results.
+_WRAPPER = r"""set -u -o pipefail
+url=$ORCHESTRATOR_STEP_URL
+auth="Authorization: Bearer $ORCHESTRATOR_STEP_TOKEN"
+unset ORCHESTRATOR_STEP_URL ORCHESTRATOR_STEP_TOKEN
+if [ -n "${ORCHESTRATOR_STEP_DIR:-}" ]; then
+  mkdir -p "$ORCHESTRATOR_STEP_DIR" && cd "$ORCHESTRATOR_STEP_DIR" || exit 125
+fi
+unset ORCHESTRATOR_STEP_DIR
+case "${ORCHESTRATOR_STEP_INPUTS:-}" in
+  "") ;;
+  fetch) curl -fsS --retry 5 --retry-connrefused -H "$auth" "$url/inputs" | tar -x -f - \
+           || { echo "orchestrator: could not fetch the step's inputs from $url" >&2; exit 125; } ;;
+  *) tar -x -f "$ORCHESTRATOR_STEP_INPUTS" \
+           || { echo "orchestrator: could not unpack the step's inputs" >&2; exit 125; } ;;
+esac
+unset ORCHESTRATOR_STEP_INPUTS
+"$@"
+code=$?
+i=0
+for out in ${ORCHESTRATOR_STEP_OUTPUTS:-}; do
+  if [ -d "$out" ]; then tar -c -f - -C "$out" .; else tar -c -f - -T /dev/null; fi \
+    | curl -fsS --retry 3 -T - -H "$auth" -H "Content-Type: application/x-tar" \
+        "$url/outputs/$i" >/dev/null \
+    || echo "orchestrator: could not send $out back" >&2
+  i=$((i + 1))
+done
+exit $code
+"""
+
+
+def wrapper_command(command: tuple[str, ...]) -> list[str]:
+    return ["bash", "-c", _WRAPPER, "orchestrator-step", *command]
+
+
+def wrapper_env(
+    url: str, handle: str, token: str, inputs: str | None, outputs: tuple[str, ...]
+) -> dict[str, str]:
+    """``inputs``: "fetch" (from the URL), a file's path in the task, or None."""
+    if any(not p.startswith("/") or any(c.isspace() for c in p) for p in outputs):
+        raise ValueError(f"output paths must be absolute, without blanks: {outputs}")
+    env = {
+        "ORCHESTRATOR_STEP_URL": f"{url}/steps/{handle}",
+        "ORCHESTRATOR_STEP_TOKEN": token,
+        "ORCHESTRATOR_STEP_OUTPUTS": " ".join(outputs),
+    }
+    if inputs is not None:
+        env["ORCHESTRATOR_STEP_INPUTS"] = inputs
+    return env

@@ -1,0 +1,153 @@
+"""What a swarm step is in Swarm's terms, and how to read its tasks and nodes: the pure part of
+the swarm engine (``swarm.py`` makes the calls)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import IO, Any
+
+from docker.types import (
+    ConfigReference,
+    ContainerSpec,
+    DriverConfig,
+    Mount,
+    Placement,
+    Resources,
+    RestartPolicy,
+    ServiceMode,
+    TaskTemplate,
+)
+
+from ..archive import spooled
+from ..settings import Settings
+from . import Step
+from ._handoff import wrapper_command
+
+SEALED_NETWORK = "orchestrator-sealed"  # an internal overlay: Swarm has no "none" network
+INPUTS_FILE = "/run/orchestrator-inputs.tar"
+
+
+def service_kwargs(
+    handle: str,
+    step: Step,
+    image_id: str,
+    env: Mapping[str, str],
+    config_id: str | None,
+    gpu_nodes: list[dict[str, Any]],
+    settings: Settings,
+) -> dict[str, Any]:
+    """The ``create_service`` arguments: the sandbox every build runs in, in Swarm's terms."""
+    mounts = [Mount("/tmp", None, type="tmpfs", tmpfs_size=step.tmp_bytes, tmpfs_mode=0o1777)]
+    configs = []
+    if config_id:
+        configs.append(ConfigReference(config_id, f"{handle}-inputs", filename=INPUTS_FILE))
+    spec = ContainerSpec(
+        # By its id: a task never asks a registry, and every node must hold the same image
+        # (docker save | docker load keeps the id).
+        image=image_id,
+        command=wrapper_command(step.command),
+        env={**step.env, **env},
+        # Under a read-only root the inputs go to a folder in the in-memory /tmp: a tmpfs
+        # mount elsewhere would be root's (Swarm's tmpfs options have a mode that 20.10
+        # ignores, and no owner).
+        workdir="/tmp" if step.read_only else step.workdir,
+        user=step.user,
+        labels=dict(step.labels),  # on the task's container too: found by label anywhere
+        mounts=mounts,
+        configs=configs or None,
+        read_only=step.read_only,
+        init=True,
+        cap_drop=["ALL"],
+        stop_grace_period=int(settings.kill_grace_s * 1e9),
+    )
+    resources = Resources(
+        cpu_limit=int(step.cpus * 1e9) if step.cpus else None,
+        mem_limit=step.memory_bytes,
+        cpu_reservation=int(step.cpus * 1e9) if step.cpus else None,
+        mem_reservation=step.memory_bytes,
+        generic_resources=gpu_request(gpu_nodes) if step.gpus else None,
+    )
+    if step.pids_limit:  # API 1.41; docker-py has no argument for it
+        resources.setdefault("Limits", {})["Pids"] = step.pids_limit
+    constraints = []
+    if step.gpus and not gpu_request(gpu_nodes):
+        constraints.append(f"node.labels.{settings.swarm_gpu_label}==true")
+    attempts = settings.swarm_restart_attempts
+    restart = RestartPolicy(
+        condition="on-failure" if attempts else "none", max_attempts=attempts or 0
+    )
+    log = DriverConfig(
+        "json-file", {"max-size": str(step.log_max_bytes)} if step.log_max_bytes else {}
+    )
+    template = TaskTemplate(
+        container_spec=spec,
+        resources=resources,
+        restart_policy=restart,
+        placement=Placement(constraints=constraints or None),
+        log_driver=log,
+    )
+    return {
+        "task_template": template,
+        "name": handle,
+        "labels": dict(step.labels),
+        "mode": ServiceMode("replicated", replicas=1),
+        "networks": None if step.network else [SEALED_NETWORK],
+    }
+
+
+def usable(node: Mapping[str, Any]) -> bool:
+    spec, status = node.get("Spec") or {}, node.get("Status") or {}
+    return spec.get("Availability") == "active" and status.get("State") == "ready"
+
+
+def gpu_resources(node: Mapping[str, Any]) -> list[str]:
+    described = (node.get("Description") or {}).get("Resources") or {}
+    kinds = []
+    for resource in described.get("GenericResources") or []:
+        for spec in resource.values():
+            kind = str(spec.get("Kind") or "")
+            if "gpu" in kind.lower():
+                kinds.append(kind)
+    return kinds
+
+
+def gpu_request(gpu_nodes: list[dict[str, Any]]) -> dict[str, int | str] | None:
+    kinds = sorted({k for n in gpu_nodes for k in gpu_resources(n)})
+    return {kinds[0]: 1} if kinds else None
+
+
+def task_state(task: Mapping[str, Any]) -> str:
+    return str((task.get("Status") or {}).get("State") or "")
+
+
+def failed(task: Mapping[str, Any]) -> bool:
+    """Ended by its own command with a non-zero code (what a restart policy retries)."""
+    return task_state(task) == "failed" and bool(exit_code(task))
+
+
+def exit_code(task: Mapping[str, Any]) -> int | None:
+    status = task.get("Status") or {}
+    container = status.get("ContainerStatus") or {}
+    if not container.get("ContainerID") or "ExitCode" not in container:
+        return None
+    if status.get("State") not in ("complete", "failed"):
+        return None
+    return int(container["ExitCode"])
+
+
+def spooled_copy(inputs: IO[bytes]) -> IO[bytes]:
+    # Ours to serve later: the caller closes its own as soon as setup returns.
+    out = spooled()
+    inputs.seek(0)
+    while block := inputs.read(1 << 20):
+        out.write(block)
+    out.seek(0)
+    return out
+
+
+def no_image(image: str) -> str:
+    hint = " --cuda" if "cuda" in image else ""
+    return (
+        f"build image {image!r} is not on this swarm manager (images are never pulled; make "
+        f"it with 'images/bootstrap{hint}' and load it on every node with docker save/load)"
+    )

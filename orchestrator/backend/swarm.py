@@ -1,0 +1,437 @@
+"""Docker Swarm behind the ``Backend`` interface: a step is one service with one task.
+
+Only what a manager offers is used (services, tasks, nodes, configs, networks, service logs, and
+the manager's own image list for what the health check and the runner ask of an image), never a
+call to a node-local container, so a task may land on any node; ``tests/unit/test_swarm.py``
+enforces it. Inputs and packages travel over this service's own listener (``_handoff.py``), the
+output through the service logs API (``_servicelogs.py``); the service's spec and the reading
+of tasks and nodes are in ``_swarmspec.py``.
+
+The service is ``replicated`` with one replica and restart condition ``none`` (or ``on-failure``
+for ``swarm_restart_attempts``), not ``replicated-job``: on 20.10 removing a job service leaves
+its running task's container running, which would make cancel a lie. Removing a replicated
+service stops its task (SIGTERM, SIGKILL after the stop grace) and the task record goes once its
+node reports the container stopped, which is how ``kill`` knows no process is left on any node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+
+import docker
+import docker.errors
+import requests
+
+from ..errors import (
+    BackendError,
+    BackendUnavailable,
+    ContainerGone,
+    ImageNotFound,
+    NoPlacement,
+    StepLost,
+)
+from ..settings import Settings
+from . import ExitStatus, Step
+from . import _swarmspec as spec
+from ._handoff import Handoff, wrapper_env
+from ._servicelogs import ServiceOutput
+from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
+from .docker import _client, _retrying, _unreachable
+
+T = TypeVar("T")
+
+MAX_CONFIG_BYTES = 500 * 1000  # Swarm's limit for a config
+_POLL_S = 0.25
+_NODE_CHECK_S = 1.0
+_GONE_TIMEOUT_S = 60.0
+_ENDED = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned", "remove"})
+
+
+@dataclass
+class _Planned:
+    """A step set up but not started: the service to create, and what to remove with it."""
+
+    create: dict[str, Any]
+    config_id: str | None = None
+
+
+class SwarmBackend:
+    name = "swarm"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        try:
+            self._client = _client(settings, settings.docker_timeout_s)
+            self._long = _client(settings, None).api  # log reads last as long as a build
+        except docker.errors.DockerException as exc:
+            raise BackendUnavailable(_unreachable(settings, exc)) from exc
+        self._api = self._client.api
+        self._pool = ThreadPoolExecutor(
+            max_workers=3 * settings.max_concurrent_builds + 8, thread_name_prefix="swarm"
+        )
+        self._handoff: Handoff | None = None
+        self._planned: dict[str, _Planned] = {}
+        self._ends: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._running: dict[str, threading.Event] = {}  # set once the task has run
+        self._killed: set[str] = set()
+        self._lost: dict[str, str] = {}  # handle → why we stopped it ourselves (its node)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any, idempotent: bool = True) -> T:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._call, fn, *args, idempotent=idempotent)
+        return await loop.run_in_executor(self._pool, call)
+
+    def _call(self, fn: Callable[..., T], *args: Any, idempotent: bool) -> T:
+        try:
+            return _retrying(idempotent)(fn, *args)
+        except docker.errors.NotFound as exc:
+            raise ContainerGone(str(exc.explanation or exc)) from exc
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or exc)
+            if "not a swarm manager" in text or "swarm mode" in text:
+                raise BackendUnavailable(
+                    f"the Docker engine is not a swarm manager ({text}): run the service on a "
+                    "manager node ('docker swarm init' makes this one a one-node swarm)"
+                ) from exc
+            raise BackendError(f"swarm: {text}") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise BackendUnavailable(_unreachable(self._settings, exc)) from exc
+        except requests.exceptions.RequestException as exc:
+            raise BackendError(f"swarm did not answer in time: {exc}") from exc
+        except docker.errors.DockerException as exc:
+            raise BackendError(f"swarm: {exc}") from exc
+
+    async def _ensure_handoff(self) -> Handoff:
+        if self._handoff is None:
+            listen = self._settings.swarm_listen
+            if listen:
+                host, _, port = listen.rpartition(":")
+                host = host.strip("[]")
+            else:
+                host, port = await self._run(self._bridge_gateway), "0"
+            self._handoff = Handoff(
+                host,
+                int(port),
+                self._settings.swarm_callback_url,
+                self._settings.max_artifact_bytes,
+            )
+        await self._handoff.start()
+        return self._handoff
+
+    def _bridge_gateway(self) -> str:
+        # Tasks without a network of their own get the node's default bridge; its gateway is
+        # this host as they see it (and reachable from nowhere else).
+        bridge = self._api.inspect_network("bridge")
+        for config in (bridge.get("IPAM") or {}).get("Config") or []:
+            if config.get("Gateway"):
+                return str(config["Gateway"])
+        return "172.17.0.1"
+
+    # -- what the runner asks of the engine -------------------------------------------------
+
+    async def ping(self) -> None:
+        info = await self._run(self._client.info)
+        swarm = info.get("Swarm") or {}
+        if not swarm.get("ControlAvailable"):
+            raise BackendUnavailable(
+                "the Docker engine is not a swarm manager (ORCHESTRATOR_BACKEND=swarm): run "
+                "the service on a manager node ('docker swarm init' makes this one a "
+                "one-node swarm)"
+            )
+
+    async def image_present(self, image: str) -> bool:
+        try:
+            await self._run(self._client.images.get, image)
+        except (ContainerGone, BackendError):
+            return False
+        return True
+
+    async def image_labels(self, image: str) -> Mapping[str, str]:
+        try:
+            found = await self._run(self._client.images.get, image)
+        except ContainerGone:
+            raise ImageNotFound(spec.no_image(image)) from None
+        return dict(found.labels or {})
+
+    async def gpu_runtime(self) -> bool:
+        return any(self._has_gpu(n) for n in await self._nodes())
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        nodes = await self._run(self._api.nodes)
+        return [n for n in nodes if spec.usable(n)]
+
+    def _has_gpu(self, node: Mapping[str, Any]) -> bool:
+        labels = (node.get("Spec") or {}).get("Labels") or {}
+        if labels.get(self._settings.swarm_gpu_label) == "true":
+            return True
+        return bool(spec.gpu_resources(node))
+
+    # -- one step ---------------------------------------------------------------------------
+
+    async def setup(self, step: Step) -> str:
+        nodes = await self._nodes()
+        if not nodes:
+            raise NoPlacement("no swarm node is ready and active to take the build")
+        gpu_nodes = [n for n in nodes if self._has_gpu(n)]
+        if step.gpus and not gpu_nodes:
+            raise NoPlacement(
+                "the build needs a GPU and no active swarm node has one: label a GPU node "
+                f"with 'docker node update --label-add {self._settings.swarm_gpu_label}=true "
+                "NODE' (or advertise a generic GPU resource)"
+            )
+        try:
+            image = await self._run(self._client.images.get, step.image)
+        except ContainerGone:
+            raise ImageNotFound(spec.no_image(step.image)) from None
+        if not step.network and step.outputs:
+            raise BackendError("on swarm a step without network cannot send files back")
+        handle = f"orch-{secrets.token_hex(10)}"
+        inputs = await asyncio.to_thread(spec.spooled_copy, step.inputs) if step.inputs else None
+        planned = _Planned({})
+        try:
+            source: str | None = None
+            if inputs is not None and step.network:
+                source = "fetch"
+            elif inputs is not None:
+                planned.config_id = await self._sealed_inputs(handle, step, inputs)
+                inputs.close()
+                inputs, source = None, INPUTS_FILE
+            handoff = await self._ensure_handoff()
+            token = handoff.open(handle, inputs, step.outputs)
+            if not step.network:
+                await self._run(self._sealed_network)
+            env = wrapper_env(handoff.url, handle, token, source, step.outputs)
+            if step.read_only:
+                env["ORCHESTRATOR_STEP_DIR"] = "/tmp/" + step.workdir.strip("/").replace("/", "-")
+            planned.create = spec.service_kwargs(
+                handle, step, str(image.id), env, planned.config_id, gpu_nodes, self._settings
+            )
+        except BaseException:
+            if inputs is not None:
+                inputs.close()
+            await self._forget(handle, planned)
+            raise
+        self._planned[handle] = planned
+        return handle
+
+    async def _sealed_inputs(self, handle: str, step: Step, inputs: IO[bytes]) -> str:
+        data = inputs.read()
+        if len(data) > MAX_CONFIG_BYTES:
+            raise BackendError(
+                f"on swarm a step without network takes its inputs as a config, at most "
+                f"{MAX_CONFIG_BYTES} bytes ({len(data)} here)"
+            )
+        created = await self._run(
+            functools.partial(
+                self._api.create_config, f"{handle}-inputs", data, labels=dict(step.labels)
+            ),
+            idempotent=False,
+        )
+        return str(created["ID"])
+
+    def _sealed_network(self) -> None:
+        if self._api.networks(names=[SEALED_NETWORK]):
+            return
+        with contextlib.suppress(docker.errors.APIError):  # made meanwhile by another
+            self._api.create_network(
+                SEALED_NETWORK, driver="overlay", internal=True, check_duplicate=True
+            )
+
+    async def start(self, handle: str) -> ServiceOutput:
+        planned = self._planned.get(handle)
+        if planned is None:
+            raise ContainerGone(f"step {handle} is not set up (or was destroyed)")
+        await self._run(
+            functools.partial(self._api.create_service, **planned.create), idempotent=False
+        )
+        running = self._running.setdefault(handle, threading.Event())
+        end = asyncio.ensure_future(self._watch(handle))
+        self._ends[handle] = end
+        return ServiceOutput(
+            functools.partial(self._open_logs, handle), self._pool, asyncio.shield(end), running
+        )
+
+    def _open_logs(self, handle: str, follow: bool) -> Any:
+        params = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": int(follow)}
+        api = self._long  # a requests.Session on the manager's socket
+        response = api.get(f"{api.base_url}/services/{handle}/logs", params=params, stream=True)
+        if response.status_code == 404:
+            response.close()
+            raise ContainerGone(f"service {handle} is gone")
+        response.raise_for_status()
+        return response
+
+    async def _watch(self, handle: str) -> dict[str, Any]:
+        """Poll the service's tasks until the step has ended; its last task."""
+        attempts = self._settings.swarm_restart_attempts
+        checked = 0.0
+        while True:
+            try:
+                tasks: list[dict[str, Any]] = await self._run(
+                    functools.partial(self._api.tasks, filters={"service": handle})
+                )
+            except ContainerGone:  # the service was removed: killed, or by someone else
+                return {"Status": {"State": "remove", "Err": "the service was removed"}}
+            tasks.sort(key=lambda t: str(t.get("CreatedAt") or ""))
+            # The task to follow: the first, or the one Swarm made to run it again after it
+            # failed by itself. A task Swarm moves elsewhere (its node drained) is not followed:
+            # the build's output so far would be told twice.
+            index = 0
+            while index + 1 < len(tasks) and index < attempts and spec.failed(tasks[index]):
+                index += 1
+            if tasks:
+                task: dict[str, Any] = tasks[index]
+                state = spec.task_state(task)
+                if state == "running" or state in _ENDED:
+                    self._running[handle].set()
+                if state == "complete":
+                    return task
+                if state in _ENDED and not (spec.failed(task) and index < attempts):
+                    return task
+                node_id = task.get("NodeID")
+                now = time.monotonic()
+                if node_id and state not in _ENDED and now - checked >= _NODE_CHECK_S:
+                    checked = now
+                    if why := await self._node_trouble(str(node_id)):
+                        self._lost[handle] = why
+                        await self.kill(handle)
+                        return task
+            await asyncio.sleep(_POLL_S)
+
+    async def _node_trouble(self, node_id: str) -> str | None:
+        try:
+            node = await self._run(self._api.inspect_node, node_id)
+        except ContainerGone:
+            return f"the node running the build ({node_id[:12]}) left the swarm"
+        name = (node.get("Description") or {}).get("Hostname") or node_id[:12]
+        if (node.get("Spec") or {}).get("Availability") == "drain":
+            return f"the node running the build ({name}) was drained; the build was stopped"
+        if (node.get("Status") or {}).get("State") == "down":
+            return f"the node running the build ({name}) went down; the build was stopped"
+        return None
+
+    async def wait(self, handle: str) -> ExitStatus:
+        end = self._ends.get(handle)
+        if end is None:
+            raise ContainerGone(f"step {handle} was not started")
+        task = await asyncio.shield(end)
+        if why := self._lost.get(handle):
+            raise StepLost(why)
+        status = task.get("Status") or {}
+        state, err = str(status.get("State")), str(status.get("Err") or status.get("Message"))
+        code = spec.exit_code(task)
+        if state in ("complete", "failed") and code is not None:
+            return ExitStatus(code)
+        if handle in self._killed:
+            return ExitStatus(137)
+        if "No such image" in err:
+            raise ImageNotFound(f"a swarm node lacks the build image: {err}")
+        node = task.get("NodeID")
+        if state == "shutdown" and node and (why := await self._node_trouble(str(node))):
+            raise StepLost(why)
+        raise StepLost(f"swarm ended the build's task ({state}): {err}")
+
+    async def collect(self, handle: str, path: str, max_bytes: int | None = None) -> IO[bytes]:
+        if self._handoff is None:
+            raise ContainerGone(f"step {handle} sent nothing back")
+        return self._handoff.output(handle, path, max_bytes)
+
+    async def kill(self, handle: str, grace_s: float = 0.0) -> None:
+        """``service rm``: the task gets SIGTERM, then SIGKILL after the stop grace set at
+        creation (``kill_grace_s``); returns once no task of it is left on any node."""
+        self._killed.add(handle)
+        await self._run(self._remove_service, handle, grace_s)
+
+    def _remove_service(self, handle: str, grace_s: float) -> None:
+        try:
+            tasks = [str(t["ID"]) for t in self._api.tasks(filters={"service": handle})]  # type: ignore[no-untyped-call]
+        except docker.errors.APIError:
+            tasks = []  # a missing service is an error for this filter
+        with contextlib.suppress(docker.errors.NotFound):
+            self._api.remove_service(handle)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + grace_s + _GONE_TIMEOUT_S
+        for task in tasks:
+            while time.monotonic() < deadline:
+                try:
+                    self._api.inspect_task(task)  # type: ignore[no-untyped-call]
+                except docker.errors.NotFound:
+                    break  # the task record goes once its container is gone
+                time.sleep(0.1)
+            else:
+                raise BackendError(f"the task of {handle} was not gone within the deadline")
+
+    async def destroy(self, handle: str) -> None:
+        await self.kill(handle)
+        self._running.pop(handle, None)
+        end = self._ends.pop(handle, None)
+        if end is not None:
+            end.cancel()
+        await self._forget(handle, self._planned.pop(handle, None))
+
+    async def _forget(self, handle: str, planned: _Planned | None) -> None:
+        if self._handoff is not None:
+            self._handoff.drop(handle)
+        self._killed.discard(handle)
+        self._lost.pop(handle, None)
+        if planned is not None and planned.config_id:
+            with contextlib.suppress(ContainerGone):
+                await self._run(self._api.remove_config, planned.config_id)
+
+    async def reap(self, labels: Mapping[str, str]) -> list[str]:
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+        services = await self._run(functools.partial(self._api.services, filters=filters))
+        names = [str(s["Spec"]["Name"]) for s in services]
+        await asyncio.gather(*(self.destroy(name) for name in names))
+        configs = await self._run(functools.partial(self._api.configs, filters=filters))
+        for config in configs:
+            with contextlib.suppress(ContainerGone):
+                await self._run(self._api.remove_config, config["ID"])
+        return names
+
+    # -- what Swarm cannot do (docs/backends.md) --------------------------------------------
+
+    @property
+    def enforces_disk_limit(self) -> bool:
+        return False
+
+    async def disk_usage(self, handle: str) -> int | None:
+        return None  # only the node's daemon knows its containers' size
+
+    async def path_usage(self, handle: str, path: str) -> int | None:
+        return None  # would need an exec in the task's container
+
+    @property
+    def supports_volumes(self) -> bool:
+        return False  # named volumes are node-local: a cache would be on one node only
+
+    async def create_volume(self, name: str, labels: Mapping[str, str]) -> bool:
+        raise BackendError("build caches are not kept on swarm (volumes are node-local)")
+
+    async def remove_volume(self, name: str) -> None:
+        return None
+
+    async def volume_usage(self, name: str, image: str, labels: Mapping[str, str]) -> int | None:
+        return None
+
+    async def list_volumes(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
+        return {}
+
+    async def close(self) -> None:
+        for end in self._ends.values():
+            end.cancel()
+        if self._handoff is not None:
+            await self._handoff.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._long.close()
+        self._client.close()
