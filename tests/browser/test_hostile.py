@@ -1,0 +1,58 @@
+"""The dashboard against odd addresses and an impatient user, in Chromium (no builds: the
+service answers from its empty store, so these take a few seconds). An empty catalog: the
+shipped one's PKGBUILDs are read by makepkg at start-up, and these tests end before that would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Page, expect
+
+pytestmark = [pytest.mark.docker, pytest.mark.browser]
+
+
+async def test_a_job_address_that_is_not_valid_percent_encoding_shows_not_found(
+    page: Page, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    # decodeURIComponent throws on these; the page must say so, not stay blank (the page
+    # fixture fails the test on any uncaught script error).
+    async with serve(catalog=str(tmp_path)) as service:
+        for tail in ("%", "%E0%A4%A", "%ZZ"):
+            await page.goto(f"{service.url}/jobs/{tail}")
+            await expect(page.locator("h1")).to_have_text("Not found")
+
+
+async def test_escape_on_the_token_prompt_never_leaves_the_page_without_it(
+    page: Page, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    async with serve(api_token="browser-s3cret", catalog=str(tmp_path)) as service:
+        await page.goto(service.url)
+        dialog = page.locator("#token-dialog")
+        await expect(dialog).to_be_visible()
+        for _ in range(3):
+            await page.keyboard.press("Escape")
+            await expect(dialog).to_be_visible()
+        await page.fill("#token-input", "browser-s3cret")
+        await page.keyboard.press("Enter")
+        await expect(dialog).to_be_hidden()
+        await expect(page.locator("main")).to_contain_text("No jobs yet.")
+
+
+async def test_markup_cannot_be_put_into_the_page_as_a_string(
+    page: Page, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Trusted Types: if a future change wrote data with innerHTML, the browser refuses it."""
+    async with serve(catalog=str(tmp_path)) as service:
+        await page.goto(service.url)
+        await expect(page.locator("main")).to_contain_text("No jobs yet.")
+        refused = await page.evaluate(
+            """() => {
+              const box = document.createElement("div");
+              try { box.innerHTML = "<img src=x>"; } catch (e) { return e.name; }
+              return box.childElementCount ? "assigned" : "empty";
+            }"""
+        )
+        assert refused == "TypeError"
