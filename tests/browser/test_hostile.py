@@ -56,3 +56,47 @@ async def test_markup_cannot_be_put_into_the_page_as_a_string(
             }"""
         )
         assert refused == "TypeError"
+
+
+MARKUP = '<img src=x onerror="document.body.dataset.pwned=1">'
+HOSTILE_PKGBUILD = f"""\
+pkgname=markup
+pkgver=1.0
+pkgrel=1
+pkgdesc='{MARKUP} </pre><script>document.body.dataset.pwned=1</script>'
+arch=('any')
+
+build() {{
+    echo '<script>document.body.dataset.pwned=1</script>{MARKUP}'
+    head -c 65536 /dev/zero | tr '\\0' L; echo
+    echo '</span></pre>{MARKUP}' >&2
+}}
+
+package() {{
+    true
+}}
+"""
+
+
+async def test_markup_from_a_build_is_shown_as_text_and_never_runs(
+    page: Page, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    """What the build controls (its log, one 64 KiB line among it, its .SRCINFO) arrives as
+    text: no element is made from it and nothing in it runs. A real build (~10 s)."""
+    src = tmp_path / "markup"
+    src.mkdir()
+    (src / "PKGBUILD").write_text(HOSTILE_PKGBUILD)
+    empty = tmp_path / "catalog"
+    empty.mkdir()
+    async with serve(catalog=str(empty)) as service:
+        job_id = await service.submit(src)
+        await page.goto(f"{service.url}/jobs/{job_id}")
+        await expect(page.locator("#ending")).to_contain_text("succeeded", timeout=120_000)
+        log = page.locator("#log")
+        await expect(log).to_contain_text("<script>document.body.dataset.pwned=1</script>")
+        await expect(log.locator(".stderr").last).to_contain_text(f"</span></pre>{MARKUP}")
+        await expect(page.locator("pre.srcinfo")).to_contain_text(MARKUP)
+        text = await log.evaluate("e => e.textContent")
+        assert "\n" + "L" * 65536 + "\n" in text
+        assert await page.locator("main img, main script").count() == 0
+        assert await page.evaluate("document.body.dataset.pwned") is None
