@@ -4,6 +4,8 @@ shipped one's PKGBUILDs are read by makepkg at start-up, and these tests end bef
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,3 +102,34 @@ async def test_markup_from_a_build_is_shown_as_text_and_never_runs(
         assert "\n" + "L" * 65536 + "\n" in text
         assert await page.locator("main img, main script").count() == 0
         assert await page.evaluate("document.body.dataset.pwned") is None
+
+
+TAR_JS = """async () => {
+  const { tar } = await import('/assets/tar.js');
+  const entries = [
+    // A file dated before 1970 (an odd filesystem, an old archive unpacked as it was).
+    { path: 'PKGBUILD', file: new File(['pkgname=x'], 'PKGBUILD', { lastModified: -5000 }) },
+    // Past ustar's 100-byte name, in two-byte characters, split into prefix and name.
+    { path: 'é'.repeat(60) + '/' + 'ü'.repeat(45), file: new File(['deep'], 'u') },
+    { path: 'after', file: new File(['last'], 'after') },
+  ];
+  return Array.from(new Uint8Array(await (await tar(entries)).arrayBuffer()));
+}"""
+
+
+async def test_the_pages_tar_writer_loses_no_file_to_an_odd_date_or_a_long_name(
+    page: Page, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A header a reader cannot parse ends a tar archive there, silently for Python's tarfile:
+    every file after it would be gone. The page's writer must not make one."""
+    async with serve(catalog=str(tmp_path)) as service:
+        await page.goto(f"{service.url}/submit")
+        data = bytes(await page.evaluate(TAR_JS))
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        files = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}  # type: ignore[union-attr]
+        assert all(m.mtime >= 0 for m in archive.getmembers())
+    assert files == {
+        "PKGBUILD": b"pkgname=x",
+        "é" * 60 + "/" + "ü" * 45: b"deep",
+        "after": b"last",
+    }
