@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
-from typing import IO, Protocol
+from typing import IO, Protocol, Self
 
 from . import _unpack
 from .errors import ArchiveError, ArchiveTooLarge
@@ -121,6 +121,23 @@ class _Raw(Protocol):
     def tell(self) -> int: ...
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile takes a header it cannot parse, anywhere but first, as the archive's end: every
+    member after it would be dropped without a word. Here that is an error."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> Self:
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as exc:  # type: ignore[attr-defined]
+            if tar.offset == 0:
+                raise  # tarfile's own "not a tar" answer, as before
+            # Not a tarfile.HeaderError, so its next() does not swallow it.
+            raise ArchiveError(
+                f"not a readable tar archive: a bad header at byte {tar.offset} ({exc})"
+            ) from exc
+
+
 @contextmanager
 def _open_tar(
     fileobj: IO[bytes], *, max_bytes: int, max_members: int
@@ -141,7 +158,9 @@ def _open_tar(
         stream = _Stream(raw, limit_bytes=limit, max_bytes=max_bytes)
         try:
             tar = stack.enter_context(
-                tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]
+                tarfile.open(  # type: ignore[call-overload]
+                    fileobj=stream, mode="r:", tarinfo=_StrictTarInfo
+                )
             )
         except _READ_ERRORS as exc:
             raise ArchiveError(f"not a readable tar archive: {exc}") from exc

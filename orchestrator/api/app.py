@@ -37,6 +37,7 @@ from .guard import (
     TOKEN_PARAM,
     AccessLogger,
     cross_origin_middleware,
+    harden_response,
     host_middleware,
     host_name,
 )
@@ -104,6 +105,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         middlewares.append(host_middleware(allowed))
     # The access logger is set here, not by whoever runs the app, so no runner logs tokens.
     app = web.Application(middlewares=middlewares, handler_args={"access_log_class": AccessLogger})
+    app.on_response_prepare.append(harden_response)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
 

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote
+
 from aiohttp import web
 
 from ..archive import is_package_name
 from .keys import ENGINE, REGISTRY
 from .wire import Artifact, ArtifactList, artifact_url, respond
+
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9._+@-]")
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` naming ``name`` so that every client saves it under that name or a plain
+    one. The build chose the name: a ``"`` or ``;`` in it would end the quoted ``filename`` early
+    (``a";.pkg.tar`` saved as ``a``), and non-ASCII in a header is read as Latin-1. So the plain
+    ``filename`` keeps only makepkg's own characters (others become ``_``) and ``filename*``
+    (RFC 6266, which browsers and ``curl -J`` prefer) carries the exact name, percent-encoded.
+    """
+    plain = _NOT_PLAIN.sub("_", name)
+    exact = quote(name, safe="", errors="surrogateescape")
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{exact}"
 
 
 async def list_artifacts(request: web.Request) -> web.Response:
@@ -36,6 +53,6 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
         path,
         headers={
             "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Disposition": content_disposition(name),
         },
     )

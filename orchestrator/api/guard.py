@@ -3,8 +3,12 @@
 Cross-origin: with no token on loopback (the compose default) any web page a developer visits
 could otherwise POST here, since a form or a bodiless ``fetch`` needs no CORS preflight. So a
 state-changing request that a browser marks as coming from another origin is refused, whatever
-its token. Non-browser clients (curl, the CLI, CI) send neither header and pass. Reads are not
-refused: we send no CORS headers, so the browser never shows another page what we answered.
+its token. Non-browser clients (curl, the CLI, CI) send neither header and pass. Reads: we send
+no CORS headers, so a page's fetch() never sees what we answered; but a ``<script>``, ``<img>``
+or no-cors fetch still makes us answer, into the other page's process (side channels, and
+whatever the browser's own blocking misses). So a read that the browser says another site's page
+asked for is refused too, unless it is the user opening a link (a top-level navigation), and
+every answer carries ``nosniff`` and ``Cross-Origin-Resource-Policy: same-origin``.
 
 Access log: aiohttp's default line holds the request's whole query, and the stream takes its
 token as ``?access_token=`` (EventSource cannot set headers), so ours redacts it.
@@ -35,7 +39,7 @@ REDACTED = "[redacted]"
 
 
 def cross_origin_refusal(request: web.Request) -> str | None:
-    """Why a browser's request from another origin must not change state here, or None.
+    """Why a browser's request from another origin must not be answered here, or None.
 
     ``Sec-Fetch-Site`` (every browser since 2023; a page's script cannot set it) decides when
     present: the browser compared the origins itself, which stays right behind a proxy that
@@ -44,9 +48,15 @@ def cross_origin_refusal(request: web.Request) -> str | None:
     scheme is not compared, since behind a TLS proxy we cannot see it; X-Forwarded-* headers are
     not trusted. The same rule as Go's ``net/http.CrossOriginProtection``.
     """
-    if request.method in SAFE_METHODS:
-        return None
     fetch_site = request.headers.get("Sec-Fetch-Site")
+    if request.method in SAFE_METHODS:
+        if fetch_site is None or fetch_site.lower() in _TRUSTED_FETCH_SITES:
+            return None
+        mode = request.headers.get("Sec-Fetch-Mode", "").lower()
+        dest = request.headers.get("Sec-Fetch-Dest", "").lower()
+        if mode == "navigate" and dest in ("document", ""):
+            return None  # a link the user followed: the answer goes to the user, not the page
+        return f"Sec-Fetch-Site is {fetch_site!r} and this is no top-level navigation"
     if fetch_site is not None:
         if fetch_site.lower() in _TRUSTED_FETCH_SITES:
             return None
@@ -61,6 +71,18 @@ def cross_origin_refusal(request: web.Request) -> str | None:
     return f"Origin {origin!r} is not this service ({host or 'no Host header'})"
 
 
+RESPONSE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+async def harden_response(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer, the API's JSON, errors and streams included."""
+    for name, value in RESPONSE_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
 @web.middleware
 async def cross_origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     reason = cross_origin_refusal(request)
@@ -69,7 +91,8 @@ async def cross_origin_middleware(request: web.Request, handler: Handler) -> web
             403,
             "cross_origin",
             f"cross-origin {request.method} refused: {reason}. A page from another site may "
-            "not change anything here; call the API from its own origin, or without a browser.",
+            "not read or change anything here; call the API from its own origin, or without a "
+            "browser.",
         )
     return await handler(request)
 

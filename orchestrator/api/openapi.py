@@ -6,7 +6,7 @@ Over the ~400 lines a module should have only because the route table is one lit
 A route names its summary, parameters, request body and, per status, the model that answers
 (a bare string is an ``Error`` with that description). What the guards add is derived from the
 rules they enforce (``guard.py``): a ``401`` on everything under ``/v1/`` when a token is set,
-the stream's ``?access_token=``, and a ``403`` on every method that changes state. Tests check
+the stream's ``?access_token=``, and a ``403`` on every operation (another site's page). Tests check
 the table against the app's routes and real answers against the document.
 """
 
@@ -26,7 +26,7 @@ from pydantic.json_schema import (
 
 from .._version import __version__
 from ..status import JobStatus
-from .guard import API_PREFIX, SAFE_METHODS, STREAM_SUFFIX, TOKEN_PARAM
+from .guard import API_PREFIX, STREAM_SUFFIX, TOKEN_PARAM
 from .wire import (
     ArtifactList,
     BuildSubmitted,
@@ -110,8 +110,8 @@ _NO_JOB = "No such job"
 _QUEUED = "Queued; Location names the job"
 _UNAUTHORIZED = "Missing or wrong bearer token (when a token is configured)"
 _CROSS_ORIGIN = (
-    "A browser request from another origin (Sec-Fetch-Site, or Origin not this Host); "
-    "error `cross_origin`"
+    "A browser request from another site (Sec-Fetch-Site; for a change, also an Origin not this "
+    "Host), other than the user following a link; error `cross_origin`"
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -406,8 +406,7 @@ def _operation(route: Route) -> dict[str, Any]:
         if route.path.endswith(STREAM_SUFFIX):
             # EventSource cannot set headers, so the stream also takes the token in the query.
             op["security"] = [{"bearer": []}, {TOKEN_PARAM: []}]
-    if route.method not in SAFE_METHODS:
-        answers.setdefault(403, _CROSS_ORIGIN)
+    answers.setdefault(403, _CROSS_ORIGIN)
     op["responses"] = {str(status): _answer(answers[status]) for status in sorted(answers)}
     return op
 

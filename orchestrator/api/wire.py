@@ -9,6 +9,7 @@ added here. Timestamps are ISO 8601 strings in UTC, as the stores already write 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
@@ -42,7 +43,8 @@ def job_links(job_id: str) -> dict[str, str]:
 
 
 def artifact_url(job_id: str, name: str) -> str:
-    return f"/v1/jobs/{job_id}/artifacts/{name}"
+    # The build chose the name: a "#", "?" or "%" in it must stay part of the path.
+    return f"/v1/jobs/{job_id}/artifacts/{quote(name, safe='')}"
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -70,8 +70,11 @@ async def running(settings: Settings, client: docker.DockerClient) -> AsyncItera
         yield Service(f"http://127.0.0.1:{server.port}", token, settings)
     finally:
         await server.close()
+    # One that vanishes between the listing and its inspection was removed, not left behind.
     left = client.containers.list(
-        all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
+        all=True,
+        filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"},
+        ignore_removed=True,
     )
     assert left == [], f"containers left behind: {[c.name for c in left]}"
     remove_volumes(client, settings.instance_id)

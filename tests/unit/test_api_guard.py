@@ -221,14 +221,14 @@ async def test_cross_site_cancel_leaves_the_job_running(settings: Settings) -> N
         assert (await mine.json())["status"] == "cancelled"
 
 
-async def test_cross_origin_reads_get_no_cors_headers(settings: Settings) -> None:
-    """Reads need no refusal: with no Access-Control-Allow-Origin the browser hides the answer
-    from the other page, and a preflight for anything beyond a simple request fails."""
+async def test_cross_origin_reads_are_refused_and_get_no_cors_headers(settings: Settings) -> None:
+    """Another site's reads are refused (see test_web for links the user follows), never with
+    Access-Control-Allow-Origin, and a preflight for anything beyond a simple request fails."""
     cross = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
     async with serve(settings) as client:
         for path in ("/v1/jobs", "/v1/jobs/nope/stream", "/v1/jobs/nope/artifacts", "/health"):
             response = await client.get(path, headers=cross)
-            assert response.status != 403, path
+            assert response.status == 403, path
             assert not [h for h in response.headers if h.lower().startswith("access-control-")]
         preflight = await client.options(
             "/v1/jobs",

@@ -130,6 +130,18 @@ def test_garbage_is_an_archive_error(tmp_path: Path) -> None:
         archive.extract(io.BytesIO(b"this is not a tar at all" * 50), tmp_path, max_bytes=10**6)
 
 
+def test_an_unreadable_header_after_the_first_is_an_error_not_the_end(tmp_path: Path) -> None:
+    """tarfile takes a bad header past the first as the archive's end, so every member after
+    it would be dropped without a word (a writer that put a negative date in one did this)."""
+    good = make_tar(file("PKGBUILD", b"pkgname=x"), file("src/a.c"), file("src/b.c")).getvalue()
+    broken = bytearray(good)
+    second = 1024  # PKGBUILD's header and its one data block come first
+    assert broken[second : second + 7] == b"src/a.c"
+    broken[second + 136 : second + 148] = b"-00000000005"  # mtime: not octal
+    with pytest.raises(ArchiveError, match="not a readable tar"):
+        archive.extract(io.BytesIO(bytes(broken)), tmp_path, max_bytes=10**6)
+
+
 def test_pack_dir_sets_owner_and_keeps_modes(tmp_path: Path) -> None:
     (tmp_path / "PKGBUILD").write_text("pkgname=x")
     (tmp_path / "run.sh").write_text("#!/bin/sh")

@@ -132,3 +132,38 @@ async def test_the_pages_own_requests_pass_the_guard_and_another_origins_do_not(
             response = await client.post("/v1/jobs/nope/cancel", headers=headers)
             assert response.status == 403, headers
             assert (await response.json())["error"] == "cross_origin"
+
+
+async def test_another_sites_page_cannot_make_us_answer_a_read_but_a_link_to_us_works(
+    settings: Settings,
+) -> None:
+    """``<script src=/v1/jobs>`` or a no-cors fetch from another site would put our answer in
+    that page's process; only the user following a link (a top-level navigation) is served."""
+    async with serve(settings) as client:
+        for dest, mode in (("script", "no-cors"), ("image", "no-cors"), ("empty", "cors")):
+            for site in ("cross-site", "same-site"):
+                headers = {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": mode, "Sec-Fetch-Dest": dest}
+                for path in ("/v1/jobs", "/v1/catalog/workers", "/v1/jobs/nope/stream"):
+                    response = await client.get(path, headers=headers)
+                    assert response.status == 403, (path, headers)
+                    assert (await response.json())["error"] == "cross_origin"
+        # Following a link from elsewhere, and the page's own calls, still work.
+        link = {
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "navigate",
+            "Sec-Fetch-Dest": "document",
+        }
+        own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
+        for headers in (link, own, {}):
+            for path in ("/jobs/0123abcd", "/v1/jobs"):
+                assert (await client.get(path, headers=headers)).status == 200, (path, headers)
+        framed = {**link, "Sec-Fetch-Dest": "iframe"}
+        assert (await client.get("/v1/jobs", headers=framed)).status == 403
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/nope", "/health", "/nope"])
+async def test_every_answer_is_nosniff_and_same_origin_only(settings: Settings, path: str) -> None:
+    async with serve(settings) as client:
+        response = await client.get(path)
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Cross-Origin-Resource-Policy"] == "same-origin"

@@ -20,6 +20,19 @@ export function authHeaders(extra = {}) {
 }
 
 let asking = null;
+let watching = false;
+
+// Escape would close the dialog and leave every call waiting for a token no one can give.
+// Preventing "cancel" is not enough: Chromium closes anyway on a second Escape with no click
+// in between, so a close while a token is still wanted opens it again.
+function keepAsking(dialog, input) {
+  dialog.addEventListener("cancel", (event) => event.preventDefault());
+  dialog.addEventListener("close", () => {
+    if (!asking) return;
+    dialog.showModal();
+    input.focus();
+  });
+}
 
 // One prompt at a time, however many calls were refused together.
 export function askToken(refused) {
@@ -28,6 +41,10 @@ export function askToken(refused) {
   const form = document.getElementById("token-form");
   const input = document.getElementById("token-input");
   const error = document.getElementById("token-error");
+  if (!watching) {
+    keepAsking(dialog, input);
+    watching = true;
+  }
   error.hidden = !refused;
   error.textContent = refused ? "That token was refused. Try again." : "";
   input.value = "";
@@ -38,13 +55,11 @@ export function askToken(refused) {
       if (!value) return;
       sessionStorage.setItem(KEY, value);
       form.removeEventListener("submit", done);
-      dialog.close();
       asking = null;
+      dialog.close();
       resolve(value);
     };
     form.addEventListener("submit", done);
-    // Escape would close the dialog and leave the page with nothing working: ask again.
-    dialog.addEventListener("cancel", (event) => event.preventDefault(), { once: true });
   });
   dialog.showModal();
   input.focus();

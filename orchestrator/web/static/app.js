@@ -6,10 +6,21 @@ import { jobsPage } from "./jobs.js";
 import { submitPage } from "./submit.js";
 import { h } from "./util.js";
 
+// An address like /jobs/% is not valid percent-encoding: a page saying "Not found", not a
+// script error and a blank page.
+function decoded(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return null;
+  }
+}
+
 function route() {
   const path = location.pathname;
   const job = /^\/jobs\/([^/]+)\/?$/.exec(path);
-  if (job) return ["jobs", (main, signal) => jobPage(main, signal, decodeURIComponent(job[1]))];
+  const id = job && decoded(job[1]);
+  if (id) return ["jobs", (main, signal) => jobPage(main, signal, id)];
   if (path === "/submit") return ["submit", submitPage];
   if (path === "/catalog") return ["catalog", catalogPage];
   if (path === "/") return ["jobs", jobsPage];

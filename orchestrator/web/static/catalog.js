@@ -111,7 +111,7 @@ export function catalogPage(main, signal) {
               },
             }, "Delete")))))
         : h("p", { class: "muted" }, "No models yet."),
-      downloadForm(),
+      form,
       downloads);
   });
 
@@ -158,6 +158,9 @@ export function catalogPage(main, signal) {
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Download")));
   }
 
+  // Made once and moved into each redraw of the list: what the user is typing survives a
+  // download ending (which draws the list again).
+  const form = downloadForm();
   drawCatalog();
   drawWorkers();
   drawModels().then(async () => {

@@ -23,7 +23,7 @@ export function jobPage(main, signal, id) {
   const meta = h("dl", { class: "meta" });
   const srcinfo = h("pre", { class: "srcinfo" });
   const srcinfoBox = h("details", { hidden: true }, h("summary", {}, ".SRCINFO"), srcinfo);
-  const ending = h("div", { id: "ending", role: "status", "aria-live": "polite" });
+  const ending = h("div", { id: "ending", role: "status", "aria-live": "polite", tabindex: "-1" });
   const artifacts = h("ul", { class: "artifacts" });
   const artifactsBox = h("section", { "aria-labelledby": "artifacts-title", hidden: true },
     h("h2", { id: "artifacts-title" }, "Packages"), artifacts);
@@ -55,6 +55,7 @@ export function jobPage(main, signal, id) {
 
   function show(job) {
     status.replaceChildren(statusBadge(job.status));
+    const focusGone = document.activeElement === cancel && !isActive(job.status);
     cancel.hidden = !isActive(job.status);
     document.title = `${packageName(job)} · ${job.status} · orchestrator`;
     meta.replaceChildren();
@@ -78,6 +79,8 @@ export function jobPage(main, signal, id) {
       ending.className = `ending status-${job.status}`;
       ending.replaceChildren(h("p", {}, statusBadge(job.status), " ", job.reason || ""));
     }
+    // The Cancel that held focus is hidden: the ending it brought takes it, not <body>.
+    if (focusGone) ending.focus();
     artifacts.replaceChildren(...job.artifacts.map((a) =>
       h("li", {},
         h("button", {
@@ -108,12 +111,14 @@ export function jobPage(main, signal, id) {
   const ticker = setInterval(() => { if (!cancel.hidden) load(); }, 5000);
   signal.addEventListener("abort", () => clearInterval(ticker));
 
+  // aria-disabled, not disabled: a disabled button drops the keyboard focus.
   cancel.addEventListener("click", async () => {
-    cancel.disabled = true;
+    if (cancel.getAttribute("aria-disabled")) return;
+    cancel.setAttribute("aria-disabled", "true");
     cancel.textContent = "Cancelling…";
     const job = await cancelJob(id);
     if (job) show(job);
-    cancel.disabled = false;
+    cancel.removeAttribute("aria-disabled");
     cancel.textContent = "Cancel";
   });
 

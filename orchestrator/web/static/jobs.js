@@ -81,21 +81,28 @@ export function jobsPage(main, signal) {
     setText(took, duration(job));
     const active = isActive(job.status);
     if (r.active !== active) {
+      // A keyboard user's focus must not fall to <body> with the Cancel that held it.
+      const hadFocus = action.contains(document.activeElement);
       action.replaceChildren(
         active
           ? h("button", {
               type: "button",
               class: "danger",
               "aria-label": `Cancel job ${job.id.slice(0, 12)}`,
+              // aria-disabled, not disabled: a disabled button drops the keyboard focus.
               onclick: async (event) => {
-                event.target.disabled = true;
+                const button = event.currentTarget;
+                if (button.getAttribute("aria-disabled")) return;
+                button.setAttribute("aria-disabled", "true");
                 await cancelJob(job.id);
+                button.removeAttribute("aria-disabled");
                 refresh();
               },
             }, "Cancel")
           : "",
       );
       r.active = active;
+      if (hadFocus && !active) pkg.firstChild.focus();
     }
     return r.tr;
   }

@@ -1,6 +1,10 @@
 // A folder picked in the browser, packed as a ustar archive (gzipped where the browser has
 // CompressionStream). Files get mode 0644 (a browser cannot see modes), folders 0755.
 const BLOCK = 512;
+// The 12-byte octal field holds 0 to 8^11 - 1. A date outside it (a file dated before 1970) made
+// a header no reader can parse, and Python's tarfile takes that as the archive's end: every
+// file after it silently gone. Such dates are clamped instead.
+const MAX_MTIME_S = 8 ** 11 - 1;
 const encoder = new TextEncoder();
 
 function octal(value, width) {
@@ -61,7 +65,7 @@ export async function tar(entries) {
     parts.push(header(folder + "/", { mode: 0o755, type: "5" }));
   }
   for (const { path, file } of entries) {
-    const mtime = Math.floor((file.lastModified || 0) / 1000);
+    const mtime = Math.min(Math.max(0, Math.floor((file.lastModified || 0) / 1000)), MAX_MTIME_S);
     parts.push(header(path, { size: file.size, mtime }));
     parts.push(new Uint8Array(await file.arrayBuffer()));
     const pad = (BLOCK - (file.size % BLOCK)) % BLOCK;
