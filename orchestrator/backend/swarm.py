@@ -12,6 +12,10 @@ for ``swarm_restart_attempts``), not ``replicated-job``: on 20.10 removing a job
 its running task's container running, which would make cancel a lie. Removing a replicated
 service stops its task (SIGTERM, SIGKILL after the stop grace) and the task record goes once its
 node reports the container stopped, which is how ``kill`` knows no process is left on any node.
+
+A little over ~400 lines on purpose: it holds the seam's calls and nothing else (the service's
+spec, the handoff and the log reads are already their own modules), so a reader sees each call
+as the manager is asked it.
 """
 
 from __future__ import annotations
