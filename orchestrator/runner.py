@@ -170,9 +170,8 @@ class Runner:
             )
             cid = await self._backend.setup(step)
         container.append(cid)
-        await sink(
-            [Event(Action.CONTAINER_CREATED, f"Container {cid[:12]} created from {step.image}")]
-        )
+        made = f"{self._backend.sandbox} {cid[:12]} created from {step.image}"
+        await sink([Event(Action.CONTAINER_CREATED, made)])
         await sink([Event(Action.SOURCES_COPIED, f"Copied the build directory in ({size} bytes)")])
         if cancel.cancelled:
             return cancel_result(cancel, NOUN)
@@ -340,7 +339,7 @@ class Runner:
         try:
             if container:
                 await self._backend.destroy(container[0])
-                message = f"Container {container[0][:12]} removed"
+                message = f"{self._backend.sandbox} {container[0][:12]} removed"
                 await sink([Event(Action.CONTAINER_REMOVED, message)])
             else:
                 # The task may have been cancelled while `setup` was in flight: find it by label.

@@ -90,6 +90,11 @@ class Backend(Protocol):
         """What the ``backend`` setting calls this engine."""
         ...
 
+    @property
+    def sandbox(self) -> str:
+        """What the narration calls one step here, capitalised: "Container", "Service"."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``BackendUnavailable`` when the engine cannot be reached."""
         ...

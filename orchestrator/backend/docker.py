@@ -80,6 +80,7 @@ def _status(exc: docker.errors.APIError) -> int:
 
 class DockerBackend:
     name = "docker"
+    sandbox = "Container"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

@@ -65,6 +65,7 @@ class FakeOutput:
 
 class FakeBackend:
     name = "fake"
+    sandbox = "Container"
 
     def __init__(self, script: Script | None = None, *, images: tuple[str, ...] | None = None):
         self.script = script or Script()

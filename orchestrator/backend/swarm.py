@@ -70,6 +70,7 @@ class _Planned:
 
 class SwarmBackend:
     name = "swarm"
+    sandbox = "Service"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

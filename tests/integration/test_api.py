@@ -33,7 +33,10 @@ def assert_contiguous(sse: Sse, first: int = 1) -> None:
 
 @BACKENDS
 async def test_build_streams_narration_and_returns_the_package(
-    client: TestClient, build_dir: Callable[..., Path], docker_client: docker.DockerClient
+    client: TestClient,
+    settings: Settings,
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
 ) -> None:
     created = await submit(client, build_dir("hello-c"))
     job_id = created["job_id"]
@@ -56,6 +59,11 @@ async def test_build_streams_narration_and_returns_the_package(
     ):
         assert expected in actions
     assert sse.messages()[-1].startswith("✅ Build succeeded")
+    # The narration names what the engine made: a swarm build is a service, not a container.
+    sandbox = "Service" if settings.backend == "swarm" else "Container"
+    said = {e["action"]: e["message"] for e in sse.events}
+    assert said["container_created"].startswith(f"{sandbox} "), said["container_created"]
+    assert said["container_removed"].startswith(f"{sandbox} "), said["container_removed"]
     event = sse.events[0]
     assert set(event) >= {"seq", "ts", "job_id", "action", "level", "message"}
     assert any(e.get("stream") == "stdout" for e in sse.events)
