@@ -74,6 +74,25 @@ def _retrying(idempotent: bool) -> Retrying:
     )
 
 
+def daemon_call(
+    settings: Settings, engine: str, fn: Callable[..., T], *args: Any, idempotent: bool
+) -> T:
+    """``fn(*args)`` against the daemon, retried while that is safe, with docker-py's errors
+    turned into this service's: one translation for every engine that talks to a daemon."""
+    try:
+        return _retrying(idempotent)(fn, *args)
+    except docker.errors.ImageNotFound as exc:
+        raise ImageNotFound(str(exc.explanation or exc)) from exc
+    except docker.errors.NotFound as exc:
+        raise ContainerGone(str(exc.explanation or exc)) from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise BackendUnavailable(_unreachable(settings, exc)) from exc
+    except requests.exceptions.RequestException as exc:
+        raise BackendError(f"{engine} did not answer in time: {exc}") from exc
+    except docker.errors.DockerException as exc:
+        raise BackendError(f"{engine}: {exc}") from exc
+
+
 def _status(exc: docker.errors.APIError) -> int:
     return exc.status_code or 0
 
@@ -105,18 +124,7 @@ class DockerBackend:
         return await loop.run_in_executor(self._pool, call)
 
     def _call(self, fn: Callable[..., T], *args: Any, idempotent: bool) -> T:
-        try:
-            return _retrying(idempotent)(fn, *args)
-        except docker.errors.ImageNotFound as exc:
-            raise ImageNotFound(str(exc.explanation or exc)) from exc
-        except docker.errors.NotFound as exc:
-            raise ContainerGone(str(exc.explanation or exc)) from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise BackendUnavailable(_unreachable(self._settings, exc)) from exc
-        except requests.exceptions.RequestException as exc:
-            raise BackendError(f"docker did not answer in time: {exc}") from exc
-        except docker.errors.DockerException as exc:
-            raise BackendError(f"docker: {exc}") from exc
+        return daemon_call(self._settings, "docker", fn, *args, idempotent=idempotent)
 
     async def ping(self) -> None:
         await self._run(self._client.ping)

@@ -33,7 +33,6 @@ from typing import IO, Any, TypeVar
 
 import docker
 import docker.errors
-import requests
 
 from ..errors import (
     BackendError,
@@ -49,7 +48,7 @@ from . import _swarmspec as spec
 from ._handoff import Handoff, wrapper_env
 from ._servicelogs import ServiceOutput
 from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
-from .docker import _client, _retrying, _unreachable
+from .docker import _client, _unreachable, daemon_call
 
 T = TypeVar("T")
 
@@ -99,23 +98,14 @@ class SwarmBackend:
 
     def _call(self, fn: Callable[..., T], *args: Any, idempotent: bool) -> T:
         try:
-            return _retrying(idempotent)(fn, *args)
-        except docker.errors.NotFound as exc:
-            raise ContainerGone(str(exc.explanation or exc)) from exc
-        except docker.errors.APIError as exc:
-            text = str(exc.explanation or exc)
-            if "not a swarm manager" in text or "swarm mode" in text:
+            return daemon_call(self._settings, "swarm", fn, *args, idempotent=idempotent)
+        except BackendError as exc:
+            if "not a swarm manager" in str(exc) or "swarm mode" in str(exc):
                 raise BackendUnavailable(
-                    f"the Docker engine is not a swarm manager ({text}): run the service on a "
+                    f"the Docker engine is not a swarm manager ({exc}): run the service on a "
                     "manager node ('docker swarm init' makes this one a one-node swarm)"
                 ) from exc
-            raise BackendError(f"swarm: {text}") from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise BackendUnavailable(_unreachable(self._settings, exc)) from exc
-        except requests.exceptions.RequestException as exc:
-            raise BackendError(f"swarm did not answer in time: {exc}") from exc
-        except docker.errors.DockerException as exc:
-            raise BackendError(f"swarm: {exc}") from exc
+            raise
 
     async def _ensure_handoff(self) -> Handoff:
         if self._handoff is None:
@@ -158,14 +148,14 @@ class SwarmBackend:
     async def image_present(self, image: str) -> bool:
         try:
             await self._run(self._client.images.get, image)
-        except (ContainerGone, BackendError):
+        except BackendError:  # absent, or the daemon cannot say: not usable either way
             return False
         return True
 
     async def image_labels(self, image: str) -> Mapping[str, str]:
         try:
             found = await self._run(self._client.images.get, image)
-        except ContainerGone:
+        except ImageNotFound:
             raise ImageNotFound(spec.no_image(image)) from None
         return dict(found.labels or {})
 
@@ -197,7 +187,7 @@ class SwarmBackend:
             )
         try:
             image = await self._run(self._client.images.get, step.image)
-        except ContainerGone:
+        except ImageNotFound:
             raise ImageNotFound(spec.no_image(step.image)) from None
         if not step.network and step.outputs:
             raise BackendError("on swarm a step without network cannot send files back")
