@@ -26,22 +26,9 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import Api, Service, build_tar, pct
+from run import Api, Service, build_tar, pct, submit_to_package
 
 BACKENDS = ("docker", "swarm")
-
-
-async def submit_to_package(api: Api) -> float:
-    t0 = time.perf_counter()
-    job_id = await api.submit(build_tar("trivial"))
-    async for _, event in api.events(job_id):
-        if "end" in event:
-            assert event["end"]["status"] == "succeeded", event
-    async with api.session.get(f"{api.url}/v1/jobs/{job_id}/artifacts") as response:
-        [artifact] = (await response.json())["artifacts"]
-    async with api.session.get(api.url + artifact["url"]) as response:
-        assert len(await response.read()) == artifact["size_bytes"]
-    return time.perf_counter() - t0
 
 
 def left_behind(client: docker.DockerClient, job_id: str) -> int:
