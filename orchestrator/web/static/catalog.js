@@ -62,6 +62,22 @@ export function catalogPage(main, signal) {
     );
   });
 
+  // A row's destructive button: DELETE `path`, say a refusal (or `done`), then redraw its list.
+  const removeButton = (verb, name, path, redraw, done) => h("button", {
+    type: "button",
+    class: "danger",
+    "aria-label": `${verb} ${name}`,
+    onclick: async () => {
+      try {
+        await api(path, { method: "DELETE" });
+        if (done) toast(done);
+      } catch (error) {
+        toast(`${verb} refused: ${error.message}`);
+      }
+      redraw();
+    },
+  }, verb);
+
   const drawWorkers = () => guarded(workersBox, "Installed", async () => {
     const { workers } = await api("/v1/workers");
     workersBox.replaceChildren(
@@ -71,20 +87,8 @@ export function catalogPage(main, signal) {
           workers.map((w) => h("tr", {},
             h("td", { class: "mono" }, w.id), h("td", {}, w.version),
             h("td", { class: "mono" }, w.path), h("td", {}, when(w.installed_at)),
-            h("td", {}, h("button", {
-              type: "button",
-              class: "danger",
-              "aria-label": `Uninstall ${w.id}`,
-              onclick: async () => {
-                try {
-                  await api(`/v1/workers/${encodeURIComponent(w.id)}`, { method: "DELETE" });
-                  toast(`Uninstalled ${w.id}`);
-                } catch (error) {
-                  toast(`Uninstall refused: ${error.message}`);
-                }
-                drawWorkers();
-              },
-            }, "Uninstall")))))
+            h("td", {}, removeButton("Uninstall", w.id,
+              `/v1/workers/${encodeURIComponent(w.id)}`, drawWorkers, `Uninstalled ${w.id}`)))))
         : h("p", { class: "muted" }, "None installed."));
   });
 
@@ -97,19 +101,8 @@ export function catalogPage(main, signal) {
           models.map((m) => h("tr", {},
             h("td", { class: "mono" }, m.name), h("td", {}, bytes(m.size_bytes)),
             h("td", {}, when(m.downloaded_at)), h("td", { class: "mono wrap" }, m.url),
-            h("td", {}, h("button", {
-              type: "button",
-              class: "danger",
-              "aria-label": `Delete ${m.name}`,
-              onclick: async () => {
-                try {
-                  await api(`/v1/models/${encodeURIComponent(m.name)}`, { method: "DELETE" });
-                } catch (error) {
-                  toast(`Delete refused: ${error.message}`);
-                }
-                drawModels();
-              },
-            }, "Delete")))))
+            h("td", {}, removeButton("Delete", m.name,
+              `/v1/models/${encodeURIComponent(m.name)}`, drawModels)))))
         : h("p", { class: "muted" }, "No models yet."),
       form,
       downloads);
