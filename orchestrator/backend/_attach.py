@@ -35,6 +35,26 @@ _HEADER = struct.Struct(">BxxxL")
 _STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr", 3: "stderr"}  # 3: the daemon's errors
 
 
+def frames(blocks: Iterable[bytes]) -> Iterator[list[tuple[Stream, bytes]]]:
+    """Raw bytes in Docker's framing → per block, the (stream, payload) frames complete in it,
+    one by one (the service logs API: a frame is a line with its timestamp)."""
+    buf = bytearray()
+    for block in blocks:
+        buf += block
+        pos, end = 0, len(buf)
+        out: list[tuple[Stream, bytes]] = []
+        while end - pos >= _HEADER.size:
+            kind, size = _HEADER.unpack_from(buf, pos)
+            start = pos + _HEADER.size
+            if end - start < size:
+                break
+            out.append((_STREAMS.get(kind, "stdout"), bytes(buf[start : start + size])))
+            pos = start + size
+        del buf[:pos]
+        if out:
+            yield out
+
+
 def demux(blocks: Iterable[bytes]) -> Iterator[list[tuple[Stream, bytes]]]:
     """Raw attach bytes → runs of payload, consecutive frames of one stream joined together."""
     buf = bytearray()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,11 +25,9 @@ from typing import Any
 
 from ..errors import BackendError, ContainerGone
 from . import OutputChunk, Stream
-from ._attach import _shutdown
+from ._attach import _shutdown, frames
 from .lines import LineSplitter
 
-_HEADER = struct.Struct(">BxxxL")
-_STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr", 3: "stderr"}
 _RETRY_LIVE_S = 0.5
 _QUIET_S = 5.0
 _MAX_QUIET_S = 60.0
@@ -66,25 +63,6 @@ class Deduplicator:
             return True
         self._last[stream], self._at_last[stream], self._skip[stream] = key, 1, 0
         return True
-
-
-def frames(blocks: Iterator[bytes]) -> Iterator[list[tuple[Stream, bytes]]]:
-    """Raw log bytes → per block, the (stream, message) frames complete in it."""
-    buf = bytearray()
-    for block in blocks:
-        buf += block
-        pos, end = 0, len(buf)
-        out: list[tuple[Stream, bytes]] = []
-        while end - pos >= _HEADER.size:
-            kind, size = _HEADER.unpack_from(buf, pos)
-            start = pos + _HEADER.size
-            if end - start < size:
-                break
-            out.append((_STREAMS.get(kind, "stdout"), bytes(buf[start : start + size])))
-            pos = start + size
-        del buf[:pos]
-        if out:
-            yield out
 
 
 class ServiceOutput:

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 
 from orchestrator.backend import _handoff, _servicelogs, _swarmspec, swarm
+from orchestrator.backend._attach import frames
 from orchestrator.backend._handoff import Handoff
-from orchestrator.backend._servicelogs import Deduplicator, frames, timestamp_key
+from orchestrator.backend._servicelogs import Deduplicator, timestamp_key
 from orchestrator.errors import ArchiveTooLarge, ContainerGone
 
 # What a swarm manager answers for the whole cluster. Anything else docker-py offers (containers,
