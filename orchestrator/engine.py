@@ -10,6 +10,7 @@ from .backend.engines import open_backend
 from .caches import Caches
 from .cancel import CancelToken
 from .jobs import Sink, perform
+from .metrics import Metrics
 from .runner import INSTANCE_LABEL, NOUN, BuildRequest, BuildResult, Runner
 from .settings import Settings
 from .srcinfo import SrcInfo
@@ -17,19 +18,23 @@ from .variants import VariantPlan
 
 
 class Engine:
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.caches = Caches(backend, settings)
-        self.runner = Runner(backend, settings, self.caches)
+        self.runner = Runner(backend, settings, self.caches, metrics)
         self.reaped: list[str] = []
 
     @classmethod
-    async def open(cls, settings: Settings, backend: Backend | None = None) -> Engine:
+    async def open(
+        cls, settings: Settings, backend: Backend | None = None, metrics: Metrics | None = None
+    ) -> Engine:
         """Connect to ``backend``, or else to the engine the ``backend`` setting names, and
         remove the steps this instance left behind when it last stopped."""
         backend = backend if backend is not None else open_backend(settings)
-        engine = cls(settings, backend)
+        engine = cls(settings, backend, metrics)
         try:
             engine.reaped = await backend.reap({INSTANCE_LABEL: settings.instance_id})
             await engine.caches.open()
@@ -58,6 +63,7 @@ class Engine:
         return await perform(work, sink, cancel, noun=NOUN, timeout_s=timeout_s)
 
     async def close(self) -> None:
+        await self.runner.inspector.close()
         await self.caches.close()
         await self.backend.close()
 

@@ -1,54 +1,66 @@
-"""``makepkg --printsrcinfo`` in a throwaway sandbox: how the service reads a PKGBUILD.
+"""``makepkg --printsrcinfo`` in a sandbox: how the service reads a PKGBUILD.
 
 Sourcing a PKGBUILD runs its top level (``$(...)``, ``if``, functions that set variables), so
-it happens where a build would: in a container of the build image, but one that can do even less
-(no network, no capabilities, a read-only root, small memory, process and time limits, removed
-after). Only the PKGBUILD's text goes in; every other file of the upload goes in empty, since
-makepkg only checks that ``install=`` and ``changelog=`` files exist.
+it happens where a build would: in the build image, but in a sandbox that can do even less (no
+network, no capabilities, a read-only root, small memory, process and time limits). On an
+engine that can run commands in a running container it is a warm reader (``readers.py``);
+elsewhere (Swarm) a step of its own, removed after. Only the PKGBUILD's text goes in; every
+other file of the upload goes in empty (``skeleton.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import hashlib
-import io
-import tarfile
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
-from .backend import Backend, Step
+from .backend import Backend, Ran, Step
 from .errors import InspectTimeout, OrchestratorError, PkgbuildError
+from .metrics import Metrics
+from .readers import ReaderPool
 from .settings import MiB, Settings
-from .srcinfo import SrcInfo, parse
+from .skeleton import Skeleton
+from .srcinfo import SrcInfo, read_output
 
 SOURCE_DIR = "/src"
-MAX_PKGBUILD_BYTES = 1 * MiB
-_MAX_ENTRIES = 20_000
 PROVIDES_LABEL = "org.orchestrator.provides"
 _REMEMBER_S = 600.0
-_MAX_OUTPUT_BYTES = 256 * 1024
+# What is kept of each stream: the .SRCINFO is the end of stdout, a few KiB, whatever the top
+# level printed before it; makepkg's refusal is the end of stderr.
+_KEEP_BYTES = 256 * 1024
 _MAX_MESSAGE_CHARS = 4096
 _REMEMBERED = 256
 
 
 class Inspector:
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Settings,
+        labels: Mapping[str, str],
+        metrics: Metrics | None = None,
+    ) -> None:
         self._backend = backend
         self._settings = settings
-        # makepkg's answers by (image, what went in): its lint alone starts ~300 processes, over
-        # a second on this engine, and CI sends the same PKGBUILD again and again. Kept briefly:
-        # a top level that reads the clock may say something else a little later.
-        self._answers: OrderedDict[str, tuple[float, SrcInfo | PkgbuildError]] = OrderedDict()
-        # Each reading holds engine threads for up to the deadline: a few at a time.
+        metrics = metrics or Metrics()
+        self.pool = (
+            ReaderPool(backend, settings, labels, metrics) if backend.supports_exec else None
+        )
+        # makepkg's answers by (image, what went in): CI sends the same PKGBUILD again and
+        # again. Kept briefly: a top level that reads the clock may say something else later.
+        self._answers: OrderedDict[bytes, tuple[float, SrcInfo | PkgbuildError]] = OrderedDict()
+        # A reading as a step of its own holds engine threads for up to the deadline.
         self._slots = asyncio.Semaphore(4)
 
     async def read(self, build_dir: Path, image: str, labels: dict[str, str]) -> SrcInfo:
         """makepkg's ``.SRCINFO`` for ``build_dir``; raises ``PkgbuildError`` with makepkg's
-        own words when it refuses the PKGBUILD."""
-        tar = await asyncio.to_thread(_skeleton, build_dir)
-        key = hashlib.sha256(image.encode() + b"\0" + tar.getvalue()).hexdigest()
+        own words when it refuses the PKGBUILD. ``labels`` mark a reading made as a step."""
+        skeleton = await asyncio.to_thread(Skeleton.of, build_dir)
+        key = image.encode() + b"\0" + skeleton.digest()
         now = time.monotonic()
         known = self._answers.get(key)
         if known is not None and now - known[0] < _REMEMBER_S:
@@ -57,22 +69,26 @@ class Inspector:
                 raise known[1]
             return known[1]
         try:
-            async with self._slots:
-                answer = await self._read(tar, image, labels)
+            if self.pool is not None:
+                ran = await self.pool.read(image, skeleton, _KEEP_BYTES)
+            else:
+                async with self._slots:
+                    ran = await self._read_in_step(skeleton, image, labels)
+            answer = _answer(ran)
         except InspectTimeout:
-            raise  # a busy machine's answer, not the PKGBUILD's
+            raise  # how long it took is no answer to remember
         except PkgbuildError as exc:
             self._remember(key, now, exc)
             raise
         self._remember(key, now, answer)
         return answer
 
-    def _remember(self, key: str, now: float, answer: SrcInfo | PkgbuildError) -> None:
+    def _remember(self, key: bytes, now: float, answer: SrcInfo | PkgbuildError) -> None:
         self._answers[key] = (now, answer)
         while len(self._answers) > _REMEMBERED:
             self._answers.popitem(last=False)
 
-    async def _read(self, tar: io.BytesIO, image: str, labels: dict[str, str]) -> SrcInfo:
+    async def _read_in_step(self, skeleton: Skeleton, image: str, labels: dict[str, str]) -> Ran:
         step = Step(
             image=image,
             command=("makepkg", "--printsrcinfo"),
@@ -80,7 +96,7 @@ class Inspector:
             workdir=SOURCE_DIR,
             # Everything makepkg insists on being able to write, in the in-memory /tmp.
             env={"BUILDDIR": "/tmp", "SRCDEST": "/tmp", "PKGDEST": "/tmp", "LOGDEST": "/tmp"},
-            inputs=tar,
+            inputs=skeleton.tar(),
             network=False,
             memory_bytes=256 * MiB,
             cpus=1.0,
@@ -91,29 +107,22 @@ class Inspector:
         )
         handle = await self._backend.setup(step)
         try:
-            out: list[str] = []
-            err: list[str] = []
-
-            kept = {"stdout": 0, "stderr": 0}
+            kept = {"stdout": _Tail(), "stderr": _Tail()}
+            stream = await self._backend.start(handle)
 
             async def collect() -> int:
-                # Only the first _MAX_OUTPUT_BYTES of each stream are kept: a top level can
-                # print gigabytes, and a .SRCINFO is a few KiB.
                 async for batch in stream:
                     for chunk in batch:
-                        if kept[chunk.stream] < _MAX_OUTPUT_BYTES:
-                            kept[chunk.stream] += len(chunk.text) + 1
-                            (out if chunk.stream == "stdout" else err).append(chunk.text)
+                        kept[chunk.stream].add(chunk.text.encode() + b"\n")
                 return (await self._backend.wait(handle)).code
 
-            stream = await self._backend.start(handle)
+            wall_s = self._settings.inspect_wall_timeout_s
             try:
-                code = await asyncio.wait_for(collect(), self._settings.inspect_timeout_s)
+                code = await asyncio.wait_for(collect(), wall_s)
             except TimeoutError:
                 raise InspectTimeout(
-                    f"makepkg took more than {self._settings.inspect_timeout_s:g} s to read the "
-                    "PKGBUILD "
-                    "(its top level runs when it is read: does it wait for something?)"
+                    f"makepkg took more than {wall_s:g} s to read the PKGBUILD (its top level "
+                    "runs when it is read: does it wait for something?)"
                 ) from None
             finally:
                 await stream.aclose()
@@ -121,12 +130,7 @@ class Inspector:
             # Should this fail, start-up reaping removes it by its label.
             with contextlib.suppress(OrchestratorError):
                 await asyncio.shield(self._backend.destroy(handle))
-        if code != 0:
-            said = ("\n".join(err).strip() or "\n".join(out).strip())[-_MAX_MESSAGE_CHARS:]
-            raise PkgbuildError(f"makepkg refused the PKGBUILD: {said or f'exit code {code}'}")
-        if kept["stdout"] >= _MAX_OUTPUT_BYTES:
-            raise PkgbuildError(f"makepkg printed more than {_MAX_OUTPUT_BYTES} bytes for it")
-        return parse("\n".join(out) + "\n")
+        return Ran(code, kept["stdout"].value(), kept["stderr"].value())
 
     async def provides(self, image: str) -> frozenset[str] | None:
         """What the image says it provides (Arch package names), or None if it does not say."""
@@ -134,33 +138,33 @@ class Inspector:
         value = labels.get(PROVIDES_LABEL)
         return None if value is None else frozenset(value.split())
 
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
 
-def _skeleton(build_dir: Path) -> io.BytesIO:
-    """A tar of the build dir with the PKGBUILD as it is and every other file empty."""
-    pkgbuild = build_dir / "PKGBUILD"
-    if not pkgbuild.is_file():
-        raise PkgbuildError("the upload has no PKGBUILD at its top level")
-    text = pkgbuild.read_bytes()
-    if len(text) > MAX_PKGBUILD_BYTES:
-        raise PkgbuildError(f"the PKGBUILD is larger than {MAX_PKGBUILD_BYTES // MiB} MiB")
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for count, path in enumerate(sorted(build_dir.rglob("*"))):
-            if count > _MAX_ENTRIES:
-                break
-            rel = path.relative_to(build_dir).as_posix()
-            info = tarfile.TarInfo(rel)
-            # Root's, so that the reader (uid 1000) can write nowhere in /src: the scratch
-            # volume is on the engine's disk, with no size limit.
-            info.uid = info.gid = 0
-            if rel != "PKGBUILD" and (path.is_symlink() or not (path.is_dir() or path.is_file())):
-                continue
-            if path.is_dir():
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                data = text if rel == "PKGBUILD" else b""
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    out.seek(0)
-    return out
+
+class _Tail:
+    """The last ``_KEEP_BYTES`` of a stream, as chunks."""
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._bytes = 0
+
+    def add(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._bytes += len(data)
+        while self._bytes - len(self._chunks[0]) >= _KEEP_BYTES:
+            self._bytes -= len(self._chunks.popleft())
+
+    def value(self) -> bytes:
+        return b"".join(self._chunks)[-_KEEP_BYTES:]
+
+
+def _answer(ran: Ran) -> SrcInfo:
+    """makepkg's answer: its .SRCINFO, or its refusal in its own words."""
+    out = ran.stdout.decode(errors="replace")
+    err = ran.stderr.decode(errors="replace")
+    if ran.code != 0:
+        said = (err.strip() or out.strip())[-_MAX_MESSAGE_CHARS:]
+        raise PkgbuildError(f"makepkg refused the PKGBUILD: {said or f'exit code {ran.code}'}")
+    return read_output(out, err)

@@ -32,6 +32,23 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.reading_seconds = Histogram(
+            "orchestrator_pkgbuild_reading_seconds",
+            "Wall time of makepkg reading a PKGBUILD in a warm reader (its answer's wait)",
+            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 15, 60, float("inf")),
+            registry=self.registry,
+        )
+        self.readers_busy = Gauge(
+            "orchestrator_pkgbuild_readers_busy",
+            "Readers reading or being tidied now",
+            registry=self.registry,
+        )
+        self.submits_refused = Counter(
+            "orchestrator_submits_refused",
+            "Submits answered with an error, by its code (bad_pkgbuild, too_large, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.events = Counter(
             "orchestrator_narration_events", "Narration events stored", registry=self.registry
         )

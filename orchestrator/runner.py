@@ -24,6 +24,7 @@ from .errors import OrchestratorError, PkgbuildError
 from .events import Action, Event, Level, output_events
 from .inspector import Inspector
 from .jobs import JobResult, Sink, cancel_result
+from .metrics import Metrics
 from .settings import MiB, Settings
 from .srcinfo import SrcInfo
 from .status import JobStatus
@@ -55,10 +56,17 @@ BuildResult = JobResult  # a build's result is a job's: its cache report is ``ca
 
 
 class Runner:
-    def __init__(self, backend: Backend, settings: Settings, caches: Caches | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Settings,
+        caches: Caches | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._backend = backend
         self._settings = settings
-        self.inspector = Inspector(backend, settings)
+        instance = {INSTANCE_LABEL: settings.instance_id}
+        self.inspector = Inspector(backend, settings, instance, metrics)
         self.caches = caches
 
     async def prepare(self, request: BuildRequest) -> tuple[SrcInfo, VariantPlan]:
@@ -133,7 +141,11 @@ class Runner:
                 f"variant {variant.variant}",
             )
         ]
-        warnings = [*variant.warnings, *await self.image_warnings(info, variant.image)]
+        warnings = [
+            *info.warnings,
+            *variant.warnings,
+            *await self.image_warnings(info, variant.image),
+        ]
         notes += [Event(Action.WARNING, text, Level.WARNING) for text in warnings]
         await sink(notes)
         if cancel.cancelled:

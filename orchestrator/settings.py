@@ -101,7 +101,20 @@ class Settings(BaseSettings):
     inspect_timeout_s: float = Field(
         default=15.0,
         gt=0,
-        description="How long makepkg may take to read a PKGBUILD (its top level runs then).",
+        description="The CPU time makepkg may use to read a PKGBUILD (its top level runs "
+        "then): CPU time, so that a busy host slows a reading without failing it.",
+    )
+    inspect_wall_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a reading may take however little CPU it uses (a top level that "
+        "waits for something); also the only bound where the CPU time is unknown (Swarm).",
+    )
+    readers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Warm PKGBUILD readers per build image: readings at once (Docker).",
     )
     kill_grace_s: float = Field(
         default=0.0, ge=0, description="SIGTERM, then SIGKILL after this long; 0 kills at once."

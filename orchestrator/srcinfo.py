@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import PkgbuildError
@@ -35,6 +35,15 @@ class SrcInfo:
     pkgbase: str
     base: Mapping[str, tuple[str, ...]]  # the pkgbase section's keys
     packages: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    # What the PKGBUILD's top level printed while makepkg read it (stdout before the .SRCINFO,
+    # then stderr), cut to a few KiB: makepkg goes on, and so do we, with a warning.
+    printed: str = ""
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        if not self.printed:
+            return ()
+        return (f"the PKGBUILD printed this while makepkg read it: {self.printed}",)
 
     def first(self, key: str, default: str = "") -> str:
         values = self.base.get(key)
@@ -98,6 +107,34 @@ class SrcInfo:
             "depends": list(self.per_arch("depends")),
             "makedepends": list(self.per_arch("makedepends")),
         }
+
+
+MAX_PRINTED_CHARS = 2048
+
+
+def read_output(stdout: str, stderr: str) -> SrcInfo:
+    """The .SRCINFO in what ``makepkg --printsrcinfo`` printed (exit code 0), and apart from it
+    what the PKGBUILD's own top level printed.
+
+    makepkg sources the PKGBUILD before it prints the .SRCINFO, so the .SRCINFO is the end of
+    stdout: its ``pkgbase`` line, then only its own lines (indented, empty or ``pkgname``). So
+    it is found from the end, and a top level that prints .SRCINFO-like lines of its own cannot
+    pass them off as makepkg's; one whose last line has no newline leaves its text just before
+    ``pkgbase`` on that line, as makepkg's own output has it."""
+    lines = stdout.split("\n")
+    first = len(lines) - 1
+    while first >= 0 and (not lines[first] or lines[first].startswith(("\t", "pkgname = "))):
+        first -= 1
+    at = lines[first].rfind("pkgbase = ") if first >= 0 else -1
+    if at < 0:
+        raise PkgbuildError("makepkg printed no pkgbase: is this a PKGBUILD?")
+    text = "\n".join([lines[first][at:], *lines[first + 1 :]])
+    before = "\n".join([*lines[:first], lines[first][:at]])
+    printed = "\n".join(part.strip() for part in (before, stderr) if part.strip())
+    if len(printed) > MAX_PRINTED_CHARS:
+        more = len(printed) - MAX_PRINTED_CHARS
+        printed = f"{printed[:MAX_PRINTED_CHARS]}… ({more} more characters)"
+    return replace(parse(text), printed=printed)
 
 
 def parse(text: str) -> SrcInfo:

@@ -127,7 +127,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         await app[STORE].close()
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        engine = await Engine.open(settings, backend)
+        engine = await Engine.open(settings, backend, app[METRICS])
         app[ENGINE] = engine
         app[BACKEND] = engine.backend
         yield

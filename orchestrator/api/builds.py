@@ -120,7 +120,11 @@ async def create_build(request: web.Request) -> web.Response:
         labels = runner.inspect_labels(job_id)
         info = await runner.inspector.read(dest, variant.image, labels)
         problems = srcinfo.problems(info, dest)
-        warnings = [*variant.warnings, *await runner.image_warnings(info, variant.image)]
+        warnings = [
+            *info.warnings,
+            *variant.warnings,
+            *await runner.image_warnings(info, variant.image),
+        ]
         if dry_run:
             dry = DryRun.model_validate(
                 {

@@ -75,6 +75,16 @@ class ExitStatus:
     oom_killed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """How a command run inside a running step ended, and the last bytes of what it printed
+    (each stream is cut from its start to at most the ``keep_bytes`` asked for)."""
+
+    code: int
+    stdout: bytes
+    stderr: bytes
+
+
 class OutputStream(Protocol):
     """Batches of chunks in the order the step wrote them; ends when the step exits.
     ``lines.LineSplitter`` turns an engine's bytes into these."""
@@ -133,6 +143,36 @@ class Backend(Protocol):
         """Destroy every step carrying all of ``labels``, in any state; return them."""
         ...
 
+    # -- commands in a running step (warm sandboxes: the PKGBUILD readers) ------------------
+
+    @property
+    def supports_exec(self) -> bool:
+        """Whether ``put``, ``exec`` and ``cpu_seconds`` work here; otherwise every reading is
+        a step of its own."""
+        ...
+
+    async def put(self, handle: Handle, path: str, tar: IO[bytes]) -> None:
+        """Unpack ``tar`` at ``path`` (an existing folder) in the running step, owners and
+        modes as the tar has them."""
+        ...
+
+    async def exec(
+        self,
+        handle: Handle,
+        command: tuple[str, ...],
+        *,
+        user: str,
+        workdir: str,
+        keep_bytes: int,
+    ) -> Ran:
+        """Run ``command`` in the running step as ``user`` until it and whatever holds its
+        output ends, or the step is destroyed (``ContainerGone``)."""
+        ...
+
+    async def cpu_seconds(self, handle: Handle) -> float | None:
+        """CPU time every process of the step has used so far; None when unknown."""
+        ...
+
     # -- what the runner asks of the engine -------------------------------------------------
 
     async def image_present(self, image: str) -> bool: ...
@@ -188,4 +228,13 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["Backend", "ExitStatus", "Handle", "OutputChunk", "OutputStream", "Step", "Stream"]
+__all__ = [
+    "Backend",
+    "ExitStatus",
+    "Handle",
+    "OutputChunk",
+    "OutputStream",
+    "Ran",
+    "Step",
+    "Stream",
+]

@@ -43,8 +43,9 @@ from ..errors import (
     VolumeInUse,
 )
 from ..settings import Settings
-from . import ExitStatus, Step
+from . import ExitStatus, Ran, Step
 from ._attach import AttachOutput
+from ._exec import cpu_seconds, run_exec
 
 T = TypeVar("T")
 
@@ -209,6 +210,26 @@ class DockerBackend:
             return None  # stopped meanwhile
         first = out.split(b"\t", 1)[0].strip() if out else b""
         return int(first) if first.isdigit() else None
+
+    @property
+    def supports_exec(self) -> bool:
+        return True
+
+    async def put(self, handle: str, path: str, tar: IO[bytes]) -> None:
+        await self._copy_in(handle, path, tar)
+
+    async def exec(
+        self, handle: str, command: tuple[str, ...], *, user: str, workdir: str, keep_bytes: int
+    ) -> Ran:
+        # Not retried: the command may have run.
+        call = functools.partial(run_exec, self._long, handle, command, user, workdir, keep_bytes)
+        return await self._run(call, idempotent=False)
+
+    async def cpu_seconds(self, handle: str) -> float | None:
+        stats = await self._run(
+            functools.partial(self._client.api.stats, handle, stream=False, one_shot=True)
+        )
+        return cpu_seconds(stats)
 
     async def _copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None:
         def put() -> None:

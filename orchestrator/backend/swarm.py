@@ -43,7 +43,7 @@ from ..errors import (
     StepLost,
 )
 from ..settings import Settings
-from . import ExitStatus, Step
+from . import ExitStatus, Ran, Step
 from . import _swarmspec as spec
 from ._handoff import Handoff, wrapper_env
 from ._servicelogs import ServiceOutput
@@ -405,6 +405,21 @@ class SwarmBackend:
 
     async def path_usage(self, handle: str, path: str) -> int | None:
         return None  # would need an exec in the task's container
+
+    @property
+    def supports_exec(self) -> bool:
+        return False  # a task's container is on whichever node runs it
+
+    async def put(self, handle: str, path: str, tar: IO[bytes]) -> None:
+        raise BackendError("swarm cannot copy into a running service")
+
+    async def exec(
+        self, handle: str, command: tuple[str, ...], *, user: str, workdir: str, keep_bytes: int
+    ) -> Ran:
+        raise BackendError("swarm cannot run a command in a running service")
+
+    async def cpu_seconds(self, handle: str) -> float | None:
+        return None
 
     @property
     def supports_volumes(self) -> bool:

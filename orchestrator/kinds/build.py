@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .. import srcinfo
 from ..cancel import CancelToken
 from ..engine import Engine
@@ -9,6 +11,7 @@ from ..errors import InvalidInput
 from ..jobs import Job, JobResult, Plan, Sink, Submission
 from ..runner import NOUN, BuildRequest
 from ..settings import Settings
+from ..srcinfo import SrcInfo
 from ..store import JobRecord
 from ..uploads import UploadBudget
 from ._body import cache_of, cache_request, parse_cache
@@ -43,7 +46,8 @@ class BuildKind:
             pkgname=info.pkgbase,
             pkgver=info.version,
             srcinfo=info.text,
-            request=cache_request(cache),
+            # What its top level printed is said again when the build starts.
+            request={**cache_request(cache), **({"printed": info.printed} if info.printed else {})},
         )
 
     def subject(self, record: JobRecord) -> str | None:
@@ -55,7 +59,7 @@ class BuildKind:
             record.id,
             source_dir,
             record.variant or "cpu",
-            srcinfo=srcinfo.parse(record.srcinfo) if record.srcinfo else None,
+            srcinfo=_srcinfo(record),
             cache=cache_of(record.request),
         )
 
@@ -70,3 +74,12 @@ class BuildKind:
             raise InvalidInput("its uploaded sources are gone")
         await self._uploads.settle(record.id, source_dir)
         return await self.job(record)
+
+
+def _srcinfo(record: JobRecord) -> SrcInfo | None:
+    """makepkg's reading as the record keeps it."""
+    if not record.srcinfo:
+        return None
+    printed = record.request.get("printed")
+    info = srcinfo.parse(record.srcinfo)
+    return replace(info, printed=printed) if isinstance(printed, str) else info

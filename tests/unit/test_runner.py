@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from orchestrator import Action, BuildRequest, CancelReason, CancelToken, JobStatus, Settings
-from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.backend.fake import FakeBackend, FakeContainer, Script
 from orchestrator.jobs import Sink, perform
+from orchestrator.readers import READER_LABEL
 from orchestrator.runner import JOB_LABEL, BuildResult, Runner
 
 from ..conftest import Recorder
@@ -38,13 +39,14 @@ def build(
     return perform(work, sink, token, noun="Build", timeout_s=timeout_s)
 
 
+def builds(backend: FakeBackend) -> list[FakeContainer]:
+    """The build containers (not the warm readers of PKGBUILDs)."""
+    return [c for c in backend.containers.values() if READER_LABEL not in c.step.labels]
+
+
 def verbs(backend: FakeBackend) -> list[str]:
     """The calls made for the build's container (not for makepkg's reading of the PKGBUILD)."""
-    return [
-        verb
-        for verb, cid in backend.calls
-        if backend.steps[cid].command[:2] != ("makepkg", "--printsrcinfo")
-    ]
+    return [verb for verb, cid in backend.calls if READER_LABEL not in backend.steps[cid].labels]
 
 
 async def test_success_sequence_and_narration(
@@ -62,7 +64,7 @@ async def test_success_sequence_and_narration(
     assert (phase.stream, phase.message) == ("stdout", "==> Making package: x")
     assert recorder.lines("stderr") == ["warn"]
     assert recorder.actions()[-2:] == [Action.CONTAINER_REMOVED, Action.SUCCEEDED]
-    assert backend.containers == {}
+    assert builds(backend) == []
 
 
 async def test_labels_and_sandbox(
@@ -86,7 +88,7 @@ async def test_files_copied_in_are_the_build_dir(
         build(Runner(backend, settings), BuildRequest("j3", build_dir("hello-c")), recorder, token)
     )
     await recorder.wait_for(lambda e: e.action is Action.BUILD_STARTED)
-    [container] = backend.containers.values()
+    [container] = builds(backend)
     assert sorted(container.files) == ["/build/Makefile", "/build/PKGBUILD", "/build/hello.c"]
     assert container.step.labels[JOB_LABEL] == "j3"
     await task
@@ -132,7 +134,7 @@ async def test_cancel_while_running_kills_and_tells_why(
     assert recorder.events[-1].action is action
     assert "never" not in recorder.lines()
     assert verbs(backend)[-2:] == ["kill", "destroy"]
-    assert backend.containers == {}
+    assert builds(backend) == []
 
 
 async def test_first_cancel_reason_wins() -> None:
@@ -202,7 +204,7 @@ async def test_task_cancellation_still_removes_the_container(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert backend.containers == {}
+    assert builds(backend) == []
     assert verbs(backend)[-1] == "destroy"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import PkgbuildError
-from orchestrator.srcinfo import not_provided, parse, problems
+from orchestrator.srcinfo import not_provided, parse, problems, read_output
 
 SPLIT = """\
 pkgbase = demo-split
@@ -112,11 +112,64 @@ async def test_makepkgs_answer_is_remembered_for_the_same_input(tmp_path: Path) 
     from orchestrator.inspector import Inspector
 
     backend = FakeBackend()
-    inspector = Inspector(backend, Settings(data_dir=tmp_path / "data"))
+    inspector = Inspector(backend, Settings(data_dir=tmp_path / "data"), {})
+
+    def readings() -> int:
+        return sum("makepkg --printsrcinfo" in " ".join(cmd) for _, cmd, _ in backend.execs)
+
     (tmp_path / "PKGBUILD").write_text("pkgname=a\npkgver=1\npkgrel=1\npackage() { :; }\n")
     first = await inspector.read(tmp_path, "img", {})
     second = await inspector.read(tmp_path, "img", {})
-    assert first == second and len(backend.steps) == 1
+    assert first == second and readings() == 1
     (tmp_path / "PKGBUILD").write_text("pkgname=a\npkgver=2\npkgrel=1\npackage() { :; }\n")
     assert (await inspector.read(tmp_path, "img", {})).version == "2-1"
-    assert len(backend.steps) == 2
+    assert readings() == 2
+    await inspector.close()
+
+
+# What rbee's worker PKGBUILDs print at their top level (`echo "Detected platform: ..."`),
+# makepkg prints before the .SRCINFO, and goes on.
+def test_what_the_top_level_printed_before_the_srcinfo_is_kept_apart() -> None:
+    printed = "Detected platform: linux-x86_64-cpu\nBuilding with features: cpu\n"
+    info = read_output(printed + SPLIT, stderr="")
+    assert info.text == SPLIT
+    assert info.pkgnames == ("demo-a", "demo-b")
+    assert info.printed == printed.strip()
+    [warning] = info.warnings
+    assert "Detected platform: linux-x86_64-cpu" in warning
+
+
+def test_a_top_level_that_prints_srcinfo_lines_cannot_pass_for_makepkg() -> None:
+    # makepkg prints the .SRCINFO after sourcing the PKGBUILD: the last pkgbase is its own.
+    fake = "pkgbase = evil\n\tsource = https://evil.example/x\n\npkgname = evil\n"
+    info = read_output(fake + SPLIT, stderr="")
+    assert info.pkgbase == "demo-split"
+    assert "https://evil.example/x" not in info.sources()
+    assert "pkgbase = evil" in info.printed
+
+
+def test_what_the_top_level_printed_on_stderr_is_a_warning_too() -> None:
+    info = read_output(SPLIT, stderr="warning: no nvidia-smi here\n")
+    assert info.printed == "warning: no nvidia-smi here"
+    assert info.warnings and "no nvidia-smi here" in info.warnings[0]
+
+
+def test_a_quiet_pkgbuild_has_no_warning() -> None:
+    info = read_output(SPLIT, stderr="")
+    assert (info.printed, info.warnings) == ("", ())
+
+
+def test_a_megabyte_printed_at_the_top_level_is_cut_in_the_warning() -> None:
+    info = read_output("x" * 2_000_000 + "\n" + SPLIT, stderr="")
+    assert info.pkgbase == "demo-split"
+    assert len(info.warnings[0]) < 4096
+
+
+def test_output_with_no_srcinfo_is_refused_plainly() -> None:
+    with pytest.raises(PkgbuildError, match="no pkgbase"):
+        read_output("Detected platform: linux\n", stderr="")
+
+
+def test_a_last_printed_line_without_a_newline_is_not_taken_for_the_srcinfo() -> None:
+    info = read_output("Detected platform: lin" + SPLIT, stderr="")
+    assert (info.text, info.printed) == (SPLIT, "Detected platform: lin")

@@ -1,0 +1,55 @@
+"""A command in a running container (``docker exec``), its output kept to the last bytes.
+
+Blocking: the Docker engine runs it in its thread pool. Used for the warm PKGBUILD readers,
+where a reading costs one exec instead of a container (~1 s less on this engine).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Ran
+
+
+class _Tail:
+    """The last ``keep`` bytes written, without keeping more than twice that at any time."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > 2 * self._keep:
+            del self._data[: len(self._data) - self._keep]
+
+    def value(self) -> bytes:
+        return bytes(self._data[-self._keep :]) if self._keep else b""
+
+
+def run_exec(
+    api: Any, container_id: str, command: tuple[str, ...], user: str, workdir: str, keep: int
+) -> Ran:
+    """``command`` in the container until its output ends; its exit code and output tails.
+    The output ends when every process holding it has ended: the container being removed
+    ends it too (then docker-py's ``NotFound`` leaves here, for the caller to translate)."""
+    created = api.exec_create(
+        container_id, list(command), user=user, workdir=workdir, stdout=True, stderr=True
+    )
+    out, err = _Tail(keep), _Tail(keep)
+    for stdout, stderr in api.exec_start(created["Id"], stream=True, demux=True):
+        if stdout:
+            out.add(stdout)
+        if stderr:
+            err.add(stderr)
+    state = api.exec_inspect(created["Id"])
+    code = state.get("ExitCode")
+    # No exit code while it still runs: its output ended because the container is going away.
+    return Ran(-1 if code is None or state.get("Running") else int(code), out.value(), err.value())
+
+
+def cpu_seconds(stats: dict[str, Any]) -> float | None:
+    """The container's CPU time from one ``stats`` answer (cgroup v1 and v2 alike)."""
+    usage = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+    total = usage.get("total_usage")
+    return None if total is None else int(total) / 1e9

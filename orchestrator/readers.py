@@ -1,0 +1,261 @@
+"""Warm PKGBUILD readers: sandboxes kept running, each reading one PKGBUILD at a time.
+
+A container costs ~1 s to make and start on this engine; an exec in a running one ~30 ms. So
+``makepkg --printsrcinfo`` runs as an exec in a reader, a container with the sandbox a reading
+always had (no network, no capabilities, no-new-privileges, a read-only root, a small
+in-memory ``/tmp``, memory, process and CPU limits). What keeps readings apart in it:
+
+- each reading runs as a uid of its own, never used before in that reader, so it cannot signal
+  another reading's processes or open its files; its PKGBUILD is the reading's alone to read
+  (root's, with the reading's group, mode 0640 in a folder of mode 0750);
+- when makepkg is done, the same exec kills every process of that uid (a daemon the top level
+  forked) and deletes what it left in ``/tmp``;
+- then, before the reader takes another reading, root checks that only root's processes are
+  left and ``/tmp`` is empty, and removes the PKGBUILD. A reader that fails that check, or
+  whose reading overran its deadline, is destroyed and another made.
+
+The deadline counts the CPU time of the reader (one reading at a time, so that is the
+reading's), so a busy host slows an answer without changing it; a wall-clock bound far above it
+stops a top level that waits for nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .backend import Backend, Handle, Ran, Step
+from .errors import ContainerGone, InspectTimeout, OrchestratorError
+from .metrics import Metrics
+from .settings import MiB, Settings
+from .skeleton import Skeleton
+
+log = logging.getLogger(__name__)
+
+READER_LABEL = "orchestrator.reader"
+READ_ROOT = "/src"
+_FIRST_UID = 20000
+_UIDS = 40000  # uids a reader hands out, one per reading, before it is replaced
+_CPU_POLL_S = 0.5  # how often a long reading's CPU time is looked at
+
+# $1: the reading's folder under /src and /tmp. Everything makepkg insists on writing goes to
+# its own folder in the in-memory /tmp.
+_READ = """
+d=/tmp/$1
+mkdir -m 0700 "$d" || exit 125
+export HOME="$d" BUILDDIR="$d" SRCDEST="$d" PKGDEST="$d" SRCPKGDEST="$d" LOGDEST="$d" TMPDIR="$d"
+makepkg --printsrcinfo
+rc=$?
+exec >/dev/null 2>&1
+kill -KILL -1
+find /tmp -xdev -mindepth 1 -user "$(id -u)" -delete
+exit $rc
+"""
+# As root, after the answer: is the reader as it was before the reading?
+_TIDY = """
+rm -rf "/src/$1"
+for p in /proc/[0-9]*; do
+    u=$(stat -c %u "$p" 2>/dev/null) || continue
+    [ "$u" = 0 ] || grep -qs '^State:.Z' "$p/status" || { echo "uid $u still runs $p"; exit 3; }
+done
+[ -z "$(ls -A /tmp)" ] || { echo "/tmp is not empty"; exit 4; }
+"""
+
+
+@dataclass(slots=True)
+class _Reader:
+    handle: Handle
+    next_uid: int = _FIRST_UID
+    cpu_s: float = 0.0  # the reader's CPU time when its current reading began
+
+    def take_uid(self) -> int:
+        uid, self.next_uid = self.next_uid, self.next_uid + 1
+        return uid
+
+    @property
+    def spent(self) -> bool:
+        return self.next_uid >= _FIRST_UID + _UIDS
+
+
+class ReaderPool:
+    """Up to ``settings.readers`` warm readers per build image."""
+
+    def __init__(
+        self, backend: Backend, settings: Settings, labels: Mapping[str, str], metrics: Metrics
+    ) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._labels = {**labels, READER_LABEL: "1"}
+        self._metrics = metrics
+        self._idle: dict[str, list[_Reader]] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tidying: set[asyncio.Task[None]] = set()
+        self._readings = itertools.count(1)
+        self._closed = False
+
+    async def warm(self, image: str) -> None:
+        """Have one reader of ``image`` ready (at start-up, so the first submit is fast)."""
+        slots = self._slots_for(image)
+        async with slots:
+            if not self._idle[image]:
+                self._idle[image].append(await self._start(image))
+
+    async def read(self, image: str, skeleton: Skeleton, keep_bytes: int) -> Ran:
+        """``makepkg --printsrcinfo`` of the PKGBUILD in ``skeleton``, in a reader of
+        ``image``; raises ``InspectTimeout`` past the deadline."""
+        slots = self._slots_for(image)
+        await slots.acquire()
+        self._metrics.readers_busy.inc()
+        reader: _Reader | None = None
+        try:
+            idle = self._idle[image]
+            name = f"r{next(self._readings)}"
+            began = time.monotonic()
+            if idle:
+                reader = idle.pop()
+                try:
+                    ran = await self._reading(reader, name, skeleton, keep_bytes)
+                except ContainerGone:  # it died idle (killed by hand, the daemon restarted)
+                    self._later(self._discard(reader, None))
+                    reader = None
+            if reader is None:
+                reader = await self._start(image)
+                ran = await self._reading(reader, name, skeleton, keep_bytes)
+            self._metrics.reading_seconds.observe(time.monotonic() - began)
+        except BaseException:
+            self._metrics.readers_busy.dec()
+            self._later(self._discard(reader, slots))
+            raise
+        self._later(self._tidy(image, reader, name, slots))
+        return ran
+
+    async def _reading(self, reader: _Reader, name: str, skeleton: Skeleton, keep: int) -> Ran:
+        uid = reader.take_uid()
+        with skeleton.tar(prefix=name, gid=uid, private=True) as tar:
+            await self._backend.put(reader.handle, READ_ROOT, tar)
+        command = ("sh", "-c", _READ, "reader", name)
+        run = asyncio.ensure_future(
+            self._backend.exec(
+                reader.handle,
+                command,
+                user=f"{uid}:{uid}",
+                workdir=f"{READ_ROOT}/{name}",
+                keep_bytes=keep,
+            )
+        )
+        try:
+            await self._within_deadline(reader, run)
+        finally:
+            if not run.done():
+                run.cancel()
+        return run.result()
+
+    async def _within_deadline(self, reader: _Reader, run: asyncio.Future[Ran]) -> None:
+        cpu_limit_s = self._settings.inspect_timeout_s
+        wall_limit_s = self._settings.inspect_wall_timeout_s
+        began = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({run}, timeout=_CPU_POLL_S)
+            if done:
+                return
+            if time.monotonic() - began > wall_limit_s:
+                raise InspectTimeout(
+                    f"makepkg took more than {wall_limit_s:g} s to read the PKGBUILD (its top "
+                    "level runs when it is read: does it wait for something?)"
+                )
+            used = await self._backend.cpu_seconds(reader.handle)
+            if used is not None and used - reader.cpu_s > cpu_limit_s:
+                raise InspectTimeout(
+                    f"makepkg used more than {cpu_limit_s:g} s of CPU time to read the "
+                    "PKGBUILD (its top level runs when it is read: does it loop?)"
+                )
+
+    async def _tidy(self, image: str, reader: _Reader, name: str, slots: asyncio.Semaphore) -> None:
+        try:
+            tidy = await self._backend.exec(
+                reader.handle,
+                ("sh", "-c", _TIDY, "tidy", name),
+                user="0:0",
+                workdir="/",
+                keep_bytes=4096,
+            )
+            if tidy.code != 0:
+                raise OrchestratorError(tidy.stdout.decode(errors="replace").strip())
+            if reader.spent:
+                raise OrchestratorError("it has handed out all its uids")
+            reader.cpu_s = await self._backend.cpu_seconds(reader.handle) or 0.0
+        except (OrchestratorError, OSError) as exc:
+            log.warning("a PKGBUILD reader is replaced: %s", exc)
+            await self._discard(reader, None)
+        else:
+            if not self._closed:
+                self._idle[image].append(reader)
+        finally:
+            self._metrics.readers_busy.dec()
+            slots.release()
+
+    async def _discard(self, reader: _Reader | None, slots: asyncio.Semaphore | None) -> None:
+        try:
+            if reader is not None:
+                with contextlib.suppress(OrchestratorError):
+                    await self._backend.destroy(reader.handle)
+        finally:
+            if slots is not None:
+                slots.release()
+
+    async def _start(self, image: str) -> _Reader:
+        step = Step(
+            image=image,
+            command=("sleep", "infinity"),
+            labels=self._labels,
+            user="0:0",  # root without a capability: it owns the PKGBUILDs and cleans up
+            workdir=READ_ROOT,
+            network=False,
+            memory_bytes=256 * MiB,
+            cpus=1.0,
+            pids_limit=64,
+            log_max_bytes=64 * 1024,
+            read_only=True,
+            tmp_bytes=16 * MiB,
+        )
+        handle = await self._backend.setup(step)
+        try:
+            stream = await self._backend.start(handle)
+            await stream.aclose()  # it prints nothing: each reading's output is its exec's
+        except BaseException:
+            with contextlib.suppress(OrchestratorError):
+                await asyncio.shield(self._backend.destroy(handle))
+            raise
+        return _Reader(handle)
+
+    def _slots_for(self, image: str) -> asyncio.Semaphore:
+        if image not in self._slots:
+            self._slots[image] = asyncio.Semaphore(self._settings.readers)
+            self._idle[image] = []
+        return self._slots[image]
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Work that outlives the answer (tidying, replacing a reader), tracked until done."""
+        task = asyncio.ensure_future(work)
+        self._tidying.add(task)
+        task.add_done_callback(self._tidying.discard)
+
+    async def close(self) -> None:
+        """Destroy every reader (the service is stopping)."""
+        self._closed = True
+        if self._tidying:
+            await asyncio.gather(*self._tidying, return_exceptions=True)
+        readers = [reader for idle in self._idle.values() for reader in idle]
+        self._idle.clear()
+        await asyncio.gather(
+            *(self._backend.destroy(r.handle) for r in readers), return_exceptions=True
+        )
+        # Any reader this process lost track of (a start cut short) still has its label.
+        with contextlib.suppress(OrchestratorError):
+            await self._backend.reap(self._labels)

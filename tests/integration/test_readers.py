@@ -1,0 +1,226 @@
+"""makepkg's reading in warm readers: what makepkg accepts is accepted, readings are kept apart,
+and whatever a top level does, the reader it ran in is clean (or replaced) before the next one.
+
+Real makepkg, the real daemon, real HTTP; PKGBUILDs that do what rbee's worker PKGBUILDs do
+(print at the top level, detect the platform in a function, pick sources at parse time, read
+files), and hostile ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from aiohttp.test_utils import TestClient
+
+from orchestrator import Settings
+from orchestrator.readers import READER_LABEL
+from orchestrator.runner import INSTANCE_LABEL
+
+from .conftest import serve
+from .service import read_sse, submit, tar_dir, wait_status
+
+pytestmark = pytest.mark.docker
+
+
+async def dry_run(client: TestClient, src: Path, expect: int = 200) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/builds",
+        params={"dry_run": "true"},
+        data=tar_dir(src),
+        headers={"Content-Type": "application/gzip"},
+    )
+    body = dict(await response.json())
+    assert response.status == expect, body
+    return body
+
+
+def pkgbuild(tmp_path: Path, name: str, top_level: str) -> Path:
+    src = tmp_path / name
+    src.mkdir()
+    (src / "PKGBUILD").write_text(
+        f"pkgname={name}\npkgver=1\npkgrel=1\narch=(any)\n{top_level}\npackage() {{ :; }}\n"
+    )
+    return src
+
+
+def makepkg_itself(client: docker.DockerClient, image: str, src: Path) -> str:
+    """What ``makepkg --printsrcinfo`` prints in a plain container of the image, for the
+    folder as it is (every file whole), as the image's builder."""
+    out = client.containers.run(
+        image,
+        ["sh", "-c", "cp -r /in /tmp/w && cd /tmp/w && makepkg --printsrcinfo"],
+        volumes={str(src): {"bind": "/in", "mode": "ro"}},
+        network_mode="none",
+        environment={"BUILDDIR": "/tmp", "SRCDEST": "/tmp", "PKGDEST": "/tmp"},
+        remove=True,
+        stdout=True,
+        stderr=False,
+    )
+    return bytes(out).decode()
+
+
+def readers(client: docker.DockerClient, settings: Settings) -> list[Any]:
+    mine = [f"{INSTANCE_LABEL}={settings.instance_id}", READER_LABEL]
+    return list(client.containers.list(all=True, filters={"label": mine}))
+
+
+def others_than_readers(client: docker.DockerClient, settings: Settings) -> list[str]:
+    found = client.containers.list(
+        all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
+    )
+    return [str(c.name) for c in found if READER_LABEL not in c.labels]
+
+
+def wait_until_clean(client: docker.DockerClient, settings: Settings) -> None:
+    """Every reader runs only root's processes (its idle ones): no reading's is left. Waits
+    for the tidying that follows an answer, at most 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        users = {
+            row[1]
+            for reader in readers(client, settings)
+            if reader.status == "running"
+            for row in reader.top(ps_args="-o pid,uid")["Processes"] or []
+        }
+        if users <= {"0"} or time.monotonic() > deadline:
+            assert users <= {"0"}, f"a reading's processes are still running: uids {users}"
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("folder", ["rbee-style-detect", "rbee-style-git"])
+async def test_a_top_level_that_prints_is_read_as_makepkg_reads_it(
+    client: TestClient,
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+    settings: Settings,
+    folder: str,
+) -> None:
+    src = build_dir(folder)
+    found = await dry_run(client, src)
+    itself = makepkg_itself(docker_client, settings.image_cpu, src)
+    # makepkg printed the top level's lines, then the .SRCINFO: ours is that .SRCINFO.
+    assert itself.endswith(found["srcinfo"]), (itself, found["srcinfo"])
+    printed = itself[: -len(found["srcinfo"])]
+    assert "Building with features: " in printed
+    [said] = [w for w in found["warnings"] if "printed this while makepkg read it" in w]
+    assert "Building with features: " in said
+    if folder == "rbee-style-detect":
+        assert "Detected platform: linux-x86_64-cpu" in said
+        assert "reading on debian" in said  # its stderr: a warning, not a refusal
+        assert found["sources"] == ["worker-linux-x86_64.sh", "worker.conf"]
+        assert "(cpu,http on debian)" in found["srcinfo"]  # read from its own files
+
+
+async def test_a_pkgbuild_that_prints_at_its_top_level_builds(
+    client: TestClient, build_dir: Callable[..., Path]
+) -> None:
+    created = await submit(client, build_dir("rbee-style-detect"))
+    assert any("Detected platform: linux-x86_64-cpu" in w for w in created["warnings"])
+    job = await wait_status(client, created["job_id"], {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job
+    narration = await read_sse(client, created["job_id"])
+    assert any(
+        e["action"] == "warning" and "Detected platform" in e["message"] for e in narration.events
+    )
+
+
+async def test_readings_are_kept_apart_and_leave_nothing_running(
+    client: TestClient,
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+    settings: Settings,
+) -> None:
+    found = await dry_run(client, build_dir("sandbox-probe"))
+    [desc] = [line for line in found["srcinfo"].splitlines() if "pkgdesc" in line]
+    assert "net=offline" in desc and "root=read-only" in desc, desc
+    assert "upload=read-only" in desc, desc
+    assert "CapEff:0000000000000000" in desc, desc
+    uid = int(desc.rsplit("uid=", 1)[1])
+    assert uid >= 20000, desc  # a uid of its own, not the builder's nor root
+    again = await dry_run(client, build_dir("sandbox-probe"))
+    assert again == found  # the same upload: the remembered answer
+    wait_until_clean(docker_client, settings)
+    assert others_than_readers(docker_client, settings) == []
+
+
+async def test_a_daemon_forked_by_the_top_level_is_killed(
+    client: TestClient, tmp_path: Path, docker_client: docker.DockerClient, settings: Settings
+) -> None:
+    src = pkgbuild(tmp_path, "forker", "(setsid sleep 600 >/dev/null 2>&1 &)\nsleep 600 &")
+    began = time.monotonic()
+    await dry_run(client, src)
+    # Answered when makepkg is done, not when the daemons are.
+    assert time.monotonic() - began < 60
+    wait_until_clean(docker_client, settings)
+    [reader] = readers(docker_client, settings)
+    # Its reader was made clean, not replaced, and readings go on.
+    await dry_run(client, pkgbuild(tmp_path, "after", ""))
+    assert reader.id in [r.id for r in readers(docker_client, settings)]
+
+
+async def test_a_top_level_that_fills_tmp_leaves_it_empty(
+    client: TestClient, tmp_path: Path, docker_client: docker.DockerClient, settings: Settings
+) -> None:
+    src = pkgbuild(tmp_path, "filler", "head -c 64M /dev/zero > /tmp/fill 2>/dev/null; true")
+    await dry_run(client, src)
+    wait_until_clean(docker_client, settings)
+    for reader in readers(docker_client, settings):
+        assert reader.exec_run(["ls", "-A", "/tmp"]).output == b""
+    await dry_run(client, pkgbuild(tmp_path, "after", ""))
+
+
+async def test_megabytes_printed_at_the_top_level_cost_little(
+    client: TestClient, tmp_path: Path
+) -> None:
+    src = pkgbuild(tmp_path, "chatty", "yes 'Detected platform: linux' | head -c 8M")
+    found = await dry_run(client, src)
+    assert found["pkgnames"] == ["chatty"]
+    [said] = [w for w in found["warnings"] if "printed this" in w]
+    assert len(said) < 4096
+
+
+async def test_a_reading_that_never_ends_is_stopped_and_its_reader_replaced(
+    settings: Settings, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    quick = settings.model_copy(update={"inspect_timeout_s": 2.0, "inspect_wall_timeout_s": 6.0})
+    async with serve(quick) as client:
+        await dry_run(client, pkgbuild(tmp_path, "first", ""))
+        [first] = readers(docker_client, quick)
+        body = await dry_run(client, pkgbuild(tmp_path, "spin", "while :; do :; done"), 422)
+        assert "more than 2 s of CPU time" in body["message"], body
+        body = await dry_run(client, pkgbuild(tmp_path, "wait", "sleep 300"), 422)
+        assert "more than 6 s to read the PKGBUILD" in body["message"], body
+        # Waiting costs no CPU time: slow is not refused.
+        await dry_run(client, pkgbuild(tmp_path, "slow", "sleep 3"))
+        assert first.id not in [r.id for r in readers(docker_client, quick)]
+    assert readers(docker_client, quick) == []
+
+
+async def test_a_burst_of_distinct_pkgbuilds_is_answered_and_none_refused(
+    client: TestClient, tmp_path: Path, settings: Settings
+) -> None:
+    folders = [pkgbuild(tmp_path, f"burst{i}", f"_n={i}") for i in range(16)]
+
+    async def one(src: Path) -> dict[str, Any]:
+        return await submit(client, src)
+
+    created = await asyncio.gather(*(one(src) for src in folders))
+    assert sorted(c["pkgname"] for c in created) == sorted(f"burst{i}" for i in range(16))
+    for job in created:
+        await wait_status(client, job["job_id"], {"succeeded"})
+
+
+async def test_a_stopped_service_leaves_none_of_its_readers(
+    settings: Settings, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    async with serve(settings) as client:
+        await asyncio.gather(*(dry_run(client, pkgbuild(tmp_path, f"p{i}", "")) for i in range(3)))
+        assert readers(docker_client, settings)
+    assert readers(docker_client, settings) == []

@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "demo worker on linux-x86_64"
