@@ -212,7 +212,10 @@ class ReaderPool:
     async def _start(self, image: str) -> _Reader:
         step = Step(
             image=image,
-            command=("sleep", "infinity"),
+            # Waits for its stdin to end: tied to this process, it ends (and is removed) with
+            # it, however it ends; a build never is.
+            command=("sh", "-c", "exec cat >/dev/null"),
+            tied=True,
             labels=self._labels,
             user="0:0",  # root without a capability: it owns the PKGBUILDs and cleans up
             workdir=READ_ROOT,

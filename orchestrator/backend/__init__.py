@@ -51,6 +51,9 @@ class Step:
     # inputs) and an in-memory ``/tmp`` of ``tmp_bytes`` writable; both gone with the step.
     read_only: bool = False
     tmp_bytes: int = 16 * 1024 * 1024
+    # Ends by itself once this process is gone, however it went (kill -9 included): for a
+    # warm sandbox that only serves this process, never for a build, which outlives it.
+    tied: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,6 +113,9 @@ class DockerBackend:
         self._pool = ThreadPoolExecutor(
             max_workers=3 * settings.max_concurrent_builds + 8, thread_name_prefix="docker"
         )
+        # Tied steps: the socket whose end is their end (its stdin: see create_kwargs).
+        self._ties: dict[str, Any] = {}
+        self._tied: set[str] = set()
         self._gpu_runtime: bool | None = None
         # Whether the storage driver takes a per-container size (`--storage-opt size`): asked
         # of the daemon once, and dropped for good if it refuses one anyway (overlay2 on xfs
@@ -182,6 +185,8 @@ class DockerBackend:
             container = self._client.containers.create(
                 **create_kwargs(step, quota=False, network=network)
             )
+        if step.tied:
+            self._tied.add(str(container.id))
         return str(container.id)
 
     @property
@@ -244,6 +249,11 @@ class DockerBackend:
         sock = await self._run(self._attach, handle)
         output = AttachOutput(sock, self._pool, asyncio.get_running_loop())
         try:
+            if handle in self._tied:
+                params = {"stdin": 1, "stream": 1}
+                self._ties[handle] = await self._run(
+                    functools.partial(self._long.attach_socket, handle, params=params)
+                )
             await self._run(self._client.api.start, handle)
         except BaseException:
             await output.aclose()
@@ -326,6 +336,10 @@ class DockerBackend:
 
     async def destroy(self, handle: str) -> None:
         await self._run(self._remove, handle)
+        self._tied.discard(handle)
+        tie = self._ties.pop(handle, None)
+        if tie is not None:
+            tie.close()
 
     def _remove(self, container_id: str) -> None:
         api = self._client.api
@@ -414,6 +428,8 @@ class DockerBackend:
         return ids
 
     async def close(self) -> None:
+        for tie in self._ties.values():
+            tie.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._long.close()
         self._client.close()
@@ -455,9 +471,14 @@ def create_kwargs(step: Step, *, quota: bool = False, network: str = "bridge") -
         "init": True,
         "security_opt": ["no-new-privileges"],
         "cap_drop": ["ALL"],
-        "detach": True,
         "tty": False,
-        "stdin_open": False,
+        # A tied step's command reads its stdin to the end, and the stdin is this process's
+        # attach socket: when this process goes, so does the step, and Docker removes it.
+        # (docker-py sets StdinOnce, which closes the stdin with that socket, only for a
+        # container that is not "detached", a flag that changes nothing else here.)
+        "detach": not step.tied,
+        "stdin_open": step.tied,
+        "auto_remove": step.tied,
         "log_config": LogConfig(
             type=LogConfig.types.JSON,
             config={"max-size": str(step.log_max_bytes)} if step.log_max_bytes else {},

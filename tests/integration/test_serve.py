@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ import docker
 import pytest
 
 from orchestrator import Settings, sse
+from orchestrator.readers import READER_LABEL
+from orchestrator.runner import INSTANCE_LABEL
 
 from .conftest import job_containers
 from .service import tar_dir
@@ -116,3 +119,32 @@ def test_refuses_a_public_bind_without_a_token(settings: Settings) -> None:
     )
     assert done.returncode == 2
     assert "ORCHESTRATOR_API_TOKEN" in done.stderr
+
+
+async def test_a_service_killed_outright_leaves_none_of_its_readers(
+    service: tuple[subprocess.Popen[str], str],
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+    settings: Settings,
+) -> None:
+    # kill -9 runs no clean-up: the readers end because their stdin (this process's socket)
+    # does, and Docker removes them. Nothing waits for a restart that may never come.
+    proc, url = service
+    mine = {"label": [f"{INSTANCE_LABEL}={settings.instance_id}", READER_LABEL]}
+    async with aiohttp.ClientSession() as session:
+        await wait_healthy(url, session)
+        async with session.post(
+            f"{url}/v1/builds",
+            params={"dry_run": "true"},
+            data=tar_dir(build_dir("hello-c")),
+            headers={"Content-Type": "application/gzip"},
+        ) as response:
+            assert response.status == 200, await response.text()
+    # The low-level list: the high-level one inspects each, and they are going away meanwhile.
+    assert docker_client.api.containers(all=True, filters=mine)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while docker_client.api.containers(all=True, filters=mine):
+        assert time.monotonic() < deadline, "the readers outlived the service"
+        await asyncio.sleep(0.2)
