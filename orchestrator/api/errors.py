@@ -25,13 +25,17 @@ from ..errors import (
     VariantError,
     VariantRefused,
 )
+from .keys import METRICS
 from .wire import Error, respond
 
 log = logging.getLogger(__name__)
+ERROR_CODE = web.ResponseKey("error_code", str)
 
 
 def error_response(http_status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return respond(Error(error=code, message=message, **extra), status=http_status)
+    response = respond(Error(error=code, message=message, **extra), status=http_status)
+    response[ERROR_CODE] = code  # for the middleware's count, without reading the body back
+    return response
 
 
 def translate(exc: OrchestratorError) -> web.Response:
@@ -75,19 +79,26 @@ def translate(exc: OrchestratorError) -> web.Response:
     return error_response(500, "internal_error", str(exc))
 
 
+# The routes that take work: their refusals are counted, by code (a CI burst that meets 507s,
+# a client that sends bad PKGBUILDs).
+SUBMIT_PATHS = frozenset({"/v1/builds", "/v1/jobs"})
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except OrchestratorError as exc:
-        return translate(exc)
+        response = translate(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
         response = error_response(exc.status, code, exc.text or exc.reason)
         response.headers.update({k: v for k, v in exc.headers.items() if k.lower() == "allow"})
-        return response
     except Exception as exc:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+        response = error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+    if request.method == "POST" and request.path in SUBMIT_PATHS:
+        request.app[METRICS].submits_refused.labels(reason=response[ERROR_CODE]).inc()
+    return response

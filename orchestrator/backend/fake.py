@@ -79,6 +79,8 @@ class FakeBackend:
         self.volume_bytes: dict[str, int] = {}  # what volume_usage says of each
         self.cache_files: dict[str, bytes] = {}  # what a cache wrapper would leave to copy out
         self.reading: Script | None = None  # what an exec'd reading plays instead of makepkg's
+        self.tidy_code = 0  # what any other exec (a reader's tidying) exits with
+        self.cpu: dict[str, float] = {}  # what cpu_seconds says of a step (0 by default)
         self.execs: list[tuple[str, tuple[str, ...], str]] = []  # (handle, command, user)
         self._next = 0
 
@@ -239,7 +241,7 @@ class FakeBackend:
         container = self._get(handle)
         self.execs.append((handle, command, user))
         if "makepkg --printsrcinfo" not in " ".join(command):
-            return Ran(0, b"", b"")
+            return Ran(self.tidy_code, b"", b"")
         pkgbuild = container.files.get(f"{workdir}/PKGBUILD", b"").decode(errors="replace")
         script = self.reading or printsrcinfo(pkgbuild)
         printed: dict[str, bytes] = {"stdout": b"", "stderr": b""}
@@ -254,7 +256,7 @@ class FakeBackend:
 
     async def cpu_seconds(self, handle: str) -> float | None:
         self._get(handle)
-        return 0.0
+        return self.cpu.get(handle, 0.0)
 
     async def destroy(self, handle: str) -> None:
         self.calls.append(("destroy", handle))
