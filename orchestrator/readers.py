@@ -9,10 +9,10 @@ in-memory ``/tmp``, memory, process and CPU limits). What keeps readings apart i
   another reading's processes or open its files; its PKGBUILD is the reading's alone to read
   (root's, with the reading's group, mode 0640 in a folder of mode 0750);
 - when makepkg is done, the same exec kills every process of that uid (a daemon the top level
-  forked) and deletes what it left in ``/tmp``;
+  forked) and deletes what it left in ``/tmp`` and ``/dev/shm``;
 - then, before the reader takes another reading, root checks that only root's processes are
-  left and ``/tmp`` is empty, and removes the PKGBUILD. A reader that fails that check, or
-  whose reading overran its deadline, is destroyed and another made.
+  left and ``/tmp`` and ``/dev/shm`` are empty, and removes the PKGBUILD. A reader that fails
+  that check, or whose reading overran its deadline, is destroyed and another made.
 
 The deadline counts the CPU time of the reader (one reading at a time, so that is the
 reading's), so a busy host slows an answer without changing it; a wall-clock bound far above it
@@ -54,7 +54,7 @@ makepkg --printsrcinfo
 rc=$?
 exec >/dev/null 2>&1
 kill -KILL -1
-find /tmp -xdev -mindepth 1 -user "$(id -u)" -delete
+find /tmp /dev/shm -xdev -mindepth 1 -user "$(id -u)" -delete
 exit $rc
 """
 # As root, after the answer: is the reader as it was before the reading?
@@ -64,7 +64,9 @@ for p in /proc/[0-9]*; do
     u=$(stat -c %u "$p" 2>/dev/null) || continue
     [ "$u" = 0 ] || grep -qs '^State:.Z' "$p/status" || { echo "uid $u still runs $p"; exit 3; }
 done
-[ -z "$(ls -A /tmp)" ] || { echo "/tmp is not empty"; exit 4; }
+for d in /tmp /dev/shm; do
+    [ -z "$(ls -A "$d")" ] || { echo "$d is not empty"; exit 4; }
+done
 """
 
 

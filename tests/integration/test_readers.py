@@ -168,14 +168,20 @@ async def test_a_daemon_forked_by_the_top_level_is_killed(
     assert before <= {r.id for r in readers(docker_client, settings)}
 
 
-async def test_a_top_level_that_fills_tmp_leaves_it_empty(
+async def test_a_top_level_that_fills_tmp_and_shm_leaves_them_empty(
     client: TestClient, tmp_path: Path, docker_client: docker.DockerClient, settings: Settings
 ) -> None:
-    src = pkgbuild(tmp_path, "filler", "head -c 64M /dev/zero > /tmp/fill 2>/dev/null; true")
-    await dry_run(client, src)
+    top_level = (
+        "head -c 64M /dev/zero > /tmp/fill 2>/dev/null\n"
+        "mkdir -p /dev/shm/d && head -c 1M /dev/zero > /dev/shm/d/fill; true"
+    )
+    await dry_run(client, pkgbuild(tmp_path, "filler", top_level))
     wait_until_clean(docker_client, settings)
     for reader in readers(docker_client, settings):
-        assert reader.exec_run(["ls", "-A", "/tmp"]).output == b""
+        assert reader.exec_run(["ls", "-A", "/tmp", "/dev/shm"]).output.split() == [
+            b"/dev/shm:",
+            b"/tmp:",
+        ]
     await dry_run(client, pkgbuild(tmp_path, "after", ""))
 
 
