@@ -43,6 +43,19 @@ async def submit(
     return dict(body)
 
 
+async def dry_run(client: TestClient, src: Path, expect: int = 200) -> dict[str, Any]:
+    """``POST /v1/builds?dry_run=true`` of ``src``: makepkg's reading, no job."""
+    response = await client.post(
+        "/v1/builds",
+        params={"dry_run": "true"},
+        data=tar_dir(src),
+        headers={"Content-Type": "application/gzip"},
+    )
+    body = dict(await response.json())
+    assert response.status == expect, body
+    return body
+
+
 @dataclass
 class Sse:
     events: list[dict[str, Any]] = field(default_factory=list)

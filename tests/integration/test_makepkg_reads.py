@@ -11,7 +11,6 @@ import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
@@ -20,21 +19,9 @@ from aiohttp.test_utils import TestClient
 from orchestrator import Engine, Settings
 from orchestrator.runner import INSTANCE_LABEL
 
-from .service import submit, tar_dir, wait_status
+from .service import dry_run, submit, tar_dir, wait_status
 
 pytestmark = pytest.mark.docker
-
-
-async def dry_run(client: TestClient, src: Path, expect: int = 200) -> dict[str, Any]:
-    response = await client.post(
-        "/v1/builds",
-        params={"dry_run": "true"},
-        data=tar_dir(src),
-        headers={"Content-Type": "application/gzip"},
-    )
-    body = dict(await response.json())
-    assert response.status == expect, body
-    return body
 
 
 async def test_values_only_bash_can_compute_are_read_as_makepkg_reads_them(

@@ -23,21 +23,9 @@ from orchestrator.readers import READER_LABEL
 from orchestrator.runner import INSTANCE_LABEL
 
 from .conftest import serve
-from .service import read_sse, submit, tar_dir, wait_status
+from .service import dry_run, read_sse, submit, wait_status
 
 pytestmark = pytest.mark.docker
-
-
-async def dry_run(client: TestClient, src: Path, expect: int = 200) -> dict[str, Any]:
-    response = await client.post(
-        "/v1/builds",
-        params={"dry_run": "true"},
-        data=tar_dir(src),
-        headers={"Content-Type": "application/gzip"},
-    )
-    body = dict(await response.json())
-    assert response.status == expect, body
-    return body
 
 
 def pkgbuild(tmp_path: Path, name: str, top_level: str) -> Path:
