@@ -171,7 +171,14 @@ class ReaderPool:
                     f"makepkg took more than {wall_limit_s:g} s to read the PKGBUILD (its top "
                     "level runs when it is read: does it wait for something?)"
                 )
-            used = await self._backend.cpu_seconds(reader.handle)
+            # Asked beside the reading, so that an answer never waits for the question.
+            asking = asyncio.ensure_future(self._backend.cpu_seconds(reader.handle))
+            either: set[asyncio.Future[Any]] = {run, asking}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if run.done():
+                asking.cancel()
+                return
+            used = asking.result()
             if used is not None and used - reader.cpu_s > cpu_limit_s:
                 raise InspectTimeout(
                     f"makepkg used more than {cpu_limit_s:g} s of CPU time to read the "

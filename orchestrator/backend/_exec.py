@@ -48,8 +48,21 @@ def run_exec(
     return Ran(-1 if code is None or state.get("Running") else int(code), out.value(), err.value())
 
 
-def cpu_seconds(stats: dict[str, Any]) -> float | None:
-    """The container's CPU time from one ``stats`` answer (cgroup v1 and v2 alike)."""
-    usage = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
-    total = usage.get("total_usage")
-    return None if total is None else int(total) / 1e9
+# The container's own cgroup, as Docker mounts it inside: cgroup v1's cpuacct (nanoseconds), or
+# v2's cpu.stat (microseconds). Read by an exec (~50 ms here) rather than the stats API, which
+# takes a second to answer on Docker 20.10 even for one sample.
+CPU_COMMAND = (
+    "sh",
+    "-c",
+    "if [ -r /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then"
+    " echo ns $(cat /sys/fs/cgroup/cpuacct/cpuacct.usage);"
+    " else echo us $(sed -n 's/^usage_usec //p' /sys/fs/cgroup/cpu.stat); fi",
+)
+
+
+def cpu_seconds(printed: bytes) -> float | None:
+    """What ``CPU_COMMAND`` printed, in seconds; None if it printed no number."""
+    unit, _, value = printed.decode(errors="replace").strip().partition(" ")
+    if not value.isdigit():
+        return None
+    return int(value) / (1e9 if unit == "ns" else 1e6)

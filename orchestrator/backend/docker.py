@@ -45,7 +45,7 @@ from ..errors import (
 from ..settings import Settings
 from . import ExitStatus, Ran, Step
 from ._attach import AttachOutput
-from ._exec import cpu_seconds, run_exec
+from ._exec import CPU_COMMAND, cpu_seconds, run_exec
 
 T = TypeVar("T")
 
@@ -231,10 +231,8 @@ class DockerBackend:
         return await self._run(call, idempotent=False)
 
     async def cpu_seconds(self, handle: str) -> float | None:
-        stats = await self._run(
-            functools.partial(self._client.api.stats, handle, stream=False, one_shot=True)
-        )
-        return cpu_seconds(stats)
+        ran = await self.exec(handle, CPU_COMMAND, user="0:0", workdir="/", keep_bytes=256)
+        return cpu_seconds(ran.stdout) if ran.code == 0 else None
 
     async def _copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None:
         def put() -> None:
