@@ -1,5 +1,7 @@
 # The orchestrator service. It runs every build as a container on the HOST's Docker daemon, so
 # it needs the host's socket: docker run -v /var/run/docker.sock:/var/run/docker.sock ...
+# Its data (database, packages) lives in /var/lib/orchestrator: give it a named volume
+# (-v orchestrator-data:/var/lib/orchestrator, as compose.yaml and deploy/stack.yaml do).
 #
 # BASE_IMAGE: any Debian trixie image. Where a registry is reachable the default works; offline,
 # images/bootstrap makes orchestrator/base:trixie (compose.yaml passes it).
@@ -36,7 +38,9 @@ COPY images/service/entrypoint /usr/local/bin/orchestrator-entrypoint
 ENV ORCHESTRATOR_HOST=0.0.0.0 \
     ORCHESTRATOR_PORT=7835 \
     ORCHESTRATOR_DATA_DIR=/var/lib/orchestrator
-VOLUME ["/var/lib/orchestrator"]
+# No VOLUME: every container of an image with one that is not given a volume there gets an
+# anonymous one, which outlives it unless it is removed with its volumes (-v); compose and the
+# stack name theirs, so a VOLUME only ever made leftovers.
 EXPOSE 7835
 # Healthy = the daemon answers and the cpu build image is there.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \

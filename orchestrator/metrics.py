@@ -49,6 +49,22 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.removals_failed = Counter(
+            "orchestrator_removals_failed",
+            "Containers (services) whose removal failed where it was made, handed to the janitor",
+            registry=self.registry,
+        )
+        self.janitor_removed = Counter(
+            "orchestrator_janitor_removed",
+            "Containers (services) the janitor removed: a failed removal retried, or swept up",
+            ["how"],
+            registry=self.registry,
+        )
+        self.janitor_errors = Counter(
+            "orchestrator_janitor_errors",
+            "Removals the janitor tried that failed (it tries again later)",
+            registry=self.registry,
+        )
         self.events = Counter(
             "orchestrator_narration_events", "Narration events stored", registry=self.registry
         )

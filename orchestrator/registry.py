@@ -280,6 +280,10 @@ class Registry:
         self._queue.put_nowait(handle)
         self._metrics.queue_length.set(self._queue.qsize())
 
+    def is_active(self, job_id: str) -> bool:
+        """Whether the job is queued or running here (its containers are in use)."""
+        return job_id in self._handles
+
     def busy_with(self, subject: str) -> str | None:
         """The id of an unfinished job acting on ``subject``, if there is one."""
         return self._subjects.busy_with(subject)

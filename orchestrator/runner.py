@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import archive, cachescript, srcinfo
-from .backend import Backend, ExitStatus, OutputStream, Step
+from .backend import Backend, ExitStatus, Handle, OutputStream, Step
 from .caches import Caches, Lease
 from .cancel import CancelToken
 from .errors import OrchestratorError, PkgbuildError
@@ -68,6 +68,9 @@ class Runner:
         instance = {INSTANCE_LABEL: settings.instance_id}
         self.inspector = Inspector(backend, settings, instance, metrics)
         self.caches = caches
+        # Where a container that could not be removed goes (the app's janitor): not left to
+        # the next start-up's reaping, which may never come.
+        self.unremoved: Callable[[Handle], None] | None = None
 
     async def prepare(self, request: BuildRequest) -> tuple[SrcInfo, VariantPlan]:
         """Everything that can be checked before the build's container exists: the variant,
@@ -357,7 +360,10 @@ class Runner:
                 # The task may have been cancelled while `setup` was in flight: find it by label.
                 await self._backend.reap({JOB_LABEL: job_id})
         except OrchestratorError as exc:
-            # Start-up reaping will remove it later; the build's own outcome stands.
+            # The janitor (or else start-up reaping) removes it later; the build's own outcome
+            # stands.
+            if container and self.unremoved is not None:
+                self.unremoved(container[0])
             await sink(
                 [Event(Action.WARNING, f"Could not remove the container: {exc}", Level.ERROR)]
             )

@@ -116,6 +116,18 @@ class Settings(BaseSettings):
         le=64,
         description="Warm PKGBUILD readers per build image: readings at once (Docker).",
     )
+    janitor_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the service looks for its containers that no job or reading "
+        "owns any more (their removal failed) and removes them.",
+    )
+    janitor_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a container may go unowned before that sweep removes it (one "
+        "may exist a moment before its owner is known).",
+    )
     kill_grace_s: float = Field(
         default=0.0, ge=0, description="SIGTERM, then SIGKILL after this long; 0 kills at once."
     )

@@ -1,8 +1,9 @@
 """The aiohttp application: ``create_app(settings)``.
 
-Each resource is one cleanup context (store, engine, registry), so start-up and shutdown run in
-one order and in reverse. On shutdown the registry stops first: running builds are killed and
-their containers removed, then every SSE stream drains and ends.
+Each resource is one cleanup context (store, engine, janitor, registry), so start-up and shutdown
+run in one order and in reverse. On shutdown the registry stops first: running builds are killed
+and their containers removed, then every SSE stream drains and ends; then the janitor removes
+what a build could not.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from ..disk import DataDisk
 from ..engine import Engine
 from ..errors import InsecureBind as InsecureBind  # re-exported: it lived here before
 from ..installed import WorkerStore
+from ..janitor import Janitor, owned_by_jobs
 from ..metrics import Metrics
 from ..models import ModelStore
 from ..registry import Registry
+from ..runner import INSTANCE_LABEL
 from ..settings import Settings
 from ..store import Store
 from ..web import add_routes as add_dashboard
@@ -47,6 +50,7 @@ from .keys import (
     CATALOG,
     DISK,
     ENGINE,
+    JANITOR,
     METRICS,
     MODELS,
     REGISTRY,
@@ -133,6 +137,29 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         yield
         await engine.close()
 
+    async def janitor_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Between the engine and the registry: it stops after every job has (so nothing it
+        # removes then is in use) and before the engine closes the daemon's client.
+        def is_active(job_id: str) -> bool:
+            registry = app.get(REGISTRY)
+            return registry is None or registry.is_active(job_id)
+
+        janitor = Janitor(
+            app[BACKEND],
+            {INSTANCE_LABEL: settings.instance_id},
+            owned_by_jobs(is_active),
+            interval_s=settings.janitor_interval_s,
+            grace_s=settings.janitor_grace_s,
+            metrics=app[METRICS],
+        )
+        app[JANITOR] = janitor
+        runner = app[ENGINE].runner
+        runner.unremoved = janitor.adopt
+        janitor.start()
+        yield
+        runner.unremoved = None
+        await janitor.close()
+
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS] = Bus(app[STORE])
         registry = Registry(settings, app[STORE], app[BUS], app[METRICS], app[DISK])
@@ -167,7 +194,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         # stops the registry; the one in registry_ctx is a backstop.
         await app[REGISTRY].shutdown()
 
-    app.cleanup_ctx.extend([disk_ctx, store_ctx, engine_ctx, registry_ctx])
+    app.cleanup_ctx.extend([disk_ctx, store_ctx, engine_ctx, janitor_ctx, registry_ctx])
     app.on_shutdown.append(on_shutdown)
 
     app.router.add_post("/v1/builds", builds.create_build)

@@ -10,6 +10,7 @@ from ..catalog import Catalog
 from ..disk import DataDisk
 from ..engine import Engine
 from ..installed import WorkerStore
+from ..janitor import Janitor
 from ..metrics import Metrics
 from ..models import ModelStore
 from ..registry import Registry
@@ -27,3 +28,4 @@ METRICS = web.AppKey("metrics", Metrics)
 CATALOG = web.AppKey("catalog", Catalog)
 WORKERS = web.AppKey("workers", WorkerStore)
 MODELS = web.AppKey("models", ModelStore)
+JANITOR = web.AppKey("janitor", Janitor)

@@ -146,6 +146,10 @@ class Backend(Protocol):
         """Destroy every step carrying all of ``labels``, in any state; return them."""
         ...
 
+    async def list_steps(self, labels: Mapping[str, str]) -> dict[Handle, Mapping[str, str]]:
+        """Every step carrying all of ``labels``, in any state: its handle → its labels."""
+        ...
+
     # -- commands in a running step (warm sandboxes: the PKGBUILD readers) ------------------
 
     @property

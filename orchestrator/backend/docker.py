@@ -417,13 +417,16 @@ class DockerBackend:
         return {str(v["Name"]): dict(v.get("Labels") or {}) for v in found.get("Volumes") or []}
 
     async def reap(self, labels: Mapping[str, str]) -> list[str]:
+        ids = list(await self.list_steps(labels))
+        await asyncio.gather(*(self.destroy(cid) for cid in ids))
+        return ids
+
+    async def list_steps(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
         filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
         found = await self._run(
             functools.partial(self._client.api.containers, all=True, filters=filters)
         )
-        ids = [str(c["Id"]) for c in found]
-        await asyncio.gather(*(self.destroy(cid) for cid in ids))
-        return ids
+        return {str(c["Id"]): dict(c.get("Labels") or {}) for c in found}
 
     async def close(self) -> None:
         for tie in self._ties.values():

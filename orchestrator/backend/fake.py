@@ -274,6 +274,13 @@ class FakeBackend:
             await self.destroy(cid)
         return ids
 
+    async def list_steps(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
+        return {
+            cid: dict(c.step.labels)
+            for cid, c in self.containers.items()
+            if all(c.step.labels.get(k) == v for k, v in labels.items())
+        }
+
     async def close(self) -> None:
         for cid in list(self.containers):
             await self.destroy(cid)

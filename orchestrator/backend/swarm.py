@@ -394,6 +394,11 @@ class SwarmBackend:
                 await self._run(self._api.remove_config, config["ID"])
         return names
 
+    async def list_steps(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+        services = await self._run(functools.partial(self._api.services, filters=filters))
+        return {str(s["Spec"]["Name"]): dict(s["Spec"].get("Labels") or {}) for s in services}
+
     # -- what Swarm cannot do (docs/backends.md) --------------------------------------------
 
     @property
