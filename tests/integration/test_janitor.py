@@ -1,0 +1,112 @@
+"""Nothing is left behind when the daemon fails a removal: a proxy in front of the real daemon's
+socket refuses removals (500) or holds them past ``docker_timeout_s``, and the janitor removes
+what the build or the reading could not."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import docker
+import pytest
+
+from orchestrator import Settings
+from orchestrator.runner import INSPECT_LABEL, JOB_LABEL
+
+from .conftest import serve
+from .daemon_proxy import DaemonProxy
+from .service import read_sse, submit, wait_status
+
+pytestmark = pytest.mark.docker
+
+# tenacity's attempts for one removal (backend/docker.py): all of them refused, it fails for good.
+ATTEMPTS = 4
+
+
+@pytest.fixture
+def proxy() -> Iterator[DaemonProxy]:
+    # A short path of its own: a unix socket's path may not be longer than 107 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="daemon-"))
+    try:
+        with DaemonProxy(folder / "docker.sock") as proxy:
+            yield proxy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def gone(client: docker.DockerClient, label: str, timeout_s: float = 60) -> list[str]:
+    """The containers carrying ``label``, once none is left or ``timeout_s`` has passed (polled:
+    the daemon tells no one when a container goes; the service runs on this loop meanwhile)."""
+
+    def listed() -> list[str]:
+        found = client.containers.list(all=True, filters={"label": label})
+        return [str(c.name) for c in found]
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await asyncio.to_thread(listed)
+        if not found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("how", ["refuse", "hold"])
+async def test_a_build_container_the_daemon_would_not_remove_is_removed_by_the_janitor(
+    settings: Settings,
+    proxy: DaemonProxy,
+    docker_client: docker.DockerClient,
+    build_dir: Callable[..., Path],
+    how: Literal["refuse", "hold"],
+) -> None:
+    settings = settings.model_copy(
+        update={"docker_url": proxy.url, "docker_timeout_s": 10.0, "caches": False}
+    )
+    async with serve(settings) as client:
+        job_id = (await submit(client, build_dir("hello-c")))["job_id"]
+        started = await read_sse(client, job_id, until=lambda e: e["action"] == "build_started")
+        [made] = [e["message"] for e in started.events if e["action"] == "container_created"]
+        container = made.split()[1]  # "Container <id> created from <image>"
+        proxy.spoil_removals(ATTEMPTS if how == "refuse" else 1, how, of=container)
+        job = await wait_status(client, job_id, {"succeeded", "failed"})
+        assert job["status"] == "succeeded"  # the build's outcome stands
+        assert len(proxy.spoiled) == (ATTEMPTS if how == "refuse" else 1)
+        stream = await read_sse(client, job_id)
+        assert any(m.startswith("Could not remove the container") for m in stream.messages())
+        assert await gone(docker_client, f"{JOB_LABEL}={job_id}") == []
+        metrics = await (await client.get("/metrics")).text()
+        assert "orchestrator_removals_failed_total 1.0" in metrics
+        assert 'orchestrator_janitor_removed_total{how="retry"} 1.0' in metrics
+
+
+async def test_a_reading_the_daemon_would_not_remove_is_swept_up_by_its_label(
+    settings: Settings,
+    proxy: DaemonProxy,
+    docker_client: docker.DockerClient,
+    build_dir: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "catalog").mkdir()
+    settings = settings.model_copy(
+        update={
+            "docker_url": proxy.url,
+            "catalog": str(tmp_path / "catalog"),  # no readings at start-up: the first is ours
+            "caches": False,
+            "janitor_interval_s": 0.5,
+            # Longer than a reading takes here: a reading is unowned while it runs.
+            "janitor_grace_s": 10.0,
+        }
+    )
+    async with serve(settings) as client:
+        proxy.spoil_removals(ATTEMPTS)  # the first removal is the reading's
+        job_id = (await submit(client, build_dir("hello-c")))["job_id"]
+        job = await wait_status(client, job_id, {"succeeded", "failed"})
+        assert job["status"] == "succeeded"
+        assert len(proxy.spoiled) == ATTEMPTS
+        assert await gone(docker_client, f"{INSPECT_LABEL}={job_id}") == []
+        metrics = await (await client.get("/metrics")).text()
+        assert 'orchestrator_janitor_removed_total{how="sweep"} 1.0' in metrics
