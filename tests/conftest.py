@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import shutil
 import time
@@ -16,6 +17,8 @@ import pytest
 from orchestrator import Settings
 from orchestrator.events import Action, Event
 from orchestrator.runner import INSTANCE_LABEL
+
+from .leftovers import Leftovers
 
 PKGBUILDS = Path(__file__).parent / "pkgbuilds"
 
@@ -99,6 +102,46 @@ def instance_id(kind: str = "") -> str:
     return f"{SESSION_PREFIX}{kind}{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[Leftovers | None]:
+    """Nothing of this session may outlive it: a container or volume of its own still there at
+    its end fails the run, named (and is removed). Off without a daemon (the unit layer)."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException:
+        yield None
+        return
+    watch = Leftovers(client, SESSION_PREFIX)
+    yield watch
+    watch.stop()
+    # A removal under way (a swarm task's container goes about a second after its service)
+    # may finish: wait a little for that, no longer.
+    deadline = time.monotonic() + 15
+    while (containers := watch.containers()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [
+        f"container {c.name} ({c.image.tags or c.attrs['Config']['Image']})" for c in containers
+    ]
+    for container in containers:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True, v=True)
+    for name in sorted({*watch.named_volumes(), *watch.mounted_volumes()}):
+        left.append(f"volume {name}")
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(name).remove(force=True)
+    client.close()
+    if left:
+        pytest.fail("this test session left behind: " + "; ".join(left), pytrace=False)
+
+
+def remove_instance_volumes(client: docker.DockerClient, instance: str) -> None:
+    """The build caches a test's service made: the test owns them, so they go with it."""
+    for volume in client.volumes.list(filters={"label": f"{INSTANCE_LABEL}={instance}"}):
+        with contextlib.suppress(docker.errors.NotFound):
+            volume.remove(force=True)
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     try:
@@ -112,14 +155,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
             client.images.get(image)
         except docker.errors.ImageNotFound:
             pytest.fail(f"build image {image} is missing: run images/bootstrap first")
-    yield client
-    # A test that failed half-way may leave a container; sweep this session's instances'.
-    for container in client.containers.list(all=True, filters={"label": INSTANCE_LABEL}):
-        if container.labels.get(INSTANCE_LABEL, "").startswith(SESSION_PREFIX):
-            container.remove(force=True)
-    for volume in client.volumes.list(filters={"label": INSTANCE_LABEL}):
-        if (volume.attrs.get("Labels") or {}).get(INSTANCE_LABEL, "").startswith(SESSION_PREFIX):
-            volume.remove(force=True)
+    yield client  # what a test left behind, nothing_left_behind reports and removes
     client.close()
 
 
@@ -130,13 +166,21 @@ def backend_name() -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, backend_name: str, request: pytest.FixtureRequest) -> Settings:
+def settings(
+    tmp_path: Path,
+    backend_name: str,
+    request: pytest.FixtureRequest,
+    nothing_left_behind: Leftovers | None,
+) -> Iterator[Settings]:
     if backend_name == "swarm":
         request.getfixturevalue("swarm_manager")  # this engine in a swarm, for the session
-    return Settings(
+    settings = Settings(
         backend=backend_name,
         data_dir=tmp_path / "data",
         instance_id=instance_id(),
         build_cpus=1.0,
         build_memory_bytes=1024**3,
     )
+    yield settings
+    if nothing_left_behind is not None:
+        remove_instance_volumes(nothing_left_behind.client, settings.instance_id)

@@ -22,8 +22,9 @@ import pytest
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.image import DockerImage
 
-from ..conftest import instance_id
+from ..conftest import SESSION_PREFIX, instance_id, remove_instance_volumes
 from ..integration.test_serve import free_port
+from ..leftovers import SESSION_LABEL
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_IMAGE = "orchestrator/service:e2e"
@@ -75,6 +76,7 @@ def run_service(service_image: str, docker_client: docker.DockerClient) -> Itera
     def start(*, socket: bool = True, wait: bool = True) -> ServiceContainer:
         container = (
             DockerContainer(service_image)
+            .with_kwargs(labels={SESSION_LABEL: SESSION_PREFIX})  # the session's own
             .with_env("ORCHESTRATOR_INSTANCE_ID", instance)
             .with_env("ORCHESTRATOR_ALLOW_UNAUTHENTICATED", "true")
             .with_volume_mapping(volume.name, "/var/lib/orchestrator", "rw")
@@ -97,19 +99,23 @@ def run_service(service_image: str, docker_client: docker.DockerClient) -> Itera
 
     yield start
     for container in started:
-        container.stop()
+        container.stop()  # with its volumes (v=True)
     volume.remove(force=True)
+    remove_instance_volumes(docker_client, instance)
 
 
 @pytest.fixture(scope="module")
-def cli_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def cli_service(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
+) -> Iterator[str]:
     """`orchestrator serve` as a process, for the CLI tests."""
     data = tmp_path_factory.mktemp("cli-service")
     port = free_port()
+    instance = instance_id("cli-")
     env = {
         **os.environ,
         "ORCHESTRATOR_DATA_DIR": str(data),
-        "ORCHESTRATOR_INSTANCE_ID": instance_id("cli-"),
+        "ORCHESTRATOR_INSTANCE_ID": instance,
         "ORCHESTRATOR_PORT": str(port),
     }
     env.pop("ORCHESTRATOR_API_TOKEN", None)
@@ -125,3 +131,4 @@ def cli_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.terminate()
         proc.wait(60)
         log.close()
+        remove_instance_volumes(docker_client, instance)

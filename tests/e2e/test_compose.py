@@ -8,8 +8,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
+from ..conftest import SESSION_PREFIX, remove_instance_volumes
 from ..integration.test_serve import free_port
 from .conftest import REPO, wait_healthy
 from .test_cli import cli
@@ -18,12 +20,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
 
 @pytest.fixture
-def compose_up() -> Iterator[str]:
+def compose_up(docker_client: docker.DockerClient) -> Iterator[str]:
     port = free_port()
+    # Its own project (so its own volume and instance, the session's), on a free port.
+    project = f"{SESSION_PREFIX}compose-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
-        # Its own project (so its own volume and instance), on a free port.
-        "COMPOSE_PROJECT_NAME": f"test-compose-{uuid.uuid4().hex[:8]}",
+        "COMPOSE_PROJECT_NAME": project,
         "ORCHESTRATOR_PORT": str(port),
     }
     up = subprocess.run(
@@ -35,9 +38,11 @@ def compose_up() -> Iterator[str]:
         wait_healthy(url, timeout_s=120)
         yield url
     finally:
+        # -v: its data volume goes too; the build caches its service made are the test's.
         subprocess.run(
             [str(REPO / "scripts/down"), "-v"], env=env, capture_output=True, timeout=300
         )
+        remove_instance_volumes(docker_client, project)
 
 
 def test_scripts_up_serves_and_the_cli_builds(

@@ -19,7 +19,8 @@ from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, S
 from orchestrator.caches import volume_name
 from orchestrator.runner import INSTANCE_LABEL, BuildResult
 
-from ..conftest import Recorder
+from ..conftest import SESSION_PREFIX, Recorder
+from ..leftovers import SESSION_LABEL
 from .conftest import job_id, serve
 from .service import submit, wait_status
 from .test_real_builds import run_in_image
@@ -140,6 +141,7 @@ async def test_a_cached_download_that_no_longer_matches_is_fetched_again(
         user="root",
         volumes={volume: {"bind": "/cache", "mode": "rw"}},
         network_mode="none",
+        labels={SESSION_LABEL: SESSION_PREFIX},
         remove=True,
     )
     second, recorder = await build(engine, build_dir("gnu-hello"))

@@ -292,7 +292,7 @@ async def test_start_up_reaps_this_instances_orphans_only(
         assert ours not in ids
         assert theirs in ids
     finally:
-        docker_client.api.remove_container(theirs, force=True)
+        docker_client.api.remove_container(theirs, force=True, v=True)
 
 
 async def test_kill_and_destroy_are_safe_to_repeat(

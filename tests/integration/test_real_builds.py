@@ -19,7 +19,8 @@ import pytest
 
 from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, Settings
 
-from ..conftest import Recorder
+from ..conftest import SESSION_PREFIX, Recorder
+from ..leftovers import SESSION_LABEL
 from .conftest import job_containers, job_id
 
 pytestmark = pytest.mark.docker
@@ -41,6 +42,7 @@ def run_in_image(
         ["bash", "-c", unpack + script],
         volumes={str(package.parent): {"bind": "/pkg", "mode": "ro"}},
         network_mode="none",
+        labels={SESSION_LABEL: SESSION_PREFIX},  # the session's own, if it outlives the test
         remove=True,
     )
     return bytes(out).decode()

@@ -1,0 +1,66 @@
+"""The session's guard sees what it must: a container of the session's still there, and a volume
+one of them used that outlived it (an anonymous one, removed without its volumes); not what
+another suite on this daemon made."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from orchestrator import Settings
+from orchestrator.runner import INSTANCE_LABEL
+
+from ..leftovers import SESSION_LABEL, Leftovers
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def watch(docker_client: docker.DockerClient) -> Iterator[Leftovers]:
+    # A session of its own, so that the real one's guard has nothing of this test to report.
+    watch = Leftovers(docker_client, f"guard-{uuid.uuid4().hex[:8]}-")
+    yield watch
+    watch.stop()
+
+
+def settle(watch: Leftovers, volume: str) -> None:
+    """The daemon reports a mount a moment after the container starts: wait for its event."""
+    deadline = time.monotonic() + 10
+    while volume not in watch.volumes:
+        assert time.monotonic() < deadline, "the daemon never reported the mount"
+        time.sleep(0.05)
+
+
+def test_what_a_session_leaves_is_found_and_others_are_not(
+    watch: Leftovers, docker_client: docker.DockerClient, settings: Settings
+) -> None:
+    prefix = watch.prefix
+    image = settings.image_cpu
+    kept = docker_client.containers.run(
+        image, ["true"], labels={INSTANCE_LABEL: f"{prefix}svc"}, detach=True
+    )
+    # Removed without its volumes: its anonymous volume outlives it.
+    dropped = docker_client.containers.run(
+        image, ["true"], labels={SESSION_LABEL: prefix}, volumes=["/scratch"], detach=True
+    )
+    theirs = docker_client.containers.run(
+        image, ["true"], labels={SESSION_LABEL: "someone-else-"}, volumes=["/x"], detach=True
+    )
+    dropped.reload()
+    [anonymous] = [m["Name"] for m in dropped.attrs["Mounts"]]
+    try:
+        settle(watch, anonymous)
+        dropped.wait()
+        dropped.remove()
+        assert [c.id for c in watch.containers()] == [kept.id]
+        assert watch.mounted_volumes() == [anonymous]
+    finally:
+        for container in (kept, theirs):
+            container.remove(force=True, v=True)
+        docker_client.volumes.get(anonymous).remove(force=True)
+    assert watch.containers() == []
+    assert watch.mounted_volumes() == []
