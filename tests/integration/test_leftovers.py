@@ -4,9 +4,13 @@ another suite on this daemon made."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -17,6 +21,8 @@ from orchestrator.runner import INSTANCE_LABEL
 from ..leftovers import SESSION_LABEL, Leftovers
 
 pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -64,3 +70,34 @@ def test_what_a_session_leaves_is_found_and_others_are_not(
         docker_client.volumes.get(anonymous).remove(force=True)
     assert watch.containers() == []
     assert watch.mounted_volumes() == []
+
+
+def test_a_session_that_leaves_a_container_fails_naming_it(
+    tmp_path: Path, docker_client: docker.DockerClient, settings: Settings
+) -> None:
+    """The guard itself, in a session of its own (a pytest run in a subprocess)."""
+    name = f"guard-{uuid.uuid4().hex[:12]}"
+    (tmp_path / "conftest.py").write_text("from tests.conftest import nothing_left_behind\n")
+    (tmp_path / "test_leaves.py").write_text(
+        "import docker\n"
+        "from tests.conftest import SESSION_PREFIX\n"
+        "from tests.leftovers import SESSION_LABEL\n"
+        "def test_leaves_a_container():\n"
+        "    docker.from_env().containers.create(\n"
+        f"        {settings.image_cpu!r}, ['true'], name={name!r}, volumes=['/scratch'],\n"
+        "        labels={SESSION_LABEL: SESSION_PREFIX},\n"
+        "    )\n"
+    )
+    inner = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert inner.returncode != 0, inner.stdout
+    assert "1 passed, 1 error" in inner.stdout, inner.stdout
+    assert f"this test session left behind: container {name} " in inner.stdout
+    # ... and removed it, with its volume.
+    assert docker_client.containers.list(all=True, filters={"name": name}) == []
