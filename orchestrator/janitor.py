@@ -30,6 +30,9 @@ from .runner import INSPECT_LABEL, JOB_LABEL
 
 IsLive = Callable[[Mapping[str, str]], bool]
 
+# A warm reader of PKGBUILDs, kept by a pool of them between readings: its pool owns it.
+READER_LABEL = "orchestrator.reader"
+
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +63,7 @@ class Janitor:
         interval_s: float = 60.0,
         grace_s: float = 300.0,
         retry_s: float = 1.0,
+        close_timeout_s: float = 20.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -70,6 +74,8 @@ class Janitor:
         self._grace_s = grace_s
         # How soon an adopted step is tried again (then less and less often, up to interval_s).
         self._retry_s = retry_s
+        # A daemon that is gone must not hold the service's stop for a removal per step.
+        self._close_timeout_s = close_timeout_s
         self._metrics = metrics
         self._clock = clock
         self._held: dict[Handle, tuple[float, float]] = {}  # handle → (next try, its delay)
@@ -101,8 +107,12 @@ class Janitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.retry(everything=True)
-        await self.sweep(grace_s=0.0)
+        try:
+            async with asyncio.timeout(self._close_timeout_s):
+                await self.retry(everything=True)
+                await self.sweep(grace_s=0.0)
+        except TimeoutError:
+            log.warning("stopped with steps left to remove: %s", sorted(self._held))
 
     async def retry(self, *, everything: bool = False) -> None:
         """Try again to remove the adopted steps that are due (or all of them)."""

@@ -23,7 +23,7 @@ from ..disk import DataDisk
 from ..engine import Engine
 from ..errors import InsecureBind as InsecureBind  # re-exported: it lived here before
 from ..installed import WorkerStore
-from ..janitor import Janitor, owned_by_jobs
+from ..janitor import READER_LABEL, Janitor, any_live, owned_by_jobs
 from ..metrics import Metrics
 from ..models import ModelStore
 from ..registry import Registry
@@ -147,7 +147,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         janitor = Janitor(
             app[BACKEND],
             {INSTANCE_LABEL: settings.instance_id},
-            owned_by_jobs(is_active),
+            # Readers are their pool's until it tells which are live (it removes its own).
+            any_live(owned_by_jobs(is_active), lambda labels: READER_LABEL in labels),
             interval_s=settings.janitor_interval_s,
             grace_s=settings.janitor_grace_s,
             metrics=app[METRICS],

@@ -17,7 +17,7 @@ from orchestrator.api.keys import METRICS
 from orchestrator.backend import Step
 from orchestrator.backend.fake import FakeBackend
 from orchestrator.errors import BackendError, BackendUnavailable
-from orchestrator.janitor import Janitor, any_live
+from orchestrator.janitor import READER_LABEL, Janitor, any_live
 from orchestrator.metrics import Metrics
 from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL, Runner
 
@@ -208,3 +208,27 @@ async def test_the_service_stopping_removes_what_its_builds_could_not(
         assert app[METRICS].removals_failed._value.get() == 1
         backend.failing = False  # the daemon recovers; the service stops
     assert backend.containers == {}
+
+
+async def test_a_daemon_that_never_answers_does_not_hold_the_stop() -> None:
+    class Hanging(FailingRemovals):
+        async def destroy(self, handle: str) -> None:
+            await asyncio.Event().wait()  # no answer, ever
+
+    backend = Hanging()
+    held = await step(backend)
+    janitor = Janitor(backend, LABELS, lambda _: False, close_timeout_s=0.1)
+    janitor.adopt(held)
+    await asyncio.wait_for(janitor.close(), 5)
+    assert janitor.held == {held}
+
+
+async def test_the_service_leaves_a_pools_readers_to_the_pool(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", instance_id="unit", janitor_grace_s=0)
+    backend = FailingRemovals()
+    backend.failing = False
+    async with TestClient(TestServer(create_app(settings, backend=backend), host="127.0.0.1")):
+        reader = await step(backend, **{READER_LABEL: "0"})
+        orphan = await step(backend)  # a reading whose removal failed
+    assert reader in backend.containers
+    assert orphan not in backend.containers
