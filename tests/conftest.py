@@ -106,6 +106,7 @@ def instance_id(kind: str = "") -> str:
 def nothing_left_behind() -> Iterator[Leftovers | None]:
     """Nothing of this session may outlive it: a container or volume of its own still there at
     its end fails the run, named (and is removed). Off without a daemon (the unit layer)."""
+    LEFT_BEHIND.clear()
     try:
         client = docker.from_env()
         client.ping()
@@ -131,14 +132,29 @@ def nothing_left_behind() -> Iterator[Leftovers | None]:
         with contextlib.suppress(docker.errors.NotFound):
             client.volumes.get(name).remove(force=True)
     client.close()
-    if left:
-        pytest.fail("this test session left behind: " + "; ".join(left), pytrace=False)
+    LEFT_BEHIND.extend(left)
+
+
+# What the session left behind, said once it has ended (pytest_sessionfinish): a fixture's
+# teardown cannot fail a run that -x stopped early without crashing pytest.
+LEFT_BEHIND: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if LEFT_BEHIND:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "this test session left behind: " + "; ".join(LEFT_BEHIND)
+        if reporter is not None:
+            reporter.write_line(message, red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def remove_instance_volumes(client: docker.DockerClient, instance: str) -> None:
     """The build caches a test's service made: the test owns them, so they go with it."""
     for volume in client.volumes.list(filters={"label": f"{INSTANCE_LABEL}={instance}"}):
-        with contextlib.suppress(docker.errors.NotFound):
+        # One still in use (a container left behind has it) is named by nothing_left_behind.
+        with contextlib.suppress(docker.errors.APIError):
             volume.remove(force=True)
 
 

@@ -3,6 +3,7 @@ and `orchestrator serve` as a plain process for the CLI tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Ryuk (testcontainers' reaper) would have to be pulled; our fixtures clean up after themselves.
@@ -99,7 +100,12 @@ def run_service(service_image: str, docker_client: docker.DockerClient) -> Itera
 
     yield start
     for container in started:
-        container.stop()  # with its volumes (v=True)
+        # Stopped as a user stops it (SIGTERM), so it removes its own containers, readings
+        # included; removing it at once (SIGKILL) left them behind. Then removed with its
+        # volumes (v=True).
+        with contextlib.suppress(docker.errors.APIError):
+            container.get_wrapped_container().stop(timeout=75)
+        container.stop()
     volume.remove(force=True)
     remove_instance_volumes(docker_client, instance)
 

@@ -77,7 +77,9 @@ def test_a_session_that_leaves_a_container_fails_naming_it(
 ) -> None:
     """The guard itself, in a session of its own (a pytest run in a subprocess)."""
     name = f"guard-{uuid.uuid4().hex[:12]}"
-    (tmp_path / "conftest.py").write_text("from tests.conftest import nothing_left_behind\n")
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import nothing_left_behind, pytest_sessionfinish\n"
+    )
     (tmp_path / "test_leaves.py").write_text(
         "import docker\n"
         "from tests.conftest import SESSION_PREFIX\n"
@@ -96,8 +98,8 @@ def test_a_session_that_leaves_a_container_fails_naming_it(
         text=True,
         timeout=120,
     )
-    assert inner.returncode != 0, inner.stdout
-    assert "1 passed, 1 error" in inner.stdout, inner.stdout
+    assert inner.returncode == 1, inner.stdout + inner.stderr
+    assert "1 passed" in inner.stdout, inner.stdout
     assert f"this test session left behind: container {name} " in inner.stdout
     # ... and removed it, with its volume.
     assert docker_client.containers.list(all=True, filters={"name": name}) == []
