@@ -10,9 +10,9 @@ known (a reading for a job that is not queued yet, a cache helper). Closing it (
 stopping) tries once more for whatever it still holds and sweeps with no grace, after the jobs
 have stopped.
 
-``is_live`` is how owners plug in: the registry for builds (``orchestrator.job``) and their
-readings (``orchestrator.inspect``), and any other owner, such as a pool of readers, by its
-own label (``any_live`` joins them).
+``is_live`` is how owners plug in, asked with each step's handle and labels: the registry for
+builds (``orchestrator.job``) and their readings (``orchestrator.inspect``), the reader pool for
+its readers (``orchestrator.reader``); ``any_live`` joins them.
 """
 
 from __future__ import annotations
@@ -21,24 +21,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from .backend import Backend, Handle
 from .errors import ContainerGone, OrchestratorError
 from .metrics import Metrics
+from .readers import READER_LABEL
 from .runner import INSPECT_LABEL, JOB_LABEL
 
-IsLive = Callable[[Mapping[str, str]], bool]
-
-# A warm reader of PKGBUILDs, kept by a pool of them between readings: its pool owns it.
-READER_LABEL = "orchestrator.reader"
+# Asked of each step the sweep finds, with its handle and its labels.
+IsLive = Callable[[Handle, Mapping[str, str]], bool]
 
 log = logging.getLogger(__name__)
 
 
 def any_live(*checks: IsLive) -> IsLive:
     """A step is live while any of its possible owners says so."""
-    return lambda labels: any(check(labels) for check in checks)
+    return lambda handle, labels: any(check(handle, labels) for check in checks)
 
 
 def owned_by_jobs(is_active: Callable[[str], bool]) -> IsLive:
@@ -46,9 +45,20 @@ def owned_by_jobs(is_active: Callable[[str], bool]) -> IsLive:
     Steps with no job (the catalog's readings, cache helpers) are never live here: the grace
     covers the moment they are in use."""
 
-    def is_live(labels: Mapping[str, str]) -> bool:
+    def is_live(handle: Handle, labels: Mapping[str, str]) -> bool:
         job = labels.get(JOB_LABEL) or labels.get(INSPECT_LABEL)
         return job is not None and is_active(job)
+
+    return is_live
+
+
+def owned_by_readers(live: Collection[Handle] | None = None) -> IsLive:
+    """A warm PKGBUILD reader (``orchestrator.reader``) is live while its pool holds it:
+    ``live`` is the pool's set of the readers it holds, idle or reading. Without one, every
+    reader counts as live, and the pool's own close removes them."""
+
+    def is_live(handle: Handle, labels: Mapping[str, str]) -> bool:
+        return READER_LABEL in labels and (live is None or handle in live)
 
     return is_live
 
@@ -138,7 +148,7 @@ class Janitor:
         self._unclaimed = {
             h: self._unclaimed.get(h, now)
             for h, labels in found.items()
-            if not self._is_live(labels)
+            if not self._is_live(h, labels)
         }
         removed: list[Handle] = []
         for handle, since in list(self._unclaimed.items()):

@@ -23,7 +23,7 @@ from ..disk import DataDisk
 from ..engine import Engine
 from ..errors import InsecureBind as InsecureBind  # re-exported: it lived here before
 from ..installed import WorkerStore
-from ..janitor import READER_LABEL, Janitor, any_live, owned_by_jobs
+from ..janitor import Janitor, any_live, owned_by_jobs, owned_by_readers
 from ..metrics import Metrics
 from ..models import ModelStore
 from ..registry import Registry
@@ -147,8 +147,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         janitor = Janitor(
             app[BACKEND],
             {INSTANCE_LABEL: settings.instance_id},
-            # Readers are their pool's until it tells which are live (it removes its own).
-            any_live(owned_by_jobs(is_active), lambda labels: READER_LABEL in labels),
+            # Every reader counts as live until the pool hands over the set it holds.
+            any_live(owned_by_jobs(is_active), owned_by_readers()),
             interval_s=settings.janitor_interval_s,
             grace_s=settings.janitor_grace_s,
             metrics=app[METRICS],

@@ -17,8 +17,9 @@ from orchestrator.api.keys import METRICS
 from orchestrator.backend import Step
 from orchestrator.backend.fake import FakeBackend
 from orchestrator.errors import BackendError, BackendUnavailable
-from orchestrator.janitor import READER_LABEL, Janitor, any_live
+from orchestrator.janitor import Janitor, any_live, owned_by_readers
 from orchestrator.metrics import Metrics
+from orchestrator.readers import READER_LABEL
 from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL, Runner
 
 from ..conftest import PKGBUILDS, Recorder
@@ -76,7 +77,7 @@ async def test_an_adopted_removal_is_retried_in_the_background_until_it_succeeds
     backend = FailingRemovals()
     handle = await step(backend, **{JOB_LABEL: "j"})
     metrics = Metrics()
-    janitor = Janitor(backend, LABELS, lambda _: False, retry_s=0.01, metrics=metrics)
+    janitor = Janitor(backend, LABELS, lambda *_: False, retry_s=0.01, metrics=metrics)
     janitor.start()
     try:
         janitor.adopt(handle)
@@ -97,18 +98,18 @@ async def test_a_sweep_removes_only_what_no_one_has_claimed_for_the_grace() -> N
     backend.failing = False
     live_job = await step(backend, **{JOB_LABEL: "live"})
     ended_job = await step(backend, **{JOB_LABEL: "ended"})
-    reader = await step(backend, **{"orchestrator.reader": "1"})
+    reader = await step(backend, **{READER_LABEL: "1"})
     theirs = await backend.setup(Step("img", ("true",), {INSTANCE_LABEL: "other"}))
     clock = Clock()
 
-    def is_live(labels: Mapping[str, str]) -> bool:
+    def is_live(handle: str, labels: Mapping[str, str]) -> bool:
         return labels.get(JOB_LABEL) == "live"
 
-    readers = {"1"}
+    readers = {reader}  # the pool's set of the readers it holds
     janitor = Janitor(
         backend,
         LABELS,
-        any_live(is_live, lambda labels: labels.get("orchestrator.reader") in readers),
+        any_live(is_live, owned_by_readers(readers)),
         grace_s=30,
         clock=clock,
     )
@@ -131,7 +132,7 @@ async def test_closing_removes_what_it_holds_and_all_unclaimed_but_nothing_live(
     adopted = await step(backend, **{JOB_LABEL: "a"})
     unclaimed = await step(backend)
     live = await step(backend, **{JOB_LABEL: "live"})
-    janitor = Janitor(backend, LABELS, lambda labels: labels.get(JOB_LABEL) == "live")
+    janitor = Janitor(backend, LABELS, lambda _, labels: labels.get(JOB_LABEL) == "live")
     janitor.start()
     janitor.adopt(adopted)
     backend.failing = False
@@ -144,7 +145,7 @@ async def test_the_background_rounds_survive_a_daemon_that_cannot_be_reached() -
     backend = FailingRemovals()
     backend.listing_fails = True
     left = await step(backend)
-    janitor = Janitor(backend, LABELS, lambda _: False, interval_s=0.01, grace_s=0)
+    janitor = Janitor(backend, LABELS, lambda *_: False, interval_s=0.01, grace_s=0)
     janitor.start()
     try:
         await until(lambda: backend.listings >= 2)  # rounds have failed, and go on
@@ -217,7 +218,7 @@ async def test_a_daemon_that_never_answers_does_not_hold_the_stop() -> None:
 
     backend = Hanging()
     held = await step(backend)
-    janitor = Janitor(backend, LABELS, lambda _: False, close_timeout_s=0.1)
+    janitor = Janitor(backend, LABELS, lambda *_: False, close_timeout_s=0.1)
     janitor.adopt(held)
     await asyncio.wait_for(janitor.close(), 5)
     assert janitor.held == {held}
