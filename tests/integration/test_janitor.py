@@ -1,6 +1,6 @@
 """Nothing is left behind when the daemon fails a removal: a proxy in front of the real daemon's
 socket refuses removals (500) or holds them past ``docker_timeout_s``, and the janitor removes
-what the build or the reading could not."""
+what the build could not; and what no live job owns is swept up by its label."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -16,11 +17,11 @@ import docker
 import pytest
 
 from orchestrator import Settings
-from orchestrator.runner import INSPECT_LABEL, JOB_LABEL
+from orchestrator.runner import INSPECT_LABEL, INSTANCE_LABEL, JOB_LABEL
 
-from .conftest import serve
+from .conftest import job_containers, serve
 from .daemon_proxy import DaemonProxy
-from .service import read_sse, submit, wait_status
+from .service import has_line, read_sse, submit, wait_status
 
 pytestmark = pytest.mark.docker
 
@@ -83,30 +84,26 @@ async def test_a_build_container_the_daemon_would_not_remove_is_removed_by_the_j
         assert 'orchestrator_janitor_removed_total{how="retry"} 1.0' in metrics
 
 
-async def test_a_reading_the_daemon_would_not_remove_is_swept_up_by_its_label(
-    settings: Settings,
-    proxy: DaemonProxy,
-    docker_client: docker.DockerClient,
-    build_dir: Callable[..., Path],
-    tmp_path: Path,
+async def test_what_no_live_job_owns_is_swept_up_and_a_running_build_is_not(
+    settings: Settings, docker_client: docker.DockerClient, build_dir: Callable[..., Path]
 ) -> None:
-    (tmp_path / "catalog").mkdir()
     settings = settings.model_copy(
-        update={
-            "docker_url": proxy.url,
-            "catalog": str(tmp_path / "catalog"),  # no readings at start-up: the first is ours
-            "caches": False,
-            "janitor_interval_s": 0.5,
-            # Longer than a reading takes here: a reading is unowned while it runs.
-            "janitor_grace_s": 10.0,
-        }
+        update={"caches": False, "janitor_interval_s": 0.5, "janitor_grace_s": 2.0}
     )
     async with serve(settings) as client:
-        proxy.spoil_removals(ATTEMPTS)  # the first removal is the reading's
-        job_id = (await submit(client, build_dir("hello-c")))["job_id"]
-        job = await wait_status(client, job_id, {"succeeded", "failed"})
-        assert job["status"] == "succeeded"
-        assert len(proxy.spoiled) == ATTEMPTS
-        assert await gone(docker_client, f"{INSPECT_LABEL}={job_id}") == []
+        job_id = (await submit(client, build_dir("forker", marker=uuid.uuid4().hex)))["job_id"]
+        await read_sse(client, job_id, until=has_line("children started"))
+        # What a reading whose removal failed leaves: this instance's, its job long over.
+        orphan = docker_client.containers.run(
+            settings.image_cpu,
+            ["sleep", "300"],
+            labels={INSTANCE_LABEL: settings.instance_id, INSPECT_LABEL: "an-ended-job"},
+            detach=True,
+        )
+        assert await gone(docker_client, f"{INSPECT_LABEL}=an-ended-job") == []
+        assert job_containers(docker_client, job_id, settle=False) != []  # live: untouched
+        await client.post(f"/v1/jobs/{job_id}/cancel")
+        await wait_status(client, job_id, {"cancelled"})
         metrics = await (await client.get("/metrics")).text()
         assert 'orchestrator_janitor_removed_total{how="sweep"} 1.0' in metrics
+    assert orphan.id not in {c.id for c in docker_client.containers.list(all=True)}
