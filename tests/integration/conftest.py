@@ -16,7 +16,7 @@ from orchestrator import Engine, Settings
 from orchestrator.api import create_app
 from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
 
-from ..conftest import SESSION_PREFIX
+from ..conftest import LEFT_BEHIND, SESSION_PREFIX
 
 pytestmark = pytest.mark.docker
 
@@ -38,12 +38,14 @@ def swarm_manager(docker_client: docker.DockerClient) -> Iterator[None]:
     elif not docker_client.info().get("Swarm", {}).get("ControlAvailable"):
         pytest.fail(f"the engine is in a swarm ({state}) but not a manager: swarm tests need one")
     yield
+    # Before the swarm is left (which would take them with it): reported as left behind.
     for service in docker_client.services.list(filters={"label": INSTANCE_LABEL}):
         if (
             (service.attrs["Spec"].get("Labels") or {})
             .get(INSTANCE_LABEL, "")
             .startswith(SESSION_PREFIX)
         ):
+            LEFT_BEHIND.append(f"swarm service {service.name}")
             service.remove()
     if made:
         docker_client.swarm.leave(force=True)
