@@ -52,13 +52,12 @@ def owned_by_jobs(is_active: Callable[[str], bool]) -> IsLive:
     return is_live
 
 
-def owned_by_readers(live: Collection[Handle] | None = None) -> IsLive:
+def owned_by_readers(live: Collection[Handle]) -> IsLive:
     """A warm PKGBUILD reader (``orchestrator.reader``) is live while its pool holds it:
-    ``live`` is the pool's set of the readers it holds, idle or reading. Without one, every
-    reader counts as live, and the pool's own close removes them."""
+    ``live`` is the pool's set of the readers it holds, idle or reading (a live view)."""
 
     def is_live(handle: Handle, labels: Mapping[str, str]) -> bool:
-        return READER_LABEL in labels and (live is None or handle in live)
+        return READER_LABEL in labels and handle in live
 
     return is_live
 

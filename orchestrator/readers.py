@@ -26,7 +26,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,11 @@ class ReaderPool:
         self._idle: dict[str, list[_Reader]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tidying: set[asyncio.Task[None]] = set()
+        # Every reader this pool made and has not destroyed, idle or reading: the janitor's
+        # sweep leaves these alone and takes any other reader (one whose removal failed).
+        self.held: set[Handle] = set()
+        # Given a reader whose removal failed, to retry it (the janitor's ``adopt``).
+        self.unremoved: Callable[[Handle], None] | None = None
         self._readings = itertools.count(1)
         self._closed = False
 
@@ -212,8 +217,12 @@ class ReaderPool:
     async def _discard(self, reader: _Reader | None, slots: asyncio.Semaphore | None) -> None:
         try:
             if reader is not None:
-                with contextlib.suppress(OrchestratorError):
+                self.held.discard(reader.handle)
+                try:
                     await self._backend.destroy(reader.handle)
+                except OrchestratorError:
+                    if self.unremoved is not None:
+                        self.unremoved(reader.handle)
         finally:
             if slots is not None:
                 slots.release()
@@ -237,12 +246,12 @@ class ReaderPool:
             tmp_bytes=16 * MiB,
         )
         handle = await self._backend.setup(step)
+        self.held.add(handle)
         try:
             stream = await self._backend.start(handle)
             await stream.aclose()  # it prints nothing: each reading's output is its exec's
         except BaseException:
-            with contextlib.suppress(OrchestratorError):
-                await asyncio.shield(self._backend.destroy(handle))
+            await asyncio.shield(self._discard(_Reader(handle), None))
             raise
         return _Reader(handle)
 
@@ -265,9 +274,7 @@ class ReaderPool:
             await asyncio.gather(*self._tidying, return_exceptions=True)
         readers = [reader for idle in self._idle.values() for reader in idle]
         self._idle.clear()
-        await asyncio.gather(
-            *(self._backend.destroy(r.handle) for r in readers), return_exceptions=True
-        )
+        await asyncio.gather(*(self._discard(r, None) for r in readers), return_exceptions=True)
         # Any reader this process lost track of (a start cut short) still has its label.
         with contextlib.suppress(OrchestratorError):
             await self._backend.reap(self._labels)

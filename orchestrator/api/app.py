@@ -144,11 +144,11 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
             registry = app.get(REGISTRY)
             return registry is None or registry.is_active(job_id)
 
+        readers = app[ENGINE].runner.inspector.pool
         janitor = Janitor(
             app[BACKEND],
             {INSTANCE_LABEL: settings.instance_id},
-            # Every reader counts as live until the pool hands over the set it holds.
-            any_live(owned_by_jobs(is_active), owned_by_readers()),
+            any_live(owned_by_jobs(is_active), owned_by_readers(readers.held if readers else ())),
             interval_s=settings.janitor_interval_s,
             grace_s=settings.janitor_grace_s,
             metrics=app[METRICS],
@@ -156,9 +156,13 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         app[JANITOR] = janitor
         runner = app[ENGINE].runner
         runner.unremoved = janitor.adopt
+        if readers is not None:
+            readers.unremoved = janitor.adopt
         janitor.start()
         yield
         runner.unremoved = None
+        if readers is not None:
+            readers.unremoved = None
         await janitor.close()
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:

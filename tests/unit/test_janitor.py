@@ -13,8 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from orchestrator import BuildRequest, CancelToken, JobStatus, Settings
 from orchestrator.api import create_app
-from orchestrator.api.keys import METRICS
-from orchestrator.backend import Step
+from orchestrator.api.keys import ENGINE, METRICS
 from orchestrator.backend.fake import FakeBackend
 from orchestrator.errors import BackendError, BackendUnavailable
 from orchestrator.janitor import Janitor, any_live, owned_by_readers
@@ -224,12 +223,14 @@ async def test_a_daemon_that_never_answers_does_not_hold_the_stop() -> None:
     assert janitor.held == {held}
 
 
-async def test_the_service_leaves_a_pools_readers_to_the_pool(tmp_path: Path) -> None:
+async def test_the_service_removes_a_reader_its_pool_does_not_hold(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", instance_id="unit", janitor_grace_s=0)
     backend = FailingRemovals()
     backend.failing = False
-    async with TestClient(TestServer(create_app(settings, backend=backend), host="127.0.0.1")):
-        reader = await step(backend, **{READER_LABEL: "0"})
-        orphan = await step(backend)  # a reading whose removal failed
-    assert reader in backend.containers
-    assert orphan not in backend.containers
+    app = create_app(settings, backend=backend)
+    async with TestClient(TestServer(app, host="127.0.0.1")):
+        pool = app[ENGINE].runner.inspector.pool
+        assert pool is not None
+        lost = await step(backend, **{READER_LABEL: "1"})  # a reader whose removal failed
+        assert lost not in pool.held
+    assert lost not in backend.containers

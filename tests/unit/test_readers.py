@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
-from orchestrator.errors import InspectTimeout
+from orchestrator.errors import BackendError, InspectTimeout
 from orchestrator.metrics import Metrics
 from orchestrator.readers import READER_LABEL, ReaderPool
 from orchestrator.skeleton import Skeleton
@@ -109,3 +109,32 @@ async def test_refused_submits_and_readings_are_counted(settings: Settings, tmp_
         assert 'orchestrator_submits_refused_total{reason="bad_archive"} 1.0' in metrics
         assert "orchestrator_pkgbuild_readers_busy 0.0" in metrics
         assert "orchestrator_pkgbuild_reading_seconds_count" in metrics
+
+
+async def test_a_reader_whose_removal_fails_is_handed_on_and_no_longer_held(
+    pool: tuple[ReaderPool, FakeBackend],
+) -> None:
+    readers_pool, backend = pool
+    handed: list[str] = []
+    handed_on = asyncio.Event()
+
+    def unremoved(handle: str) -> None:
+        handed.append(handle)
+        handed_on.set()
+
+    readers_pool.unremoved = unremoved
+    destroy = backend.destroy
+
+    async def failing(handle: str) -> None:
+        backend.destroy = destroy  # type: ignore[method-assign]
+        raise BackendError("the daemon did not answer in time")
+
+    backend.destroy = failing  # type: ignore[method-assign]
+    backend.tidy_code = 3
+    await readers_pool.read("img", skeleton(), 4096)
+    [reader] = readers(backend)
+    assert readers_pool.held == {reader}
+    async with asyncio.timeout(5):
+        await handed_on.wait()
+    assert handed == [reader] and readers_pool.held == set()
+    await backend.destroy(reader)  # what the janitor would do
