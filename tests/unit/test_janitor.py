@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from orchestrator import BuildRequest, CancelToken, JobStatus, Settings
 from orchestrator.api import create_app
 from orchestrator.api.keys import ENGINE, METRICS
+from orchestrator.backend import Step
 from orchestrator.backend.fake import FakeBackend
 from orchestrator.errors import BackendError, BackendUnavailable
 from orchestrator.janitor import Janitor, any_live, owned_by_readers
