@@ -131,37 +131,54 @@ async def submit(api: Api, reps: int) -> list[Row]:
 
 async def burst(api: Api, tar: bytes, reps: int, size: int = 16) -> list[Row]:
     """``size`` distinct PKGBUILDs submitted at once, as a CI matrix does: each answer's time,
-    and how many were refused. Each burst's jobs are cancelled before the next burst."""
+    and how many were refused. Each burst's jobs are cancelled before the next burst. Then the
+    same as dry runs: the readings alone, with no build starting beside them."""
+    rows = await _burst(api, tar, reps, size, {})
+    return rows + await _burst(api, tar, reps, size, {"dry_run": "true"})
+
+
+async def _burst(api: Api, tar: bytes, reps: int, size: int, params: dict[str, str]) -> list[Row]:
     took: list[float] = []
     refused = 0
+    kind = "dry runs → 200" if params else "submit → 201"
     for _ in range(max(2, reps // 2)):
-        async def one() -> tuple[int, float, str | None]:
+
+        async def one() -> tuple[bool, float, str | None]:
             began = time.perf_counter()
             async with api.session.post(
                 f"{api.url}/v1/builds",
                 data=_unique(tar),
+                params=params,
                 headers={"Content-Type": "application/x-tar"},
             ) as response:
                 body = await response.json()
-                return response.status, time.perf_counter() - began, body.get("job_id")
+                ok = response.status == (200 if params else 201)
+                return ok, time.perf_counter() - began, body.get("job_id")
 
         answers = await asyncio.gather(*(one() for _ in range(size)))
-        for status, seconds, job in answers:
+        for ok, seconds, job in answers:
             took.append(seconds)
-            refused += status != 201
+            refused += not ok
             if job:
                 async with api.session.post(f"{api.url}/v1/jobs/{job}/cancel") as response:
                     await response.read()
     return [
         Row(
-            f"submit → 201, {size} distinct PKGBUILDs at once",
+            f"{kind}, {size} distinct PKGBUILDs at once",
             [t * 1000 for t in took],
             None,
             "ms",
             "p95 ≤ 2000",
             pct(took, 95) <= 2.0,
         ),
-        Row(f"submits refused in bursts of {size}", [float(refused)], None, "count", "0", refused == 0),
+        Row(
+            f"{kind}: refused in bursts of {size}",
+            [float(refused)],
+            None,
+            "count",
+            "0",
+            not refused,
+        ),
     ]
 
 
