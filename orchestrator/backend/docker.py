@@ -22,7 +22,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar, cast
 
@@ -43,7 +43,7 @@ from ..errors import (
     VolumeInUse,
 )
 from ..settings import Settings
-from . import ExitStatus, Step
+from . import ExitStatus, PathUsage, Step
 from ._attach import AttachOutput
 
 T = TypeVar("T")
@@ -196,19 +196,41 @@ class DockerBackend:
         size = found[0].get("SizeRw") if found else None
         return None if size is None else int(size)
 
-    async def path_usage(self, container_id: str, path: str) -> int | None:
-        return await self._run(self._path_usage, container_id, path)
+    async def path_usage(self, container_id: str, paths: Sequence[str]) -> PathUsage | None:
+        ran = await self._run(self._exec, container_id, ["du", "-sxb", "--", *paths])
+        if ran is None:
+            return None
+        out, code = ran
+        sizes: dict[str, int] = {}
+        for line in out.splitlines():
+            size, _, path = line.partition(b"\t")
+            if size.strip().isdigit():
+                sizes[path.decode(errors="replace")] = int(size)
+        # du names each path as given, once: a path missing from its answer was not measured.
+        if not all(path in sizes for path in paths):
+            return None
+        return PathUsage(sizes, complete=code == 0)
 
-    def _path_usage(self, container_id: str, path: str) -> int | None:
-        # An exec in the build's own container, as its own user: ~5 ms, and no host access.
+    async def writable_places(self, container_id: str) -> tuple[str, ...] | None:
+        # What the user owns it could make writable at any time, so that counts as writable.
+        find = ["find", "/", "-xdev", "(", "-writable", "-o", "-user", "builder", ")"]
+        ran = await self._run(self._exec, container_id, [*find, "-prune", "-print0"])
+        # find fails for every folder it may not enter, and still lists all the others.
+        if ran is None:
+            return None
+        return tuple(p.decode(errors="replace") for p in ran[0].split(b"\0") if p)
+
+    def _exec(self, container_id: str, argv: list[str]) -> tuple[bytes, int] | None:
+        """``argv``'s output and exit code, run in the step's container as its user (~5 ms
+        plus its own work; no host access); None when the container has stopped."""
         api = self._client.api
         try:
-            created = api.exec_create(container_id, ["du", "-sxb", path], user="builder")
-            out, _err = api.exec_start(created["Id"], demux=True)
+            created = api.exec_create(container_id, argv, user="builder", stderr=False)
+            out = api.exec_start(created["Id"])
+            code = api.exec_inspect(created["Id"]).get("ExitCode")
         except docker.errors.APIError:
             return None  # stopped meanwhile
-        first = out.split(b"\t", 1)[0].strip() if out else b""
-        return int(first) if first.isdigit() else None
+        return (bytes(out), code) if isinstance(code, int) else None
 
     async def _copy_in(self, container_id: str, path: str, tar: IO[bytes]) -> None:
         def put() -> None:

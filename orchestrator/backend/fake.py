@@ -14,13 +14,13 @@ import re
 import shlex
 import tarfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
 from ..cachescript import REPORT_DIR
 from ..errors import ContainerGone, ImageNotFound, VolumeInUse
-from . import ExitStatus, OutputChunk, Step, Stream
+from . import ExitStatus, OutputChunk, PathUsage, Step, Stream
 from .lines import LineSplitter
 
 
@@ -78,6 +78,9 @@ class FakeBackend:
         self.volumes: dict[str, dict[str, str]] = {}  # name → labels
         self.volume_bytes: dict[str, int] = {}  # what volume_usage says of each
         self.cache_files: dict[str, bytes] = {}  # what a cache wrapper would leave to copy out
+        # Where a step's user could write; None: this fake cannot tell (disk_usage then).
+        self.writable: tuple[str, ...] | None = None
+        self.usage_complete = True  # False: path_usage says something there was unreadable
         self._next = 0
 
     def _get(self, container_id: str) -> FakeContainer:
@@ -156,9 +159,19 @@ class FakeBackend:
         container = self._get(container_id)
         return container.script.disk_bytes if container.state != "created" else 0
 
-    async def path_usage(self, container_id: str, path: str) -> int | None:
+    async def path_usage(self, container_id: str, paths: Sequence[str]) -> PathUsage | None:
+        # The cache is /cache; what the script says it wrote to its disk is in its build dir.
         container = self._get(container_id)
-        return container.script.cache_bytes if container.state == "running" else None
+        if container.state != "running":
+            return None
+        script = container.script
+        sizes = {"/cache": script.cache_bytes, "/build": script.disk_bytes}
+        if any(sizes.get(path, 0) is None for path in paths):
+            return None
+        return PathUsage({path: sizes.get(path) or 0 for path in paths}, self.usage_complete)
+
+    async def writable_places(self, container_id: str) -> tuple[str, ...] | None:
+        return self.writable
 
     @property
     def enforces_disk_limit(self) -> bool:
