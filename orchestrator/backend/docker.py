@@ -383,7 +383,9 @@ class DockerBackend:
         # A throwaway container (~0.7 s here) with the volume read-only: root with only the
         # right to read any folder, no network. The build's own `du` would miss what its user
         # cannot read, and Docker's own measure (/system/df) walks every container (~5 s).
-        out = self._client.containers.run(
+        # Created, run and removed by hand: docker-py's run(remove=True) leaves the container
+        # when its start fails.
+        container = self._client.containers.create(
             image,
             ["du", "-sxb", "/volume"],
             user="root",
@@ -393,10 +395,13 @@ class DockerBackend:
             network_mode="none",
             labels=dict(labels),
             mounts=[Mount("/volume", name, type="volume", read_only=True)],
-            remove=True,
-            stdout=True,
-            stderr=False,
         )
+        try:
+            container.start()
+            container.wait()
+            out = container.logs(stdout=True, stderr=False)
+        finally:
+            self._remove(str(container.id))
         first = bytes(out).split(b"\t", 1)[0].strip()
         return int(first) if first.isdigit() else None
 
