@@ -147,7 +147,15 @@ class DockerBackend:
         return dict(found.labels or {})
 
     async def setup(self, step: Step) -> str:
-        cid = await self._run(self._create, step, idempotent=False)
+        creating = asyncio.ensure_future(self._run(self._create, step, idempotent=False))
+        try:
+            cid = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # The daemon makes it all the same, and the caller will have no handle to it; a
+            # reap by label now could come before it exists. So wait for it, and remove it.
+            with contextlib.suppress(OrchestratorError):
+                await self.destroy(await creating)
+            raise
         try:
             if step.inputs is not None:
                 await self._copy_in(cid, step.workdir, step.inputs)
