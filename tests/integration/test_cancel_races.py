@@ -32,6 +32,12 @@ from .conftest import job_containers, job_id, remove_volumes
 pytestmark = pytest.mark.docker
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # These tests time windows, not makepkg: a busy machine must not fail them before one.
+    return settings.model_copy(update={"inspect_timeout_s": 120.0})
+
+
 class WindowDocker(DockerBackend):
     """Holds one step of a build's end (``window``) until the test opens the gate."""
 
