@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -215,23 +215,36 @@ class Caches:
             )
             self._busy.discard(lease.key)
             await asyncio.to_thread(self._save)
-        task = asyncio.create_task(self._measure(lease))
+        # Measured before the job ends, not after: the container that measures it is the job's,
+        # and none may be left when the job answers as ended (a cancel waits for that). Tracked,
+        # so that a release cut short (the service stopping) is still waited for by ``close``.
+        measuring = self._track(self._measure(lease))
+        await measuring
+        self._track(self._prune_later())
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _measure(self, lease: Lease) -> None:
-        """The volume's size as root sees it (a build cannot hide files from that), then the
-        prune that keeps the cap; after the build, so it costs the build nothing."""
+        """The volume's size as root sees it (a build cannot hide files from that)."""
         labels = {INSTANCE_LABEL: self._settings.instance_id}
         try:
             size = await self._backend.volume_usage(lease.volume, lease.image, labels)
         except OrchestratorError as exc:
             log.warning("could not measure cache %s: %s", lease.key, exc)
-            size = None
+            return
         async with self._lock:
             info = self._index.get(lease.key)
             if info is not None and info.volume == lease.volume and size is not None:
                 self._index[lease.key] = replace(info, size_bytes=size)
+                await asyncio.to_thread(self._save)
+
+    async def _prune_later(self) -> None:
+        """The prune that keeps the cap: after the build, so it costs the build nothing."""
+        async with self._lock:
             await self._prune_locked()
             await asyncio.to_thread(self._save)
 

@@ -29,7 +29,7 @@ from .settings import MiB, Settings
 from .srcinfo import SrcInfo
 from .status import JobStatus
 from .variants import VariantPlan, plan
-from .watchdog import watch_disk
+from .watchdog import DiskWatch, Overrun
 
 JOB_LABEL = "orchestrator.job"
 INSTANCE_LABEL = "orchestrator.instance"
@@ -38,6 +38,9 @@ BUILDER_UID = 1000  # the image's `builder` user; copied-in files must be theirs
 BUILD_DIR = "/build"
 PACKAGE_DIR = "/out"
 MAKEPKG = ("makepkg", "--nodeps", "--noconfirm", "--noprogressbar")
+# Where a build in our images can write (the disk watchdog's first guess, until it has found
+# them in the image): makepkg's folders, the temporary ones, the build user's home.
+WRITABLE_GUESS = (BUILD_DIR, PACKAGE_DIR, "/tmp", "/var/tmp", "/home/builder")
 OUTPUT_PACE_S = 0.005  # the most a line can wait for the one before it to be sent
 
 NOUN = "Build"  # how the endings name a build
@@ -67,6 +70,7 @@ class Runner:
         self._settings = settings
         instance = {INSTANCE_LABEL: settings.instance_id}
         self.inspector = Inspector(backend, settings, instance, metrics)
+        self._disk = DiskWatch(backend, settings)
         self.caches = caches
         # Where a container that could not be removed goes (the app's janitor): not left to
         # the next start-up's reaping, which may never come.
@@ -191,7 +195,7 @@ class Runner:
         if cancel.cancelled:
             return cancel_result(cancel, NOUN)
 
-        ended = await self._until_exit(cid, sink, cancel, request, lease)
+        ended = await self._until_exit(cid, sink, cancel, step.image, lease)
         if isinstance(ended, BuildResult):  # stopped before it ended by itself
             return ended
         exit_code = ended.code
@@ -286,7 +290,7 @@ class Runner:
         cid: str,
         sink: Sink,
         cancel: CancelToken,
-        request: BuildRequest,
+        image: str,
         lease: Lease | None,
     ) -> ExitStatus | BuildResult:
         """Run the container to its end and say how it ended; or stop it (cancelled, or over
@@ -303,7 +307,7 @@ class Runner:
             waits = [stop]
             if lease is not None or not self._backend.enforces_disk_limit:
                 cache = cachescript.CACHE_DIR if lease else None
-                watch = watch_disk(self._backend, self._settings, cid, cache)
+                watch = self._disk.watch(cid, image, WRITABLE_GUESS, cache)
                 waits.append(asyncio.ensure_future(watch))
             await asyncio.wait({build, *waits}, return_when=asyncio.FIRST_COMPLETED)
             if build.done():
@@ -313,12 +317,7 @@ class Runner:
                 await sink([Event(Action.CANCELLING, f"Stopping the build ({cancel.reason})")])
                 result = cancel_result(cancel, NOUN)
             else:
-                used, limit = waits[1].result() // MiB, self._settings.build_disk_bytes // MiB
-                result = BuildResult(
-                    JobStatus.FAILED,
-                    f"the build wrote more than {limit} MiB to its container's disk and cache "
-                    f"({used} MiB; the limit is ORCHESTRATOR_BUILD_DISK_BYTES)",
-                )
+                result = BuildResult(JobStatus.FAILED, self._overrun_reason(waits[1].result()))
                 await sink([Event(Action.CANCELLING, f"Stopping the build: {result.reason}")])
             await self._backend.kill(cid, self._settings.kill_grace_s)
             return result
@@ -330,6 +329,15 @@ class Runner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await build
             await stream.aclose()
+
+    def _overrun_reason(self, overrun: Overrun) -> str:
+        # Rounded up: "more than 512 MiB (512 MiB...)" would read as a contradiction.
+        used, limit = -(-overrun.used // MiB), self._settings.build_disk_bytes // MiB
+        return (
+            f"the build wrote more than {limit} MiB to its container's disk and cache "
+            f"({used} MiB, most of it in {overrun.where}; the limit is "
+            "ORCHESTRATOR_BUILD_DISK_BYTES)"
+        )
 
     async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> ExitStatus:
         async for batch in stream:

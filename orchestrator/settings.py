@@ -82,10 +82,11 @@ class Settings(BaseSettings):
         "storage driver has one, otherwise a watchdog stops the build once it is over.",
     )
     build_disk_poll_s: float = Field(
-        default=5.0,
+        default=1.0,
         gt=0,
-        description="The watchdog's pace; it also waits 10x as long as the engine took to "
-        "answer, so that measuring never costs the daemon more than a tenth of its time.",
+        description="The watchdog's pace (where no quota holds the disk bound): a look is a "
+        "du of the places the build can write to, ~0.1 s. When only the engine's own measure "
+        "is left (a walk of the whole container), it waits 10x as long as that took.",
     )
     caches: bool = Field(
         default=True,

@@ -9,7 +9,6 @@ what a build could not.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 from collections.abc import AsyncIterator
 
@@ -36,11 +35,10 @@ from . import catalog as catalog_api
 from .errors import error_response, errors_middleware
 from .guard import (
     API_PREFIX,
-    STREAM_SUFFIX,
-    TOKEN_PARAM,
     AccessLogger,
     cross_origin_middleware,
     harden_response,
+    holds_token,
     host_middleware,
     host_name,
 )
@@ -80,19 +78,12 @@ def check_bind(settings: Settings) -> None:
 
 
 def _auth_middleware(token: str) -> web.middleware:  # type: ignore[valid-type]
-    expected = f"Bearer {token}".encode()
-
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(API_PREFIX):
-            given = request.headers.get("Authorization", "")
-            # EventSource cannot set headers, so the stream also takes ?access_token=.
-            if not given and request.path.endswith(STREAM_SUFFIX) and TOKEN_PARAM in request.query:
-                given = f"Bearer {request.query[TOKEN_PARAM]}"
-            if not hmac.compare_digest(given.encode(), expected):
-                response = error_response(401, "unauthorized", "a valid bearer token is required")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+        if request.path.startswith(API_PREFIX) and not holds_token(request, token):
+            response = error_response(401, "unauthorized", "a valid bearer token is required")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
         return await handler(request)
 
     return auth

@@ -16,6 +16,7 @@ token as ``?access_token=`` (EventSource cannot set headers), so ours redacts it
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import re
@@ -36,6 +37,23 @@ _TRUSTED_FETCH_SITES = frozenset({"same-origin", "none"})
 TOKEN_PARAM = "access_token"
 _HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
 REDACTED = "[redacted]"
+
+
+def presented_token(request: web.Request) -> str:
+    """The ``Authorization`` header; a stream may carry its token as ``?access_token=``
+    instead, since EventSource cannot set headers."""
+    given = request.headers.get("Authorization", "")
+    if not given and request.path.endswith(STREAM_SUFFIX) and TOKEN_PARAM in request.query:
+        given = f"Bearer {request.query[TOKEN_PARAM]}"
+    return given
+
+
+def holds_token(request: web.Request, token: str | None) -> bool:
+    """Whether the caller may see what the token guards: it sent the token, or the service
+    has none (then every caller can reach the whole API anyway)."""
+    if token is None:
+        return True
+    return hmac.compare_digest(presented_token(request).encode(), f"Bearer {token}".encode())
 
 
 def cross_origin_refusal(request: web.Request) -> str | None:

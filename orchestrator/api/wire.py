@@ -350,14 +350,22 @@ class DiskHealth(_Wire):
 
 
 class Health(_Wire):
-    """Whether the service can build: daemon, images, job store, data disk."""
+    """Whether the service can build: daemon, images, job store, data disk. Without the token
+    (where the service has one) only ``status`` and, when not ok, ``error`` in words that name
+    no path, address or image; the rest comes with the token."""
 
     status: Literal["ok", "unavailable"]
-    docker: bool
-    images: dict[str, bool] = Field(description="variant → its build image is present")
-    store: StoreHealth
-    disk: DiskHealth
-    queue_length: int
+    docker: bool | SkipJsonSchema[None] = Field(default=None, description="with the token only")
+    images: dict[str, bool] | SkipJsonSchema[None] = Field(
+        default=None, description="variant → its build image is present (with the token only)"
+    )
+    store: StoreHealth | SkipJsonSchema[None] = Field(
+        default=None, description="with the token only"
+    )
+    disk: DiskHealth | SkipJsonSchema[None] = Field(default=None, description="with the token only")
+    queue_length: int | SkipJsonSchema[None] = Field(
+        default=None, description="with the token only"
+    )
     error: str | SkipJsonSchema[None] = Field(
         default=None, description="when unavailable: the first thing that is wrong"
     )

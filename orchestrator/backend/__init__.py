@@ -11,7 +11,7 @@ picks one by the ``backend`` setting.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Literal, Protocol
 
@@ -86,6 +86,15 @@ class Ran:
     code: int
     stdout: bytes
     stderr: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PathUsage:
+    """Bytes under each path asked about. Not ``complete`` when something there could not be
+    read (makepkg makes its package folder unlistable): that much more is not counted."""
+
+    sizes: Mapping[str, int]
+    complete: bool = True
 
 
 class OutputStream(Protocol):
@@ -197,9 +206,16 @@ class Backend(Protocol):
         tell. May be slow (a walk of the step's files): the caller paces itself."""
         ...
 
-    async def path_usage(self, handle: Handle, path: str) -> int | None:
-        """Bytes under ``path`` in the running step (a volume), as its user sees them; None
-        when this engine cannot tell or the step has stopped."""
+    async def path_usage(self, handle: Handle, paths: Sequence[str]) -> PathUsage | None:
+        """Bytes under each of ``paths`` in the running step, each counted on its own
+        filesystem, as the step's user sees them: cheap enough to ask every second. None when
+        this engine cannot tell or the step has stopped."""
+        ...
+
+    async def writable_places(self, handle: Handle) -> tuple[str, ...] | None:
+        """Where on its own filesystem the running step's user can write (the topmost such
+        folders and files, and what it owns, which it could make writable); None when this
+        engine cannot tell. Walks the whole filesystem: asked once per image."""
         ...
 
     @property

@@ -14,13 +14,13 @@ import re
 import shlex
 import tarfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
 from ..cachescript import REPORT_DIR
 from ..errors import ContainerGone, ImageNotFound, VolumeInUse
-from . import ExitStatus, OutputChunk, Ran, Step, Stream
+from . import ExitStatus, OutputChunk, PathUsage, Ran, Step, Stream
 from .lines import LineSplitter
 
 
@@ -82,6 +82,9 @@ class FakeBackend:
         self.tidy_code = 0  # what any other exec (a reader's tidying) exits with
         self.cpu: dict[str, float] = {}  # what cpu_seconds says of a step (0 by default)
         self.execs: list[tuple[str, tuple[str, ...], str]] = []  # (handle, command, user)
+        # Where a step's user could write; None: this fake cannot tell (disk_usage then).
+        self.writable: tuple[str, ...] | None = None
+        self.usage_complete = True  # False: path_usage says something there was unreadable
         self._next = 0
 
     def _get(self, container_id: str) -> FakeContainer:
@@ -163,9 +166,19 @@ class FakeBackend:
         container = self._get(container_id)
         return container.script.disk_bytes if container.state != "created" else 0
 
-    async def path_usage(self, container_id: str, path: str) -> int | None:
+    async def path_usage(self, container_id: str, paths: Sequence[str]) -> PathUsage | None:
+        # The cache is /cache; what the script says it wrote to its disk is in its build dir.
         container = self._get(container_id)
-        return container.script.cache_bytes if container.state == "running" else None
+        if container.state != "running":
+            return None
+        script = container.script
+        sizes = {"/cache": script.cache_bytes, "/build": script.disk_bytes}
+        if any(sizes.get(path, 0) is None for path in paths):
+            return None
+        return PathUsage({path: sizes.get(path) or 0 for path in paths}, self.usage_complete)
+
+    async def writable_places(self, container_id: str) -> tuple[str, ...] | None:
+        return self.writable
 
     @property
     def enforces_disk_limit(self) -> bool:

@@ -26,7 +26,7 @@ import functools
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
@@ -43,7 +43,7 @@ from ..errors import (
     StepLost,
 )
 from ..settings import Settings
-from . import ExitStatus, Ran, Step
+from . import ExitStatus, PathUsage, Ran, Step
 from . import _swarmspec as spec
 from ._handoff import Handoff, wrapper_env
 from ._servicelogs import ServiceOutput
@@ -408,8 +408,11 @@ class SwarmBackend:
     async def disk_usage(self, handle: str) -> int | None:
         return None  # only the node's daemon knows its containers' size
 
-    async def path_usage(self, handle: str, path: str) -> int | None:
+    async def path_usage(self, handle: str, paths: Sequence[str]) -> PathUsage | None:
         return None  # would need an exec in the task's container
+
+    async def writable_places(self, handle: str) -> tuple[str, ...] | None:
+        return None  # likewise
 
     @property
     def supports_exec(self) -> bool:

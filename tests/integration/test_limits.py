@@ -54,7 +54,9 @@ async def test_a_build_writing_past_its_disk_limit_is_stopped_with_a_reason(
     assert result.status is JobStatus.FAILED
     assert result.reason.startswith("the build wrote more than 64 MiB"), result.reason
     assert "ORCHESTRATOR_BUILD_DISK_BYTES" in result.reason
-    assert "wrote 200 MiB" in recorder.lines()
+    # Caught within a look of passing it: most likely before the 200 MiB are all written.
+    where = "/cache" if into == "$SRCDEST" else "/build"
+    assert f"most of it in {where};" in result.reason, result.reason
 
 
 async def test_packages_over_the_artifact_cap_fail_the_build(

@@ -328,3 +328,25 @@ async def test_an_unready_service_answers_health_as_documented(
     async with serve(settings, FakeBackend(images=images)) as api:
         health = await api.call("GET", "/health", expect=503)
         assert health["status"] == "unavailable" and "images/bootstrap" in health["error"]
+
+
+@pytest.mark.parametrize("images", [("orchestrator/build:cpu",), ()])
+async def test_health_tells_a_caller_without_the_token_nothing_of_the_host(
+    settings: Settings, images: tuple[str, ...]
+) -> None:
+    """A probe needs no token: it gets the status and, when not ok, fixed words; the data
+    directory, the image names and the queue are for the token's holders."""
+    settings = Settings(
+        data_dir=settings.data_dir, instance_id=settings.instance_id, api_token=TOKEN
+    )
+    expect = 200 if images else 503
+    async with serve(settings, FakeBackend(images=images)) as api:
+        stranger = await api.call("GET", "/health", expect=expect)
+        assert set(stranger) <= {"status", "error"}, stranger
+        assert str(settings.data_dir) not in json.dumps(stranger)
+        assert "/" not in stranger.get("error", ""), stranger
+        assert ("error" in stranger) is (expect == 503)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        holder = await api.call("GET", "/health", headers=headers, expect=expect)
+        assert holder["disk"]["path"] == str(settings.data_dir)
+        assert "queue_length" in holder and "images" in holder

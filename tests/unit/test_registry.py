@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
@@ -144,3 +145,63 @@ async def test_a_crash_leaves_the_queue_that_the_next_start_runs(
                 break
             await asyncio.sleep(0.01)
         assert not (settings.work_dir / "a").exists()
+
+
+class WindowBackend(FakeBackend):
+    """Holds one step of a build's end (``window``) until the test opens the gate, and counts
+    the containers a cache measure would have on the daemon meanwhile."""
+
+    def __init__(self, window: str) -> None:
+        super().__init__(Script([("stdout", "built", 0)]))
+        self.window = window
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.measuring = 0
+
+    async def _hold(self, step: str) -> None:
+        if step == self.window and not self.entered.is_set():
+            self.entered.set()
+            await self.gate.wait()
+
+    async def collect(self, handle: str, path: str, max_bytes: int | None = None) -> IO[bytes]:
+        await self._hold("collect")
+        return await super().collect(handle, path, max_bytes)
+
+    async def destroy(self, handle: str) -> None:
+        await self._hold("destroy")
+        await super().destroy(handle)
+
+    async def volume_usage(self, name: str, image: str, labels: Mapping[str, str]) -> int | None:
+        self.measuring += 1  # the throwaway container that measures it exists from here
+        try:
+            await self._hold("volume_usage")
+            return await super().volume_usage(name, image, labels)
+        finally:
+            self.measuring -= 1
+
+
+@pytest.mark.parametrize("window", ["collect", "destroy", "volume_usage"])
+async def test_a_cancel_in_any_window_of_a_builds_end_answers_once_nothing_is_left(
+    settings: Settings, build_dir: Callable[..., Path], window: str
+) -> None:
+    """Whatever the cancel's answer (too late, or cancelled), when it comes no container of
+    the job is left: neither the build's nor the one measuring its cache."""
+    backend = WindowBackend(window)
+    async with open_registry(settings, backend) as registry:
+
+        async def cancel_and_look() -> tuple[dict[str, object], int]:
+            with contextlib.suppress(JobStateConflict):  # too late: the build had exited
+                await registry.cancel(job_id)
+            return dict(backend.containers), backend.measuring  # as the answer goes out
+
+        job_id = await submit(registry, settings, build_dir)
+        await asyncio.wait_for(backend.entered.wait(), 10)
+        token = registry._handles[job_id].token
+        cancel = asyncio.ensure_future(cancel_and_look())
+        for _ in range(500):  # the cancel is in (or answered) while the window is held
+            if token.cancelled or cancel.done():
+                break
+            await asyncio.sleep(0.01)
+        assert token.cancelled or cancel.done()
+        backend.gate.set()
+        assert await asyncio.wait_for(cancel, 10) == ({}, 0)

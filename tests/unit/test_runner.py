@@ -269,3 +269,37 @@ async def test_the_disk_watchdog_stops_a_build_over_its_limit(
     assert result.status is JobStatus.FAILED
     assert result.reason.startswith("the build wrote more than 0 MiB to its container's disk")
     assert verbs(backend)[-2:] == ["kill", "destroy"]
+
+
+async def test_the_disk_watchdog_measures_where_the_build_can_write(
+    settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
+) -> None:
+    settings = settings.model_copy(update={"build_disk_bytes": 1000, "build_disk_poll_s": 0.01})
+    backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 200, disk_bytes=5000))
+    backend.writable = ("/build", "/tmp")
+    result = await build(
+        Runner(backend, settings),
+        BuildRequest("disk", build_dir("hello-c")),
+        recorder,
+        CancelToken(),
+    )
+    assert result.status is JobStatus.FAILED
+    assert "most of it in /build;" in result.reason, result.reason
+    assert verbs(backend)[-2:] == ["kill", "destroy"]
+
+
+async def test_what_du_cannot_read_is_left_to_the_engines_measure(
+    settings: Settings, recorder: Recorder, build_dir: Callable[..., Path]
+) -> None:
+    # makepkg's package folder is unlistable: du says so, and the writable layer is measured.
+    settings = settings.model_copy(update={"build_disk_bytes": 1000, "build_disk_poll_s": 0.01})
+    backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 200, disk_bytes=5000))
+    backend.writable, backend.usage_complete = ("/tmp",), False
+    result = await build(
+        Runner(backend, settings),
+        BuildRequest("disk", build_dir("hello-c")),
+        recorder,
+        CancelToken(),
+    )
+    assert result.status is JobStatus.FAILED
+    assert "most of it in its writable layer;" in result.reason, result.reason
