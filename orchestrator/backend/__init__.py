@@ -257,6 +257,7 @@ __all__ = [
     "Handle",
     "OutputChunk",
     "OutputStream",
+    "PathUsage",
     "Ran",
     "Step",
     "Stream",
