@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import docker.errors
+
 from . import Ran
 
 
@@ -44,7 +46,13 @@ def run_exec(
             err.add(stderr)
     state = api.exec_inspect(created["Id"])
     code = state.get("ExitCode")
-    # No exit code while it still runs: its output ended because the container is going away.
+    # A command that failed, or whose output ended while it still runs (no exit code): did the
+    # container end under it (killed, OOM-killed, the daemon restarted)? Then that is no answer
+    # of the command's: a PKGBUILD's reading would be taken for makepkg's refusal.
+    if code is None or state.get("Running") or code != 0:
+        running = api.inspect_container(container_id)["State"].get("Running")  # NotFound: gone
+        if not running:
+            raise docker.errors.NotFound(f"container {container_id[:12]} ended during {command[0]}")
     return Ran(-1 if code is None or state.get("Running") else int(code), out.value(), err.value())
 
 

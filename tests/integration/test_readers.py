@@ -291,3 +291,28 @@ async def test_what_a_top_level_leaves_in_shared_memory_is_gone_before_the_next_
         [desc] = [line for line in found["srcinfo"].splitlines() if "pkgdesc" in line]
         assert "left" not in desc and "fifo" not in desc and " q " not in desc, desc
         assert desc.rstrip().endswith(" 0"), desc  # no SysV segment left either
+
+
+async def test_a_reader_killed_under_a_reading_is_no_refusal_of_the_pkgbuild(
+    settings: Settings, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    one = settings.model_copy(update={"readers": 1})
+    async with serve(one) as client:
+        await dry_run(client, pkgbuild(tmp_path, "first", ""))
+        [reader] = readers(docker_client, one, one.image_cpu)
+        src = pkgbuild(tmp_path, "slow", "sleep 4")
+        answer = asyncio.ensure_future(
+            client.post(
+                "/v1/builds",
+                params={"dry_run": "true"},
+                data=tar_dir(src),
+                headers={"Content-Type": "application/gzip"},
+            )
+        )
+        await asyncio.sleep(2)
+        reader.kill()  # the OOM killer, an operator, a daemon restart: not makepkg's doing
+        response = await answer
+        body = await response.json()
+        assert response.status != 422, body
+        # Nor is it remembered as the PKGBUILD's answer.
+        assert (await dry_run(client, src))["pkgnames"] == ["slow"]
