@@ -9,10 +9,12 @@ in-memory ``/tmp``, memory, process and CPU limits). What keeps readings apart i
   another reading's processes or open its files; its PKGBUILD is the reading's alone to read
   (root's, with the reading's group, mode 0640 in a folder of mode 0750);
 - when makepkg is done, the same exec kills every process of that uid (a daemon the top level
-  forked) and deletes what it left in ``/tmp`` and ``/dev/shm``;
-- then, before the reader takes another reading, root checks that only root's processes are
-  left and ``/tmp`` and ``/dev/shm`` are empty, and removes the PKGBUILD. A reader that fails
-  that check, or whose reading overran its deadline, is destroyed and another made.
+  forked); after the answer, a command of its own as that uid does it again (a top level can
+  kill the reading's shell, never that) and deletes what the uid left in ``/tmp``,
+  ``/dev/shm``, ``/dev/mqueue`` and System V IPC;
+- then, before the reader takes another reading, root checks that only root's threads are
+  left, those places are empty, and removes the PKGBUILD. A reader that fails that check, or
+  whose reading overran its deadline, is destroyed and another made.
 
 The deadline counts the CPU time of the reader (one reading at a time, so that is the
 reading's), so a busy host slows an answer without changing it; a wall-clock bound far above it
@@ -54,18 +56,31 @@ makepkg --printsrcinfo
 rc=$?
 exec >/dev/null 2>&1
 kill -KILL -1
-find /tmp /dev/shm -xdev -mindepth 1 -user "$(id -u)" -delete
+find /tmp /dev/shm /dev/mqueue -xdev -mindepth 1 -user "$(id -u)" -delete
 exit $rc
 """
-# As root, after the answer: is the reader as it was before the reading?
+# As the reading's uid, after the answer, whatever became of the reading's own shell (a top level
+# can kill it before it gets to its `kill`): kill(-1) reaches every process of that uid at once
+# (a process forking meanwhile takes its children with it), and so cannot be outrun.
+_END = """
+kill -KILL -1
+find /tmp /dev/shm /dev/mqueue -xdev -mindepth 1 -user "$(id -u)" -delete
+ipcrm --all 2>/dev/null
+exit 0
+"""
+# As root, then: is the reader as it was before the reading? Threads, not processes: a process
+# whose first thread has exited reads "Z" in /proc/<pid>/status while its other threads run.
 _TIDY = """
 rm -rf "/src/$1"
-for p in /proc/[0-9]*; do
-    u=$(stat -c %u "$p" 2>/dev/null) || continue
-    [ "$u" = 0 ] || grep -qs '^State:.Z' "$p/status" || { echo "uid $u still runs $p"; exit 3; }
+for t in /proc/[0-9]*/task/[0-9]*; do
+    u=$(stat -c %u "$t" 2>/dev/null) || continue
+    [ "$u" = 0 ] || grep -qs '^State:.Z' "$t/status" || { echo "uid $u still runs $t"; exit 3; }
 done
-for d in /tmp /dev/shm; do
+for d in /tmp /dev/shm /dev/mqueue; do
     [ -z "$(ls -A "$d")" ] || { echo "$d is not empty"; exit 4; }
+done
+for f in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
+    [ "$(wc -l < $f)" -le 1 ] || { echo "a System V IPC object is left ($f)"; exit 5; }
 done
 """
 
@@ -74,11 +89,12 @@ done
 class _Reader:
     handle: Handle
     next_uid: int = _FIRST_UID
+    uid: int = 0  # its current (or last) reading's
     cpu_s: float = 0.0  # the reader's CPU time when its current reading began
 
     def take_uid(self) -> int:
-        uid, self.next_uid = self.next_uid, self.next_uid + 1
-        return uid
+        self.uid, self.next_uid = self.next_uid, self.next_uid + 1
+        return self.uid
 
     @property
     def spent(self) -> bool:
@@ -192,6 +208,13 @@ class ReaderPool:
 
     async def _tidy(self, image: str, reader: _Reader, name: str, slots: asyncio.Semaphore) -> None:
         try:
+            await self._backend.exec(
+                reader.handle,
+                ("sh", "-c", _END, "end"),
+                user=f"{reader.uid}:{reader.uid}",
+                workdir="/",
+                keep_bytes=4096,
+            )
             tidy = await self._backend.exec(
                 reader.handle,
                 ("sh", "-c", _TIDY, "tidy", name),

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import docker.errors
+import requests
+
 from . import Ran
+
+_ENDING_S = 2  # how long a container killed under a command may take to say it is not running
 
 
 class _Tail:
@@ -44,7 +49,20 @@ def run_exec(
             err.add(stderr)
     state = api.exec_inspect(created["Id"])
     code = state.get("ExitCode")
-    # No exit code while it still runs: its output ended because the container is going away.
+    # A command that failed, or whose output ended while it still runs (no exit code): did the
+    # container end under it (killed, OOM-killed, the daemon restarted)? Then that is no answer
+    # of the command's: a PKGBUILD's reading would be taken for makepkg's refusal.
+    # Killed (by a signal, 128 + n) as a container's processes are when it is killed: it may
+    # still say it runs for a moment, so it is given a moment to say it does not.
+    if code is None or state.get("Running") or code >= 128:
+        try:
+            api.wait(container_id, timeout=_ENDING_S)  # NotFound: gone already
+        except requests.exceptions.RequestException:
+            pass  # still running: the command's own end
+        else:
+            raise docker.errors.NotFound(f"container {container_id[:12]} ended during {command[0]}")
+    elif code != 0 and not api.inspect_container(container_id)["State"].get("Running"):
+        raise docker.errors.NotFound(f"container {container_id[:12]} ended during {command[0]}")
     return Ran(-1 if code is None or state.get("Running") else int(code), out.value(), err.value())
 
 

@@ -23,7 +23,7 @@ from orchestrator.readers import READER_LABEL
 from orchestrator.runner import INSTANCE_LABEL
 
 from .conftest import serve
-from .service import dry_run, read_sse, submit, wait_status
+from .service import dry_run, read_sse, submit, tar_dir, wait_status
 
 pytestmark = pytest.mark.docker
 
@@ -224,3 +224,89 @@ async def test_a_stopped_service_leaves_none_of_its_readers(
         await asyncio.gather(*(dry_run(client, pkgbuild(tmp_path, f"p{i}", "")) for i in range(3)))
         assert readers(docker_client, settings)
     assert readers(docker_client, settings) == []
+
+
+# A daemon that survives its reading's end: it stops and kills the reading's own shell (so the
+# reading's `kill -KILL -1` never runs), empties /tmp, then lives on in a thread whose process
+# leader has exited: /proc/<pid>/status says "Z" for such a process, though it runs.
+_SURVIVOR = r"""
+(
+  exec </dev/null >/dev/null 2>&1
+  setsid perl -Mthreads -e '
+    my ($k, $m) = ("kill -KI" . "LL -1", "make" . "pkg");
+    select(undef, undef, undef, 0.5);
+    my @v;
+    for my $p (glob "/proc/[0-9]*") {
+      open(my $f, "<", "$p/cmdline") or next; my $c = do { local $/; <$f> }; $c =~ tr/\0/ /;
+      push @v, ($p =~ m{(\d+)$}) if index($c, $k) >= 0 || index($c, $m) >= 0;
+    }
+    kill "STOP", @v;
+    system("rm -rf /tmp/* /tmp/.[!.]* 2>/dev/null");
+    threads->create(sub {
+      sleep 2;
+      mkdir "/tmp/r$_", 0700 for 1..3000;  # the next readings cannot make their folder
+      sleep 600;
+    })->detach;
+    kill 9, @v;
+    syscall(60, 0);  # exit(2): this thread only
+  ' &
+)
+"""
+
+
+async def test_a_survivor_whose_leader_looks_like_a_zombie_is_killed_before_the_next_reading(
+    settings: Settings, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    one = settings.model_copy(update={"readers": 1})
+    async with serve(one) as client:
+        await dry_run(client, pkgbuild(tmp_path, "survivor", _SURVIVOR), 422)
+        await asyncio.sleep(3)  # its thread has done its harm, if it still runs
+        wait_until_clean(docker_client, one)
+        found = await dry_run(client, pkgbuild(tmp_path, "victim", ""))
+        assert found["pkgnames"] == ["victim"]
+
+
+async def test_what_a_top_level_leaves_in_shared_memory_is_gone_before_the_next_reading(
+    tmp_path: Path, settings: Settings
+) -> None:
+    one = settings.model_copy(update={"readers": 1})
+    leave = (
+        "echo secret > /dev/shm/left; chmod 666 /dev/shm/left; mkfifo /dev/shm/fifo;"
+        " echo x > /dev/mqueue/q 2>/dev/null;"
+        " perl -e 'shmget(0x5eed, 4096, 01666) // die' 2>/dev/null; true"
+    )
+    look = (
+        '_seen="$(ls -A /dev/shm /dev/mqueue 2>&1 | tr "\\n" " ")'
+        ' $(tail -n +2 /proc/sysvipc/shm | wc -l)"\npkgdesc="seen: $_seen"'
+    )
+    async with serve(one) as client:
+        await dry_run(client, pkgbuild(tmp_path, "leaver", leave))
+        found = await dry_run(client, pkgbuild(tmp_path, "looker", look))
+        [desc] = [line for line in found["srcinfo"].splitlines() if "pkgdesc" in line]
+        assert "left" not in desc and "fifo" not in desc and " q " not in desc, desc
+        assert desc.rstrip().endswith(" 0"), desc  # no SysV segment left either
+
+
+async def test_a_reader_killed_under_a_reading_is_no_refusal_of_the_pkgbuild(
+    settings: Settings, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    one = settings.model_copy(update={"readers": 1})
+    async with serve(one) as client:
+        await dry_run(client, pkgbuild(tmp_path, "first", ""))
+        [reader] = readers(docker_client, one, one.image_cpu)
+        src = pkgbuild(tmp_path, "slow", "sleep 4")
+        answer = asyncio.ensure_future(
+            client.post(
+                "/v1/builds",
+                params={"dry_run": "true"},
+                data=tar_dir(src),
+                headers={"Content-Type": "application/gzip"},
+            )
+        )
+        await asyncio.sleep(2)
+        reader.kill()  # the OOM killer, an operator, a daemon restart: not makepkg's doing
+        response = await answer
+        body = await response.json()
+        assert response.status != 422, body
+        # Nor is it remembered as the PKGBUILD's answer.
+        assert (await dry_run(client, src))["pkgnames"] == ["slow"]
