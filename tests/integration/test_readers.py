@@ -9,6 +9,7 @@ files), and hostile ones.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from orchestrator import Settings
 from orchestrator.readers import READER_LABEL
 from orchestrator.runner import INSTANCE_LABEL
 
+from ..conftest import PKGBUILDS
 from .conftest import serve
 from .service import dry_run, read_sse, submit, tar_dir, wait_status
 
@@ -107,6 +109,65 @@ async def test_a_top_level_that_prints_is_read_as_makepkg_reads_it(
         assert "reading on debian" in said  # its stderr: a warning, not a refusal
         assert found["sources"] == ["worker-linux-x86_64.sh", "worker.conf"]
         assert "(cpu,http on debian)" in found["srcinfo"]  # read from its own files
+
+
+def makepkg_on_each(client: docker.DockerClient, image: str, root: Path) -> dict[str, str]:
+    """``makepkg --printsrcinfo`` in each folder under ``root``, in one plain container of the
+    image: the .SRCINFO it printed, or ``refused`` when it exited non-zero."""
+    script = (
+        "for d in /in/*/; do n=$(basename $d); cp -r $d /tmp/$n; cd /tmp/$n;"
+        ' printf "@@ %s\\n" "$n"; makepkg --printsrcinfo 2>/dev/null || echo "@@ refused"; done'
+    )
+    out = client.containers.run(
+        image,
+        ["sh", "-c", script],
+        volumes={str(root): {"bind": "/in", "mode": "ro"}},
+        network_mode="none",
+        environment={"BUILDDIR": "/tmp", "SRCDEST": "/tmp", "PKGDEST": "/tmp"},
+        remove=True,
+        stdout=True,
+        stderr=False,
+    )
+    readings: dict[str, str] = {}
+    for part in bytes(out).decode().split("@@ ")[1:]:
+        name, _, text = part.partition("\n")
+        readings[name] = "refused" if text.endswith("@@ refused\n") or not text else text
+    return readings
+
+
+async def test_every_fixture_is_read_as_makepkg_reads_it(
+    client: TestClient, docker_client: docker.DockerClient, settings: Settings, tmp_path: Path
+) -> None:
+    """Ours is the tail of makepkg's own output, in a burst, for every PKGBUILD the suite has:
+    split packages, package functions that override arrays, arch-specific ones and text
+    outside ASCII, a top level that runs grep itself (the reading answers makepkg's own grep
+    calls in bash)."""
+    root = tmp_path / "corpus"
+    shutil.copytree(PKGBUILDS, root)
+    itself = makepkg_on_each(docker_client, settings.image_cpu, root)
+    assert len(itself) == len(list(PKGBUILDS.iterdir())) and "overrides" in itself
+    del itself["sandbox-probe"]  # it describes the sandbox it is read in: not the same here
+
+    async def ours(name: str) -> str:
+        response = await client.post(
+            "/v1/builds",
+            params={"dry_run": "true"},
+            data=tar_dir(root / name),
+            headers={"Content-Type": "application/gzip"},
+        )
+        body = await response.json()
+        assert response.status in (200, 422), body
+        return str(body["srcinfo"]) if response.status == 200 else "refused"
+
+    found = dict(zip(itself, await asyncio.gather(*map(ours, itself)), strict=True))
+    for name, text in itself.items():
+        if text == "refused":
+            assert found[name] == "refused", (name, found[name])
+        else:
+            assert found[name] != "refused" and text.endswith(found[name]), (name, text, found)
+    assert "overrides-demo=0.3.1" in found["overrides"]
+    assert "pkgdesc = Extra — grüße, ünïcödé, 日本語" in found["overrides"]
+    assert "depends_aarch64 = libatomic" in found["overrides"]
 
 
 async def test_a_pkgbuild_that_prints_at_its_top_level_builds(
