@@ -108,6 +108,7 @@ async def submit(api: Api, reps: int) -> list[Row]:
         Row("dry_run → 200, a PKGBUILD read before", [t * 1000 for t in again], None, "ms"),
         *await burst(api, tar, reps),
     ]
+    rows += _reading_cpu(reps)
     old = _old_static_reader()
     if old is not None:
         folder = Path(tempfile.mkdtemp(prefix="old-reader-src-"))
@@ -180,6 +181,66 @@ async def _burst(api: Api, tar: bytes, reps: int, size: int, params: dict[str, s
             not refused,
         ),
     ]
+
+
+# CPU time, not wall time: what a reading costs does not change with what else the host runs,
+# and a burst of readings on 2 cores cannot be answered faster than their sum over 2.
+_READING_CPU = """
+cd /tmp && cp /w/PKGBUILD . && export BUILDDIR=/tmp SRCDEST=/tmp PKGDEST=/tmp
+for i in $(seq "$1"); do makepkg --printsrcinfo; done >/dev/null 2>&1; times >&2
+for i in $(seq "$1"); do env "BASH_FUNC_grep%%=$2" makepkg --printsrcinfo; done >/dev/null 2>&1
+times >&2
+"""
+
+
+def _reading_cpu(reps: int, image: str = "orchestrator/build:cpu") -> list[Row]:
+    """CPU seconds of one ``makepkg --printsrcinfo`` of the trivial PKGBUILD, as makepkg runs
+    grep and with the reading's own ``grep`` function (``orchestrator.readers``)."""
+    from orchestrator.readers import _GREP
+
+    runs = reps * 5
+    printed = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network=none",
+            "-v",
+            f"{PKGBUILDS / 'trivial'}:/w:ro",
+            image,
+            "bash",
+            "-c",
+            _READING_CPU,
+            "bench",
+            str(runs),
+            _GREP,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr.split("\n")
+    # `times` prints the shell's own line, then its children's: the second, then the fourth.
+    totals = [_cpu_s(printed[1]), _cpu_s(printed[3])]
+    plain, ours = totals[0] / runs, (totals[1] - totals[0]) / runs
+    return [
+        Row("makepkg --printsrcinfo, CPU per reading (makepkg's grep)", [plain * 1000], None, "ms"),
+        Row(
+            "the same, with the reading's grep function",
+            [ours * 1000],
+            None,
+            "ms",
+            note=f"{ours / plain:.2f}× the CPU",
+        ),
+    ]
+
+
+def _cpu_s(line: str) -> float:
+    """``0m1.234s 0m0.567s`` (user, system) as seconds in all."""
+    total = 0.0
+    for part in line.split():
+        minutes, _, seconds = part.rstrip("s").partition("m")
+        total += int(minutes) * 60 + float(seconds)
+    return total
 
 
 def _unique(tar: bytes) -> bytes:
