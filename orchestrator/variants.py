@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from .errors import VariantError, VariantRefused
-from .settings import Settings
+
+if TYPE_CHECKING:  # the route table reads ``Variant`` where the service's settings are not loaded
+    from .settings import Settings
 
 
 class Variant(StrEnum):

@@ -30,8 +30,6 @@ from ..runner import INSTANCE_LABEL
 from ..settings import Settings
 from ..store import Store
 from ..web import add_routes as add_dashboard
-from . import artifacts, builds, caches, jobs, meta, stream
-from . import catalog as catalog_api
 from .errors import error_response, errors_middleware
 from .guard import (
     API_PREFIX,
@@ -56,6 +54,7 @@ from .keys import (
     STORE,
     WORKERS,
 )
+from .routes import add_routes
 
 
 def check_bind(settings: Settings) -> None:
@@ -193,27 +192,6 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
     app.cleanup_ctx.extend([disk_ctx, store_ctx, engine_ctx, janitor_ctx, registry_ctx])
     app.on_shutdown.append(on_shutdown)
 
-    app.router.add_post("/v1/builds", builds.create_build)
-    app.router.add_get("/v1/jobs", jobs.list_jobs)
-    app.router.add_post("/v1/jobs", jobs.create_job)
-    app.router.add_get("/v1/jobs/{job_id}", jobs.get_job)
-    app.router.add_post("/v1/jobs/{job_id}/cancel", jobs.cancel_job)
-    app.router.add_get("/v1/jobs/{job_id}/stream", stream.stream_job)
-    app.router.add_get("/v1/jobs/{job_id}/artifacts", artifacts.list_artifacts)
-    app.router.add_get("/v1/jobs/{job_id}/artifacts/{name}", artifacts.get_artifact)
-    app.router.add_get("/v1/catalog/workers", catalog_api.list_catalog)
-    app.router.add_get("/v1/catalog/workers/{worker_id}", catalog_api.get_catalog_worker)
-    app.router.add_get("/v1/catalog/workers/{worker_id}/pkgbuild", catalog_api.get_catalog_pkgbuild)
-    app.router.add_get("/v1/workers", catalog_api.list_workers)
-    app.router.add_get("/v1/workers/{worker_id}", catalog_api.get_worker)
-    app.router.add_delete("/v1/workers/{worker_id}", catalog_api.delete_worker)
-    app.router.add_get("/v1/models", catalog_api.list_models)
-    app.router.add_delete("/v1/models/{name}", catalog_api.delete_model)
-    app.router.add_get("/v1/caches", caches.list_caches)
-    app.router.add_get("/v1/caches/{key}", caches.get_cache)
-    app.router.add_delete("/v1/caches/{key}", caches.delete_cache)
-    app.router.add_get("/health", meta.health)
-    app.router.add_get("/metrics", meta.metrics)
-    app.router.add_get("/openapi.json", meta.openapi)
+    add_routes(app)
     add_dashboard(app)  # /, /jobs/{id}, /submit, /catalog and /assets/: the browser's view
     return app

@@ -22,17 +22,10 @@ from ..registry import Registry
 from ..settings import MiB
 from ..variants import plan
 from .keys import BACKEND, DISK, ENGINE, REGISTRY, SETTINGS
+from .routes import TAR_TYPES, url
 from .wire import BuildSubmitted, DryRun, job_links, respond
 
-ACCEPTED_TYPES = frozenset(
-    {
-        "application/x-tar",
-        "application/tar",
-        "application/gzip",
-        "application/x-gzip",
-        "application/octet-stream",
-    }
-)
+ACCEPTED_TYPES = frozenset(TAR_TYPES)
 _CHUNK = 256 * 1024
 
 
@@ -162,7 +155,7 @@ async def create_build(request: web.Request) -> web.Response:
         warnings=warnings,
         **job_links(record.id),
     )
-    return respond(submitted, status=201, headers={"Location": f"/v1/jobs/{record.id}"})
+    return respond(submitted, status=201, headers={"Location": url("get_job", job_id=record.id)})
 
 
 async def _discard(registry: Registry, job_id: str, dest: Path) -> None:

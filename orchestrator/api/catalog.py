@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..errors import NotFound
 from .keys import CATALOG, MODELS, REGISTRY, WORKERS
+from .routes import url
 from .wire import (
     Catalog,
     CatalogWorker,
@@ -40,7 +41,7 @@ async def get_catalog_worker(request: web.Request) -> web.Response:
         {
             **entry.summary(),
             "sources": sorted(entry.sources),
-            "pkgbuild_url": f"/v1/catalog/workers/{entry.id}/pkgbuild",
+            "pkgbuild_url": url("get_catalog_pkgbuild", worker_id=entry.id),
         }
     )
     return respond(detail)

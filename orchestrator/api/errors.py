@@ -81,7 +81,7 @@ def translate(exc: OrchestratorError) -> web.Response:
 
 # The routes that take work: their refusals are counted, by code (a CI burst that meets 507s,
 # a client that sends bad PKGBUILDs).
-SUBMIT_PATHS = frozenset({"/v1/builds", "/v1/jobs"})
+SUBMITS = frozenset({"submit_build", "create_job"})  # operationIds, as ``routes.py`` names them
 
 
 @web.middleware
@@ -99,6 +99,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as exc:
         log.exception("unhandled error in %s %s", request.method, request.path)
         response = error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
-    if request.method == "POST" and request.path in SUBMIT_PATHS:
+    if request.match_info.route.name in SUBMITS:
         request.app[METRICS].submits_refused.labels(reason=response[ERROR_CODE]).inc()
     return response

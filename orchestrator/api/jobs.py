@@ -8,9 +8,8 @@ from ..errors import InvalidInput
 from ..jobs import Submission
 from ..status import JobStatus
 from .keys import REGISTRY, STORE
+from .routes import MAX_PAGE, url
 from .wire import Job, JobList, JobSubmitted, job_links, respond
-
-_MAX_LIMIT = 500
 
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -35,7 +34,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         except ValueError:
             known = ", ".join(s.value for s in JobStatus)
             raise InvalidInput(f"unknown status {status_raw!r}; known: {known}") from None
-    limit = _int_param(request, "limit", 50, _MAX_LIMIT)
+    limit = _int_param(request, "limit", 50, MAX_PAGE)
     offset = _int_param(request, "offset", 0, 10**9)
     records, total = await request.app[STORE].list_jobs(status=status, limit=limit, offset=offset)
     return respond(
@@ -70,7 +69,7 @@ async def create_job(request: web.Request) -> web.Response:
     return respond(
         JobSubmitted(job_id=record.id, status=record.status, **job_links(record.id)),
         status=201,
-        headers={"Location": f"/v1/jobs/{record.id}"},
+        headers={"Location": url("get_job", job_id=record.id)},
     )
 
 

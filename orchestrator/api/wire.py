@@ -9,7 +9,6 @@ added here. Timestamps are ISO 8601 strings in UTC, as the stores already write 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
@@ -38,13 +37,18 @@ def respond(
     )
 
 
+# The route table imports this module's models, so its paths are looked up when first used.
 def job_links(job_id: str) -> dict[str, str]:
-    return {"job_url": f"/v1/jobs/{job_id}", "sse_url": f"/v1/jobs/{job_id}/stream"}
+    from .routes import url
+
+    return {"job_url": url("get_job", job_id=job_id), "sse_url": url("stream_job", job_id=job_id)}
 
 
 def artifact_url(job_id: str, name: str) -> str:
-    # The build chose the name: a "#", "?" or "%" in it must stay part of the path.
-    return f"/v1/jobs/{job_id}/artifacts/{quote(name, safe='')}"
+    from .routes import url
+
+    # The build chose the name: a "#", "?" or "%" in it stays part of the path (``url`` quotes).
+    return url("get_artifact", job_id=job_id, name=name)
 
 
 # -- errors ------------------------------------------------------------------------------------

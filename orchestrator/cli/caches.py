@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
-from urllib.parse import quote
 
+from ..api.routes import url
 from ._common import client_for, say, table
 from .client import EXIT_OK
 
@@ -25,12 +25,12 @@ def _size(value: Any) -> str:
 
 
 def _path(key: str) -> str:
-    return f"/v1/caches/{quote(key, safe=':@+')}"
+    return url("get_cache", key=key)
 
 
 async def cache_list(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
-        data = await client.get_json("/v1/caches")
+        data = await client.get_json(url("list_caches"))
     if args.json:
         print(json.dumps(data))
         return EXIT_OK

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ..api.routes import url
 from ._common import NO_CACHE_HELP, client_for, exit_for, follow, say, table
 from .client import EXIT_OK, Client
 
@@ -36,7 +37,7 @@ def _print(args: argparse.Namespace, data: Any, rows: Sequence[Sequence[str]]) -
 
 async def worker_available(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
-        data = await client.get_json("/v1/catalog/workers")
+        data = await client.get_json(url("list_catalog"))
     rows = [("ID", "VERSION", "TYPE", "NAME")]
     rows += [(w["id"], w["version"], w["worker_type"], w["name"]) for w in data["workers"]]
     return _print(args, data, rows)
@@ -45,9 +46,9 @@ async def worker_available(args: argparse.Namespace) -> int:
 async def worker_get(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
         if args.pkgbuild:
-            print(await client.text(f"/v1/catalog/workers/{args.worker_id}/pkgbuild"), end="")
+            print(await client.text(url("get_catalog_pkgbuild", worker_id=args.worker_id)), end="")
             return EXIT_OK
-        data = await client.get_json(f"/v1/catalog/workers/{args.worker_id}")
+        data = await client.get_json(url("get_catalog_worker", worker_id=args.worker_id))
     fields = (
         "id",
         "name",
@@ -77,7 +78,7 @@ async def worker_install(args: argparse.Namespace) -> int:
 
 async def worker_list(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
-        data = await client.get_json("/v1/workers")
+        data = await client.get_json(url("list_workers"))
     rows = [("ID", "VERSION", "INSTALLED", "PATH")]
     rows += [(w["id"], w["version"], w["installed_at"], w["path"]) for w in data["workers"]]
     return _print(args, data, rows)
@@ -85,7 +86,7 @@ async def worker_list(args: argparse.Namespace) -> int:
 
 async def worker_remove(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
-        data = await client.delete(f"/v1/workers/{args.worker_id}")
+        data = await client.delete(url("uninstall_worker", worker_id=args.worker_id))
     print(json.dumps(data) if args.json else f"removed {args.worker_id}")
     return EXIT_OK
 
@@ -106,7 +107,7 @@ async def model_download(args: argparse.Namespace) -> int:
 
 async def model_list(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
-        data = await client.get_json("/v1/models")
+        data = await client.get_json(url("list_models"))
     rows = [("NAME", "SIZE", "SHA256", "DOWNLOADED")]
     rows += [
         (m["name"], str(m["size_bytes"]), m["sha256"][:12], m["downloaded_at"])
@@ -117,7 +118,7 @@ async def model_list(args: argparse.Namespace) -> int:
 
 async def model_remove(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
-        data = await client.delete(f"/v1/models/{args.name}")
+        data = await client.delete(url("delete_model", name=args.name))
     print(json.dumps(data) if args.json else f"removed {args.name}")
     return EXIT_OK
 

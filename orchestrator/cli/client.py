@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from .. import sse
+from ..api.routes import url
 
 # Exit codes, documented in `orchestrator --help` and README.
 EXIT_OK = 0
@@ -120,7 +121,7 @@ class Client:
         body = await asyncio.to_thread(tar_directory, directory)
         result: dict[str, Any] = await self._call(
             "POST",
-            "/v1/builds",
+            url("submit_build"),
             params=params,
             data=body,
             headers={"Content-Type": "application/gzip"},
@@ -128,14 +129,14 @@ class Client:
         return result
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", f"/v1/jobs/{job_id}")
+        result: dict[str, Any] = await self._call("GET", url("get_job", job_id=job_id))
         return result
 
     async def jobs(self, status: str | None, limit: int, offset: int) -> dict[str, Any]:
         params = {"limit": str(limit), "offset": str(offset)}
         if status:
             params["status"] = status
-        result: dict[str, Any] = await self._call("GET", "/v1/jobs", params=params)
+        result: dict[str, Any] = await self._call("GET", url("list_jobs"), params=params)
         return result
 
     async def get_json(self, path: str) -> Any:
@@ -146,18 +147,20 @@ class Client:
 
     async def start_job(self, body: dict[str, Any], *, cache: bool = True) -> dict[str, Any]:
         params = {} if cache else {"cache": "off"}
-        result: dict[str, Any] = await self._call("POST", "/v1/jobs", json=body, params=params)
+        result: dict[str, Any] = await self._call(
+            "POST", url("create_job"), json=body, params=params
+        )
         return result
 
     async def text(self, path: str) -> str:
         return str(await self._call("GET", path, as_text=True))
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("POST", f"/v1/jobs/{job_id}/cancel")
+        result: dict[str, Any] = await self._call("POST", url("cancel_job", job_id=job_id))
         return result
 
     async def artifacts(self, job_id: str) -> list[dict[str, Any]]:
-        result = await self._call("GET", f"/v1/jobs/{job_id}/artifacts")
+        result = await self._call("GET", url("list_artifacts", job_id=job_id))
         return list(result["artifacts"])
 
     async def download(self, url: str, dest: Path) -> None:
@@ -179,13 +182,15 @@ class Client:
         ``Last-Event-ID`` and nothing is repeated or lost."""
         last = after_seq
         failures = 0
-        url = f"{self._url}/v1/jobs/{job_id}/stream"
+        stream_url = self._url + url("stream_job", job_id=job_id)
         # No overall timeout: a build may run for hours; the service sends a heartbeat.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=90)
         while True:
             headers = {"Last-Event-ID": str(last)} if last else {}
             try:
-                async with self._session.get(url, headers=headers, timeout=timeout) as response:
+                async with self._session.get(
+                    stream_url, headers=headers, timeout=timeout
+                ) as response:
                     await _raise_for_status(response)
                     async for message in sse.messages(response.content.iter_any()):
                         failures = 0

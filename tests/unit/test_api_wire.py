@@ -16,6 +16,7 @@ import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -25,8 +26,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from orchestrator import Settings, sse
 from orchestrator.api import create_app
+from orchestrator.api.builds import ACCEPTED_TYPES
 from orchestrator.api.openapi import document
+from orchestrator.api.routes import ROUTES
 from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.variants import Variant
 
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir
@@ -350,3 +354,25 @@ async def test_health_tells_a_caller_without_the_token_nothing_of_the_host(
         holder = await api.call("GET", "/health", headers=headers, expect=expect)
         assert holder["disk"]["path"] == str(settings.data_dir)
         assert "queue_length" in holder and "images" in holder
+
+
+def test_the_route_table_is_what_the_router_serves_and_the_document_says() -> None:
+    app = create_app(Settings(data_dir=Path("/nonexistent")), backend=FakeBackend())
+    served = {
+        r.name: (r.method, r.resource.canonical)
+        for r in app.router.routes()
+        if r.name is not None and r.resource is not None
+    }
+    assert {r.operation_id: (r.method, r.path) for r in ROUTES}.items() <= served.items()
+    ids = [r.operation_id for r in ROUTES]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[a-z]+(_[a-z]+)*", i) for i in ids)
+    doc = document()
+    tags = {t["name"] for t in doc["tags"]}
+    for path, item in doc["paths"].items():
+        for op in item.values():
+            assert op["operationId"] in ids and op["tags"][0] in tags, (path, op)
+    # What the code takes is what the document says, from the same constants.
+    submit = doc["paths"]["/v1/builds"]["post"]
+    assert set(submit["requestBody"]["content"]) == ACCEPTED_TYPES
+    [variant] = [p for p in submit["parameters"] if p["name"] == "variant"]
+    assert variant["schema"]["enum"] == [v.value for v in Variant]
