@@ -51,18 +51,21 @@ _READER_CPUS = 1.0
 # ``grep -E`` (libmakepkg's ``grep_function``): some 240 execs of grep per reading, two thirds
 # of its CPU time here. Given to makepkg as an exported function, this answers exactly those
 # calls (that argument list, a regex of that one shape, ASCII input) with the same lines and
-# status in bash, and hands every other call, the top level's own included, to grep itself.
+# status in bash, and hands every other call, the top level's own included, to grep itself, as
+# it does when the top level changed what bash's own matching means (``nocasematch``, a
+# read-only ``LC_ALL``). It runs in the pipeline's subshell: nothing it sets outlives it.
 _GREP = r"""() {
     local __shape='^\^\[\[:space:\]\]\*\ [[:alnum:]_]+\\\+\?=(\\\(|\[\^\(\])$'
-    if (( $# == 2 )) && [[ $1 == -E && $2 =~ $__shape ]]; then
+    if (( $# == 2 )) && [[ $1 == -E && $2 =~ $__shape && ${LC_ALL@a} != *r* ]] &&
+        ! builtin shopt -q nocasematch; then
         local __line __rc=1 __lines LC_ALL=C
-        mapfile -t __lines
+        builtin mapfile -t __lines
         if [[ ${__lines[*]} == *[$'\x80'-$'\xff']* ]]; then
-            printf '%s\n' "${__lines[@]}" | command grep "$@"
+            builtin printf '%s\n' "${__lines[@]}" | command grep "$@"
             return
         fi
         for __line in "${__lines[@]}"; do
-            [[ $__line =~ $2 ]] && { printf '%s\n' "$__line"; __rc=0; }
+            [[ $__line =~ $2 ]] && { builtin printf '%s\n' "$__line"; __rc=0; }
         done
         return $__rc
     fi
