@@ -30,14 +30,18 @@ from .bus import Bus
 from .cancel import CancelReason, CancelToken
 from .disk import DataDisk, out_of_space
 from .errors import (
+    Detached,
     InsufficientStorage,
     JobNotFound,
     JobStateConflict,
+    OrchestratorError,
     ShuttingDown,
+    StepGone,
     UnknownOperation,
 )
 from .events import Action, Event, Level
 from .jobs import (
+    Adoptable,
     Job,
     JobResult,
     Kind,
@@ -59,6 +63,9 @@ from .store import JobRecord, Store
 from .uploads import UploadBudget
 
 _SHUTDOWN_GRACE_S = 60.0
+# Leaving builds running is quick (their output streams close); a job still setting up past
+# this is stopped instead, so the service exits within its 10 s.
+_DETACH_GRACE_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,7 @@ class _Handle:
     token: CancelToken = field(default_factory=CancelToken)
     started: bool = False
     finishing: bool = False  # the final status is being written; too late to cancel
+    adopted_at: float | None = None  # an adopted build's real start (an earlier process's)
     done: asyncio.Future[JobRecord] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -92,8 +100,16 @@ class Registry:
         bus: Bus,
         metrics: Metrics,
         disk: DataDisk | None = None,
+        *,
+        adopts: bool = True,
     ) -> None:
+        """``adopts``: whether the engine can pick builds up again (otherwise a stop ends
+        them, whatever ``on_stop`` says)."""
         self._settings = settings
+        self._on_stop = settings.on_stop if adopts or settings.on_stop == "drain" else "cancel"
+        self._adopts = adopts
+        self._recovered = False
+        self._left: set[str] = set()  # builds left running at the stop, for the next start
         self._store = store
         self._bus = bus
         self._metrics = metrics
@@ -161,6 +177,7 @@ class Registry:
         """Interrupt what an earlier process left running, queue again what it left queued (in
         its order, before any new job), and start the workers. Returns the interrupted ids."""
         interrupted = await self._recover()
+        self._recovered = True
         self._accepting = True
         self._workers = [
             asyncio.create_task(self._work(), name=f"build-worker-{i}")
@@ -173,14 +190,44 @@ class Registry:
             message = "🔁 Queued again after a restart"
             await self._enqueue(record, kind, job, message, recovering=True)
 
-        interrupted = await recovery.recover(self._store, self._kinds, enqueue)
+        interrupted = await recovery.recover(self._store, self._kinds, enqueue, self._adopt)
         await asyncio.to_thread(
             recovery.remove_all_but, self._settings.work_dir, set(self._handles)
         )
         return interrupted
 
+    async def _adopt(self, record: JobRecord, kind: Kind) -> str | None:
+        """Go on with a build an earlier process left running; None, or why it cannot."""
+        if not self._adopts or not isinstance(kind, Adoptable):
+            return "the service stopped while this job was running"
+        try:
+            job = await kind.adopt(record, await self._store.output_lines(record.id))
+        except StepGone as exc:
+            return str(exc)
+        except (OrchestratorError, OSError) as exc:
+            return f"it could not be picked up again after a restart: {exc}"
+        started = record.started_at if record.started_at is not None else time.time()
+        handle = _Handle(
+            record.id, job, kind, kind.subject(record), record.timeout_s, adopted_at=started
+        )
+        if record.cancel_reason is not None:  # asked before the stop, not carried out
+            handle.token.cancel(CancelReason(record.cancel_reason))
+        self._handles[record.id] = handle
+        self._subjects.hold(handle.subject, record.id)
+        self._bus.open(record.id)
+        self._queue.put_nowait(handle)
+        self._metrics.queue_length.set(self._queue.qsize())
+        return None
+
+    def holds(self, job_id: str) -> bool:
+        """Whether the job's build step is this service's to keep: its job is queued or
+        running here, was left running at the stop, or may be adopted (not recovered yet)."""
+        return not self._recovered or job_id in self._handles or job_id in self._left
+
     async def shutdown(self) -> None:
-        """Take no more work; stop every build (containers removed); end every stream.
+        """Take no more work; end every stream. Running builds are left running for the next
+        start (``on_stop=leave``), stopped (``cancel``: containers removed), or waited for
+        (``drain``).
 
         Jobs still waiting stay queued, with their sources, for the next start. Idempotent: a
         later call waits for the first one's work, which a cancelled caller does not cut short.
@@ -196,14 +243,17 @@ class Registry:
             # First, without an await, so that no worker takes one of them meanwhile.
             handle.token.cancel(CancelReason.SHUTDOWN)
         for handle in self._handles.values():
-            if handle.started:
+            if handle.started and self._on_stop == "cancel":
                 handle.token.cancel(CancelReason.SHUTDOWN)
+            elif handle.started and self._on_stop == "leave":
+                handle.token.detach()
         for handle in waiting:
             await self._park(handle)
         try:
             pending = [h.done for h in self._handles.values()]
+            grace = {"cancel": _SHUTDOWN_GRACE_S, "leave": _DETACH_GRACE_S}.get(self._on_stop)
             if pending:
-                await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE_S)
+                await asyncio.wait(pending, timeout=grace)
             for worker in self._workers:
                 worker.cancel()
             for worker in self._workers:
@@ -211,6 +261,36 @@ class Registry:
                     await worker
         finally:
             self._bus.shutdown()
+
+    async def _leave(self, handle: _Handle, left: bool) -> None:
+        """The service stops and leaves the job's build running (``left``: the job stays
+        running, for the next start to adopt), or drops it before it started (the job goes
+        back to the queue, with its sources)."""
+        job_id = handle.job_id
+        try:
+            if left:
+                self._left.add(job_id)
+                message = (
+                    "⏸️ The service is stopping: the build goes on in its "
+                    "container and is picked up again when the service is back"
+                )
+                await self._emit(job_id, [Event(Action.WARNING, message, Level.WARNING)])
+            else:
+                message = "⏸️ The service is stopping; this job goes back to the queue"
+                await self._emit(job_id, [Event(Action.WARNING, message, Level.WARNING)])
+                await self._store.update_job(job_id, status=JobStatus.QUEUED, started_at=None)
+            record = await self._store.get_job(job_id)
+        except Exception as exc:
+            log.exception("could not leave job %s", job_id)
+            if not handle.done.done():
+                handle.done.set_exception(exc)
+        else:
+            if not handle.done.done() and record is not None:
+                handle.done.set_result(record)
+        finally:
+            self._bus.close(job_id)
+            self._handles.pop(job_id, None)
+            self._subjects.release(handle.subject, job_id)
 
     async def _park(self, handle: _Handle) -> None:
         """Leave a waiting job queued in the store for the next start; end its streams."""
@@ -345,16 +425,25 @@ class Registry:
 
     async def _run(self, handle: _Handle) -> None:
         job_id, noun = handle.job_id, handle.kind.noun
-        started = time.time()
+        started = time.time() if handle.adopted_at is None else handle.adopted_at
 
         async def sink(batch: Sequence[Event]) -> None:
             await self._emit(job_id, batch)
 
         try:
-            await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
+            if handle.adopted_at is None:
+                await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
             result = await perform(
-                handle.job.work, sink, handle.token, noun=noun, timeout_s=handle.timeout_s
+                handle.job.work,
+                sink,
+                handle.token,
+                noun=noun,
+                timeout_s=handle.timeout_s,
+                elapsed_s=time.time() - started,
             )
+        except Detached as exc:
+            await asyncio.shield(self._leave(handle, exc.left))
+            return
         except asyncio.CancelledError:
             result = interrupted_result(noun)
             await asyncio.shield(self._finish(handle, result, started))

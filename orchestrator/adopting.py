@@ -1,0 +1,130 @@
+"""A build an earlier process of this service started, picked up again by the next one.
+
+The build's step is the unit of work, not the process: a stopping service leaves it running
+(``Detached``), and the next one finds it again by its labels (``find``), reads back what it
+printed meanwhile (``Backend.reattach``, skipping what the store already holds, so every line is
+stored once), then watches and finishes it as ``Runner.run`` would have: the same cancel, disk
+watch, exit, cache report, packages and removal. A step that ended meanwhile is finished as if
+it had been watched; one that is gone is the registry's to end (``StepGone``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .backend import Backend, FoundStep, Handle, Stream
+from .caches import Lease
+from .cancel import CancelToken
+from .errors import OrchestratorError, StepGone
+from .events import Action, Event, Level, output_events
+from .jobs import Sink, Work
+from .runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
+
+_STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """A build to pick up again: its step as found, and the lines of each of its streams the
+    store already holds (from ``Store.output_lines``)."""
+
+    job_id: str
+    step: FoundStep
+    stored: Mapping[str, int]
+
+
+def adopted_job(runner: Runner, adoption: Adoption) -> Work:
+    """The work of a job that goes on with ``adoption``'s build."""
+
+    async def work(sink: Sink, token: CancelToken) -> BuildResult:
+        return await adopt(runner, adoption, sink, token)
+
+    return work
+
+
+async def find(runner: Runner, job_id: str) -> FoundStep:
+    """The job's build step of this instance; ``StepGone`` when there is none any more."""
+    backend = runner.backend
+    if not backend.supports_adopt:
+        raise OrchestratorError(f"the {backend.name} engine cannot pick a build up again")
+    found = await backend.find(runner.labels(job_id))
+    if not found:
+        raise StepGone(
+            f"its {backend.sandbox.lower()} is gone (the engine restarted, a node was lost, "
+            "or it was removed by hand) while the service was not running"
+        )
+    return found[0]
+
+
+async def adopt(runner: Runner, adoption: Adoption, sink: Sink, cancel: CancelToken) -> BuildResult:
+    """Watch the found build to its end and finish it; its step is removed at the end."""
+
+    async def body(container: list[str], caching: Caching) -> BuildResult:
+        container.append(adoption.step.handle)
+        return await _adopted(runner, adoption, sink, cancel, caching)
+
+    return await runner.guarded(adoption.job_id, sink, body)
+
+
+async def _adopted(
+    runner: Runner, adoption: Adoption, sink: Sink, cancel: CancelToken, caching: Caching
+) -> BuildResult:
+    backend, step = runner.backend, adoption.step
+    handle = step.handle
+    stored = {s: adoption.stored.get(s, 0) for s in _STREAMS}
+    lease = await _lease(runner, step, adoption.job_id, sink, caching)
+    if step.state == "created":  # set up, never started: start it as the build would have
+        stream = await backend.start(handle)
+        await sink([Event(Action.ADOPTED, "🔁 Service restarted: build adopted, not started yet")])
+        await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
+    else:
+        read = await _read_back(backend, handle, stored, sink)
+        where = "it had ended meanwhile" if step.state == "exited" else "it is still running"
+        message = f"🔁 Service restarted: build adopted, {_count(sum(read.values()))} read back"
+        await sink([Event(Action.ADOPTED, f"{message} ({where})")])
+        skip = {s: stored[s] + read[s] for s in _STREAMS}
+        stream = await backend.reattach(handle, skip, follow=True)
+    ended = await runner.watch(handle, stream, sink, cancel, step.image, lease)
+    return await runner.conclude(handle, ended, adoption.job_id, lease, caching[1], sink)
+
+
+async def _read_back(
+    backend: Backend, handle: Handle, stored: Mapping[Stream, int], sink: Sink
+) -> dict[Stream, int]:
+    """Store what the step printed while no service watched; how many lines of each stream."""
+    read = dict.fromkeys(_STREAMS, 0)
+    stream = await backend.reattach(handle, stored, follow=False)
+    try:
+        async for batch in stream:
+            for chunk in batch:
+                read[chunk.stream] += chunk.text.count("\n") + 1
+            await sink(output_events(batch))
+    finally:
+        await stream.aclose()
+    return read
+
+
+async def _lease(
+    runner: Runner, step: FoundStep, job_id: str, sink: Sink, caching: Caching
+) -> Lease | None:
+    """The cache the step has mounted, held again until the build ends (so it is neither
+    lent to another build nor pruned meanwhile)."""
+    key, caches = step.labels.get(CACHE_KEY_LABEL), runner.caches
+    if key is None or caches is None or not caches.enabled:
+        return None
+    leases, record = caching
+    pkgbase, _, variant = key.partition(":")
+    try:
+        lease = await leases.enter_async_context(caches.lease(pkgbase, variant, job_id, step.image))
+    except OrchestratorError as exc:
+        await sink([Event(Action.CACHE, f"Its cache is not held: {exc}", Level.WARNING)])
+        return None
+    lease.started = True  # counted once, here: the process that started it did not
+    record.update(key=lease.key, used=True, warm=lease.warm)
+    return lease
+
+
+def _count(lines: int) -> str:
+    text = f"{lines:,}".replace(",", " ")
+    return f"{text} line" if lines == 1 else f"{text} lines"
