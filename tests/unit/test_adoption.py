@@ -1,0 +1,285 @@
+"""A stop leaves builds running; the next start adopts them (fake backend, real SQLite store).
+
+Each "service" here is a store, an engine and a registry on one data directory, as a restart
+makes them; the fake backend plays the engine that outlives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from orchestrator import JobStatus, Settings
+from orchestrator.backend import OutputChunk
+from orchestrator.backend._adopt import Skipper
+from orchestrator.backend.fake import FakeBackend, FakeContainer, Script, printsrcinfo
+from orchestrator.bus import Bus
+from orchestrator.engine import Engine
+from orchestrator.errors import AlreadyRunning
+from orchestrator.jobs import Submission
+from orchestrator.kinds import BuildKind
+from orchestrator.lock import hold_data_dir
+from orchestrator.metrics import Metrics
+from orchestrator.registry import Registry
+from orchestrator.srcinfo import parse
+from orchestrator.store import JobRecord, Store
+
+LINES = 60
+NUMBERED = Script([("stdout", f"line {i}", 0.01) for i in range(1, LINES + 1)])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", instance_id="unit", max_concurrent_builds=1)
+
+
+@asynccontextmanager
+async def service(settings: Settings, backend: FakeBackend) -> AsyncIterator[Registry]:
+    """One process's worth of service; its stop leaves the backend (the engine) as it is."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(settings.data_dir / "orchestrator.db")
+    engine = Engine(settings, backend)
+    registry = Registry(settings, store, Bus(store), Metrics())
+    registry.register(BuildKind(settings, engine, registry.uploads))
+    await registry.start()
+    try:
+        yield registry
+    finally:
+        await registry.shutdown()
+        await store.close()
+
+
+async def submit(registry: Registry, settings: Settings, build_dir: Callable[..., Path]) -> str:
+    job_id = registry.new_job_id()
+    src = settings.work_dir / job_id
+    src.parent.mkdir(parents=True, exist_ok=True)
+    build_dir("hello-c").rename(src)
+    info = parse(printsrcinfo((src / "PKGBUILD").read_text()).steps[0][1])
+    body = {"variant": "cpu", "timeout_s": "60"}
+    await registry.submit("build", Submission(job_id, body, body, upload=src, srcinfo=info))
+    return job_id
+
+
+async def condition(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
+async def printed(registry: Registry, job_id: str) -> list[str]:
+    events = await registry._store.events(job_id)
+    return [line for e in events if e.action == "output" for line in e.message.split("\n")]
+
+
+async def narrated(registry: Registry, job_id: str, lines: int = 5) -> None:
+    """Until the job's narration holds ``lines`` lines of its build's output."""
+    deadline = time.monotonic() + 10
+    for _ in iter(lambda: time.monotonic() < deadline, False):
+        if len(await printed(registry, job_id)) >= lines:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"job {job_id} printed fewer than {lines} lines")
+
+
+async def messages(registry: Registry, job_id: str) -> list[str]:
+    return [e.message for e in await registry._store.events(job_id)]
+
+
+async def until(registry: Registry, job_id: str, statuses: set[JobStatus]) -> JobRecord:
+    deadline = time.monotonic() + 10
+    while (record := await registry.get(job_id)).status not in statuses:
+        assert time.monotonic() < deadline, record
+        await asyncio.sleep(0.01)
+    return record
+
+
+async def stop_with_a_build_running(
+    settings: Settings, backend: FakeBackend, build_dir: Callable[..., Path]
+) -> tuple[str, FakeContainer, int]:
+    """A build started, a few lines narrated, then the service stopped: the job, its container
+    (still running), and how many lines the stopped service stored."""
+    async with service(settings, backend) as registry:
+        job_id = await submit(registry, settings, build_dir)
+        await narrated(registry, job_id)
+    store = await Store.open(settings.data_dir / "orchestrator.db")
+    try:
+        record = await store.get_job(job_id)
+        assert record is not None and record.status is JobStatus.RUNNING
+        stored = sum((await store.output_lines(job_id)).values())
+    finally:
+        await store.close()
+    [container] = backend.containers.values()
+    assert container.state == "running"
+    return job_id, container, stored
+
+
+async def test_a_stop_leaves_the_build_running_and_the_next_start_adopts_it(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(NUMBERED)
+    job_id, container, stored = await stop_with_a_build_running(settings, backend, build_dir)
+    await condition(lambda: len(container.log) >= stored + 5)  # printed while no one watched
+    async with service(settings, backend) as registry:
+        assert registry.holds(job_id)
+        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        assert record.status is JobStatus.SUCCEEDED, record.reason
+        assert record.artifacts
+        # Every line once, in order: before, during and after the gap.
+        assert await printed(registry, job_id) == [f"line {i}" for i in range(1, LINES + 1)]
+        said = await messages(registry, job_id)
+        assert any("picked up again when the service is back" in m for m in said)
+        assert any(m.startswith("🔁 Service restarted: build adopted") for m in said)
+    assert backend.containers == {}  # removed once collected
+
+
+async def test_a_build_that_ended_meanwhile_is_finished_as_if_watched(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(NUMBERED)
+    job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    await asyncio.wait_for(container.exited.wait(), 10)
+    async with service(settings, backend) as registry:
+        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        assert (record.status, record.exit_code) == (JobStatus.SUCCEEDED, 0)
+        assert record.artifacts == ("demo-1.0-1-x86_64.pkg.tar.gz",)
+        assert await printed(registry, job_id) == [f"line {i}" for i in range(1, LINES + 1)]
+        said = await messages(registry, job_id)
+        assert any("it had ended meanwhile" in m for m in said)
+    assert backend.containers == {}
+
+
+async def test_a_build_that_failed_meanwhile_fails_with_its_exit_code(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(Script(NUMBERED.steps, exit_code=4))
+    job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    await asyncio.wait_for(container.exited.wait(), 10)
+    async with service(settings, backend) as registry:
+        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        assert (record.status, record.exit_code) == (JobStatus.FAILED, 4)
+
+
+async def test_a_build_whose_container_is_gone_ends_interrupted_saying_so(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(NUMBERED)
+    job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    await backend.destroy(container.id)  # removed by hand while no service ran
+    async with service(settings, backend) as registry:
+        record = await registry.get(job_id)
+        assert record.status is JobStatus.INTERRUPTED
+        assert record.reason is not None and "container is gone" in record.reason
+        assert not registry.holds(job_id)
+
+
+async def test_a_container_of_another_instance_is_not_adopted(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(NUMBERED)
+    job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    other = settings.model_copy(update={"instance_id": "other"})
+    async with service(other, backend) as registry:
+        record = await registry.get(job_id)
+        assert record.status is JobStatus.INTERRUPTED
+    assert container.id in backend.containers  # not ours to touch
+    await backend.destroy(container.id)
+
+
+async def test_a_timeout_that_fell_while_the_service_was_down_ends_the_build_timed_out(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 400))
+    job_id, _, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    store = await Store.open(settings.data_dir / "orchestrator.db")
+    await store.update_job(job_id, started_at=time.time() - 120)  # its 60 s ran out meanwhile
+    await store.close()
+    async with service(settings, backend) as registry:
+        record = await until(registry, job_id, {JobStatus.TIMED_OUT, JobStatus.SUCCEEDED})
+        assert (record.status, record.cancel_reason) == (JobStatus.TIMED_OUT, "timeout")
+    assert backend.containers == {}
+
+
+async def test_cancel_right_after_adoption_stops_the_build_and_leaves_nothing(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 400))
+    job_id, _, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    async with service(settings, backend) as registry:
+        record = await registry.cancel(job_id)
+        assert (record.status, record.cancel_reason) == (JobStatus.CANCELLED, "user")
+    assert backend.containers == {}
+
+
+async def test_the_busy_guard_and_metrics_count_an_adopted_build(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 400))
+    job_id, _, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    async with service(settings, backend) as registry:
+        await condition(lambda: registry._metrics.running._value.get() == 1)
+        assert registry.is_active(job_id)
+        await registry.cancel(job_id)
+
+
+async def test_on_stop_cancel_interrupts_as_before(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    settings = settings.model_copy(update={"on_stop": "cancel"})
+    backend = FakeBackend(NUMBERED)
+    async with service(settings, backend) as registry:
+        job_id = await submit(registry, settings, build_dir)
+        await narrated(registry, job_id)
+    async with service(settings, backend) as registry:
+        record = await registry.get(job_id)
+        assert (record.status, record.cancel_reason) == (JobStatus.INTERRUPTED, "shutdown")
+    assert backend.containers == {}
+
+
+async def test_an_engine_that_cannot_adopt_stops_its_builds_whatever_on_stop_says(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(NUMBERED)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(settings.data_dir / "orchestrator.db")
+    registry = Registry(settings, store, Bus(store), Metrics(), adopts=False)
+    registry.register(BuildKind(settings, Engine(settings, backend), registry.uploads))
+    await registry.start()
+    job_id = await submit(registry, settings, build_dir)
+    await narrated(registry, job_id)
+    await registry.shutdown()
+    assert (await registry.get(job_id)).status is JobStatus.INTERRUPTED
+    await store.close()
+    assert backend.containers == {}
+
+
+def test_a_second_service_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    with (
+        hold_data_dir(tmp_path, "one"),
+        pytest.raises(AlreadyRunning, match="already runs on the data directory"),
+        hold_data_dir(tmp_path, "one"),
+    ):
+        pass
+    with hold_data_dir(tmp_path, "one"):  # free again once the first has gone
+        pass
+
+
+def test_the_skipper_drops_exactly_the_lines_already_read_per_stream() -> None:
+    chunks = [
+        OutputChunk("stdout", "a1\na2", 0),
+        OutputChunk("stderr", "b1", 0),
+        OutputChunk("stdout", "a3\na4\na5", 0),
+        OutputChunk("stderr", "b2\nb3", 0),
+    ]
+    skipper = Skipper({"stdout": 3, "stderr": 1})
+    kept = skipper.take(chunks)
+    assert [(c.stream, c.text) for c in kept] == [("stdout", "a4\na5"), ("stderr", "b2\nb3")]
+    assert not skipper.short
+    short = Skipper({"stdout": 9})
+    assert short.take(chunks) == [chunks[1], chunks[3]]
+    assert short.short
