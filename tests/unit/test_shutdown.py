@@ -57,6 +57,7 @@ async def wait_output(app: web.Application, job_id: str) -> None:
 async def test_concurrent_and_later_shutdowns_do_the_work_once(
     settings: Settings, bus_shutdowns: list[float]
 ) -> None:
+    settings = settings.model_copy(update={"on_stop": "leave"})
     app = create_app(settings, backend=FakeBackend(SLOW))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         created = await client.post("/v1/builds", data=tar_dir(PKGBUILDS / "hello-c"), headers=GZ)
@@ -88,6 +89,7 @@ async def test_closing_the_app_stops_the_registry_once(
 async def test_a_cancelled_caller_does_not_cut_the_shutdown_short(
     settings: Settings, bus_shutdowns: list[float]
 ) -> None:
+    settings = settings.model_copy(update={"on_stop": "leave"})
     app = create_app(settings, backend=FakeBackend(SLOW))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         created = await client.post("/v1/builds", data=tar_dir(PKGBUILDS / "hello-c"), headers=GZ)
