@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import JobStatus, Settings
-from orchestrator.backend import OutputChunk
+from orchestrator.backend import OutputChunk, Step
 from orchestrator.backend._adopt import Skipper
 from orchestrator.backend.fake import FakeBackend, FakeContainer, Script, printsrcinfo
 from orchestrator.bus import Bus
@@ -283,3 +283,72 @@ def test_the_skipper_drops_exactly_the_lines_already_read_per_stream() -> None:
     short = Skipper({"stdout": 9})
     assert short.take(chunks) == [chunks[1], chunks[3]]
     assert short.short
+
+
+class GatedSetup(FakeBackend):
+    """Holds ``setup`` (the build is not started yet) until the test opens the gate."""
+
+    def __init__(self, script: Script) -> None:
+        super().__init__(script)
+        self.setting_up = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def setup(self, step: Step) -> str:
+        self.setting_up.set()
+        await self.gate.wait()
+        return await super().setup(step)
+
+
+async def test_a_stop_before_the_build_started_puts_the_job_back_in_the_queue(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = GatedSetup(NUMBERED)
+    async with service(settings, backend) as registry:
+        job_id = await submit(registry, settings, build_dir)
+        await asyncio.wait_for(backend.setting_up.wait(), 10)
+        stopping = asyncio.ensure_future(registry.shutdown())
+        await condition(lambda: registry._handles[job_id].token.detaching)
+        backend.gate.set()
+        await asyncio.wait_for(stopping, 10)
+        record = await registry.get(job_id)
+        assert (record.status, record.started_at) == (JobStatus.QUEUED, None)
+    assert backend.containers == {}  # what was set up is removed: it never started
+    assert (settings.work_dir / job_id / "PKGBUILD").is_file()  # its sources kept
+    async with service(settings, backend) as registry:
+        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        assert record.status is JobStatus.SUCCEEDED, record.reason
+
+
+async def test_a_drain_waits_for_the_running_build_to_end(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    settings = settings.model_copy(update={"on_stop": "drain"})
+    backend = FakeBackend(NUMBERED)
+    async with service(settings, backend) as registry:
+        job_id = await submit(registry, settings, build_dir)
+        await narrated(registry, job_id)
+        await registry.shutdown()
+        record = await registry.get(job_id)
+        assert record.status is JobStatus.SUCCEEDED
+        assert await printed(registry, job_id) == [f"line {i}" for i in range(1, LINES + 1)]
+    assert backend.containers == {}
+
+
+async def test_nothing_is_swept_before_recovery_and_what_was_left_stays_held(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(NUMBERED)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(settings.data_dir / "orchestrator.db")
+    registry = Registry(settings, store, Bus(store), Metrics())
+    registry.register(BuildKind(settings, Engine(settings, backend), registry.uploads))
+    assert registry.holds("any job")  # a janitor's sweep now must not take a build to adopt
+    await registry.start()
+    assert not registry.holds("any job")
+    job_id = await submit(registry, settings, build_dir)
+    await narrated(registry, job_id)
+    await registry.shutdown()
+    assert registry.holds(job_id)  # left running: the janitor's last sweep leaves it be
+    await store.close()
+    for container in list(backend.containers):
+        await backend.destroy(container)
