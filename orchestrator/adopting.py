@@ -10,18 +10,20 @@ it had been watched; one that is gone is the registry's to end (``StepGone``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from .backend import Backend, FoundStep, Handle, Stream
+from .backend import Backend, FoundStep, Handle, OutputChunk, OutputStream, Stream
 from .caches import Lease
 from .cancel import CancelToken
-from .errors import OrchestratorError, StepGone
+from .errors import BackendError, OrchestratorError, StepGone
 from .events import Action, Event, Level, output_events
 from .jobs import Sink, Work
 from .runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
 
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
+_POLL_S = 1.0  # how often a step whose output is lost is asked whether it has exited
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +81,47 @@ async def _adopted(
         await sink([Event(Action.ADOPTED, "🔁 Service restarted: build adopted, not started yet")])
         await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
     else:
-        read = await _read_back(backend, handle, stored, sink)
-        where = "it had ended meanwhile" if step.state == "exited" else "it is still running"
-        message = f"🔁 Service restarted: build adopted, {_count(sum(read.values()))} read back"
-        await sink([Event(Action.ADOPTED, f"{message} ({where})")])
-        skip = {s: stored[s] + read[s] for s in _STREAMS}
-        stream = await backend.reattach(handle, skip, follow=True)
+        stream = await _reattach(runner, step, stored, sink)
     ended = await runner.watch(handle, stream, sink, cancel, step.image, lease)
     return await runner.conclude(handle, ended, adoption.job_id, lease, caching[1], sink)
+
+
+async def _reattach(
+    runner: Runner, step: FoundStep, stored: Mapping[Stream, int], sink: Sink
+) -> OutputStream:
+    """Store what the step printed meanwhile, say so, and follow the rest of its output."""
+    backend = runner.backend
+    where = "it had ended meanwhile" if step.state == "exited" else "it is still running"
+    try:
+        read = await _read_back(backend, step.handle, stored, sink)
+    except BackendError as exc:
+        # Its output cannot be placed (the engine cut its log): the build itself goes on.
+        message = f"🔁 Service restarted: build adopted ({where}), its output lost: {exc}"
+        await sink([Event(Action.ADOPTED, message, Level.WARNING)])
+        return _Silent(backend, step)
+    message = f"🔁 Service restarted: build adopted, {_count(sum(read.values()))} read back"
+    await sink([Event(Action.ADOPTED, f"{message} ({where})")])
+    skip = {s: stored[s] + read[s] for s in _STREAMS}
+    return await backend.reattach(step.handle, skip, follow=True)
+
+
+class _Silent:
+    """An output stream with no lines that ends when the step exits."""
+
+    def __init__(self, backend: Backend, step: FoundStep) -> None:
+        self._backend = backend
+        self._step = step
+
+    async def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
+        while True:
+            found = await self._backend.find(self._step.labels)
+            if all(s.handle != self._step.handle or s.state == "exited" for s in found):
+                return
+            await asyncio.sleep(_POLL_S)
+        yield []  # makes this an async generator; never reached
+
+    async def aclose(self) -> None:
+        return None
 
 
 async def _read_back(

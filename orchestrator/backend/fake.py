@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ..cachescript import REPORT_DIR
-from ..errors import ContainerGone, ImageNotFound, VolumeInUse
+from ..errors import BackendError, ContainerGone, ImageNotFound, VolumeInUse
 from . import ExitStatus, FoundStep, OutputChunk, PathUsage, Ran, Step, StepState, Stream
 from ._adopt import Skipper
 from .lines import LineSplitter
@@ -73,6 +73,8 @@ class FakeLog:
                 yield out
                 continue
             if not self._follow or (container.exited.is_set() and pos == len(container.log)):
+                if self._skipper.short:  # as an engine whose log was cut says
+                    raise BackendError("the engine no longer holds the start of the output")
                 return
             container.grew.clear()
             if pos == len(container.log) and not container.exited.is_set():

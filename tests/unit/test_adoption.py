@@ -352,3 +352,19 @@ async def test_nothing_is_swept_before_recovery_and_what_was_left_stays_held(
     await store.close()
     for container in list(backend.containers):
         await backend.destroy(container)
+
+
+async def test_a_build_whose_log_the_engine_cut_is_adopted_without_its_output(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(NUMBERED)
+    job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    del container.log[:3]  # rotated away: counting from its start would misplace lines
+    async with service(settings, backend) as registry:
+        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        assert record.status is JobStatus.SUCCEEDED, record.reason
+        said = await messages(registry, job_id)
+        assert any("its output lost" in m for m in said)
+        lines = await printed(registry, job_id)
+        assert lines == [f"line {i}" for i in range(1, len(lines) + 1)]  # no line misplaced
+    assert backend.containers == {}
