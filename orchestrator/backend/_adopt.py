@@ -9,8 +9,9 @@ completed, once the container has exited, by a read without follow that skips ev
 already handed on: no line is lost or doubled however the follow read ended.
 
 The limit: a log that the json-file driver rotated (over ``build_log_max_bytes``) no longer
-starts at the first line, so counting from its start would skip what was never read; that is
-said (``BackendError``) rather than guessed at.
+starts at the first line, so counting from its start would skip what was never read. A read
+back says so (``BackendError``) rather than guess, and the build is adopted without its output;
+a follow read reads across a rotation, so the read after it only completes what it can.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class LogOutput:
                     await self._loop.run_in_executor(self._pool, self._read, True)
                 await self._until_exited()
             if not self._closed:
-                await self._loop.run_in_executor(self._pool, self._read, False)
+                await self._loop.run_in_executor(self._pool, self._read, False, not follow)
         except ContainerGone as exc:
             self._error = exc
         except Exception as exc:
@@ -166,8 +167,10 @@ class LogOutput:
                 return
             await asyncio.sleep(_EXIT_POLL_S)
 
-    def _read(self, follow: bool) -> None:
-        """One read from the log's first line, handing on what is past everything emitted."""
+    def _read(self, follow: bool, strict: bool = False) -> None:
+        """One read from the log's first line, handing on what is past everything emitted.
+        ``strict``: a log shorter than what was read before is an error (a read back); after
+        a follow read it is a log rotated meanwhile, which the follow read has read across."""
         skipper = Skipper({s: self._base[s] + self._emitted[s] for s in _STREAMS})
         splitter = LineSplitter()
         response = self._open_read(follow)
@@ -180,7 +183,7 @@ class LogOutput:
             if follow:
                 return  # a partial last line may still grow: the final read takes it
             self._hand_on(skipper.take(splitter.finish()))
-            if skipper.short:
+            if skipper.short and strict:
                 raise BackendError(
                     "the engine no longer holds the start of the build's output (its log was "
                     "cut at build_log_max_bytes): the lines printed meanwhile cannot be placed"
