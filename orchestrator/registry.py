@@ -110,6 +110,8 @@ class Registry:
         self._adopts = adopts
         self._recovered = False
         self._left: set[str] = set()  # builds left running at the stop, for the next start
+        self._adopted: list[_Handle] = []  # found running at the start, watched once started
+        self._slots_taken = 0  # tasks watching a build or taking work from the queue
         self._store = store
         self._bus = bus
         self._metrics = metrics
@@ -179,11 +181,33 @@ class Registry:
         interrupted = await self._recover()
         self._recovered = True
         self._accepting = True
+        # An adopted build is running already: it is watched at once, in a slot of its own,
+        # which becomes a worker once it ends (so no more than the limit run at once).
+        adopted, self._adopted = self._adopted, []
+        slots = self._settings.max_concurrent_builds
         self._workers = [
-            asyncio.create_task(self._work(), name=f"build-worker-{i}")
-            for i in range(self._settings.max_concurrent_builds)
+            asyncio.create_task(self._watch_adopted(handle), name=f"adopted-{handle.job_id}")
+            for handle in adopted
         ]
+        self._workers += [
+            asyncio.create_task(self._work(), name=f"build-worker-{i}")
+            for i in range(max(0, slots - len(adopted)))
+        ]
+        self._slots_taken = len(self._workers)
         return interrupted
+
+    async def _watch_adopted(self, handle: _Handle) -> None:
+        handle.started = True
+        self._metrics.running.inc()
+        try:
+            await self._run(handle)
+        finally:
+            self._metrics.running.dec()
+        # More were adopted than may run at once (the limit was lowered): a slot is freed.
+        if self._slots_taken > self._settings.max_concurrent_builds:
+            self._slots_taken -= 1
+            return
+        await self._work()
 
     async def _recover(self) -> list[str]:
         async def enqueue(record: JobRecord, kind: Kind, job: Job) -> None:
@@ -215,8 +239,7 @@ class Registry:
         self._handles[record.id] = handle
         self._subjects.hold(handle.subject, record.id)
         self._bus.open(record.id)
-        self._queue.put_nowait(handle)
-        self._metrics.queue_length.set(self._queue.qsize())
+        self._adopted.append(handle)
         return None
 
     def holds(self, job_id: str) -> bool:
