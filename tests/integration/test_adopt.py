@@ -43,7 +43,7 @@ class Services:
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def spawn(self) -> tuple[subprocess.Popen[bytes], str]:
+    def spawn(self, *args: str) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         env = {
             **os.environ,
@@ -54,7 +54,7 @@ class Services:
         }
         with (self.logs / f"service-{len(self.procs)}.log").open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "serve"],
+                [sys.executable, "-m", "orchestrator", "serve", *args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -62,8 +62,10 @@ class Services:
         self.procs.append(proc)
         return proc, f"http://127.0.0.1:{port}"
 
-    async def start(self, session: aiohttp.ClientSession) -> tuple[subprocess.Popen[bytes], str]:
-        proc, url = self.spawn()
+    async def start(
+        self, session: aiohttp.ClientSession, *args: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        proc, url = self.spawn(*args)
         await wait_healthy(url, session)
         return proc, url
 
@@ -365,3 +367,25 @@ async def test_a_second_service_on_the_same_data_dir_refuses_to_start(
     second, _ = services.spawn()
     assert await asyncio.to_thread(second.wait, 30) == 1
     assert "already runs on the data directory" in services.output(1)
+
+
+async def test_a_drain_waits_for_the_running_build_before_it_exits(
+    services: Services,
+    session: aiohttp.ClientSession,
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    proc, url = await services.start(session, "--drain")
+    reader = Client(await submit(session, url, build_dir("gapped")))
+    await reader.read(session, url, until=line_at_least(3))
+    proc.send_signal(signal.SIGTERM)
+    await printed_past(docker_client, reader.job_id, 10)
+    assert proc.poll() is None  # still waiting for the build
+    release(docker_client, reader.job_id)
+    assert await asyncio.to_thread(proc.wait, 60) == 0
+    assert job_containers(docker_client, reader.job_id) == []
+
+    _, url = await services.start(session)
+    await reader.read(session, url)
+    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
+    reader.check_every_line_once()
