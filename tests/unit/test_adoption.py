@@ -13,8 +13,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from orchestrator import JobStatus, Settings
+from orchestrator.api import create_app
 from orchestrator.backend import OutputChunk, Step
 from orchestrator.backend._adopt import Skipper
 from orchestrator.backend.fake import FakeBackend, FakeContainer, Script, printsrcinfo
@@ -26,8 +28,11 @@ from orchestrator.kinds import BuildKind
 from orchestrator.lock import hold_data_dir
 from orchestrator.metrics import Metrics
 from orchestrator.registry import Registry
+from orchestrator.runner import JOB_LABEL
 from orchestrator.srcinfo import parse
 from orchestrator.store import JobRecord, Store
+
+from .test_api_operations import package_with
 
 LINES = 60
 NUMBERED = Script([("stdout", f"line {i}", 0.01) for i in range(1, LINES + 1)])
@@ -368,3 +373,38 @@ async def test_a_build_whose_log_the_engine_cut_is_adopted_without_its_output(
         lines = await printed(registry, job_id)
         assert lines == [f"line {i}" for i in range(1, len(lines) + 1)]  # no line misplaced
     assert backend.containers == {}
+
+
+class Lasting(FakeBackend):
+    """An engine that outlives the service: closing the service's client leaves its steps."""
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_worker_install_whose_build_outlives_the_app_is_adopted_and_installed(
+    settings: Settings,
+) -> None:
+    settings = settings.model_copy(update={"on_stop": "leave"})
+    package = package_with("usr/bin/hello-worker-c", b"#!/bin/sh\necho hello\n")
+    script = Script(NUMBERED.steps, packages={"hello-c-1.0.0-1-x86_64.pkg.tar.gz": package})
+    backend = Lasting(script)
+    body = {"operation": "worker_install", "worker_id": "hello-c"}
+    async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
+        response = await client.post("/v1/jobs", json=body)
+        job_id = str((await response.json())["job_id"])
+        await condition(lambda: any(len(c.log) >= 5 for c in backend.containers.values()))
+    builds = [c for c in backend.containers.values() if c.step.labels.get(JOB_LABEL) == job_id]
+    assert [c.state for c in builds] == ["running"]  # the app is gone, its build is not
+
+    async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
+        deadline = time.monotonic() + 10
+        while (job := await (await client.get(f"/v1/jobs/{job_id}")).json())["finished_at"] is None:
+            assert time.monotonic() < deadline, job
+            await asyncio.sleep(0.02)
+        assert job["status"] == "succeeded", job
+        worker = await (await client.get("/v1/workers/hello-c")).json()
+        assert worker["job_id"] == job_id
+    assert not any(c.step.labels.get(JOB_LABEL) == job_id for c in backend.containers.values())
+    for handle in list(backend.containers):
+        await backend.destroy(handle)
