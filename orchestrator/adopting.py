@@ -64,9 +64,10 @@ async def adopt(runner: Runner, adoption: Adoption, sink: Sink, cancel: CancelTo
 
     async def body(container: list[str], caching: Caching) -> BuildResult:
         container.append(adoption.step.handle)
+        cancel.step_started = adoption.step.state != "created"
         return await _adopted(runner, adoption, sink, cancel, caching)
 
-    return await runner.guarded(adoption.job_id, sink, body)
+    return await runner.guarded(adoption.job_id, sink, cancel, body)
 
 
 async def _adopted(
@@ -78,6 +79,7 @@ async def _adopted(
     lease = await _lease(runner, step, adoption.job_id, sink, caching)
     if step.state == "created":  # set up, never started: start it as the build would have
         stream = await backend.start(handle)
+        cancel.step_started = True
         await sink([Event(Action.ADOPTED, "🔁 Service restarted: build adopted, not started yet")])
         await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
     else:

@@ -24,6 +24,9 @@ class CancelToken:
         self._detail: str | None = None
         self._after_s: float | None = None
         self._detach = asyncio.Event()
+        # Set by the runner once the build's step has started: from then on a stopping
+        # service leaves it running (whatever is interrupted), as a later one can adopt it.
+        self.step_started = False
 
     @property
     def reason(self) -> CancelReason | None:

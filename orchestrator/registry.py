@@ -468,6 +468,9 @@ class Registry:
             await asyncio.shield(self._leave(handle, exc.left))
             return
         except asyncio.CancelledError:
+            if handle.token.detaching:  # stopped past the grace: left as the runner left it
+                await asyncio.shield(self._leave(handle, handle.token.step_started))
+                raise
             result = interrupted_result(noun)
             await asyncio.shield(self._finish(handle, result, started))
             raise

@@ -128,16 +128,18 @@ class Runner:
         async def build(container: list[str], caching: Caching) -> BuildResult:
             return await self._build(request, sink, cancel, container, caching)
 
-        return await self.guarded(request.job_id, sink, build)
+        return await self.guarded(request.job_id, sink, cancel, build)
 
     async def guarded(
         self,
         job_id: str,
         sink: Sink,
+        cancel: CancelToken,
         body: Callable[[list[str], Caching], Awaitable[BuildResult]],
     ) -> BuildResult:
         """Run ``body`` and destroy the step it made, however it ended; unless the service
-        is leaving it running (``Detached``), which goes on up."""
+        is leaving it running (``Detached``, or the task cancelled while the service stops
+        after the step started), which goes on up."""
         container: list[str] = []  # filled as soon as the container exists, for the cleanup
         cache: dict[str, Any] = {}  # filled once the build knows whether it has a cache
         # The lease outlives the container: its volume is not released (nor pruned) while a
@@ -148,6 +150,9 @@ class Runner:
                 result = await body(container, (leases, cache))
             except Detached as exc:
                 left = exc.left
+                raise
+            except asyncio.CancelledError:
+                left = cancel.detaching and cancel.step_started
                 raise
             except OrchestratorError as exc:
                 result = BuildResult(JobStatus.FAILED, str(exc))
@@ -227,6 +232,7 @@ class Runner:
         _check_detach(cancel)
 
         stream = await self._backend.start(cid)
+        cancel.step_started = True
         if lease is not None:
             lease.started = True
         await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -408,3 +409,35 @@ async def test_a_worker_install_whose_build_outlives_the_app_is_adopted_and_inst
     assert not any(c.step.labels.get(JOB_LABEL) == job_id for c in backend.containers.values())
     for handle in list(backend.containers):
         await backend.destroy(handle)
+
+
+class GatedCollect(FakeBackend):
+    """Holds ``collect`` (the build has exited, its packages are being copied) until opened."""
+
+    def __init__(self, script: Script) -> None:
+        super().__init__(script)
+        self.copying = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def collect(self, handle: str, path: str, max_bytes: int | None = None) -> IO[bytes]:
+        self.copying.set()
+        await self.gate.wait()
+        return await super().collect(handle, path, max_bytes)
+
+
+async def test_a_build_still_busy_past_the_stops_grace_is_left_for_the_next_start(
+    settings: Settings, build_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchestrator.registry._DETACH_GRACE_S", 0.05)
+    backend = GatedCollect(NUMBERED)
+    async with service(settings, backend) as registry:
+        job_id = await submit(registry, settings, build_dir)
+        await asyncio.wait_for(backend.copying.wait(), 10)  # exited; not collected yet
+    [container] = backend.containers.values()  # the stop cut the collection short: left
+    assert container.state == "exited"
+    backend.gate.set()
+    async with service(settings, backend) as registry:
+        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        assert record.status is JobStatus.SUCCEEDED, record.reason
+        assert await printed(registry, job_id) == [f"line {i}" for i in range(1, LINES + 1)]
+    assert backend.containers == {}
