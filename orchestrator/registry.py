@@ -9,9 +9,15 @@ the cancel token, and a future that completes when the job has reached its final
 is recorded (in the store, and in the token) before anything is killed, so cancel, timeout and
 shutdown always end up as their own statuses. Final status writes are shielded from cancellation.
 
-Over ~400 lines on purpose: the queue, cancel, the busy guard and the final write share one
-invariant (a job's handle exists exactly while it is unfinished); split up, it would be spread
-over modules that must each know it. Restart recovery is already its own (``recovery.py``).
+A stop leaves running builds running by default (``on_stop``): their jobs stay ``running`` in
+the store with no handle here, and the next start adopts them (``recovery.py`` decides, the
+kind finds the build's step again, ``adopting.py`` watches it); an adopted build is watched at
+once, in a slot of its own.
+
+Over ~400 lines on purpose: the queue, cancel, the busy guard, the stop, adoption and the final
+write share one invariant (a job's handle exists exactly while it is unfinished here); split
+up, it would be spread over modules that must each know it. Restart recovery is already its own
+(``recovery.py``), and so is following an adopted build (``adopting.py``).
 """
 
 from __future__ import annotations
@@ -176,8 +182,9 @@ class Registry:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> list[str]:
-        """Interrupt what an earlier process left running, queue again what it left queued (in
-        its order, before any new job), and start the workers. Returns the interrupted ids."""
+        """Adopt what an earlier process left running (interrupt it where its build is gone),
+        queue again what it left queued (in its order, before any new job), and start the
+        workers. Returns the interrupted ids."""
         interrupted = await self._recover()
         self._recovered = True
         self._accepting = True
