@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .backend import Backend, FoundStep, Handle, OutputChunk, OutputStream, Stream
 from .caches import Lease
 from .cancel import CancelToken
-from .errors import BackendError, OrchestratorError, StepGone
+from .errors import BackendError, OrchestratorError, StepGone, StepNotStarted
 from .events import Action, Event, Level, output_events
 from .jobs import Sink, Work
 from .runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
@@ -46,7 +46,9 @@ def adopted_job(runner: Runner, adoption: Adoption) -> Work:
 
 
 async def find(runner: Runner, job_id: str) -> FoundStep:
-    """The job's build step of this instance; ``StepGone`` when there is none any more."""
+    """The job's build step of this instance; ``StepGone`` when there is none any more, and
+    ``StepNotStarted`` (once it is removed) when it never started: a process killed while it
+    copied the inputs in leaves them half there."""
     backend = runner.backend
     if not backend.supports_adopt:
         raise OrchestratorError(f"the {backend.name} engine cannot pick a build up again")
@@ -56,6 +58,9 @@ async def find(runner: Runner, job_id: str) -> FoundStep:
             f"its {backend.sandbox.lower()} is gone (the engine restarted, a node was lost, "
             "or it was removed by hand) while the service was not running"
         )
+    if found[0].state == "created":
+        await backend.destroy(found[0].handle)
+        raise StepNotStarted("its build had been set up but not started")
     return found[0]
 
 
@@ -64,7 +69,7 @@ async def adopt(runner: Runner, adoption: Adoption, sink: Sink, cancel: CancelTo
 
     async def body(container: list[str], caching: Caching) -> BuildResult:
         container.append(adoption.step.handle)
-        cancel.step_started = adoption.step.state != "created"
+        cancel.step_started = True
         return await _adopted(runner, adoption, sink, cancel, caching)
 
     return await runner.guarded(adoption.job_id, sink, cancel, body)
@@ -73,17 +78,11 @@ async def adopt(runner: Runner, adoption: Adoption, sink: Sink, cancel: CancelTo
 async def _adopted(
     runner: Runner, adoption: Adoption, sink: Sink, cancel: CancelToken, caching: Caching
 ) -> BuildResult:
-    backend, step = runner.backend, adoption.step
+    step = adoption.step
     handle = step.handle
     stored = {s: adoption.stored.get(s, 0) for s in _STREAMS}
     lease = await _lease(runner, step, adoption.job_id, sink, caching)
-    if step.state == "created":  # set up, never started: start it as the build would have
-        stream = await backend.start(handle)
-        cancel.step_started = True
-        await sink([Event(Action.ADOPTED, "🔁 Service restarted: build adopted, not started yet")])
-        await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
-    else:
-        stream = await _reattach(runner, step, stored, sink)
+    stream = await _reattach(runner, step, stored, sink)
     ended = await runner.watch(handle, stream, sink, cancel, step.image, lease)
     return await runner.conclude(handle, ended, adoption.job_id, lease, caching[1], sink)
 

@@ -127,6 +127,11 @@ class StepGone(ContainerGone):
     stopped) is not: the daemon restarted, a node was lost, or it was removed by hand."""
 
 
+class StepNotStarted(BackendError):
+    """A build's step was set up but never started (the service stopped in between): its
+    inputs may be incomplete, so it is removed and the job runs again from its sources."""
+
+
 class NoPlacement(BackendError):
     """No node of the cluster can take the step (none active, none with a GPU)."""
 

@@ -43,6 +43,7 @@ from .errors import (
     OrchestratorError,
     ShuttingDown,
     StepGone,
+    StepNotStarted,
     UnknownOperation,
 )
 from .events import Action, Event, Level
@@ -235,6 +236,8 @@ class Registry:
             job = await kind.adopt(record, await self._store.output_lines(record.id))
         except StepGone as exc:
             return str(exc)
+        except StepNotStarted:
+            return await self._queue_again(record, kind)
         except (OrchestratorError, OSError) as exc:
             return f"it could not be picked up again after a restart: {exc}"
         started = record.started_at if record.started_at is not None else time.time()
@@ -247,6 +250,17 @@ class Registry:
         self._subjects.hold(handle.subject, record.id)
         self._bus.open(record.id)
         self._adopted.append(handle)
+        return None
+
+    async def _queue_again(self, record: JobRecord, kind: Kind) -> str | None:
+        """A job whose build never started runs again from its sources, first in the queue."""
+        try:
+            job = await kind.resume(record)
+        except (OrchestratorError, OSError) as exc:
+            return f"its build had not started and it could not be queued again: {exc}"
+        await self._store.update_job(record.id, status=JobStatus.QUEUED, started_at=None)
+        message = "🔁 Queued again after a restart: its build had been set up, not started"
+        await self._enqueue(record, kind, job, message, recovering=True)
         return None
 
     def holds(self, job_id: str) -> bool:

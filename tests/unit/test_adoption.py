@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -440,4 +441,21 @@ async def test_a_build_still_busy_past_the_stops_grace_is_left_for_the_next_star
         record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
         assert record.status is JobStatus.SUCCEEDED, record.reason
         assert await printed(registry, job_id) == [f"line {i}" for i in range(1, LINES + 1)]
+    assert backend.containers == {}
+
+
+async def test_a_build_set_up_but_never_started_runs_again_from_its_sources(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = FakeBackend(NUMBERED)
+    job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
+    # What a kill -9 while the inputs were copied in leaves: a step set up, not started.
+    await backend.destroy(container.id)
+    half = await backend.setup(replace(container.step, inputs=None))
+    async with service(settings, backend) as registry:
+        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        assert record.status is JobStatus.SUCCEEDED, record.reason
+        said = await messages(registry, job_id)
+        assert any("its build had been set up, not started" in m for m in said)
+    assert half not in backend.containers
     assert backend.containers == {}
