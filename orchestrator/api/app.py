@@ -140,6 +140,8 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         # Between the engine and the registry: it stops after every job has (so nothing it
         # removes then is in use) and before the engine closes the daemon's client.
         def is_active(job_id: str) -> bool:
+            # Live until the registry has adopted what it will: a sweep before that must not
+            # take a build that an earlier process left running.
             registry = app.get(REGISTRY)
             return registry is None or registry.holds(job_id)
 
