@@ -6,11 +6,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
-from orchestrator.backend import OutputChunk
+from orchestrator.backend import OutputChunk, Step
 from orchestrator.backend._adopt import LogOutput, found_step, parse_time
+from orchestrator.backend.docker import create_kwargs
 from orchestrator.errors import BackendError
 
 STDOUT, STDERR = 1, 2
@@ -112,3 +114,10 @@ def test_an_inspection_says_the_state_and_the_real_start() -> None:
     assert step.started_at == parse_time("2026-12-06T21:00:00.500000000Z")
     assert step.started_at is not None and step.started_at % 1 == 0.5
     assert parse_time("0001-01-01T00:00:00Z") is None
+
+
+def test_a_build_container_never_removes_itself() -> None:
+    # It holds its exit code, log and packages for whichever service collects them.
+    step = Step(image="orchestrator/build:cpu", command=("makepkg",), labels={})
+    assert create_kwargs(step)["auto_remove"] is False
+    assert create_kwargs(replace(step, tied=True))["auto_remove"] is True  # a reader only
