@@ -128,6 +128,7 @@ def cli_service(
         "ORCHESTRATOR_DATA_DIR": str(data),
         "ORCHESTRATOR_INSTANCE_ID": instance,
         "ORCHESTRATOR_PORT": str(port),
+        "ORCHESTRATOR_ON_STOP": "cancel",  # a build still running at the end goes with it
     }
     env.pop("ORCHESTRATOR_API_TOKEN", None)
     log = (data / "service.log").open("w")
