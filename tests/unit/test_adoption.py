@@ -459,3 +459,25 @@ async def test_a_build_set_up_but_never_started_runs_again_from_its_sources(
         assert any("its build had been set up, not started" in m for m in said)
     assert half not in backend.containers
     assert backend.containers == {}
+
+
+class NoAdoption(FakeBackend):
+    """An engine whose steps no later process can pick up (Swarm, today)."""
+
+    supports_adopt = False
+
+
+async def test_on_an_engine_that_cannot_adopt_a_crash_leaves_the_build_interrupted(
+    settings: Settings, build_dir: Callable[..., Path]
+) -> None:
+    backend = NoAdoption(NUMBERED)
+    # What a kill -9 leaves: the job running in the store, its step running on.
+    job_id, container, _ = await stop_with_a_build_running(
+        settings, FakeBackend(NUMBERED), build_dir
+    )
+    backend.containers[container.id] = container
+    async with service(settings, backend) as registry:
+        record = await registry.get(job_id)
+        assert record.status is JobStatus.INTERRUPTED
+        assert record.reason is not None and "cannot pick a build up again" in record.reason
+    await backend.destroy(container.id)
