@@ -108,6 +108,7 @@ class Service:
             "ORCHESTRATOR_PORT": str(self.port),
             "ORCHESTRATOR_INSTANCE_ID": self.instance_id,
             "ORCHESTRATOR_MAX_CONCURRENT_BUILDS": "16",
+            "ORCHESTRATOR_ON_STOP": "cancel",  # the bench's builds end with its service
             **(env or {}),
         }
         self.proc = subprocess.Popen(

@@ -23,6 +23,10 @@ class CancelToken:
         self._reason: CancelReason | None = None
         self._detail: str | None = None
         self._after_s: float | None = None
+        self._detach = asyncio.Event()
+        # Set by the runner once the build's step has started: from then on a stopping
+        # service leaves it running (whatever is interrupted), as a later one can adopt it.
+        self.step_started = False
 
     @property
     def reason(self) -> CancelReason | None:
@@ -58,6 +62,17 @@ class CancelToken:
         self._after_s = after_s
         self._event.set()
         return True
+
+    @property
+    def detaching(self) -> bool:
+        """The service is stopping and leaves the build running: not a cancel, no ending."""
+        return self._detach.is_set()
+
+    def detach(self) -> None:
+        self._detach.set()
+
+    async def wait_detach(self) -> None:
+        await self._detach.wait()
 
     async def wait(self) -> CancelReason:
         await self._event.wait()

@@ -3,6 +3,8 @@ run's containers."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from .backend import Backend
@@ -11,7 +13,7 @@ from .caches import Caches
 from .cancel import CancelToken
 from .jobs import Sink, perform
 from .metrics import Metrics
-from .runner import INSTANCE_LABEL, NOUN, BuildRequest, BuildResult, Runner
+from .runner import INSTANCE_LABEL, JOB_LABEL, NOUN, BuildRequest, BuildResult, Runner
 from .settings import Settings
 from .srcinfo import SrcInfo
 from .variants import VariantPlan
@@ -29,19 +31,40 @@ class Engine:
 
     @classmethod
     async def open(
-        cls, settings: Settings, backend: Backend | None = None, metrics: Metrics | None = None
+        cls,
+        settings: Settings,
+        backend: Backend | None = None,
+        metrics: Metrics | None = None,
+        *,
+        keep_builds: bool = False,
     ) -> Engine:
         """Connect to ``backend``, or else to the engine the ``backend`` setting names, and
-        remove the steps this instance left behind when it last stopped."""
+        remove the steps this instance left behind when it last stopped; with
+        ``keep_builds``, all but its builds, which the service may adopt (``reap_builds``
+        once it knows)."""
         backend = backend if backend is not None else open_backend(settings)
         engine = cls(settings, backend, metrics)
         try:
-            engine.reaped = await backend.reap({INSTANCE_LABEL: settings.instance_id})
+            if keep_builds:
+                engine.reaped = await engine._reap(lambda labels: JOB_LABEL not in labels)
+            else:
+                engine.reaped = await backend.reap({INSTANCE_LABEL: settings.instance_id})
             await engine.caches.open()
         except BaseException:
             await backend.close()
             raise
         return engine
+
+    async def reap_builds(self, keep: Callable[[str], bool]) -> list[str]:
+        """Remove this instance's build steps whose job ``keep`` does not claim (a job that
+        had ended, or that could not be adopted)."""
+        return await self._reap(lambda labels: JOB_LABEL in labels and not keep(labels[JOB_LABEL]))
+
+    async def _reap(self, which: Callable[[Mapping[str, str]], bool]) -> list[str]:
+        found = await self.backend.list_steps({INSTANCE_LABEL: self.settings.instance_id})
+        doomed = [handle for handle, labels in found.items() if which(labels)]
+        await asyncio.gather(*(self.backend.destroy(handle) for handle in doomed))
+        return doomed
 
     async def prepare(self, request: BuildRequest) -> tuple[SrcInfo, VariantPlan]:
         return await self.runner.prepare(request)

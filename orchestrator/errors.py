@@ -122,6 +122,16 @@ class StepLost(BackendError):
     the engine stopped or refused its task. The message says which."""
 
 
+class StepGone(ContainerGone):
+    """A build's step that should still be there (its job was running when the service
+    stopped) is not: the daemon restarted, a node was lost, or it was removed by hand."""
+
+
+class StepNotStarted(BackendError):
+    """A build's step was set up but never started (the service stopped in between): its
+    inputs may be incomplete, so it is removed and the job runs again from its sources."""
+
+
 class NoPlacement(BackendError):
     """No node of the cluster can take the step (none active, none with a GPU)."""
 
@@ -164,3 +174,17 @@ class InstallError(OrchestratorError):
 
 class InsecureBind(OrchestratorError):
     """Binding beyond loopback without a token would hand the Docker socket to the network."""
+
+
+class AlreadyRunning(OrchestratorError):
+    """Another service holds this data directory (and instance): two would both adopt, reap
+    and write the same jobs."""
+
+
+class Detached(OrchestratorError):
+    """The service is stopping and leaves the job's build running (``on_stop=leave``): not an
+    ending. ``left`` says whether a step was left running; if not, nothing had started."""
+
+    def __init__(self, message: str, *, left: bool) -> None:
+        super().__init__(message)
+        self.left = left

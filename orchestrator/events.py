@@ -27,6 +27,7 @@ class Action(StrEnum):
     SOURCES_COPIED = "sources_copied"
     CACHE = "cache"  # which build cache a build got, and afterwards what hit in it
     BUILD_STARTED = "build_started"
+    ADOPTED = "adopted"  # a restarted service picked a running (or ended) build up again
     OUTPUT = "output"  # a run of lines of one stream, joined by "\n"
     PHASE = "phase"  # one of makepkg's own "==> ..." lines, still carrying its stream
     BUILD_EXITED = "build_exited"

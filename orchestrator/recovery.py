@@ -1,5 +1,6 @@
-"""After a restart: what an earlier process left running is interrupted, and what it left queued
-runs again (through its kind's ``resume``), in its order and before any new job."""
+"""After a restart: what an earlier process left running goes on where its build still exists
+(``adopt``) and is interrupted otherwise; what it left queued runs again (through its kind's
+``resume``), in its order and before any new job (adopted builds first)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,27 @@ from .status import JobStatus
 from .store import JobRecord, Store
 
 Enqueue = Callable[[JobRecord, Kind, Job], Awaitable[None]]
+# Goes on with a running job's build: None once it does, otherwise why it cannot.
+Adopt = Callable[[JobRecord, Kind], Awaitable[str | None]]
 
 
-async def recover(store: Store, kinds: Mapping[str, Kind], enqueue: Enqueue) -> list[str]:
-    """Queue again what can run again; interrupt the rest. Returns the interrupted ids."""
+async def recover(
+    store: Store, kinds: Mapping[str, Kind], enqueue: Enqueue, adopt: Adopt
+) -> list[str]:
+    """Adopt or queue again what can go on; interrupt the rest. Returns the interrupted ids."""
     leftovers = await store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING])
+    # Running first: adopted builds take the first slots, as they had them before.
+    leftovers.sort(key=lambda record: record.status is not JobStatus.RUNNING)
     interrupted: list[str] = []
     for record in leftovers:
         kind = kinds.get(record.operation)
         if record.status is JobStatus.RUNNING:
-            reason = "the service stopped while this job was running"
+            if kind is None:
+                reason = "the service stopped while this job was running"
+            elif (why := await adopt(record, kind)) is None:
+                continue
+            else:
+                reason = why
         elif kind is None:
             reason = f"jobs of kind {record.operation!r} cannot be queued again"
         else:

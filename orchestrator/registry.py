@@ -9,9 +9,15 @@ the cancel token, and a future that completes when the job has reached its final
 is recorded (in the store, and in the token) before anything is killed, so cancel, timeout and
 shutdown always end up as their own statuses. Final status writes are shielded from cancellation.
 
-Over ~400 lines on purpose: the queue, cancel, the busy guard and the final write share one
-invariant (a job's handle exists exactly while it is unfinished); split up, it would be spread
-over modules that must each know it. Restart recovery is already its own (``recovery.py``).
+A stop leaves running builds running by default (``on_stop``): their jobs stay ``running`` in
+the store with no handle here, and the next start adopts them (``recovery.py`` decides, the
+kind finds the build's step again, ``adopting.py`` watches it); an adopted build is watched at
+once, in a slot of its own.
+
+Over ~400 lines on purpose: the queue, cancel, the busy guard, the stop, adoption and the final
+write share one invariant (a job's handle exists exactly while it is unfinished here); split
+up, it would be spread over modules that must each know it. Restart recovery is already its own
+(``recovery.py``), and so is following an adopted build (``adopting.py``).
 """
 
 from __future__ import annotations
@@ -30,14 +36,19 @@ from .bus import Bus
 from .cancel import CancelReason, CancelToken
 from .disk import DataDisk, out_of_space
 from .errors import (
+    Detached,
     InsufficientStorage,
     JobNotFound,
     JobStateConflict,
+    OrchestratorError,
     ShuttingDown,
+    StepGone,
+    StepNotStarted,
     UnknownOperation,
 )
 from .events import Action, Event, Level
 from .jobs import (
+    Adoptable,
     Job,
     JobResult,
     Kind,
@@ -59,6 +70,9 @@ from .store import JobRecord, Store
 from .uploads import UploadBudget
 
 _SHUTDOWN_GRACE_S = 60.0
+# Leaving builds running is quick (their output streams close); a job still setting up past
+# this is stopped instead, so the service exits within its 10 s.
+_DETACH_GRACE_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +93,7 @@ class _Handle:
     token: CancelToken = field(default_factory=CancelToken)
     started: bool = False
     finishing: bool = False  # the final status is being written; too late to cancel
+    adopted_at: float | None = None  # an adopted build's real start (an earlier process's)
     done: asyncio.Future[JobRecord] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -92,8 +107,18 @@ class Registry:
         bus: Bus,
         metrics: Metrics,
         disk: DataDisk | None = None,
+        *,
+        adopts: bool = True,
     ) -> None:
+        """``adopts``: whether the engine can pick builds up again (otherwise a stop ends
+        them, whatever ``on_stop`` says)."""
         self._settings = settings
+        self._on_stop = settings.on_stop if adopts or settings.on_stop == "drain" else "cancel"
+        self._adopts = adopts
+        self._recovered = False
+        self._left: set[str] = set()  # builds left running at the stop, for the next start
+        self._adopted: list[_Handle] = []  # found running at the start, watched once started
+        self._slots_taken = 0  # tasks watching a build or taking work from the queue
         self._store = store
         self._bus = bus
         self._metrics = metrics
@@ -158,29 +183,95 @@ class Registry:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> list[str]:
-        """Interrupt what an earlier process left running, queue again what it left queued (in
-        its order, before any new job), and start the workers. Returns the interrupted ids."""
+        """Adopt what an earlier process left running (interrupt it where its build is gone),
+        queue again what it left queued (in its order, before any new job), and start the
+        workers. Returns the interrupted ids."""
         interrupted = await self._recover()
+        self._recovered = True
         self._accepting = True
+        # An adopted build is running already: it is watched at once, in a slot of its own,
+        # which becomes a worker once it ends (so no more than the limit run at once).
+        adopted, self._adopted = self._adopted, []
+        slots = self._settings.max_concurrent_builds
         self._workers = [
-            asyncio.create_task(self._work(), name=f"build-worker-{i}")
-            for i in range(self._settings.max_concurrent_builds)
+            asyncio.create_task(self._watch_adopted(handle), name=f"adopted-{handle.job_id}")
+            for handle in adopted
         ]
+        self._workers += [
+            asyncio.create_task(self._work(), name=f"build-worker-{i}")
+            for i in range(max(0, slots - len(adopted)))
+        ]
+        self._slots_taken = len(self._workers)
         return interrupted
+
+    async def _watch_adopted(self, handle: _Handle) -> None:
+        handle.started = True
+        self._metrics.running.inc()
+        try:
+            await self._run(handle)
+        finally:
+            self._metrics.running.dec()
+        # More were adopted than may run at once (the limit was lowered): a slot is freed.
+        if self._slots_taken > self._settings.max_concurrent_builds:
+            self._slots_taken -= 1
+            return
+        await self._work()
 
     async def _recover(self) -> list[str]:
         async def enqueue(record: JobRecord, kind: Kind, job: Job) -> None:
             message = "🔁 Queued again after a restart"
             await self._enqueue(record, kind, job, message, recovering=True)
 
-        interrupted = await recovery.recover(self._store, self._kinds, enqueue)
+        interrupted = await recovery.recover(self._store, self._kinds, enqueue, self._adopt)
         await asyncio.to_thread(
             recovery.remove_all_but, self._settings.work_dir, set(self._handles)
         )
         return interrupted
 
+    async def _adopt(self, record: JobRecord, kind: Kind) -> str | None:
+        """Go on with a build an earlier process left running; None, or why it cannot."""
+        if not self._adopts or not isinstance(kind, Adoptable):
+            return "the service stopped while this job was running"
+        try:
+            job = await kind.adopt(record, await self._store.output_lines(record.id))
+        except StepGone as exc:
+            return str(exc)
+        except StepNotStarted:
+            return await self._queue_again(record, kind)
+        except (OrchestratorError, OSError) as exc:
+            return f"it could not be picked up again after a restart: {exc}"
+        started = record.started_at if record.started_at is not None else time.time()
+        handle = _Handle(
+            record.id, job, kind, kind.subject(record), record.timeout_s, adopted_at=started
+        )
+        if record.cancel_reason is not None:  # asked before the stop, not carried out
+            handle.token.cancel(CancelReason(record.cancel_reason))
+        self._handles[record.id] = handle
+        self._subjects.hold(handle.subject, record.id)
+        self._bus.open(record.id)
+        self._adopted.append(handle)
+        return None
+
+    async def _queue_again(self, record: JobRecord, kind: Kind) -> str | None:
+        """A job whose build never started runs again from its sources, first in the queue."""
+        try:
+            job = await kind.resume(record)
+        except (OrchestratorError, OSError) as exc:
+            return f"its build had not started and it could not be queued again: {exc}"
+        await self._store.update_job(record.id, status=JobStatus.QUEUED, started_at=None)
+        message = "🔁 Queued again after a restart: its build had been set up, not started"
+        await self._enqueue(record, kind, job, message, recovering=True)
+        return None
+
+    def holds(self, job_id: str) -> bool:
+        """Whether the job's build step is this service's to keep: its job is queued or
+        running here, was left running at the stop, or may be adopted (not recovered yet)."""
+        return not self._recovered or job_id in self._handles or job_id in self._left
+
     async def shutdown(self) -> None:
-        """Take no more work; stop every build (containers removed); end every stream.
+        """Take no more work; end every stream. Running builds are left running for the next
+        start (``on_stop=leave``), stopped (``cancel``: containers removed), or waited for
+        (``drain``).
 
         Jobs still waiting stay queued, with their sources, for the next start. Idempotent: a
         later call waits for the first one's work, which a cancelled caller does not cut short.
@@ -196,14 +287,17 @@ class Registry:
             # First, without an await, so that no worker takes one of them meanwhile.
             handle.token.cancel(CancelReason.SHUTDOWN)
         for handle in self._handles.values():
-            if handle.started:
+            if handle.started and self._on_stop == "cancel":
                 handle.token.cancel(CancelReason.SHUTDOWN)
+            elif handle.started and self._on_stop == "leave":
+                handle.token.detach()
         for handle in waiting:
             await self._park(handle)
         try:
             pending = [h.done for h in self._handles.values()]
+            grace = {"cancel": _SHUTDOWN_GRACE_S, "leave": _DETACH_GRACE_S}.get(self._on_stop)
             if pending:
-                await asyncio.wait(pending, timeout=_SHUTDOWN_GRACE_S)
+                await asyncio.wait(pending, timeout=grace)
             for worker in self._workers:
                 worker.cancel()
             for worker in self._workers:
@@ -211,6 +305,36 @@ class Registry:
                     await worker
         finally:
             self._bus.shutdown()
+
+    async def _leave(self, handle: _Handle, left: bool) -> None:
+        """The service stops and leaves the job's build running (``left``: the job stays
+        running, for the next start to adopt), or drops it before it started (the job goes
+        back to the queue, with its sources)."""
+        job_id = handle.job_id
+        try:
+            if left:
+                self._left.add(job_id)
+                message = (
+                    "⏸️ The service is stopping: the build goes on in its "
+                    "container and is picked up again when the service is back"
+                )
+                await self._emit(job_id, [Event(Action.WARNING, message, Level.WARNING)])
+            else:
+                message = "⏸️ The service is stopping; this job goes back to the queue"
+                await self._emit(job_id, [Event(Action.WARNING, message, Level.WARNING)])
+                await self._store.update_job(job_id, status=JobStatus.QUEUED, started_at=None)
+            record = await self._store.get_job(job_id)
+        except Exception as exc:
+            log.exception("could not leave job %s", job_id)
+            if not handle.done.done():
+                handle.done.set_exception(exc)
+        else:
+            if not handle.done.done() and record is not None:
+                handle.done.set_result(record)
+        finally:
+            self._bus.close(job_id)
+            self._handles.pop(job_id, None)
+            self._subjects.release(handle.subject, job_id)
 
     async def _park(self, handle: _Handle) -> None:
         """Leave a waiting job queued in the store for the next start; end its streams."""
@@ -345,17 +469,29 @@ class Registry:
 
     async def _run(self, handle: _Handle) -> None:
         job_id, noun = handle.job_id, handle.kind.noun
-        started = time.time()
+        started = time.time() if handle.adopted_at is None else handle.adopted_at
 
         async def sink(batch: Sequence[Event]) -> None:
             await self._emit(job_id, batch)
 
         try:
-            await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
+            if handle.adopted_at is None:
+                await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
             result = await perform(
-                handle.job.work, sink, handle.token, noun=noun, timeout_s=handle.timeout_s
+                handle.job.work,
+                sink,
+                handle.token,
+                noun=noun,
+                timeout_s=handle.timeout_s,
+                elapsed_s=time.time() - started,
             )
+        except Detached as exc:
+            await asyncio.shield(self._leave(handle, exc.left))
+            return
         except asyncio.CancelledError:
+            if handle.token.detaching:  # stopped past the grace: left as the runner left it
+                await asyncio.shield(self._leave(handle, handle.token.step_started))
+                raise
             result = interrupted_result(noun)
             await asyncio.shield(self._finish(handle, result, started))
             raise

@@ -20,7 +20,7 @@ from . import archive, cachescript, srcinfo
 from .backend import Backend, ExitStatus, Handle, OutputStream, Step
 from .caches import Caches, Lease
 from .cancel import CancelToken
-from .errors import OrchestratorError, PkgbuildError
+from .errors import Detached, OrchestratorError, PkgbuildError
 from .events import Action, Event, Level, output_events
 from .inspector import Inspector
 from .jobs import JobResult, Sink, cancel_result
@@ -32,6 +32,7 @@ from .variants import VariantPlan, plan
 from .watchdog import DiskWatch, Overrun
 
 JOB_LABEL = "orchestrator.job"
+CACHE_KEY_LABEL = "orchestrator.cache_key"  # the build cache a build's step has mounted
 INSTANCE_LABEL = "orchestrator.instance"
 INSPECT_LABEL = "orchestrator.inspect"
 BUILDER_UID = 1000  # the image's `builder` user; copied-in files must be theirs
@@ -56,6 +57,8 @@ class BuildRequest:
 
 
 BuildResult = JobResult  # a build's result is a job's: its cache report is ``cache``
+# What a build holds beyond its step: its cache lease (on the stack), and its cache report.
+Caching = tuple[contextlib.AsyncExitStack, dict[str, Any]]
 
 
 class Runner:
@@ -75,6 +78,10 @@ class Runner:
         # Where a container that could not be removed goes (the app's janitor): not left to
         # the next start-up's reaping, which may never come.
         self.unremoved: Callable[[Handle], None] | None = None
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
 
     async def prepare(self, request: BuildRequest) -> tuple[SrcInfo, VariantPlan]:
         """Everything that can be checked before the build's container exists: the variant,
@@ -102,8 +109,12 @@ class Runner:
             + ", ".join(missing)
         ]
 
-    def labels(self, job_id: str) -> dict[str, str]:
-        return {JOB_LABEL: job_id, INSTANCE_LABEL: self._settings.instance_id}
+    def labels(self, job_id: str, lease: Lease | None = None) -> dict[str, str]:
+        """A build's step's: its job, this instance, and its cache (found again on adoption)."""
+        labels = {JOB_LABEL: job_id, INSTANCE_LABEL: self._settings.instance_id}
+        if lease is not None:
+            labels[CACHE_KEY_LABEL] = lease.key
+        return labels
 
     def inspect_labels(self, job_id: str) -> dict[str, str]:
         """makepkg's reading of a job's PKGBUILD is not its build: it carries the job's id under
@@ -114,17 +125,40 @@ class Runner:
         return self._settings.artifacts_dir / job_id
 
     async def run(self, request: BuildRequest, sink: Sink, cancel: CancelToken) -> BuildResult:
+        async def build(container: list[str], caching: Caching) -> BuildResult:
+            return await self._build(request, sink, cancel, container, caching)
+
+        return await self.guarded(request.job_id, sink, cancel, build)
+
+    async def guarded(
+        self,
+        job_id: str,
+        sink: Sink,
+        cancel: CancelToken,
+        body: Callable[[list[str], Caching], Awaitable[BuildResult]],
+    ) -> BuildResult:
+        """Run ``body`` and destroy the step it made, however it ended; unless the service
+        is leaving it running (``Detached``, or the task cancelled while the service stops
+        after the step started), which goes on up."""
         container: list[str] = []  # filled as soon as the container exists, for the cleanup
         cache: dict[str, Any] = {}  # filled once the build knows whether it has a cache
         # The lease outlives the container: its volume is not released (nor pruned) while a
         # container still has it mounted.
         async with contextlib.AsyncExitStack() as leases:
+            left = False
             try:
-                result = await self._build(request, sink, cancel, container, (leases, cache))
+                result = await body(container, (leases, cache))
+            except Detached as exc:
+                left = exc.left
+                raise
+            except asyncio.CancelledError:
+                left = cancel.detaching and cancel.step_started
+                raise
             except OrchestratorError as exc:
                 result = BuildResult(JobStatus.FAILED, str(exc))
             finally:
-                await _shielded(self._destroy(request.job_id, container, sink))
+                if not left:
+                    await _shielded(self._destroy(job_id, container, sink))
         if cache:
             result = replace(result, cache=cache)
         return result
@@ -135,7 +169,7 @@ class Runner:
         sink: Sink,
         cancel: CancelToken,
         container: list[str],
-        caching: tuple[contextlib.AsyncExitStack, dict[str, Any]],
+        caching: Caching,
     ) -> BuildResult:
         if cancel.cancelled:  # not even makepkg's reading: nothing has started
             return cancel_result(cancel, NOUN)
@@ -157,6 +191,7 @@ class Runner:
         await sink(notes)
         if cancel.cancelled:
             return cancel_result(cancel, NOUN)
+        _check_detach(cancel)
 
         lease = await self._lease(request, info, variant, sink, *caching)
         cache_env, mtimes = await self._cache_setup(lease, info, request.source_dir)
@@ -173,7 +208,7 @@ class Runner:
             step = Step(
                 image=variant.image,
                 command=cachescript.command(MAKEPKG) if lease else MAKEPKG,
-                labels=self.labels(request.job_id),
+                labels=self.labels(request.job_id, lease),
                 workdir=BUILD_DIR,
                 env={"PKGDEST": PACKAGE_DIR, **cache_env},
                 inputs=tar,
@@ -194,8 +229,26 @@ class Runner:
         await sink([Event(Action.SOURCES_COPIED, f"Copied the build directory in ({size} bytes)")])
         if cancel.cancelled:
             return cancel_result(cancel, NOUN)
+        _check_detach(cancel)
 
-        ended = await self._until_exit(cid, sink, cancel, step.image, lease)
+        stream = await self._backend.start(cid)
+        cancel.step_started = True
+        if lease is not None:
+            lease.started = True
+        await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
+        ended = await self.watch(cid, stream, sink, cancel, step.image, lease)
+        return await self.conclude(cid, ended, request.job_id, lease, caching[1], sink)
+
+    async def conclude(
+        self,
+        cid: Handle,
+        ended: ExitStatus | BuildResult,
+        job_id: str,
+        lease: Lease | None,
+        cache: dict[str, Any],
+        sink: Sink,
+    ) -> BuildResult:
+        """Say how a build that has exited ended, and collect its packages."""
         if isinstance(ended, BuildResult):  # stopped before it ended by itself
             return ended
         exit_code = ended.code
@@ -209,7 +262,7 @@ class Runner:
         await sink([Event(Action.BUILD_EXITED, exited, level)])
         if lease is not None:
             lease.report = await self._cache_report(cid, lease)
-            caching[1].update(lease.report.to_dict())
+            cache.update(lease.report.to_dict())
             summary = lease.report.summary()
             await sink([Event(Action.CACHE, summary[:1].upper() + summary[1:])])
         if exit_code != 0 or ended.oom_killed:
@@ -217,7 +270,7 @@ class Runner:
 
         # The container has exited: from here on the build has finished, and a cancel that
         # arrives now is too late to stop anything, so the packages are copied out regardless.
-        packages = await self._copy_packages(cid, request.job_id)
+        packages = await self._copy_packages(cid, job_id)
         if not packages:
             return BuildResult(JobStatus.FAILED, "makepkg succeeded but made no package", 0)
         await sink(
@@ -285,26 +338,24 @@ class Runner:
                 files = await asyncio.to_thread(archive.small_files, tar, 64 * 1024)
         return cachescript.parse_report(lease.key, lease.warm, files)
 
-    async def _until_exit(
+    async def watch(
         self,
-        cid: str,
+        cid: Handle,
+        stream: OutputStream,
         sink: Sink,
         cancel: CancelToken,
         image: str,
         lease: Lease | None,
     ) -> ExitStatus | BuildResult:
-        """Run the container to its end and say how it ended; or stop it (cancelled, or over
-        its disk limit) and say why."""
-        stream = await self._backend.start(cid)
-        if lease is not None:
-            lease.started = True
+        """Narrate the running step's output to its end and say how it ended; or stop it
+        (cancelled, or over its disk limit) and say why; or leave it running (``Detached``)."""
         build: asyncio.Future[ExitStatus] | None = None
         waits: list[asyncio.Future[Any]] = []
         try:
-            await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
             build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink))
             stop = asyncio.ensure_future(cancel.wait())
-            waits = [stop]
+            detach = asyncio.ensure_future(cancel.wait_detach())
+            waits = [stop, detach]
             if lease is not None or not self._backend.enforces_disk_limit:
                 cache = cachescript.CACHE_DIR if lease else None
                 watch = self._disk.watch(cid, image, WRITABLE_GUESS, cache)
@@ -312,12 +363,16 @@ class Runner:
             await asyncio.wait({build, *waits}, return_when=asyncio.FIRST_COMPLETED)
             if build.done():
                 return build.result()
+            if detach.done() and not stop.done():
+                if lease is not None:
+                    lease.started = False  # the service that picks it up counts it
+                raise Detached("the service is stopping and leaves the build running", left=True)
             if stop.done():
                 # Cancel won: say so, kill (which ends the output stream), then drop the pump.
                 await sink([Event(Action.CANCELLING, f"Stopping the build ({cancel.reason})")])
                 result = cancel_result(cancel, NOUN)
             else:
-                result = BuildResult(JobStatus.FAILED, self._overrun_reason(waits[1].result()))
+                result = BuildResult(JobStatus.FAILED, self._overrun_reason(waits[2].result()))
                 await sink([Event(Action.CANCELLING, f"Stopping the build: {result.reason}")])
             await self._backend.kill(cid, self._settings.kill_grace_s)
             return result
@@ -375,6 +430,12 @@ class Runner:
             await sink(
                 [Event(Action.WARNING, f"Could not remove the container: {exc}", Level.ERROR)]
             )
+
+
+def _check_detach(cancel: CancelToken) -> None:
+    """Before the step starts: leaving it is dropping it (the job goes back to the queue)."""
+    if cancel.detaching:
+        raise Detached("the service is stopping before the build started", left=False)
 
 
 async def _shielded(coro: Awaitable[None]) -> None:

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
         description="How long a container may go unowned before that sweep removes it (one "
         "may exist a moment before its owner is known).",
     )
+    on_stop: Literal["leave", "cancel", "drain"] = Field(
+        default="leave",
+        description="What a stop (SIGTERM, SIGINT) does to running builds: leave them running "
+        "for the next start to pick up (Docker; on Swarm they are stopped), cancel them "
+        "(they end interrupted), or drain: wait for them to end ('serve --drain').",
+    )
     kill_grace_s: float = Field(
         default=0.0, ge=0, description="SIGTERM, then SIGKILL after this long; 0 kills at once."
     )

@@ -334,6 +334,22 @@ def _select_events(
     return page
 
 
+def _output_lines(conn: sqlite3.Connection, job_id: str) -> dict[str, int]:
+    # A build's output is its OUTPUT and PHASE events after its (last) start; an event holds
+    # its lines joined by "\n", so it holds one line more than it has newlines.
+    start = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ? AND action = 'build_started'",
+        (job_id,),
+    ).fetchone()[0]
+    rows = conn.execute(
+        "SELECT stream, SUM(LENGTH(message) - LENGTH(REPLACE(message, char(10), '')) + 1)"
+        " FROM events WHERE job_id = ? AND seq > ? AND action IN ('output', 'phase')"
+        " AND stream IS NOT NULL GROUP BY stream",
+        (job_id, start),
+    ).fetchall()
+    return {str(stream): int(count) for stream, count in rows}
+
+
 # --- the store ----------------------------------------------------------------------------------
 
 
@@ -456,6 +472,12 @@ class Store:
         sql = f"{_JOB_SELECT} WHERE status IN ({marks}) ORDER BY created_at, rowid"
         rows = await self._run(lambda conn: conn.execute(sql, values).fetchall())
         return [self._live(_job_from_row(row)) for row in rows]
+
+    async def output_lines(self, job_id: str) -> dict[str, int]:
+        """How many lines of each stream of its build's output the job's narration holds
+        (committed: what a restarted service must not store again)."""
+        await self.flush()
+        return await self._run(lambda conn: _output_lines(conn, job_id))
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         """Job counts for every status, zero included."""

@@ -196,6 +196,10 @@ def settings(
         instance_id=instance_id(),
         build_cpus=1.0,
         build_memory_bytes=1024**3,
+        # An in-process service a test closes with a build running stops it, as before: left
+        # running (the default), it would outlive the test. test_adopt and test_shutdown
+        # test the default.
+        on_stop="cancel",
     )
     yield settings
     if nothing_left_behind is not None:

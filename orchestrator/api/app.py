@@ -1,9 +1,12 @@
 """The aiohttp application: ``create_app(settings)``.
 
-Each resource is one cleanup context (store, engine, janitor, registry), so start-up and shutdown
-run in one order and in reverse. On shutdown the registry stops first: running builds are killed
-and their containers removed, then every SSE stream drains and ends; then the janitor removes
-what a build could not.
+Each resource is one cleanup context (lock, store, engine, janitor, registry), so start-up and
+shutdown run in one order and in reverse. On shutdown the registry stops first: running builds
+are left running for the next start (or killed and removed, or waited for: ``on_stop``), then
+every SSE stream ends (clients resume with ``Last-Event-ID``); then the janitor removes what a
+build could not. On start-up the registry adopts the builds an earlier process left before
+anything reaps them: the engine reaps all but builds, the janitor holds off until the registry
+has recovered, and the builds no job claims are reaped after that.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..engine import Engine
 from ..errors import InsecureBind as InsecureBind  # re-exported: it lived here before
 from ..installed import WorkerStore
 from ..janitor import Janitor, any_live, owned_by_jobs, owned_by_readers
+from ..lock import hold_data_dir
 from ..metrics import Metrics
 from ..models import ModelStore
 from ..registry import Registry
@@ -103,6 +107,10 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
 
+    async def lock_ctx(app: web.Application) -> AsyncIterator[None]:
+        with hold_data_dir(settings.data_dir, settings.instance_id):
+            yield
+
     async def disk_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DISK] = DataDisk(
             settings.data_dir,
@@ -121,7 +129,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         await app[STORE].close()
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        engine = await Engine.open(settings, backend, app[METRICS])
+        engine = await Engine.open(settings, backend, app[METRICS], keep_builds=True)
         app[ENGINE] = engine
         app[BACKEND] = engine.backend
         yield
@@ -131,8 +139,10 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         # Between the engine and the registry: it stops after every job has (so nothing it
         # removes then is in use) and before the engine closes the daemon's client.
         def is_active(job_id: str) -> bool:
+            # Live until the registry has adopted what it will: a sweep before that must not
+            # take a build that an earlier process left running.
             registry = app.get(REGISTRY)
-            return registry is None or registry.is_active(job_id)
+            return registry is None or registry.holds(job_id)
 
         readers = app[ENGINE].runner.inspector.pool
         janitor = Janitor(
@@ -157,7 +167,14 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUS] = Bus(app[STORE])
-        registry = Registry(settings, app[STORE], app[BUS], app[METRICS], app[DISK])
+        registry = Registry(
+            settings,
+            app[STORE],
+            app[BUS],
+            app[METRICS],
+            app[DISK],
+            adopts=app[BACKEND].supports_adopt,
+        )
         app[REGISTRY] = registry
         workers = await catalog.load(settings.catalog)
         app[CATALOG] = workers
@@ -174,6 +191,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
             catalog.verify(workers, app[ENGINE].runner.inspector, settings)
         )
         await app[REGISTRY].start()
+        await app[ENGINE].reap_builds(registry.holds)
         yield
         verifying.cancel()
         await asyncio.gather(verifying, return_exceptions=True)
@@ -189,7 +207,7 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> web.App
         # stops the registry; the one in registry_ctx is a backstop.
         await app[REGISTRY].shutdown()
 
-    app.cleanup_ctx.extend([disk_ctx, store_ctx, engine_ctx, janitor_ctx, registry_ctx])
+    app.cleanup_ctx.extend([lock_ctx, disk_ctx, store_ctx, engine_ctx, janitor_ctx, registry_ctx])
     app.on_shutdown.append(on_shutdown)
 
     add_routes(app)

@@ -4,7 +4,9 @@ Modelled on Woodpecker CI's backends. A ``Step`` says what a build needs (image,
 input files, limits as plain numbers), never an engine's options; each engine maps it onto its
 own. For one step: ``setup`` → ``start`` (its output, from the first byte) → ``wait`` →
 ``collect`` → ``destroy``. ``kill`` may come at any point after ``setup``; ``destroy`` is always
-safe to call again. Only the runner and the inspector sequence these calls.
+safe to call again. Only the runner and the inspector sequence these calls. A step outlives the
+service that set it up: a new one ``find``s it again by its labels and ``reattach``es its output
+(where ``supports_adopt``), then goes on with ``wait`` → ``collect`` → ``destroy``.
 ``docs/backends.md`` says how Docker, Docker Swarm and Kubernetes map onto it; ``engines.py``
 picks one by the ``backend`` setting.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, Literal, Protocol
 
 Stream = Literal["stdout", "stderr"]
+StepState = Literal["created", "running", "exited"]
 
 # What identifies a step to its engine once it is set up: Docker's container id, a Swarm
 # service's id, a pod's name. Opaque to the caller, which only passes it back.
@@ -97,6 +100,18 @@ class PathUsage:
     complete: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class FoundStep:
+    """A step found again by its labels (``find``), as the engine holds it now."""
+
+    handle: Handle
+    labels: Mapping[str, str]
+    image: str
+    state: StepState
+    started_at: float | None = None  # when its command started (engine's clock); None: never
+    exit: ExitStatus | None = None  # how it ended, once ``state`` is "exited"
+
+
 class OutputStream(Protocol):
     """Batches of chunks in the order the step wrote them; ends when the step exits.
     ``lines.LineSplitter`` turns an engine's bytes into these."""
@@ -157,6 +172,28 @@ class Backend(Protocol):
 
     async def list_steps(self, labels: Mapping[str, str]) -> dict[Handle, Mapping[str, str]]:
         """Every step carrying all of ``labels``, in any state: its handle → its labels."""
+        ...
+
+    # -- a step set up by an earlier process (adoption) -------------------------------------
+
+    @property
+    def supports_adopt(self) -> bool:
+        """Whether ``find`` and ``reattach`` work here; otherwise a stopping service must end
+        its steps, as no later one can pick them up."""
+        ...
+
+    async def find(self, labels: Mapping[str, str]) -> list[FoundStep]:
+        """Every step carrying all of ``labels``, with its state (running, exited and how)."""
+        ...
+
+    async def reattach(
+        self, handle: Handle, skip: Mapping[Stream, int], *, follow: bool
+    ) -> OutputStream:
+        """The step's output from its first line, less the first ``skip[stream]`` lines of
+        each stream (what an earlier reader already has), each line once, in order. With
+        ``follow`` it ends when the step exits, with every line it printed (an engine whose
+        follow ends early completes it with a read after the exit); without, it is what the
+        engine holds now. Lines are counted as ``lines.LineSplitter`` cuts them."""
         ...
 
     # -- commands in a running step (warm sandboxes: the PKGBUILD readers) ------------------
@@ -254,11 +291,13 @@ class Backend(Protocol):
 __all__ = [
     "Backend",
     "ExitStatus",
+    "FoundStep",
     "Handle",
     "OutputChunk",
     "OutputStream",
     "PathUsage",
     "Ran",
     "Step",
+    "StepState",
     "Stream",
 ]

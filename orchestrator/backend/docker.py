@@ -43,7 +43,8 @@ from ..errors import (
     VolumeInUse,
 )
 from ..settings import Settings
-from . import ExitStatus, PathUsage, Ran, Step
+from . import ExitStatus, FoundStep, PathUsage, Ran, Step, Stream
+from ._adopt import LogOutput, found_step, open_logs
 from ._attach import AttachOutput
 from ._exec import CPU_COMMAND, cpu_seconds, run_exec
 
@@ -462,6 +463,27 @@ class DockerBackend:
             functools.partial(self._client.api.containers, all=True, filters=filters)
         )
         return {str(c["Id"]): dict(c.get("Labels") or {}) for c in found}
+
+    supports_adopt = True
+
+    async def find(self, labels: Mapping[str, str]) -> list[FoundStep]:
+        found: list[FoundStep] = []
+        for handle in await self.list_steps(labels):
+            try:
+                info = await self._run(self._client.api.inspect_container, handle)
+            except ContainerGone:
+                continue  # removed meanwhile
+            found.append(found_step(info))
+        return found
+
+    async def reattach(self, handle: str, skip: Mapping[Stream, int], *, follow: bool) -> LogOutput:
+        async def running() -> bool:
+            info = await self._run(self._client.api.inspect_container, handle)
+            return found_step(info).state != "exited"
+
+        # The long client: a follow read lasts as long as the build.
+        reads = functools.partial(open_logs, self._long, handle)
+        return LogOutput(reads, running, self._pool, skip, follow=follow)
 
     async def close(self) -> None:
         for tie in self._ties.values():

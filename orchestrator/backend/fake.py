@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ..cachescript import REPORT_DIR
-from ..errors import ContainerGone, ImageNotFound, VolumeInUse
-from . import ExitStatus, OutputChunk, PathUsage, Ran, Step, Stream
+from ..errors import BackendError, ContainerGone, ImageNotFound, VolumeInUse
+from . import ExitStatus, FoundStep, OutputChunk, PathUsage, Ran, Step, StepState, Stream
+from ._adopt import Skipper
 from .lines import LineSplitter
 
 
@@ -44,11 +45,43 @@ class FakeContainer:
     step: Step
     script: Script
     files: dict[str, bytes] = field(default_factory=dict)
-    state: str = "created"  # created → running → exited
+    state: StepState = "created"  # created → running → exited
     exit_code: int | None = None
     queue: asyncio.Queue[list[OutputChunk] | None] = field(default_factory=asyncio.Queue)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # Everything it printed, as an engine's log keeps it (``reattach``), and when it grew.
+    log: list[OutputChunk] = field(default_factory=list)
+    grew: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float | None = None
+
+
+class FakeLog:
+    """``reattach``: the container's log from its first line, less ``skip`` lines a stream."""
+
+    def __init__(self, container: FakeContainer, skip: Mapping[Stream, int], follow: bool):
+        self._container = container
+        self._skipper = Skipper(skip)
+        self._follow = follow
+
+    async def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
+        container, pos = self._container, 0
+        while True:
+            batch = container.log[pos:]
+            pos += len(batch)
+            if out := self._skipper.take(batch):
+                yield out
+                continue
+            if not self._follow or (container.exited.is_set() and pos == len(container.log)):
+                if self._skipper.short:  # as an engine whose log was cut says
+                    raise BackendError("the engine no longer holds the start of the output")
+                return
+            container.grew.clear()
+            if pos == len(container.log) and not container.exited.is_set():
+                await container.grew.wait()
+
+    async def aclose(self) -> None:
+        return None
 
 
 class FakeOutput:
@@ -129,6 +162,7 @@ class FakeBackend:
         container = self._get(handle)
         self.calls.append(("start", handle))
         container.state = "running"
+        container.started_at = time.time()
         if container.step.command[:2] == ("makepkg", "--printsrcinfo"):
             pkgbuild = container.files.get(f"{container.step.workdir}/PKGBUILD", b"")
             container.script = printsrcinfo(pkgbuild.decode(errors="replace"))
@@ -147,7 +181,10 @@ class FakeBackend:
                 if pause_s:
                     await asyncio.sleep(pause_s)
                 data = text.encode() + b"\n"
-                await container.queue.put(splitter.feed([(stream, data)], time.time()))
+                chunks = splitter.feed([(stream, data)], time.time())
+                container.log.extend(chunks)
+                container.grew.set()
+                await container.queue.put(chunks)
             container.exit_code = container.script.exit_code
         except asyncio.CancelledError:
             container.exit_code = 137
@@ -155,6 +192,7 @@ class FakeBackend:
             container.state = "exited"
             container.queue.put_nowait(None)
             container.exited.set()
+            container.grew.set()
 
     async def wait(self, container_id: str) -> ExitStatus:
         container = self._get(container_id)
@@ -293,6 +331,24 @@ class FakeBackend:
             for cid, c in self.containers.items()
             if all(c.step.labels.get(k) == v for k, v in labels.items())
         }
+
+    supports_adopt = True
+
+    async def find(self, labels: Mapping[str, str]) -> list[FoundStep]:
+        found = []
+        for cid, c in self.containers.items():
+            if all(c.step.labels.get(k) == v for k, v in labels.items()):
+                ended = None
+                if c.state == "exited" and c.exit_code is not None:
+                    ended = ExitStatus(c.exit_code, c.script.oom_killed)
+                found.append(
+                    FoundStep(cid, dict(c.step.labels), c.step.image, c.state, c.started_at, ended)
+                )
+        return found
+
+    async def reattach(self, handle: str, skip: Mapping[Stream, int], *, follow: bool) -> FakeLog:
+        self.calls.append(("reattach", handle))
+        return FakeLog(self._get(handle), skip, follow)
 
     async def close(self) -> None:
         for cid in list(self.containers):

@@ -43,7 +43,7 @@ from ..errors import (
     StepLost,
 )
 from ..settings import Settings
-from . import ExitStatus, PathUsage, Ran, Step
+from . import ExitStatus, FoundStep, PathUsage, Ran, Step, Stream
 from . import _swarmspec as spec
 from ._handoff import Handoff, wrapper_env
 from ._servicelogs import ServiceOutput
@@ -393,6 +393,19 @@ class SwarmBackend:
             with contextlib.suppress(ContainerGone):
                 await self._run(self._api.remove_config, config["ID"])
         return names
+
+    # Not yet: a service's inputs and packages travel over the process's own listener
+    # (``_handoff.py``), which a later process would have to take over. Until then a stopping
+    # service ends its builds here whatever ``on_stop`` says.
+    supports_adopt = False
+
+    async def find(self, labels: Mapping[str, str]) -> list[FoundStep]:
+        return []
+
+    async def reattach(
+        self, handle: str, skip: Mapping[Stream, int], *, follow: bool
+    ) -> ServiceOutput:
+        raise BackendError("the swarm engine cannot pick a build up again")
 
     async def list_steps(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
         filters = {"label": [f"{key}={value}" for key, value in labels.items()]}

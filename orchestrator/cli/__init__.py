@@ -159,6 +159,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 7835)")
+    serve.add_argument(
+        "--drain",
+        action="store_true",
+        help="on SIGTERM/SIGINT wait for running builds to end before exiting (for a host "
+        "that goes away); otherwise they are left running for the next start "
+        "(ORCHESTRATOR_ON_STOP)",
+    )
     serve.set_defaults(handler=None)
     return parser
 

@@ -38,7 +38,9 @@ EXIT_BY_STATUS = {
     "interrupted": EXIT_INTERRUPTED,
 }
 
-_RESUME_ATTEMPTS = 8
+# About three minutes of tries (at most 5 s apart): a build outlives a restart of the service
+# (an upgrade rebuilds and recreates it), so a follow waits for it to be back.
+_RESUME_ATTEMPTS = 40
 
 
 class CliError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -17,7 +18,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..errors import OrchestratorError
     from ..settings import Settings
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+    }
+    if getattr(args, "drain", False):
+        overrides["on_stop"] = "drain"
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -40,6 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             create_app(settings),
             host=settings.host,
             port=settings.port,
+            # Streams end and builds are left at once; only a drain waits for what runs.
+            shutdown_timeout=60.0 if settings.on_stop == "drain" else 5.0,
             print=lambda msg: print(msg, flush=True),
         )
     except OrchestratorError as exc:

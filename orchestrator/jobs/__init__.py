@@ -12,13 +12,14 @@ from .endings import (
     stopped_by,
     unstarted_result,
 )
-from .kind import Job, Kind, Plan, Submission
+from .kind import Adoptable, Job, Kind, Plan, Submission
 from .result import JobResult, Sink, Work
 from .run import parse_timeout, perform
 from .subjects import Subjects
 
 __all__ = [
     "ENDINGS",
+    "Adoptable",
     "CancelReason",
     "CancelToken",
     "Ending",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..srcinfo import SrcInfo
 from ..status import JobStatus
@@ -90,3 +90,14 @@ class Kind(Protocol):
     async def resume(self, record: JobRecord) -> Job:
         """How a job left queued by an earlier process runs; raises ``OrchestratorError``
         (or ``OSError``) when it cannot run any more."""
+
+
+@runtime_checkable
+class Adoptable(Protocol):
+    """A kind whose running jobs an earlier process left behind can go on (their build)."""
+
+    async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
+        """How the job goes on with its build step as the engine holds it (found now:
+        ``StepGone`` when it is not there any more); ``stored``: the lines of each stream
+        of its output the store holds already."""
+        ...

@@ -30,14 +30,23 @@ def parse_timeout(raw: object, default_s: float, max_s: float) -> float:
 
 
 async def perform(
-    work: Work, sink: Sink, token: CancelToken, *, noun: str, timeout_s: float | None
+    work: Work,
+    sink: Sink,
+    token: CancelToken,
+    *,
+    noun: str,
+    timeout_s: float | None,
+    elapsed_s: float = 0.0,
 ) -> JobResult:
     """Run ``work`` to its end and tell how it ended. Past ``timeout_s`` the token is cancelled
-    for the timeout (recorded before the work sees it), so the work ends as timed out."""
+    for the timeout (recorded before the work sees it), so the work ends as timed out.
+    ``elapsed_s``: how long the job ran before (an adopted build's time under another process
+    counts), so a limit that ran out meanwhile cancels at once."""
     timer = None
     if timeout_s is not None:
         timer = asyncio.get_running_loop().call_later(
-            timeout_s, lambda: token.cancel(CancelReason.TIMEOUT, after_s=timeout_s)
+            max(0.0, timeout_s - elapsed_s),
+            lambda: token.cancel(CancelReason.TIMEOUT, after_s=timeout_s),
         )
     try:
         result = await work(sink, token)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
-from .. import srcinfo
+from .. import adopting, srcinfo
 from ..cancel import CancelToken
 from ..engine import Engine
 from ..errors import InvalidInput
@@ -67,6 +68,13 @@ class BuildKind:
             return await self._engine.runner.run(request, sink, token)
 
         return Job(work, cleanup_dir=source_dir)
+
+    async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
+        runner = self._engine.runner
+        step = await adopting.find(runner, record.id)
+        adoption = adopting.Adoption(record.id, step, stored)
+        # Its sources are in its step: what is left of them here goes when it ends.
+        return Job(adopting.adopted_job(runner, adoption), self._settings.work_dir / record.id)
 
     async def resume(self, record: JobRecord) -> Job:
         source_dir = self._settings.work_dir / record.id

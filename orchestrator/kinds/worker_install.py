@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tarfile
+from collections.abc import Mapping
 
+from .. import adopting
 from ..cancel import CancelToken
 from ..catalog import Catalog, CatalogEntry
 from ..engine import Engine
 from ..errors import InstallError
 from ..events import Action, Event
 from ..installed import WorkerStore
-from ..jobs import Job, JobResult, Plan, Sink, Submission, cancel_result, ending_event
+from ..jobs import Job, JobResult, Plan, Sink, Submission, Work, cancel_result, ending_event
 from ..runner import NOUN as BUILD
 from ..runner import BuildRequest
 from ..settings import Settings
@@ -66,8 +68,22 @@ class WorkerInstallKind:
             job_id, source_dir, entry.worker_type, cache=cache_of(record.request)
         )
 
+        async def build(sink: Sink, token: CancelToken) -> JobResult:
+            return await self._engine.runner.run(request, sink, token)
+
+        return Job(self._then_install(entry, build, job_id), cleanup_dir=source_dir)
+
+    async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
+        """Its build goes on; the install that follows is the catalog's entry of now."""
+        entry = self._catalog.get(record.pkgname or "")
+        runner = self._engine.runner
+        step = await adopting.find(runner, record.id)
+        build = adopting.adopted_job(runner, adopting.Adoption(record.id, step, stored))
+        return Job(self._then_install(entry, build, record.id), self._settings.work_dir / record.id)
+
+    def _then_install(self, entry: CatalogEntry, build: Work, job_id: str) -> Work:
         async def work(sink: Sink, token: CancelToken) -> JobResult:
-            built = await self._engine.runner.run(request, sink, token)
+            built = await build(sink, token)
             if built.status is not JobStatus.SUCCEEDED:
                 return built
             await sink([ending_event(built, BUILD)])  # the build's end, half-way through
@@ -76,7 +92,7 @@ class WorkerInstallKind:
             installed = await self._install(entry, built, sink, token, job_id)
             return dataclasses.replace(installed, cache=built.cache)
 
-        return Job(work, cleanup_dir=source_dir)
+        return work
 
     resume = job
 

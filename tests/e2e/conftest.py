@@ -74,10 +74,15 @@ def run_service(service_image: str, docker_client: docker.DockerClient) -> Itera
     volume = docker_client.volumes.create(f"orchestrator-e2e-{uuid.uuid4().hex[:8]}")
     started: list[DockerContainer] = []
 
-    def start(*, socket: bool = True, wait: bool = True) -> ServiceContainer:
+    def start(
+        *, socket: bool = True, wait: bool = True, on_stop: str = "cancel"
+    ) -> ServiceContainer:
+        # Stopped with a build running, a test's service ends it (the default would leave it
+        # running for a next start that may not come) unless the test says otherwise.
         container = (
             DockerContainer(service_image)
             .with_kwargs(labels={SESSION_LABEL: SESSION_PREFIX})  # the session's own
+            .with_env("ORCHESTRATOR_ON_STOP", on_stop)
             .with_env("ORCHESTRATOR_INSTANCE_ID", instance)
             .with_env("ORCHESTRATOR_ALLOW_UNAUTHENTICATED", "true")
             .with_volume_mapping(volume.name, "/var/lib/orchestrator", "rw")
@@ -123,6 +128,7 @@ def cli_service(
         "ORCHESTRATOR_DATA_DIR": str(data),
         "ORCHESTRATOR_INSTANCE_ID": instance,
         "ORCHESTRATOR_PORT": str(port),
+        "ORCHESTRATOR_ON_STOP": "cancel",  # a build still running at the end goes with it
     }
     env.pop("ORCHESTRATOR_API_TOKEN", None)
     log = (data / "service.log").open("w")

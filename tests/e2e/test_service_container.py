@@ -93,30 +93,29 @@ def test_cancel_mid_build_leaves_no_container(
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
-def test_service_stopped_mid_build_comes_back_with_the_job_interrupted(
+def test_a_build_outlives_its_service_container_and_the_next_one_adopts_it(
     run_service: Callable[..., ServiceContainer],
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
     how: str,
 ) -> None:
-    first = run_service()
+    first = run_service(on_stop="leave")
     job_id = submit(first, build_dir("forker", marker=uuid.uuid4().hex))
     sse(first, job_id, until="children started")
-    assert job_containers(docker_client, job_id) != []
     if how == "stop":
-        first.wrapped.stop(timeout=60)  # SIGTERM: the service stops its builds itself
-        assert job_containers(docker_client, job_id) == []
+        first.wrapped.stop(timeout=60)  # SIGTERM: the build is left running
     else:
-        first.wrapped.kill()  # SIGKILL: the build container is orphaned until the next start
-        assert job_containers(docker_client, job_id) != []
+        first.wrapped.kill()  # SIGKILL: the build runs on unwatched
+    assert job_containers(docker_client, job_id) != []
 
-    second = run_service()  # same volume, same instance
-    job = http("GET", f"{second.url}/v1/jobs/{job_id}")
-    assert job["status"] == "interrupted"
+    second = run_service()  # same volume, same instance: it adopts the build
+    assert http("GET", f"{second.url}/v1/jobs/{job_id}")["status"] == "running"
+    cancelled = http("POST", f"{second.url}/v1/jobs/{job_id}/cancel")
+    assert cancelled["status"] == "cancelled"
     messages, end, done = sse(second, job_id)
     assert "children started" in messages  # its log survived
-    assert "interrupted" in messages[-1]
-    assert end is not None and end["status"] == "interrupted"
+    assert any(m.startswith("🔁 Service restarted: build adopted") for m in messages)
+    assert end is not None and end["status"] == "cancelled"
     assert done
     assert job_containers(docker_client, job_id) == []
 

@@ -356,7 +356,7 @@ async def test_restart_keeps_history_and_interrupts_what_was_running(
         assert sse.end is not None and sse.end["status"] == "interrupted"
 
 
-async def test_restart_after_a_crash_interrupts_and_reaps(
+async def test_restart_after_a_crash_interrupts_what_lost_its_container_and_reaps_the_rest(
     settings: Settings, build_dir: Callable[..., Path], docker_client: docker.DockerClient
 ) -> None:
     from orchestrator.events import Action, Event
@@ -364,8 +364,9 @@ async def test_restart_after_a_crash_interrupts_and_reaps(
     from orchestrator.status import JobStatus
     from orchestrator.store import JobRecord, Store
 
-    # What a killed process leaves: a job marked running, its log, and its container.
-    job_id = uuid.uuid4().hex
+    # What a killed process leaves: a job marked running with its log, whose container went
+    # meanwhile, and a build container that no running job claims.
+    job_id, unclaimed = uuid.uuid4().hex, uuid.uuid4().hex
     store = await Store.open(settings.data_dir / "orchestrator.db")
     await store.create_job(
         JobRecord(
@@ -383,14 +384,15 @@ async def test_restart_after_a_crash_interrupts_and_reaps(
     orphan = docker_client.containers.create(
         settings.image_cpu,
         ["sleep", "300"],
-        labels={INSTANCE_LABEL: settings.instance_id, JOB_LABEL: job_id},
+        labels={INSTANCE_LABEL: settings.instance_id, JOB_LABEL: unclaimed},
     )
     orphan.start()
 
     async with serve(settings) as client:
-        assert job_containers(docker_client, job_id) == []
+        assert job_containers(docker_client, unclaimed) == []
         job = await (await client.get(f"/v1/jobs/{job_id}")).json()
         assert job["status"] == "interrupted"
+        assert "container is gone" in job["reason"]
         sse = await read_sse(client, job_id)
         assert sse.messages()[0] == "half-way"
         assert "interrupted" in sse.messages()[-1]

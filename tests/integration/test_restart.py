@@ -21,7 +21,8 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"max_concurrent_builds": 1})
+    # A stop that cancels (the suite's): the running build ends, the queue is what is kept.
+    return settings.model_copy(update={"max_concurrent_builds": 1, "on_stop": "cancel"})
 
 
 async def test_queued_jobs_survive_a_graceful_restart_and_run_in_order(

@@ -1,4 +1,5 @@
-"""`orchestrator serve` as a real process: SIGTERM stops builds, closes streams, leaves nothing."""
+"""`orchestrator serve` as a real process with ``ORCHESTRATOR_ON_STOP=cancel``: SIGTERM stops
+builds, closes streams, leaves nothing (the default, leaving them running: test_adopt.py)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def service(settings: Settings) -> Iterator[tuple[subprocess.Popen[str], str]]:
         "ORCHESTRATOR_DATA_DIR": str(settings.data_dir),
         "ORCHESTRATOR_INSTANCE_ID": settings.instance_id,
         "ORCHESTRATOR_PORT": str(port),
+        "ORCHESTRATOR_ON_STOP": "cancel",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "serve"],
