@@ -50,6 +50,7 @@ def spawn(data: Path, instance: str) -> tuple[subprocess.Popen[bytes], str]:
         "ORCHESTRATOR_DATA_DIR": str(data),
         "ORCHESTRATOR_INSTANCE_ID": instance,
         "ORCHESTRATOR_PORT": str(port),
+        "ORCHESTRATOR_CACHES": "off",  # a cache volume per run would outlive the bench
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "serve"],

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -389,3 +391,43 @@ async def test_a_drain_waits_for_the_running_build_before_it_exits(
     await reader.read(session, url)
     assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
     reader.check_every_line_once()
+
+
+def rustc_runs(client: docker.DockerClient, job_id: str) -> bool:
+    processes = container_of(client, job_id).top(ps_args="-o pid,comm")["Processes"] or []
+    return any(row[-1] == "rustc" for row in processes)
+
+
+async def test_a_published_crate_survives_a_kill_9_during_rustc(
+    services: Services,
+    session: aiohttp.ClientSession,
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    """hexyl from the crate registry, cold (no cache): the service dies while rustc compiles
+    its dependencies; the next one adopts the build, which ends with a working package, and
+    cargo's lines are each stored once."""
+    proc, url = await services.start(session)
+    reader = Client(await submit(session, url, build_dir("hexyl"), cache="off"))
+    await reader.read(session, url, until=has("Compiling "), timeout_s=300)
+    deadline = time.monotonic() + 120
+    while not rustc_runs(docker_client, reader.job_id):
+        assert time.monotonic() < deadline, "rustc never ran"
+        await asyncio.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    _, url = await services.start(session)
+    await reader.read(session, url, timeout_s=900)
+    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
+    assert reader.said("Service restarted: build adopted")
+    compiled = reader.lines("stderr", r"\s*Compiling \S+ v\S+.*")
+    assert any(" hexyl v0.17.0" in line for line in compiled)
+    assert len(compiled) == len(set(compiled)), "a line was stored twice"
+    async with session.get(f"{url}/v1/jobs/{reader.job_id}/artifacts") as response:
+        [artifact] = (await response.json())["artifacts"]
+    async with session.get(f"{url}{artifact['url']}") as response:
+        package = await response.read()
+    with tarfile.open(fileobj=io.BytesIO(package)) as tar:
+        assert "usr/bin/hexyl" in tar.getnames()
+    assert job_containers(docker_client, reader.job_id) == []
