@@ -1,26 +1,43 @@
 """One exception tree for the whole project.
 
 Docker, SQLite and HTTP-client errors are translated into these where they are caught, so callers
-handle one family and the API maps each class to one HTTP status.
+handle one family. Each class carries the HTTP status and error code the API answers it with
+(``http_status``, ``code``) and the fields its answer adds (``details``): the API's one
+translation reads them, so a new error is one class here.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 
 class OrchestratorError(Exception):
     """Base of every error this project raises on purpose."""
 
+    http_status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def details(self) -> dict[str, Any]:
+        """What the error's answer says beside its code and message."""
+        return {}
 
 
 class InvalidInput(OrchestratorError):
     """The request itself is wrong; retrying it unchanged fails again."""
 
+    http_status = 400
+    code = "bad_request"
+
 
 class PkgbuildError(InvalidInput):
     """A PKGBUILD that cannot be built: makepkg refused it, or what it read shows a problem."""
+
+    http_status = 422
+    code = "bad_pkgbuild"
 
     def __init__(
         self, message: str, line: int | None = None, problems: list[str] | None = None
@@ -28,6 +45,9 @@ class PkgbuildError(InvalidInput):
         super().__init__(message)
         self.line = line
         self.problems = problems or [message]
+
+    def details(self) -> dict[str, Any]:
+        return {"line": self.line, "problems": list(self.problems)}
 
     def __str__(self) -> str:
         return self.message if self.line is None else f"PKGBUILD line {self.line}: {self.message}"
@@ -41,21 +61,36 @@ class InspectTimeout(PkgbuildError):
 class ArchiveError(InvalidInput):
     """An archive that is unsafe to unpack (absolute paths, `..`, links out, devices)."""
 
+    http_status = 400
+    code = "bad_archive"
+
 
 class ArchiveTooLarge(ArchiveError):
     """An archive over the configured size limit."""
+
+    http_status = 413
+    code = "too_large"
 
     def __init__(self, message: str, limit_bytes: int) -> None:
         super().__init__(message)
         self.limit_bytes = limit_bytes
 
+    def details(self) -> dict[str, Any]:
+        return {"limit_bytes": self.limit_bytes}
+
 
 class VariantError(InvalidInput):
     """A variant that is unknown."""
 
+    http_status = 422
+    code = "bad_variant"
+
 
 class VariantRefused(VariantError):
     """A known variant that cannot run here (metal in a Linux container)."""
+
+    http_status = 422
+    code = "variant_refused"
 
     def __init__(self, variant: str, reason: str, suggestion: str | None = None) -> None:
         message = f"variant {variant!r} cannot be built here: {reason}"
@@ -66,9 +101,15 @@ class VariantRefused(VariantError):
         self.reason = reason
         self.suggestion = suggestion
 
+    def details(self) -> dict[str, Any]:
+        return {"variant": self.variant, "reason": self.reason, "suggestion": self.suggestion}
+
 
 class NotFound(OrchestratorError):
     """A named thing (job, worker, model) does not exist."""
+
+    http_status = 404
+    code = "not_found"
 
 
 class JobNotFound(NotFound):
@@ -86,17 +127,29 @@ class WorkerNotFound(NotFound):
 
 
 class UnknownOperation(InvalidInput):
+    http_status = 422
+    code = "unknown_operation"
+
     def __init__(self, operation: object, known: tuple[str, ...]) -> None:
         super().__init__(f"unknown operation {operation!r}; known operations: {', '.join(known)}")
         self.known = known
+
+    def details(self) -> dict[str, Any]:
+        return {"operations": list(self.known)}
 
 
 class BackendError(OrchestratorError):
     """The container engine failed us."""
 
+    http_status = 502
+    code = "backend_error"
+
 
 class BackendUnavailable(BackendError):
     """The engine cannot be reached (socket missing, daemon down)."""
+
+    http_status = 503
+    code = "unavailable"
 
 
 class UnknownBackend(BackendError):
@@ -139,6 +192,9 @@ class NoPlacement(BackendError):
 class Conflict(OrchestratorError):
     """The thing asked for is busy or in a state that does not allow this now."""
 
+    http_status = 409
+    code = "conflict"
+
 
 class CacheBusy(Conflict):
     """A build cache is lent to a running build."""
@@ -155,13 +211,22 @@ class JobStateConflict(Conflict):
         super().__init__(message)
         self.status = status
 
+    def details(self) -> dict[str, Any]:
+        return {"status": self.status}
+
 
 class InsufficientStorage(OrchestratorError):
     """The data disk (or the queue's share of it) has no room for this now; try again later."""
 
+    http_status = 507
+    code = "insufficient_storage"
+
 
 class ShuttingDown(OrchestratorError):
     """The service is stopping and takes no new work."""
+
+    http_status = 503
+    code = "unavailable"
 
 
 class StoreError(OrchestratorError):

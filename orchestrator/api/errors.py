@@ -8,23 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import (
-    ArchiveError,
-    ArchiveTooLarge,
-    BackendError,
-    BackendUnavailable,
-    Conflict,
-    InsufficientStorage,
-    InvalidInput,
-    JobStateConflict,
-    NotFound,
-    OrchestratorError,
-    PkgbuildError,
-    ShuttingDown,
-    UnknownOperation,
-    VariantError,
-    VariantRefused,
-)
+from ..errors import OrchestratorError
 from .keys import METRICS
 from .wire import Error, respond
 
@@ -39,44 +23,10 @@ def error_response(http_status: int, code: str, message: str, **extra: Any) -> w
 
 
 def translate(exc: OrchestratorError) -> web.Response:
-    """Our exception tree → status; the most specific class first."""
-    if isinstance(exc, NotFound):
-        return error_response(404, "not_found", str(exc))
-    if isinstance(exc, UnknownOperation):
-        return error_response(422, "unknown_operation", str(exc), operations=list(exc.known))
-    if isinstance(exc, JobStateConflict):
-        return error_response(409, "conflict", str(exc), status=exc.status)
-    if isinstance(exc, Conflict):
-        return error_response(409, "conflict", str(exc))
-    if isinstance(exc, ArchiveTooLarge):
-        return error_response(413, "too_large", str(exc), limit_bytes=exc.limit_bytes)
-    if isinstance(exc, ArchiveError):
-        return error_response(400, "bad_archive", str(exc))
-    if isinstance(exc, PkgbuildError):
-        return error_response(
-            422, "bad_pkgbuild", str(exc), line=exc.line, problems=list(exc.problems)
-        )
-    if isinstance(exc, VariantRefused):
-        return error_response(
-            422,
-            "variant_refused",
-            str(exc),
-            variant=exc.variant,
-            reason=exc.reason,
-            suggestion=exc.suggestion,
-        )
-    if isinstance(exc, VariantError):
-        return error_response(422, "bad_variant", str(exc))
-    if isinstance(exc, InvalidInput):
-        return error_response(400, "bad_request", str(exc))
-    if isinstance(exc, InsufficientStorage):
-        return error_response(507, "insufficient_storage", str(exc))
-    if isinstance(exc, ShuttingDown | BackendUnavailable):
-        return error_response(503, "unavailable", str(exc))
-    if isinstance(exc, BackendError):
-        return error_response(502, "backend_error", str(exc))
-    log.error("unexpected error: %s", exc, exc_info=exc)
-    return error_response(500, "internal_error", str(exc))
+    """Our exception tree → its answer: each class says its status, code and fields."""
+    if exc.http_status >= 500 and exc.code == "internal_error":
+        log.error("unexpected error: %s", exc, exc_info=exc)
+    return error_response(exc.http_status, exc.code, str(exc), **exc.details())
 
 
 # The routes that take work: their refusals are counted, by code (a CI burst that meets 507s,
