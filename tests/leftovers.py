@@ -67,7 +67,9 @@ class Leftovers:
         """The session's containers that exist now."""
         found: dict[str, Any] = {}
         for label in (INSTANCE_LABEL, SESSION_LABEL, COMPOSE_PROJECT):
-            for container in self.client.containers.list(all=True, filters={"label": label}):
+            for container in self.client.containers.list(
+                ignore_removed=True, all=True, filters={"label": label}
+            ):
                 if self.ours(container.labels):
                     found[container.id] = container
         return list(found.values())

@@ -89,7 +89,9 @@ async def test_an_upgrade_by_scripts_up_leaves_the_running_build_to_the_new_cont
 
 def compose_project(client: docker.DockerClient, url: str) -> str:
     """The project of the compose service published on ``url``'s port."""
-    for container in client.containers.list(filters={"label": "com.docker.compose.service"}):
+    for container in client.containers.list(
+        ignore_removed=True, filters={"label": "com.docker.compose.service"}
+    ):
         ports = container.attrs["NetworkSettings"]["Ports"] or {}
         bound = [b["HostPort"] for b in ports.get("7835/tcp") or []]
         if port_of(url) in bound:
@@ -98,7 +100,9 @@ def compose_project(client: docker.DockerClient, url: str) -> str:
 
 
 def service_container(client: docker.DockerClient, project: str) -> str:
-    [container] = client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+    [container] = client.containers.list(
+        ignore_removed=True, filters={"label": f"com.docker.compose.project={project}"}
+    )
     return str(container.id)
 
 

@@ -58,7 +58,10 @@ def left_behind(client: docker.DockerClient, label: str) -> list[str]:
     task (about a second; no manager API tells when): so wait a little for that, no longer."""
     deadline = time.monotonic() + 15
     while True:
-        found = [str(c.name) for c in client.containers.list(all=True, filters={"label": label})]
+        found = [
+            str(c.name)
+            for c in client.containers.list(ignore_removed=True, all=True, filters={"label": label})
+        ]
         with contextlib.suppress(docker.errors.APIError):  # not a swarm manager: no services
             found += [str(s.name) for s in client.services.list(filters={"label": label})]
         if not found or time.monotonic() > deadline:
@@ -86,7 +89,9 @@ def job_containers(client: docker.DockerClient, job_id: str, *, settle: bool = T
     """The job's containers and swarm services; with ``settle``, once removals have finished."""
     if settle:
         return left_behind(client, f"{JOB_LABEL}={job_id}")
-    found = client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"})
+    found = client.containers.list(
+        ignore_removed=True, all=True, filters={"label": f"{JOB_LABEL}={job_id}"}
+    )
     return [str(c.id) for c in found]
 
 

@@ -183,7 +183,9 @@ async def submit(session: aiohttp.ClientSession, url: str, src: Path, **params: 
 
 
 def container_of(client: docker.DockerClient, job_id: str) -> Any:
-    [found] = client.containers.list(all=True, filters={"label": f"orchestrator.job={job_id}"})
+    [found] = client.containers.list(
+        ignore_removed=True, all=True, filters={"label": f"orchestrator.job={job_id}"}
+    )
     return found
 
 

@@ -288,7 +288,7 @@ async def test_start_up_reaps_this_instances_orphans_only(
     try:
         async with await Engine.open(settings) as engine:
             assert engine.reaped == [ours]
-        ids = {c.id for c in docker_client.containers.list(all=True)}
+        ids = {c.id for c in docker_client.containers.list(ignore_removed=True, all=True)}
         assert ours not in ids
         assert theirs in ids
     finally:

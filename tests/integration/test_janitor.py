@@ -45,7 +45,7 @@ async def gone(client: docker.DockerClient, label: str, timeout_s: float = 60) -
     the daemon tells no one when a container goes; the service runs on this loop meanwhile)."""
 
     def listed() -> list[str]:
-        found = client.containers.list(all=True, filters={"label": label})
+        found = client.containers.list(ignore_removed=True, all=True, filters={"label": label})
         return [str(c.name) for c in found]
 
     deadline = time.monotonic() + timeout_s
@@ -106,4 +106,6 @@ async def test_what_no_live_job_owns_is_swept_up_and_a_running_build_is_not(
         await wait_status(client, job_id, {"cancelled"})
         metrics = await (await client.get("/metrics")).text()
         assert 'orchestrator_janitor_removed_total{how="sweep"} 1.0' in metrics
-    assert orphan.id not in {c.id for c in docker_client.containers.list(all=True)}
+    assert orphan.id not in {
+        c.id for c in docker_client.containers.list(ignore_removed=True, all=True)
+    }

@@ -102,4 +102,6 @@ def test_a_session_that_leaves_a_container_fails_naming_it(
     assert "1 passed" in inner.stdout, inner.stdout
     assert f"this test session left behind: container {name} " in inner.stdout
     # ... and removed it, with its volume.
-    assert docker_client.containers.list(all=True, filters={"name": name}) == []
+    assert (
+        docker_client.containers.list(ignore_removed=True, all=True, filters={"name": name}) == []
+    )

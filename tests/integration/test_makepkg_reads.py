@@ -130,7 +130,7 @@ async def test_a_reading_cancelled_midway_leaves_no_container(
             await asyncio.sleep(cancel_after_s)
         else:
             for _ in range(300):
-                running = docker_client.containers.list(filters=mine)
+                running = docker_client.containers.list(ignore_removed=True, filters=mine)
                 commands = [row[-1] for c in running for row in c.top()["Processes"] or []]
                 if "sleep 300" in commands:
                     break
@@ -141,6 +141,6 @@ async def test_a_reading_cancelled_midway_leaves_no_container(
         with pytest.raises(asyncio.CancelledError):
             await reading
     left = docker_client.containers.list(
-        all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
+        ignore_removed=True, all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
     )
     assert left == []

@@ -59,13 +59,13 @@ def readers(client: docker.DockerClient, settings: Settings, image: str = "") ->
     """The instance's readers (of ``image`` only, if given: the catalog's cuda workers are read
     in cuda readers)."""
     mine = [f"{INSTANCE_LABEL}={settings.instance_id}", READER_LABEL]
-    found = client.containers.list(all=True, filters={"label": mine})
+    found = client.containers.list(ignore_removed=True, all=True, filters={"label": mine})
     return [c for c in found if not image or c.attrs["Config"]["Image"] == image]
 
 
 def others_than_readers(client: docker.DockerClient, settings: Settings) -> list[str]:
     found = client.containers.list(
-        all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
+        ignore_removed=True, all=True, filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
     )
     return [str(c.name) for c in found if READER_LABEL not in c.labels]
 
