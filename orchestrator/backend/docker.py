@@ -99,6 +99,10 @@ def _status(exc: docker.errors.APIError) -> int:
     return exc.status_code or 0
 
 
+# What a watch's command (du, find) may print: a filesystem's writable places, one per line.
+_WATCH_KEEP_BYTES = 16 * 1024 * 1024
+
+
 class DockerBackend:
     name = "docker"
     sandbox = "Container"
@@ -238,14 +242,13 @@ class DockerBackend:
     def _exec(self, container_id: str, argv: list[str]) -> tuple[bytes, int] | None:
         """``argv``'s output and exit code, run in the step's container as its user (~5 ms
         plus its own work; no host access); None when the container has stopped."""
-        api = self._client.api
         try:
-            created = api.exec_create(container_id, argv, user="builder", stderr=False)
-            out = api.exec_start(created["Id"])
-            code = api.exec_inspect(created["Id"]).get("ExitCode")
+            ran = run_exec(
+                self._client.api, container_id, tuple(argv), "builder", "/", _WATCH_KEEP_BYTES
+            )
         except docker.errors.APIError:
             return None  # stopped meanwhile
-        return (bytes(out), code) if isinstance(code, int) else None
+        return None if ran.code < 0 else (ran.stdout, ran.code)
 
     @property
     def supports_exec(self) -> bool:
