@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import tarfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from orchestrator import sse
+
+from .. import waiting
 
 
 def tar_dir(path: Path, *, gz: bool = True) -> bytes:
@@ -114,11 +115,13 @@ async def read_sse(
 async def wait_status(
     client: TestClient, job_id: str, statuses: set[str], timeout_s: float = 120
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = await client.get(f"/v1/jobs/{job_id}")
-        body = dict(await response.json())
-        if body["status"] in statuses:
-            return body
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.1)
+    async def job() -> dict[str, Any]:
+        return dict(await (await client.get(f"/v1/jobs/{job_id}")).json())
+
+    return await waiting.until(
+        job,
+        lambda j: j["status"] in statuses,
+        timeout_s=timeout_s,
+        interval_s=0.1,
+        what=f"job {job_id} in {sorted(statuses)}",
+    )

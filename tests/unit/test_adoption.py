@@ -34,6 +34,7 @@ from orchestrator.runner import JOB_LABEL
 from orchestrator.srcinfo import parse
 from orchestrator.store import JobRecord, Store
 
+from .. import waiting
 from .test_api_operations import package_with
 
 LINES = 60
@@ -99,11 +100,9 @@ async def messages(registry: Registry, job_id: str) -> list[str]:
 
 
 async def until(registry: Registry, job_id: str, statuses: set[JobStatus]) -> JobRecord:
-    deadline = time.monotonic() + 10
-    while (record := await registry.get(job_id)).status not in statuses:
-        assert time.monotonic() < deadline, record
-        await asyncio.sleep(0.01)
-    return record
+    return await waiting.until(
+        lambda: registry.get(job_id), lambda r: r.status in statuses, what=f"job {job_id}"
+    )
 
 
 async def stop_with_a_build_running(

@@ -16,6 +16,8 @@ from orchestrator.events import Action, Event
 from orchestrator.status import JobStatus
 from orchestrator.store import JobRecord, Store
 
+from .. import waiting
+
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
@@ -32,8 +34,11 @@ def bus(store: Store) -> Bus:
     return bus
 
 
-async def collect(bus: Bus, job_id: str, after: int = 0) -> list[int]:
-    seqs: list[int] = []
+async def collect(
+    bus: Bus, job_id: str, after: int = 0, seqs: list[int] | None = None
+) -> list[int]:
+    """Every seq the subscription yields, into ``seqs`` as they come (for a test to wait on)."""
+    seqs = [] if seqs is None else seqs
     async for batch in bus.subscribe(job_id, after):
         seqs.extend(e.seq for e in batch)
     return seqs
@@ -45,9 +50,11 @@ def lines(*texts: str) -> list[Event]:
 
 async def test_replay_then_live_then_end(store: Store, bus: Bus) -> None:
     await store.append("j", lines("a", "b"))
-    early = asyncio.create_task(collect(bus, "j"))
-    resumed = asyncio.create_task(collect(bus, "j", after=1))
-    await asyncio.sleep(0.05)
+    early_seen: list[int] = []
+    resumed_seen: list[int] = []
+    early = asyncio.create_task(collect(bus, "j", seqs=early_seen))
+    resumed = asyncio.create_task(collect(bus, "j", after=1, seqs=resumed_seen))
+    await waiting.until(lambda: early_seen == [1, 2] and resumed_seen == [2], what="the replay")
     await store.append("j", lines("c", "d"))
     await store.flush()
     bus.close("j")
@@ -65,9 +72,11 @@ async def test_a_gap_in_what_was_published_is_filled_from_the_store(store: Store
     store.on_commit(bus._committed)
     await store.append("j", lines("5", "6"))
     await store.flush()
-    live = asyncio.create_task(collect(bus, "j"))
-    near_end = asyncio.create_task(collect(bus, "j", after=5))
-    await asyncio.sleep(0.05)
+    live_seen: list[int] = []
+    near_end_seen: list[int] = []
+    live = asyncio.create_task(collect(bus, "j", seqs=live_seen))
+    near_end = asyncio.create_task(collect(bus, "j", after=5, seqs=near_end_seen))
+    await waiting.until(lambda: len(live_seen) == 6 and near_end_seen == [6], what="the replay")
     bus.close("j")
     assert await asyncio.wait_for(live, 5) == [1, 2, 3, 4, 5, 6]
     assert await asyncio.wait_for(near_end, 5) == [6]
@@ -124,10 +133,10 @@ async def test_a_caught_up_subscriber_waits_on_the_ring_not_the_store(
 
     task = asyncio.create_task(follow())
     for n in range(2, 12):
-        await asyncio.sleep(0.01)
+        # Caught up before each new line: it waits live when the line comes.
+        await waiting.until(lambda: seen == list(range(1, n)), what=f"lines before {n}")  # noqa: B023
         await store.append("j", lines(str(n)))
-    await asyncio.sleep(0.05)
-    assert seen == list(range(1, 12))
+    await waiting.until(lambda: seen == list(range(1, 12)), what="every line")
     assert reads == 0
     bus.close("j")
     await asyncio.wait_for(task, 5)
@@ -150,8 +159,7 @@ async def test_subscribers_see_only_what_is_committed(store: Store, bus: Bus) ->
         assert seen == []
         stall.set()
         await store.flush()
-        await asyncio.sleep(0.05)
-        assert seen == [1, 2]
+        await waiting.until(lambda: seen == [1, 2], what="the committed lines")
     finally:
         stall.set()
         bus.close("j")

@@ -4,7 +4,6 @@ no live job or reading claims is swept up by label; nothing live is touched."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.readers import READER_LABEL
 from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL, Runner
 
+from .. import waiting
 from ..conftest import PKGBUILDS, Recorder
 from ..integration.service import tar_dir
 
@@ -67,10 +67,7 @@ async def step(backend: FakeBackend, **labels: str) -> str:
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
     """Poll ``condition`` (state of the fake, no event to wait on), for at most ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.01)
+    await waiting.until(condition, timeout_s=timeout_s)
 
 
 async def test_an_adopted_removal_is_retried_in_the_background_until_it_succeeds() -> None:

@@ -34,6 +34,8 @@ from orchestrator.registry import Registry
 from orchestrator.status import JobStatus
 from orchestrator.store import JobRecord, Store
 
+from .. import waiting
+
 
 @dataclass
 class NapKind:
@@ -91,12 +93,9 @@ async def nap(registry: Registry, **body: object) -> str:
 
 
 async def until_status(registry: Registry, job_id: str, status: JobStatus) -> JobRecord:
-    for _ in range(1000):
-        record = await registry.get(job_id)
-        if record.status is status:
-            return record
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"job {job_id} is still {record.status}")
+    return await waiting.until(
+        lambda: registry.get(job_id), lambda r: r.status is status, what=f"job {job_id}"
+    )
 
 
 async def test_kinds_are_looked_up_by_name(settings: Settings) -> None:

@@ -23,6 +23,8 @@ from orchestrator.registry import Registry
 from orchestrator.srcinfo import parse
 from orchestrator.store import JobRecord, Store
 
+from .. import waiting
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
@@ -63,12 +65,9 @@ async def open_registry(settings: Settings, backend: FakeBackend) -> AsyncIterat
 async def until(
     registry: Registry, job_id: str, done: Callable[[JobRecord], bool], timeout_s: float = 10
 ) -> JobRecord:
-    for _ in range(int(timeout_s / 0.01)):
-        record = await registry.get(job_id)
-        if done(record):
-            return record
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"job {job_id} is still {record.status}")
+    return await waiting.until(
+        lambda: registry.get(job_id), done, timeout_s=timeout_s, what=f"job {job_id}"
+    )
 
 
 async def submit(registry: Registry, settings: Settings, build_dir: Callable[..., Path]) -> str:

@@ -16,6 +16,7 @@ from orchestrator.api.keys import REGISTRY, STORE
 from orchestrator.backend.fake import FakeBackend, Script
 from orchestrator.bus import Bus
 
+from .. import waiting
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir
 
@@ -38,11 +39,10 @@ def bus_shutdowns(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 async def wait_status(client: TestClient, job_id: str, status: str) -> None:
-    for _ in range(500):
-        if (await (await client.get(f"/v1/jobs/{job_id}")).json())["status"] == status:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} never became {status}")
+    async def job() -> dict[str, object]:
+        return dict(await (await client.get(f"/v1/jobs/{job_id}")).json())
+
+    await waiting.until(job, lambda j: j["status"] == status, what=f"job {job_id}")
 
 
 async def wait_output(app: web.Application, job_id: str) -> None:
