@@ -43,10 +43,11 @@ from ..errors import (
     StepLost,
 )
 from ..settings import Settings
-from . import ExitStatus, FoundStep, PathUsage, Ran, Step, Stream
+from . import ExitStatus, PathUsage, Ran, Step
 from . import _swarmspec as spec
-from ._handoff import Handoff, wrapper_env
+from ._handoff import Handoff, step_secret, wrapper_env
 from ._servicelogs import ServiceOutput
+from ._swarmadopt import SwarmAdoption
 from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
 from .docker import _client, _unreachable, daemon_call
 
@@ -67,7 +68,7 @@ class _Planned:
     config_id: str | None = None
 
 
-class SwarmBackend:
+class SwarmBackend(SwarmAdoption):
     name = "swarm"
     sandbox = "Service"
 
@@ -120,6 +121,7 @@ class SwarmBackend:
                 int(port),
                 self._settings.swarm_callback_url,
                 self._settings.max_artifact_bytes,
+                await asyncio.to_thread(step_secret, self._settings.data_dir),
             )
         await self._handoff.start()
         return self._handoff
@@ -278,15 +280,9 @@ class SwarmBackend:
                 )
             except ContainerGone:  # the service was removed: killed, or by someone else
                 return {"Status": {"State": "remove", "Err": "the service was removed"}}
-            tasks.sort(key=lambda t: str(t.get("CreatedAt") or ""))
-            # The task to follow: the first, or the one Swarm made to run it again after it
-            # failed by itself. A task Swarm moves elsewhere (its node drained) is not followed:
-            # the build's output so far would be told twice.
-            index = 0
-            while index + 1 < len(tasks) and index < attempts and spec.failed(tasks[index]):
-                index += 1
-            if tasks:
-                task: dict[str, Any] = tasks[index]
+            task = spec.followed(tasks, attempts)
+            if task is not None:
+                index = sorted(tasks, key=lambda t: str(t.get("CreatedAt") or "")).index(task)
                 state = spec.task_state(task)
                 if state == "running" or state in _ENDED:
                     self._running[handle].set()
@@ -393,19 +389,6 @@ class SwarmBackend:
             with contextlib.suppress(ContainerGone):
                 await self._run(self._api.remove_config, config["ID"])
         return names
-
-    # Not yet: a service's inputs and packages travel over the process's own listener
-    # (``_handoff.py``), which a later process would have to take over. Until then a stopping
-    # service ends its builds here whatever ``on_stop`` says.
-    supports_adopt = False
-
-    async def find(self, labels: Mapping[str, str]) -> list[FoundStep]:
-        return []
-
-    async def reattach(
-        self, handle: str, skip: Mapping[Stream, int], *, follow: bool
-    ) -> ServiceOutput:
-        raise BackendError("the swarm engine cannot pick a build up again")
 
     async def list_steps(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
         filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
