@@ -84,6 +84,7 @@ class SwarmBackend(SwarmAdoption):
             max_workers=3 * settings.max_concurrent_builds + 8, thread_name_prefix="swarm"
         )
         self._handoff: Handoff | None = None
+        self._handoff_made = asyncio.Lock()
         self._planned: dict[str, _Planned] = {}
         self._ends: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._running: dict[str, threading.Event] = {}  # set once the task has run
@@ -109,22 +110,27 @@ class SwarmBackend(SwarmAdoption):
             raise
 
     async def _ensure_handoff(self) -> Handoff:
-        if self._handoff is None:
-            listen = self._settings.swarm_listen
-            if listen:
-                host, _, port = listen.rpartition(":")
-                host = host.strip("[]")
-            else:
-                host, port = await self._run(self._bridge_gateway), "0"
-            self._handoff = Handoff(
-                host,
-                int(port),
-                self._settings.swarm_callback_url,
-                self._settings.max_artifact_bytes,
-                await asyncio.to_thread(step_secret, self._settings.data_dir),
-            )
+        async with self._handoff_made:  # one listener: the first callers come at once
+            if self._handoff is None:
+                self._handoff = await self._new_handoff()
         await self._handoff.start()
         return self._handoff
+
+    async def _new_handoff(self) -> Handoff:
+        listen = self._settings.swarm_listen
+        if listen:
+            host, _, port = listen.rpartition(":")
+            host = host.strip("[]")
+        else:
+            host, port = await self._run(self._bridge_gateway), "0"
+        secret = await asyncio.to_thread(step_secret, self._settings.data_dir)
+        return Handoff(
+            host,
+            int(port),
+            self._settings.swarm_callback_url,
+            self._settings.max_artifact_bytes,
+            secret,
+        )
 
     def _bridge_gateway(self) -> str:
         # Tasks without a network of their own get the node's default bridge; its gateway is
