@@ -94,6 +94,7 @@ class Handoff:
         # Steps this process dropped (destroyed), the latest first out: a late request of
         # theirs is a 404, not a "try again" (see ``_authorized``).
         self._dropped: dict[str, None] = {}
+        self._closing = False
         self._runner: web.AppRunner | None = None
         self._starting = asyncio.Lock()
         self.url = ""
@@ -162,6 +163,9 @@ class Handoff:
                 f.close()
 
     async def close(self) -> None:
+        # A task that sends its packages while this process stops is told to try again (the
+        # next process takes it over), never given a 404 or a 201 for what is about to go.
+        self._closing = True
         for handle in list(self._steps):
             self.drop(handle)
         if self._runner is not None:
@@ -177,6 +181,8 @@ class Handoff:
             if step is None:
                 raise web.HTTPNotFound(text="no such step\n")
             raise web.HTTPForbidden(text="wrong token\n")
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="the service is stopping\n")
         if step is None and handle in self._dropped:
             raise web.HTTPNotFound(text="no such step\n")
         if step is None:
@@ -241,7 +247,9 @@ class Handoff:
 # Inputs come first, from the URL or from a config file; the outputs go back after the command,
 # whatever its exit code (the cache report matters most when a build failed). The token leaves
 # the environment before the command runs; a build that digs it out of /proc can only spoil its
-# own results.
+# own results. Sending back retries a refused connection too (a service restarting: the next
+# one takes the exchange over), but only briefly: the tar is streamed, so a send that began
+# cannot be made again.
 _WRAPPER = r"""set -u -o pipefail
 url=$ORCHESTRATOR_STEP_URL
 auth="Authorization: Bearer $ORCHESTRATOR_STEP_TOKEN"
