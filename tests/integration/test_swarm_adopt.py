@@ -6,6 +6,7 @@ back: the build fails saying so, with every line still told once."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from collections.abc import Callable
@@ -69,6 +70,24 @@ async def test_a_swarm_build_survives_a_kill_9_of_the_service(
     _, url = await on_swarm.start(session)
     await finish_adopted(session, url, reader, docker_client)
     assert reader.said("lines read back")
+
+
+async def test_sigterm_leaves_the_swarm_build_running_for_the_next_service(
+    on_swarm: Services,
+    session: aiohttp.ClientSession,  # noqa: F811
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    proc, url = await on_swarm.start(session)
+    reader = Client(await submit(session, url, build_dir("gapped")))
+    await reader.read(session, url, until=line_at_least(10))
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+    assert container_of(docker_client, reader.job_id).status == "running"
+    await printed_past(docker_client, reader.job_id, 60)
+
+    _, url = await on_swarm.start(session)
+    await finish_adopted(session, url, reader, docker_client)
 
 
 async def test_a_swarm_build_that_ended_unheard_fails_saying_its_packages_were_lost(
