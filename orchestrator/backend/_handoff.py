@@ -3,9 +3,14 @@ call into its container: a small HTTP listener of this service, one exchange per
 
 A task may land on any node, and a manager offers no copy into or out of a task's container. So
 the task's wrapper (``wrapper_command``) fetches its inputs from here at its start and PUTs a tar
-of each output path here before it exits. Each step has its own random token, never the API
-token; the listener is separate from the API so the API can stay on loopback while this one
-listens where tasks reach it (the docker0 gateway by default: tasks on this node only).
+of each output path here before it exits. Each step has its own token, never the API token; the
+listener is separate from the API so the API can stay on loopback while this one listens where
+tasks reach it (the docker0 gateway by default: tasks on this node only).
+
+A task outlives the process that started it (adoption), so its token must be one the next
+process can know again without having been told: HMAC-SHA256 of the step's handle under a secret
+kept in the data directory (``step_secret``). The next process ``reopen``s the exchange of a step
+it adopts: its inputs were fetched already, its outputs are still to come.
 
 Treated as hostile input, like an upload: the token is compared in constant time, inputs are
 served once, each output is accepted once and cut at the artifact cap, unknown steps are 404.
@@ -14,19 +19,56 @@ served once, each output is accepted once and cut at the artifact cap, unknown s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import hmac
+import os
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from aiohttp import web
 
 from ..archive import spooled
-from ..errors import ArchiveTooLarge, ContainerGone
+from ..errors import ArchiveTooLarge, BackendError, ContainerGone
 
 _READ_BYTES = 1 << 20
 _TAR_SLACK_BYTES = 1 << 20  # tar's own headers and padding beyond the files' bytes
 _BODY_TIMEOUT_S = 600.0
+_DROPPED_KEPT = 10_000
+SECRET_FILE = "swarm-handoff.key"
+_SECRET_BYTES = 32
+
+
+def step_secret(data_dir: Path) -> bytes:
+    """The secret every step's token derives from: made once (mode 0600) in ``data_dir`` and
+    read again by every later process on it, so that one can take over a step's exchange.
+    Never logged; whoever reads it can act as any of this instance's tasks towards the listener."""
+    path = data_dir / SECRET_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # Written aside, then linked into place: never seen half written, and of two processes
+        # making it at once, one wins and both use its secret.
+        spare = data_dir / f".{SECRET_FILE}.{secrets.token_hex(8)}"
+        fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_bytes(_SECRET_BYTES))
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(spare, path)
+        finally:
+            spare.unlink()
+    secret = path.read_bytes()
+    if len(secret) < _SECRET_BYTES:
+        raise BackendError(f"{path} is too short to be this instance's secret: remove it")
+    return secret
+
+
+def step_token(secret: bytes, handle: str) -> str:
+    return hmac.new(secret, handle.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -37,14 +79,22 @@ class _Exchange:
     fetched: bool = False
     received: dict[int, IO[bytes]] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)  # an output we turned away, and why
+    missed: str | None = None  # why outputs that did not come never will
 
 
 class Handoff:
-    def __init__(self, host: str, port: int, callback_url: str | None, max_bytes: int) -> None:
+    def __init__(
+        self, host: str, port: int, callback_url: str | None, max_bytes: int, secret: bytes
+    ) -> None:
         self._host, self._port = host, port
+        self._secret = secret
         self._callback_url = callback_url
         self._max_bytes = max_bytes
         self._steps: dict[str, _Exchange] = {}
+        # Steps this process dropped (destroyed), the latest first out: a late request of
+        # theirs is a 404, not a "try again" (see ``_authorized``).
+        self._dropped: dict[str, None] = {}
+        self._closing = False
         self._runner: web.AppRunner | None = None
         self._starting = asyncio.Lock()
         self.url = ""
@@ -67,9 +117,18 @@ class Handoff:
 
     def open(self, handle: str, inputs: IO[bytes] | None, outputs: tuple[str, ...]) -> str:
         """Expect ``handle``'s task: serve ``inputs`` (ours now) once, take ``outputs`` back."""
-        token = secrets.token_urlsafe(32)
+        token = step_token(self._secret, handle)
         self._steps[handle] = _Exchange(token, inputs, outputs)
         return token
+
+    def reopen(self, handle: str, outputs: tuple[str, ...], missed: str | None = None) -> None:
+        """Take over the exchange of a step an earlier process started (its inputs were fetched
+        then): expect its ``outputs``. ``missed``: the task has ended already, so outputs that
+        have not come never will (the reason ``output`` gives). Kept if already open here."""
+        if handle not in self._steps:
+            self._steps[handle] = _Exchange(
+                step_token(self._secret, handle), None, outputs, fetched=True, missed=missed
+            )
 
     def output(self, handle: str, path: str, max_bytes: int | None) -> IO[bytes]:
         """The tar the task sent for ``path``; ``ContainerGone`` if none came."""
@@ -82,7 +141,7 @@ class Handoff:
             raise ArchiveTooLarge(step.refused[index], limit_bytes=self._max_bytes)
         tar = step.received.get(index)
         if tar is None:
-            raise ContainerGone(f"the task of step {handle} sent no {wanted} back")
+            raise ContainerGone(step.missed or f"the task of step {handle} sent no {wanted} back")
         cap = self._max_bytes if max_bytes is None else max_bytes
         size = tar.seek(0, 2)
         if size > cap + _TAR_SLACK_BYTES:
@@ -96,11 +155,17 @@ class Handoff:
         step = self._steps.pop(handle, None)
         if step is None:
             return
+        self._dropped[handle] = None
+        if len(self._dropped) > _DROPPED_KEPT:
+            del self._dropped[next(iter(self._dropped))]
         for f in (step.inputs, *step.received.values()):
             if f is not None:
                 f.close()
 
     async def close(self) -> None:
+        # A task that sends its packages while this process stops is told to try again (the
+        # next process takes it over), never given a 404 or a 201 for what is about to go.
+        self._closing = True
         for handle in list(self._steps):
             self.drop(handle)
         if self._runner is not None:
@@ -110,11 +175,20 @@ class Handoff:
     def _authorized(self, request: web.Request) -> tuple[str, _Exchange]:
         handle = request.match_info["handle"]
         step = self._steps.get(handle)
-        if step is None:
-            raise web.HTTPNotFound(text="no such step\n")
         given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {step.token}".encode()):
+        token = step.token if step is not None else step_token(self._secret, handle)
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            if step is None:
+                raise web.HTTPNotFound(text="no such step\n")
             raise web.HTTPForbidden(text="wrong token\n")
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="the service is stopping\n")
+        if step is None and handle in self._dropped:
+            raise web.HTTPNotFound(text="no such step\n")
+        if step is None:
+            # A step of ours an earlier process started, not taken over yet (the process has
+            # just started): the wrapper's curl tries again on a 503.
+            raise web.HTTPServiceUnavailable(text="not taken over yet\n")
         return handle, step
 
     async def _get_inputs(self, request: web.Request) -> web.StreamResponse:
@@ -173,7 +247,9 @@ class Handoff:
 # Inputs come first, from the URL or from a config file; the outputs go back after the command,
 # whatever its exit code (the cache report matters most when a build failed). The token leaves
 # the environment before the command runs; a build that digs it out of /proc can only spoil its
-# own results.
+# own results. Sending back retries a refused connection too (a service restarting: the next
+# one takes the exchange over), but only briefly: the tar is streamed, so a send that began
+# cannot be made again.
 _WRAPPER = r"""set -u -o pipefail
 url=$ORCHESTRATOR_STEP_URL
 auth="Authorization: Bearer $ORCHESTRATOR_STEP_TOKEN"
@@ -195,7 +271,7 @@ code=$?
 i=0
 for out in ${ORCHESTRATOR_STEP_OUTPUTS:-}; do
   if [ -d "$out" ]; then tar -c -f - -C "$out" .; else tar -c -f - -T /dev/null; fi \
-    | curl -fsS --retry 3 -T - -H "$auth" -H "Content-Type: application/x-tar" \
+    | curl -fsS --retry 3 --retry-connrefused -T - -H "$auth" -H "Content-Type: application/x-tar" \
         "$url/outputs/$i" >/dev/null \
     || echo "orchestrator: could not send $out back" >&2
   i=$((i + 1))

@@ -74,8 +74,12 @@ class ServiceOutput:
         pool: ThreadPoolExecutor,
         ended: Awaitable[object],
         running: threading.Event,
+        take: Callable[[list[OutputChunk]], list[OutputChunk]] | None = None,
     ) -> None:
         self._open_read = open_read  # follow → a streaming requests.Response
+        # What of each run of new lines is handed on: all, or (an adopted step's) what an
+        # earlier reader did not have yet. Called in order, on the loop.
+        self._take = take
         self._pool = pool
         # A follow read opened before the service has a running task follows nothing and
         # never ends: the live read waits for this.
@@ -184,6 +188,8 @@ class ServiceOutput:
         return runs
 
     def _push(self, chunks: list[OutputChunk]) -> None:
+        if chunks and self._take is not None:
+            chunks = self._take(chunks)
         if chunks:
             self._chunks.extend(chunks)
             self._wakeup.set()

@@ -116,6 +116,17 @@ def gpu_request(gpu_nodes: list[dict[str, Any]]) -> dict[str, int | str] | None:
     return {kinds[0]: 1} if kinds else None
 
 
+def followed(tasks: list[dict[str, Any]], attempts: int) -> dict[str, Any] | None:
+    """The task to follow: the first, or the one Swarm made to run it again after it failed by
+    itself. A task Swarm moves elsewhere (its node drained) is not followed: the build's output
+    so far would be told twice."""
+    ordered = sorted(tasks, key=lambda t: str(t.get("CreatedAt") or ""))
+    index = 0
+    while index + 1 < len(ordered) and index < attempts and failed(ordered[index]):
+        index += 1
+    return ordered[index] if ordered else None
+
+
 def task_state(task: Mapping[str, Any]) -> str:
     return str((task.get("Status") or {}).get("State") or "")
 

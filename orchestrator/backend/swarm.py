@@ -43,10 +43,11 @@ from ..errors import (
     StepLost,
 )
 from ..settings import Settings
-from . import ExitStatus, FoundStep, PathUsage, Ran, Step, Stream
+from . import ExitStatus, PathUsage, Ran, Step
 from . import _swarmspec as spec
-from ._handoff import Handoff, wrapper_env
+from ._handoff import Handoff, step_secret, wrapper_env
 from ._servicelogs import ServiceOutput
+from ._swarmadopt import SwarmAdoption
 from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
 from .docker import _client, _unreachable, daemon_call
 
@@ -67,7 +68,7 @@ class _Planned:
     config_id: str | None = None
 
 
-class SwarmBackend:
+class SwarmBackend(SwarmAdoption):
     name = "swarm"
     sandbox = "Service"
 
@@ -83,6 +84,7 @@ class SwarmBackend:
             max_workers=3 * settings.max_concurrent_builds + 8, thread_name_prefix="swarm"
         )
         self._handoff: Handoff | None = None
+        self._handoff_made = asyncio.Lock()
         self._planned: dict[str, _Planned] = {}
         self._ends: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._running: dict[str, threading.Event] = {}  # set once the task has run
@@ -108,21 +110,27 @@ class SwarmBackend:
             raise
 
     async def _ensure_handoff(self) -> Handoff:
-        if self._handoff is None:
-            listen = self._settings.swarm_listen
-            if listen:
-                host, _, port = listen.rpartition(":")
-                host = host.strip("[]")
-            else:
-                host, port = await self._run(self._bridge_gateway), "0"
-            self._handoff = Handoff(
-                host,
-                int(port),
-                self._settings.swarm_callback_url,
-                self._settings.max_artifact_bytes,
-            )
+        async with self._handoff_made:  # one listener: the first callers come at once
+            if self._handoff is None:
+                self._handoff = await self._new_handoff()
         await self._handoff.start()
         return self._handoff
+
+    async def _new_handoff(self) -> Handoff:
+        listen = self._settings.swarm_listen
+        if listen:
+            host, _, port = listen.rpartition(":")
+            host = host.strip("[]")
+        else:
+            host, port = await self._run(self._bridge_gateway), "0"
+        secret = await asyncio.to_thread(step_secret, self._settings.data_dir)
+        return Handoff(
+            host,
+            int(port),
+            self._settings.swarm_callback_url,
+            self._settings.max_artifact_bytes,
+            secret,
+        )
 
     def _bridge_gateway(self) -> str:
         # Tasks without a network of their own get the node's default bridge; its gateway is
@@ -278,15 +286,9 @@ class SwarmBackend:
                 )
             except ContainerGone:  # the service was removed: killed, or by someone else
                 return {"Status": {"State": "remove", "Err": "the service was removed"}}
-            tasks.sort(key=lambda t: str(t.get("CreatedAt") or ""))
-            # The task to follow: the first, or the one Swarm made to run it again after it
-            # failed by itself. A task Swarm moves elsewhere (its node drained) is not followed:
-            # the build's output so far would be told twice.
-            index = 0
-            while index + 1 < len(tasks) and index < attempts and spec.failed(tasks[index]):
-                index += 1
-            if tasks:
-                task: dict[str, Any] = tasks[index]
+            task = spec.followed(tasks, attempts)
+            if task is not None:
+                index = sorted(tasks, key=lambda t: str(t.get("CreatedAt") or "")).index(task)
                 state = spec.task_state(task)
                 if state == "running" or state in _ENDED:
                     self._running[handle].set()
@@ -393,19 +395,6 @@ class SwarmBackend:
             with contextlib.suppress(ContainerGone):
                 await self._run(self._api.remove_config, config["ID"])
         return names
-
-    # Not yet: a service's inputs and packages travel over the process's own listener
-    # (``_handoff.py``), which a later process would have to take over. Until then a stopping
-    # service ends its builds here whatever ``on_stop`` says.
-    supports_adopt = False
-
-    async def find(self, labels: Mapping[str, str]) -> list[FoundStep]:
-        return []
-
-    async def reattach(
-        self, handle: str, skip: Mapping[Stream, int], *, follow: bool
-    ) -> ServiceOutput:
-        raise BackendError("the swarm engine cannot pick a build up again")
 
     async def list_steps(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
         filters = {"label": [f"{key}={value}" for key, value in labels.items()]}

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from orchestrator.backend import _handoff, _servicelogs, _swarmspec, swarm
+from orchestrator.backend import _handoff, _servicelogs, _swarmadopt, _swarmspec, swarm
 from orchestrator.backend._attach import frames
 from orchestrator.backend._handoff import Handoff
 from orchestrator.backend._servicelogs import Deduplicator, timestamp_key
@@ -57,7 +57,7 @@ def _engine_calls(source: str) -> set[str]:
     return calls
 
 
-@pytest.mark.parametrize("module", [swarm, _swarmspec, _servicelogs, _handoff])
+@pytest.mark.parametrize("module", [swarm, _swarmspec, _servicelogs, _handoff, _swarmadopt])
 def test_the_swarm_engine_only_asks_a_manager(module: object) -> None:
     source = Path(str(getattr(module, "__file__", ""))).read_text()
     calls = _engine_calls(source)
@@ -112,7 +112,7 @@ def test_frames_split_the_logs_framing_at_any_block_boundary() -> None:
 
 @pytest.fixture
 async def handoff() -> AsyncIterator[Handoff]:
-    exchange = Handoff("127.0.0.1", 0, None, max_bytes=1000)
+    exchange = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32)
     await exchange.start()
     yield exchange
     await exchange.close()

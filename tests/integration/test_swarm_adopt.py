@@ -1,0 +1,114 @@
+"""A running build outlives the service on a one-node swarm (`orchestrator serve` as a real
+process, real makepkg): its service is found again, its output read back from the service logs,
+and its packages taken at the same listener (a fixed ``swarm_listen``) with a token the next
+process derives again. A task that ended while no service listened could not send its packages
+back: the build fails saying so, with every line still told once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import docker
+import pytest
+
+from orchestrator import Settings
+
+from .conftest import job_containers
+from .test_adopt import (
+    Client,
+    Services,
+    container_of,
+    finish_adopted,
+    line_at_least,
+    printed_past,
+    release,
+    services,  # noqa: F401 (a fixture)
+    session,  # noqa: F401 (a fixture)
+    submit,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.swarm]
+
+GATEWAY = "172.17.0.1"  # the docker0 bridge: where this node's tasks reach the host
+
+
+@pytest.fixture
+def backend_name() -> str:
+    return "swarm"
+
+
+@pytest.fixture
+def on_swarm(services: Services, settings: Settings) -> Services:  # noqa: F811
+    """Both processes listen for the tasks at the same fixed address, as adoption needs."""
+    with socket.socket() as sock:
+        sock.bind((GATEWAY, 0))
+        port = int(sock.getsockname()[1])
+    services.extra_env.update(
+        ORCHESTRATOR_BACKEND="swarm", ORCHESTRATOR_SWARM_LISTEN=f"{GATEWAY}:{port}"
+    )
+    return services
+
+
+async def test_a_swarm_build_survives_a_kill_9_of_the_service(
+    on_swarm: Services,
+    session: aiohttp.ClientSession,  # noqa: F811
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    proc, url = await on_swarm.start(session)
+    reader = Client(await submit(session, url, build_dir("gapped")))
+    await reader.read(session, url, until=line_at_least(10))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    await printed_past(docker_client, reader.job_id, 60)  # well past what the client saw
+
+    _, url = await on_swarm.start(session)
+    await finish_adopted(session, url, reader, docker_client)
+    assert reader.said("lines read back")
+
+
+async def test_sigterm_leaves_the_swarm_build_running_for_the_next_service(
+    on_swarm: Services,
+    session: aiohttp.ClientSession,  # noqa: F811
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    proc, url = await on_swarm.start(session)
+    reader = Client(await submit(session, url, build_dir("gapped")))
+    await reader.read(session, url, until=line_at_least(10))
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 10) == 0
+    assert container_of(docker_client, reader.job_id).status == "running"
+    await printed_past(docker_client, reader.job_id, 60)
+
+    _, url = await on_swarm.start(session)
+    await finish_adopted(session, url, reader, docker_client)
+
+
+async def test_a_swarm_build_that_ended_unheard_fails_saying_its_packages_were_lost(
+    on_swarm: Services,
+    session: aiohttp.ClientSession,  # noqa: F811
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    proc, url = await on_swarm.start(session)
+    reader = Client(await submit(session, url, build_dir("gapped")))
+    await reader.read(session, url, until=line_at_least(10))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    release(docker_client, reader.job_id)
+    # The task ends once its curl has given up sending the packages (nobody listens).
+    assert container_of(docker_client, reader.job_id).wait(timeout=90)["StatusCode"] == 0
+
+    _, url = await on_swarm.start(session)
+    await reader.read(session, url)
+    assert reader.end is not None and reader.end["status"] == "failed", reader.end
+    assert "could not be sent back while no service ran" in reader.end["reason"]
+    reader.check_every_line_once()
+    assert reader.said("it had ended meanwhile")
+    assert job_containers(docker_client, reader.job_id) == []
