@@ -268,12 +268,24 @@ esac
 unset ORCHESTRATOR_STEP_INPUTS
 "$@"
 code=$?
+pack() {
+  if [ -d "$out" ]; then tar -c -f "$1" -C "$out" .; else tar -c -f "$1" -T /dev/null; fi
+}
+send() {
+  curl -fsS --retry-connrefused -T "$1" -H "$auth" -H "Content-Type: application/x-tar" \
+    "${@:2}" "$url/outputs/$i" >/dev/null
+}
 i=0
 for out in ${ORCHESTRATOR_STEP_OUTPUTS:-}; do
-  if [ -d "$out" ]; then tar -c -f - -C "$out" .; else tar -c -f - -T /dev/null; fi \
-    | curl -fsS --retry 3 --retry-connrefused -T - -H "$auth" -H "Content-Type: application/x-tar" \
-        "$url/outputs/$i" >/dev/null \
-    || echo "orchestrator: could not send $out back" >&2
+  # Spooled to a file, so that curl can send it again: while the service restarts (an upgrade,
+  # a crash) nobody listens, and the next one takes the step over within the hour.
+  tarball=$(mktemp 2>/dev/null) || tarball=
+  if [ -n "$tarball" ] && pack "$tarball"; then
+    send "$tarball" --retry 1800 --retry-delay 2 --retry-max-time 3600
+  else
+    pack - | send - --retry 3
+  fi || echo "orchestrator: could not send $out back" >&2
+  [ -z "$tarball" ] || rm -f "$tarball"
   i=$((i + 1))
 done
 exit $code
