@@ -1,0 +1,109 @@
+"""The service killed at chosen moments of a build's life (`orchestrator serve` as a real
+process, real makepkg): whatever moment, the next start must end the job as the build ended,
+with its package, every line once, and nothing left behind.
+
+Each test aims at one moment a random kill can hit; it waits on conditions (the daemon's, the
+stream's), never on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import docker
+import pytest
+
+from .conftest import job_containers
+from .daemon_proxy import DaemonProxy
+from .test_adopt import (  # noqa: F401 (fixtures)
+    Client,
+    Services,
+    container_of,
+    line_at_least,
+    release,
+    services,
+    session,
+    submit,
+)
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def proxy() -> Iterator[DaemonProxy]:
+    # A short path of its own: a unix socket's path may not be longer than 107 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="daemon-"))
+    try:
+        with DaemonProxy(folder / "docker.sock") as proxy:
+            yield proxy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_kill_9_once_the_finished_build_s_container_is_removed_ends_it_succeeded(
+    services: Services,  # noqa: F811
+    session: aiohttp.ClientSession,  # noqa: F811
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+    proxy: DaemonProxy,
+) -> None:
+    """The build succeeded and its package is stored; the service dies after the daemon has
+    removed the container but before it has written the job's end (here: before it heard the
+    daemon's answer). The next start must not call a succeeded build interrupted."""
+    services.extra_env["ORCHESTRATOR_DOCKER_URL"] = proxy.url
+    proc, url = await services.start(session)
+    reader = Client(await submit(session, url, build_dir("gapped")))
+    await reader.read(session, url, until=line_at_least(3))
+    proxy.spoil_removals(1, "swallow", of=container_of(docker_client, reader.job_id).id[:12])
+    release(docker_client, reader.job_id)
+    assert await asyncio.to_thread(proxy.swallowed.wait, 120), "the container was never removed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert job_containers(docker_client, reader.job_id) == []
+
+    del services.extra_env["ORCHESTRATOR_DOCKER_URL"]
+    _, url = await services.start(session)
+    await reader.read(session, url)
+    assert reader.said("📦 Stored gapped-1.0-1-any.pkg.tar")
+    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
+    reader.check_every_line_once()
+    async with session.get(f"{url}/v1/jobs/{reader.job_id}/artifacts") as response:
+        names = [a["name"] for a in (await response.json())["artifacts"]]
+    assert names and names[0].startswith("gapped-1.0-1-any.pkg.tar")
+
+
+async def test_a_kill_9_before_the_build_s_container_exists_queues_the_job_again(
+    services: Services,  # noqa: F811
+    session: aiohttp.ClientSession,  # noqa: F811
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+    proxy: DaemonProxy,
+) -> None:
+    """Just after the submit's 201 a worker takes the job (the store says ``running``) and sets
+    its build up; the service dies before the container exists (here: its creation is held).
+    Nothing had started: the next start must run it from its sources, as it does for a
+    container that was created but not started, not end it ``interrupted`` because "its
+    container is gone"."""
+    services.extra_env["ORCHESTRATOR_DOCKER_URL"] = proxy.url
+    proc, url = await services.start(session)
+    proxy.hold_creates(1)
+    reader = Client(await submit(session, url, build_dir("gapped")))
+    assert await asyncio.to_thread(proxy.create_held.wait, 60), "no container was created"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert job_containers(docker_client, reader.job_id) == []
+
+    del services.extra_env["ORCHESTRATOR_DOCKER_URL"]
+    _, url = await services.start(session)
+    await reader.read(session, url, until=line_at_least(3))
+    assert reader.end is None, reader.end
+    release(docker_client, reader.job_id)
+    await reader.read(session, url)
+    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
+    reader.check_every_line_once()
