@@ -107,3 +107,30 @@ async def test_a_kill_9_before_the_build_s_container_exists_queues_the_job_again
     await reader.read(session, url)
     assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
     reader.check_every_line_once()
+
+
+async def test_a_sigterm_while_the_finished_build_s_container_is_removed_ends_it_succeeded(
+    services: Services,  # noqa: F811
+    session: aiohttp.ClientSession,  # noqa: F811
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+    proxy: DaemonProxy,
+) -> None:
+    """A SIGTERM while a slow daemon removes the container of a build that succeeded (its
+    package stored): the removal outlasts the stop's grace, the service leaves the job
+    ``running`` for the next start, which finds no container and ends it ``interrupted``."""
+    services.extra_env.update(ORCHESTRATOR_DOCKER_URL=proxy.url, ORCHESTRATOR_DOCKER_TIMEOUT_S="10")
+    proc, url = await services.start(session)
+    reader = Client(await submit(session, url, build_dir("gapped")))
+    await reader.read(session, url, until=line_at_least(3))
+    proxy.spoil_removals(1, "swallow", of=container_of(docker_client, reader.job_id).id[:12])
+    release(docker_client, reader.job_id)
+    assert await asyncio.to_thread(proxy.swallowed.wait, 120), "the container was never removed"
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 60) == 0
+
+    services.extra_env.clear()
+    _, url = await services.start(session)
+    await reader.read(session, url)
+    assert reader.said("📦 Stored gapped-1.0-1-any.pkg.tar")
+    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
