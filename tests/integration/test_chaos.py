@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,12 +27,14 @@ from .test_adopt import (  # noqa: F401 (fixtures)
     Client,
     Services,
     container_of,
+    finish_adopted,
     line_at_least,
     release,
     services,
     session,
     submit,
 )
+from .test_serve import wait_healthy
 
 pytestmark = pytest.mark.docker
 
@@ -134,3 +138,50 @@ async def test_a_sigterm_while_the_finished_build_s_container_is_removed_ends_it
     await reader.read(session, url)
     assert reader.said("📦 Stored gapped-1.0-1-any.pkg.tar")
     assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
+
+
+async def printed_while_down(client: docker.DockerClient, job_id: str, n: int) -> None:
+    """Until the build's log holds line ``n`` (its tail is enough: lines only grow)."""
+    deadline = time.monotonic() + 180
+    container = container_of(client, job_id)
+    while f"line {n}\n".encode() not in container.logs(stdout=True, stderr=False, tail=20000):
+        assert time.monotonic() < deadline, "the build stopped printing"
+        await asyncio.sleep(0.5)
+
+
+async def test_a_sigterm_during_a_long_read_back_stops_the_service(
+    services: Services,  # noqa: F811
+    session: aiohttp.ClientSession,  # noqa: F811
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    """The second service reads back ~50 000 lines a killed one missed; a SIGTERM meanwhile
+    must stop it within a few seconds as at any other time (it was lost: "Exception ignored
+    when trying to write to the signal wakeup fd: BlockingIOError", the loop's self-pipe full
+    of the read-back's wake-ups). A third service then finishes the build, every line once."""
+    proc, url = await services.start(session)
+    src = build_dir("chaos-burst", bursts=10, mib=1)
+    reader = Client(await submit(session, url, src))
+    await reader.read(session, url, until=line_at_least(2000))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    await printed_while_down(docker_client, reader.job_id, 45000)
+
+    second, url = services.spawn()
+    await wait_healthy(url, session)
+    await Client(reader.job_id, last_id=reader.last_id).read(
+        session, url, until=line_at_least(5000)
+    )
+    second.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(second.wait, 20)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0, services.output(1)[-2000:]
+
+    _, url = await services.start(session)
+    await reader.read(session, url, until=lambda event: "build adopted" in event["message"])
+    release(docker_client, reader.job_id)
+    await reader.read(session, url)
+    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
+    reader.check_every_line_once()
