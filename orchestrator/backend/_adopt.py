@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -134,6 +135,8 @@ class LogOutput:
         self._base = {stream: skip.get(stream, 0) for stream in _STREAMS}
         self._emitted = dict.fromkeys(_STREAMS, 0)
         self._chunks: list[OutputChunk] = []
+        self._pending: list[OutputChunk] = []  # handed on by the reading thread, not pushed yet
+        self._lock = threading.Lock()
         self._wakeup = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._response: Any = None
@@ -196,9 +199,19 @@ class LogOutput:
             return
         for chunk in chunks:
             self._emitted[chunk.stream] += line_count(chunk.text)
-        self._loop.call_soon_threadsafe(self._push, chunks)
+        # The loop is woken once per pile, not per read (as ``AttachOutput`` does): every
+        # cross-thread call writes a byte to the loop's self-pipe, which is also where
+        # signals arrive, and a few hundred of them while the loop is busy fill it, so that
+        # a SIGTERM then is lost.
+        with self._lock:
+            was_empty = not self._pending
+            self._pending.extend(chunks)
+        if was_empty:
+            self._loop.call_soon_threadsafe(self._push)
 
-    def _push(self, chunks: list[OutputChunk]) -> None:
+    def _push(self) -> None:
+        with self._lock:
+            chunks, self._pending = self._pending, []
         self._chunks.extend(chunks)
         self._wakeup.set()
 
