@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
+from .archive import is_package_name
 from .backend import Backend, FoundStep, Handle, OutputChunk, OutputStream, Stream
 from .caches import Lease
 from .cancel import CancelToken
@@ -21,6 +22,7 @@ from .errors import BackendError, OrchestratorError, StepGone, StepNotStarted
 from .events import Action, Event, Level, output_events
 from .jobs import Sink, Work
 from .runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
+from .status import JobStatus
 
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 _POLL_S = 1.0  # how often a step whose output is lost is asked whether it has exited
@@ -164,3 +166,25 @@ async def _lease(
 def _count(lines: int) -> str:
     text = f"{lines:,}".replace(",", " ")
     return f"{text} line" if lines == 1 else f"{text} lines"
+
+
+def stored_packages(runner: Runner, job_id: str) -> Work:
+    """The work of a job whose build ended and whose packages were stored, but whose step was
+    removed before its end was written (the service died while removing it): it ends with
+    those packages. ``OrchestratorError`` when there are none."""
+    folder = runner.artifact_dir(job_id)
+    found = folder.iterdir() if folder.is_dir() else iter(())
+    packages = tuple(sorted(p for p in found if is_package_name(p.name) and p.is_file()))
+    if not packages:
+        raise OrchestratorError(f"no package of it is in {folder}")
+
+    async def work(sink: Sink, cancel: CancelToken) -> BuildResult:
+        said = (
+            "🔁 Service restarted: the build had ended and its packages were stored; its "
+            "container was removed while no service ran"
+        )
+        await sink([Event(Action.ADOPTED, said)])
+        names = ", ".join(p.name for p in packages)
+        return BuildResult(JobStatus.SUCCEEDED, f"built {names}", 0, packages)
+
+    return work

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backend import Backend, Handle, Ran, Step
-from .errors import ContainerGone, InspectTimeout, OrchestratorError
+from .errors import ContainerGone, InspectTimeout, OrchestratorError, ShuttingDown
 from .metrics import Metrics
 from .settings import MiB, Settings
 from .skeleton import Skeleton
@@ -139,6 +139,7 @@ class ReaderPool:
         self._idle: dict[str, list[_Reader]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tidying: set[asyncio.Task[None]] = set()
+        self._starting: set[asyncio.Future[Handle]] = set()  # readers the daemon is making
         # Every reader this pool made and has not destroyed, idle or reading: the janitor's
         # sweep leaves these alone and takes any other reader (one whose removal failed).
         self.held: set[Handle] = set()
@@ -157,6 +158,8 @@ class ReaderPool:
     async def read(self, image: str, skeleton: Skeleton, keep_bytes: int) -> Ran:
         """``makepkg --printsrcinfo`` of the PKGBUILD in ``skeleton``, in a reader of
         ``image``; raises ``InspectTimeout`` past the deadline."""
+        if self._closed:
+            raise ShuttingDown("the service is stopping: no PKGBUILD is read now")
         slots = self._slots_for(image)
         await slots.acquire()
         self._metrics.readers_busy.inc()
@@ -297,9 +300,15 @@ class ReaderPool:
             read_only=True,
             tmp_bytes=16 * MiB,
         )
-        handle = await self._backend.setup(step)
+        # Awaited, not shielded: a cancel reaches the engine's setup, which removes what it made.
+        starting = asyncio.ensure_future(self._backend.setup(step))
+        self._starting.add(starting)
+        starting.add_done_callback(self._starting.discard)
+        handle = await starting
         self.held.add(handle)
         try:
+            if self._closed:  # closed while the daemon made it: ``close`` has reaped already
+                raise ShuttingDown("the service is stopping: no PKGBUILD is read now")
             stream = await self._backend.start(handle)
             await stream.aclose()  # it prints nothing: each reading's output is its exec's
         except BaseException:
@@ -322,6 +331,11 @@ class ReaderPool:
     async def close(self) -> None:
         """Destroy every reader (the service is stopping)."""
         self._closed = True
+        # A reader still being made is one more to remove: wait for the daemon to say which.
+        made = await asyncio.gather(*self._starting, return_exceptions=True)
+        for handle in made:
+            if isinstance(handle, str):
+                await self._discard(_Reader(handle), None)
         if self._tidying:
             await asyncio.gather(*self._tidying, return_exceptions=True)
         readers = [reader for idle in self._idle.values() for reader in idle]

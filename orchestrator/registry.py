@@ -49,6 +49,7 @@ from .errors import (
 from .events import Action, Event, Level
 from .jobs import (
     Adoptable,
+    Concludable,
     Job,
     JobResult,
     Kind,
@@ -235,11 +236,16 @@ class Registry:
         try:
             job = await kind.adopt(record, await self._store.output_lines(record.id))
         except StepGone as exc:
-            return str(exc)
+            return await self._gone(record, kind, exc)
         except StepNotStarted:
             return await self._queue_again(record, kind)
         except (OrchestratorError, OSError) as exc:
             return f"it could not be picked up again after a restart: {exc}"
+        self._take_up(record, kind, job)
+        return None
+
+    def _take_up(self, record: JobRecord, kind: Kind, job: Job) -> None:
+        """Run ``job`` as the running job ``record`` goes on, watched at once (it runs)."""
         started = record.started_at if record.started_at is not None else time.time()
         handle = _Handle(
             record.id, job, kind, kind.subject(record), record.timeout_s, adopted_at=started
@@ -250,7 +256,22 @@ class Registry:
         self._subjects.hold(handle.subject, record.id)
         self._bus.open(record.id)
         self._adopted.append(handle)
-        return None
+
+    async def _gone(self, record: JobRecord, kind: Kind, gone: StepGone) -> str | None:
+        """No step of the job is left: was there ever one, or was it done with? Its narration
+        says: a kill before the engine made the step, or after the packages were stored and
+        while the step was removed, is no lost build."""
+        happened = await self._store.actions(record.id)
+        if Action.CONTAINER_CREATED.value not in happened:
+            return await self._queue_again(record, kind)
+        if Action.ARTIFACT_STORED.value in happened and isinstance(kind, Concludable):
+            try:
+                job = await kind.conclude(record)
+            except (OrchestratorError, OSError) as exc:
+                return f"{gone}; its packages could not be taken up again: {exc}"
+            self._take_up(record, kind, job)
+            return None
+        return str(gone)
 
     async def _queue_again(self, record: JobRecord, kind: Kind) -> str | None:
         """A job whose build never started runs again from its sources, first in the queue."""

@@ -479,6 +479,13 @@ class Store:
         await self.flush()
         return await self._run(lambda conn: _output_lines(conn, job_id))
 
+    async def actions(self, job_id: str) -> set[str]:
+        """Every kind of event the job's narration holds (committed): what it got to."""
+        await self.flush()
+        sql = "SELECT DISTINCT action FROM events WHERE job_id = ?"
+        rows = await self._run(lambda conn: conn.execute(sql, (job_id,)).fetchall())
+        return {str(action) for (action,) in rows}
+
     async def count_by_status(self) -> dict[JobStatus, int]:
         """Job counts for every status, zero included."""
         sql = "SELECT status, COUNT(*) FROM jobs GROUP BY status"

@@ -12,7 +12,7 @@ from .endings import (
     stopped_by,
     unstarted_result,
 )
-from .kind import Adoptable, Job, Kind, Plan, Submission
+from .kind import Adoptable, Concludable, Job, Kind, Plan, Submission
 from .result import JobResult, Sink, Work
 from .run import parse_timeout, perform
 from .subjects import Subjects
@@ -22,6 +22,7 @@ __all__ = [
     "Adoptable",
     "CancelReason",
     "CancelToken",
+    "Concludable",
     "Ending",
     "Job",
     "JobResult",

@@ -101,3 +101,14 @@ class Adoptable(Protocol):
         ``StepGone`` when it is not there any more); ``stored``: the lines of each stream
         of its output the store holds already."""
         ...
+
+
+@runtime_checkable
+class Concludable(Protocol):
+    """A kind whose build can be finished from what it stored, once its step is gone: a kill
+    after its packages were stored, while its step was being removed."""
+
+    async def conclude(self, record: JobRecord) -> Job:
+        """How the job ends with the packages it stored; raises ``OrchestratorError`` when
+        they are not all there."""
+        ...

@@ -76,6 +76,10 @@ class BuildKind:
         # Its sources are in its step: what is left of them here goes when it ends.
         return Job(adopting.adopted_job(runner, adoption), self._settings.work_dir / record.id)
 
+    async def conclude(self, record: JobRecord) -> Job:
+        work = adopting.stored_packages(self._engine.runner, record.id)
+        return Job(work, self._settings.work_dir / record.id)
+
     async def resume(self, record: JobRecord) -> Job:
         source_dir = self._settings.work_dir / record.id
         if not (source_dir / "PKGBUILD").is_file():

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
-from orchestrator.errors import BackendError, InspectTimeout
+from orchestrator.errors import BackendError, InspectTimeout, ShuttingDown
 from orchestrator.metrics import Metrics
 from orchestrator.readers import READER_LABEL, ReaderPool
 from orchestrator.skeleton import Skeleton
@@ -138,3 +138,35 @@ async def test_a_reader_whose_removal_fails_is_handed_on_and_no_longer_held(
         await handed_on.wait()
     assert handed == [reader] and readers_pool.held == set()
     await backend.destroy(reader)  # what the janitor would do
+
+
+async def test_a_reading_asked_of_a_closed_pool_makes_no_reader(settings: Settings) -> None:
+    backend = FakeBackend()
+    pool = ReaderPool(backend, settings, {}, Metrics())
+    await pool.close()
+    with pytest.raises(ShuttingDown):
+        await pool.read("img", skeleton(), 4096)
+    assert readers(backend) == []
+
+
+async def test_a_reader_made_while_the_pool_closes_is_removed(settings: Settings) -> None:
+    backend = FakeBackend()
+    pool = ReaderPool(backend, settings, {}, Metrics())
+    made, go_on = asyncio.Event(), asyncio.Event()
+    setup = backend.setup
+
+    async def slow_setup(step):  # type: ignore[no-untyped-def]
+        handle = await setup(step)
+        made.set()
+        await go_on.wait()  # the daemon answers late: the pool closes meanwhile
+        return handle
+
+    backend.setup = slow_setup  # type: ignore[method-assign]
+    reading = asyncio.ensure_future(pool.read("img", skeleton(), 4096))
+    await made.wait()
+    closing = asyncio.ensure_future(pool.close())
+    go_on.set()
+    with pytest.raises(ShuttingDown):
+        await reading
+    await closing
+    assert readers(backend) == []
