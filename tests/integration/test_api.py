@@ -379,7 +379,8 @@ async def test_restart_after_a_crash_interrupts_what_lost_its_container_and_reap
             started_at=time.time(),
         )
     )
-    await store.append(job_id, [Event(Action.OUTPUT, "half-way", stream="stdout")])
+    made = Event(Action.CONTAINER_CREATED, "Container made")  # it ran: a container existed
+    await store.append(job_id, [made, Event(Action.OUTPUT, "half-way", stream="stdout")])
     await store.close()
     orphan = docker_client.containers.create(
         settings.image_cpu,
@@ -394,6 +395,6 @@ async def test_restart_after_a_crash_interrupts_what_lost_its_container_and_reap
         assert job["status"] == "interrupted"
         assert "container is gone" in job["reason"]
         sse = await read_sse(client, job_id)
-        assert sse.messages()[0] == "half-way"
+        assert sse.messages()[:2] == ["Container made", "half-way"]
         assert "interrupted" in sse.messages()[-1]
         assert sse.end is not None and sse.end["status"] == "interrupted"
