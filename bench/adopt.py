@@ -35,7 +35,7 @@ import docker
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator import sse  # noqa: E402
+from orchestrator.narration import sse  # noqa: E402
 
 PKGBUILD = REPO / "bench" / "pkgbuilds" / "ticking" / "PKGBUILD"
 LINE = re.compile(r"^line (\d+)$", re.MULTILINE)

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orchestrator import BuildRequest, CancelToken, Engine, JobStatus, Settings  # noqa: E402
-from orchestrator.catalog import load  # noqa: E402
-from orchestrator.events import Event  # noqa: E402
-from orchestrator.runner import INSTANCE_LABEL  # noqa: E402
+from orchestrator.build.runner import INSTANCE_LABEL  # noqa: E402
+from orchestrator.catalog.workers import load  # noqa: E402
+from orchestrator.narration.events import Event  # noqa: E402
 
 TEST_PKGBUILDS = REPO / "tests" / "pkgbuilds"
 

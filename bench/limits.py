@@ -196,7 +196,7 @@ times >&2
 def _reading_cpu(reps: int, image: str = "orchestrator/build:cpu") -> list[Row]:
     """CPU seconds of one ``makepkg --printsrcinfo`` of the trivial PKGBUILD, as makepkg runs
     grep and with the reading's own ``grep`` function (``orchestrator.readers``)."""
-    from orchestrator.readers import _GREP
+    from orchestrator.build.readers import _GREP
 
     runs = reps * 5
     printed = subprocess.run(

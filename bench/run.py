@@ -35,7 +35,7 @@ import docker
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator import sse  # noqa: E402
+from orchestrator.narration import sse  # noqa: E402
 
 PKGBUILDS = Path(__file__).resolve().parent / "pkgbuilds"
 IMAGE = "orchestrator/build:cpu"

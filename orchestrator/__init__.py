@@ -14,7 +14,9 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from .backend import Backend, OutputChunk, Step
-    from .cancel import CancelReason, CancelToken
+    from .build.runner import BuildRequest, BuildResult, Runner
+    from .build.srcinfo import SrcInfo
+    from .build.variants import Variant, VariantPlan
     from .engine import Engine
     from .errors import (
         ArchiveError,
@@ -29,43 +31,41 @@ if TYPE_CHECKING:
         VariantError,
         VariantRefused,
     )
-    from .events import Action, Event, Level
-    from .runner import BuildRequest, BuildResult, Runner
+    from .jobs.cancel import CancelReason, CancelToken
+    from .jobs.status import JobStatus
+    from .narration.events import Action, Event, Level
     from .settings import Settings
-    from .srcinfo import SrcInfo
-    from .status import JobStatus
-    from .variants import Variant, VariantPlan
 
 # Public name → the submodule that defines it; a unit test keeps this, ``__all__`` and the
 # imports above in step.
 _LAZY: dict[str, str] = {
-    "Action": "events",
+    "Action": "narration.events",
     "ArchiveError": "errors",
     "ArchiveTooLarge": "errors",
     "Backend": "backend",
     "BackendError": "errors",
     "BackendUnavailable": "errors",
-    "BuildRequest": "runner",
-    "BuildResult": "runner",
-    "CancelReason": "cancel",
-    "CancelToken": "cancel",
+    "BuildRequest": "build.runner",
+    "BuildResult": "build.runner",
+    "CancelReason": "jobs.cancel",
+    "CancelToken": "jobs.cancel",
     "ContainerGone": "errors",
     "Engine": "engine",
-    "Event": "events",
+    "Event": "narration.events",
     "ImageNotFound": "errors",
     "InvalidInput": "errors",
-    "JobStatus": "status",
-    "Level": "events",
+    "JobStatus": "jobs.status",
+    "Level": "narration.events",
     "OrchestratorError": "errors",
     "OutputChunk": "backend",
     "PkgbuildError": "errors",
-    "Runner": "runner",
+    "Runner": "build.runner",
     "Settings": "settings",
-    "SrcInfo": "srcinfo",
+    "SrcInfo": "build.srcinfo",
     "Step": "backend",
-    "Variant": "variants",
+    "Variant": "build.variants",
     "VariantError": "errors",
-    "VariantPlan": "variants",
+    "VariantPlan": "build.variants",
     "VariantRefused": "errors",
 }
 

@@ -9,14 +9,14 @@ from types import TracebackType
 
 from .backend import Backend
 from .backend.engines import open_backend
-from .caches import Caches
-from .cancel import CancelToken
+from .build.caches import Caches
+from .build.runner import INSTANCE_LABEL, JOB_LABEL, NOUN, BuildRequest, BuildResult, Runner
+from .build.srcinfo import SrcInfo
+from .build.variants import VariantPlan
 from .jobs import Sink, perform
+from .jobs.cancel import CancelToken
 from .metrics import Metrics
-from .runner import INSTANCE_LABEL, JOB_LABEL, NOUN, BuildRequest, BuildResult, Runner
 from .settings import Settings
-from .srcinfo import SrcInfo
-from .variants import VariantPlan
 
 
 class Engine:

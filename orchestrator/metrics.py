@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .status import JobStatus
+from .jobs.status import JobStatus
 
 
 class Metrics:

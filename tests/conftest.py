@@ -15,8 +15,8 @@ import docker
 import pytest
 
 from orchestrator import Settings
-from orchestrator.events import Action, Event
-from orchestrator.runner import INSTANCE_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL
+from orchestrator.narration.events import Action, Event
 
 from .leftovers import Leftovers
 

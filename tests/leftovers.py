@@ -16,7 +16,7 @@ from typing import Any
 
 import docker
 
-from orchestrator.runner import INSTANCE_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL
 
 # On the containers the suite runs itself (the service's image): not INSTANCE_LABEL, which the
 # service would take for one of its own and reap at its start.

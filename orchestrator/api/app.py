@@ -18,21 +18,22 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .. import catalog, kinds
+from .. import kinds
 from ..backend import Backend
-from ..bus import Bus
-from ..disk import DataDisk
+from ..build.runner import INSTANCE_LABEL
+from ..catalog import workers as catalog
+from ..catalog.installed import WorkerStore
+from ..catalog.model_store import ModelStore
 from ..engine import Engine
-from ..errors import InsecureBind as InsecureBind  # re-exported: it lived here before
-from ..installed import WorkerStore
-from ..janitor import Janitor, any_live, owned_by_jobs, owned_by_readers
-from ..lock import hold_data_dir
+from ..errors import InsecureBind
+from ..jobs.janitor import Janitor, any_live, owned_by_jobs, owned_by_readers
+from ..jobs.registry import Registry
 from ..metrics import Metrics
-from ..models import ModelStore
-from ..registry import Registry
-from ..runner import INSTANCE_LABEL
+from ..narration.bus import Bus
 from ..settings import Settings
-from ..store import Store
+from ..storage.disk import DataDisk
+from ..storage.lock import hold_data_dir
+from ..storage.store import Store
 from ..web import add_routes as add_dashboard
 from .errors import error_response, errors_middleware
 from .guard import (

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..archive import is_package_name
+from ..storage.archive import is_package_name
 from .keys import ENGINE, REGISTRY
 from .wire import Artifact, ArtifactList, artifact_url, respond
 

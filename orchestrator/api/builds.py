@@ -13,14 +13,15 @@ from typing import IO
 
 from aiohttp import web
 
-from .. import archive, srcinfo
-from ..disk import out_of_space
+from ..build import srcinfo
+from ..build.variants import plan
 from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput
 from ..jobs import Submission
+from ..jobs.registry import Registry
 from ..kinds import parse_cache
-from ..registry import Registry
 from ..settings import MiB
-from ..variants import plan
+from ..storage import archive
+from ..storage.disk import out_of_space
 from .keys import BACKEND, DISK, ENGINE, REGISTRY, SETTINGS
 from .routes import TAR_TYPES, url
 from .wire import BuildSubmitted, DryRun, job_links, respond

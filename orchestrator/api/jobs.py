@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ..errors import InvalidInput
 from ..jobs import Submission
-from ..status import JobStatus
+from ..jobs.status import JobStatus
 from .keys import REGISTRY, STORE
 from .routes import MAX_PAGE, url
 from .wire import Job, JobList, JobSubmitted, job_links, respond

@@ -5,17 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..backend import Backend
-from ..bus import Bus
-from ..catalog import Catalog
-from ..disk import DataDisk
+from ..catalog.installed import WorkerStore
+from ..catalog.model_store import ModelStore
+from ..catalog.workers import Catalog
 from ..engine import Engine
-from ..installed import WorkerStore
-from ..janitor import Janitor
+from ..jobs.janitor import Janitor
+from ..jobs.registry import Registry
 from ..metrics import Metrics
-from ..models import ModelStore
-from ..registry import Registry
+from ..narration.bus import Bus
 from ..settings import Settings
-from ..store import Store
+from ..storage.disk import DataDisk
+from ..storage.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND = web.AppKey("backend", Backend)

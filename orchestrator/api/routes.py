@@ -17,8 +17,8 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import BaseModel
 
-from ..status import JobStatus
-from ..variants import Variant
+from ..build.variants import Variant
+from ..jobs.status import JobStatus
 from .wire import (
     ArtifactList,
     BuildSubmitted,

@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ..bus import Frame
 from ..errors import InvalidInput
-from ..sse import HEARTBEAT, end_frame
+from ..narration.bus import Frame
+from ..narration.sse import HEARTBEAT, end_frame
 from .keys import BUS, REGISTRY, SETTINGS
 from .wire import StreamEnd
 

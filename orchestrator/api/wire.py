@@ -14,10 +14,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.json_schema import SkipJsonSchema
 
-from ..cancel import CancelReason
-from ..events import Action, Level
-from ..status import JobStatus
-from ..store import JobRecord
+from ..jobs.cancel import CancelReason
+from ..jobs.status import JobStatus
+from ..narration.events import Action, Level
+from ..storage.store import JobRecord
 
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 Variant = Literal["cpu", "cuda", "metal"]

@@ -30,8 +30,8 @@ from typing import IO
 
 from aiohttp import web
 
-from ..archive import spooled
 from ..errors import ArchiveTooLarge, BackendError, ContainerGone
+from ..storage.archive import spooled
 
 _READ_BYTES = 1 << 20
 _TAR_SLACK_BYTES = 1 << 20  # tar's own headers and padding beyond the files' bytes

@@ -18,8 +18,8 @@ from docker.types import (
     TaskTemplate,
 )
 
-from ..archive import spooled
 from ..settings import Settings
+from ..storage.archive import spooled
 from . import Step
 from ._handoff import wrapper_command
 

@@ -32,7 +32,6 @@ import requests
 from docker.types import DeviceRequest, LogConfig, Mount
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from ..archive import spooled
 from ..errors import (
     ArchiveTooLarge,
     BackendError,
@@ -43,6 +42,7 @@ from ..errors import (
     VolumeInUse,
 )
 from ..settings import Settings
+from ..storage.archive import spooled
 from . import ExitStatus, FoundStep, PathUsage, Ran, Step, Stream
 from ._adopt import LogOutput, found_step, open_logs
 from ._attach import AttachOutput

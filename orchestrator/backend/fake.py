@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
-from ..cachescript import REPORT_DIR
+from ..build.cachescript import REPORT_DIR
 from ..errors import BackendError, ContainerGone, ImageNotFound, VolumeInUse
 from . import ExitStatus, FoundStep, OutputChunk, PathUsage, Ran, Step, StepState, Stream
 from ._adopt import Skipper

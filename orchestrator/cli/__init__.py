@@ -17,15 +17,7 @@ from .client import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from .commands import (
-    cmd_artifacts,
-    cmd_build,
-    cmd_cancel,
-    cmd_check,
-    cmd_jobs,
-    cmd_logs,
-    run,
-)
+from .commands import cmd_artifacts, cmd_build, cmd_cancel, cmd_check, cmd_jobs, cmd_logs, run
 from .serve import cmd_serve
 
 DEFAULT_URL = "http://127.0.0.1:7835"

@@ -19,8 +19,8 @@ from typing import Any
 
 import aiohttp
 
-from .. import sse
 from ..api.routes import url
+from ..narration import sse
 
 # Exit codes, documented in `orchestrator --help` and README.
 EXIT_OK = 0

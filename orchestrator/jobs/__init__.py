@@ -1,8 +1,7 @@
 """The job vocabulary, below every kind of job and the registry that runs them: status, cancel
 token, result, sink, the one table of endings, the time limit, and what a kind declares."""
 
-from ..cancel import CancelReason, CancelToken
-from ..status import JobStatus
+from .cancel import CancelReason, CancelToken
 from .endings import (
     ENDINGS,
     Ending,
@@ -15,6 +14,7 @@ from .endings import (
 from .kind import Adoptable, Concludable, Job, Kind, Plan, Submission
 from .result import JobResult, Sink, Work
 from .run import parse_timeout, perform
+from .status import JobStatus
 from .subjects import Subjects
 
 __all__ = [

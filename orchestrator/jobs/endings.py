@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cancel import CancelReason, CancelToken
-from ..events import Action, Event, Level
-from ..status import JobStatus
+from ..narration.events import Action, Event, Level
+from .cancel import CancelReason, CancelToken
 from .result import JobResult
+from .status import JobStatus
 
 
 @dataclass(frozen=True, slots=True)

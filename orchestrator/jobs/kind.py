@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..srcinfo import SrcInfo
-from ..status import JobStatus
-from ..store import JobRecord
+from ..build.srcinfo import SrcInfo
+from ..storage.store import JobRecord
 from .result import Work
+from .status import JobStatus
 
 
 @dataclass(frozen=True, slots=True)

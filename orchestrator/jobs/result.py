@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cancel import CancelToken
-from ..events import Event
-from ..status import JobStatus
+from ..narration.events import Event
+from .cancel import CancelToken
+from .status import JobStatus
 
 Sink = Callable[[Sequence[Event]], Awaitable[None]]
 """Where a job's narration goes (the store, then the bus; a recorder in tests)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 
-from ..cancel import CancelReason, CancelToken
 from ..errors import InvalidInput
+from .cancel import CancelReason, CancelToken
 from .endings import ending_event
 from .result import JobResult, Sink, Work
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..catalog import Catalog
+from ..catalog.installed import WorkerStore
+from ..catalog.model_store import ModelStore
+from ..catalog.workers import Catalog
 from ..engine import Engine
-from ..installed import WorkerStore
 from ..jobs import Kind
-from ..models import ModelStore
 from ..settings import Settings
-from ..uploads import UploadBudget
+from ..storage.uploads import UploadBudget
 from ._body import parse_cache
 from .build import BuildKind
 from .model_download import ModelDownloadKind

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from .. import adopting, srcinfo
-from ..cancel import CancelToken
+from ..build import srcinfo
+from ..build.runner import NOUN, BuildRequest
+from ..build.srcinfo import SrcInfo
 from ..engine import Engine
 from ..errors import InvalidInput
-from ..jobs import Job, JobResult, Plan, Sink, Submission
-from ..runner import NOUN, BuildRequest
+from ..jobs import Job, JobResult, Plan, Sink, Submission, adopting
+from ..jobs.cancel import CancelToken
 from ..settings import Settings
-from ..srcinfo import SrcInfo
-from ..store import JobRecord
-from ..uploads import UploadBudget
+from ..storage.store import JobRecord
+from ..storage.uploads import UploadBudget
 from ._body import cache_of, cache_request, parse_cache
 
 

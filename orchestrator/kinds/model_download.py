@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from urllib.parse import urlparse
 
-from ..cancel import CancelToken
+from ..catalog.model_store import NOUN, ModelStore
 from ..errors import InvalidInput
 from ..jobs import Job, JobResult, Plan, Sink, Submission
-from ..models import NOUN, ModelStore
+from ..jobs.cancel import CancelToken
 from ..settings import Settings
-from ..store import JobRecord
+from ..storage.store import JobRecord
 from ._body import required_text
 
 _HF = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<file>[^@]+?)(?:@(?P<revision>[\w.-]+))?$")

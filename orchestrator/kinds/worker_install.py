@@ -7,19 +7,28 @@ import dataclasses
 import tarfile
 from collections.abc import Mapping
 
-from .. import adopting
-from ..cancel import CancelToken
-from ..catalog import Catalog, CatalogEntry
+from ..build.runner import NOUN as BUILD
+from ..build.runner import BuildRequest
+from ..catalog.installed import WorkerStore
+from ..catalog.workers import Catalog, CatalogEntry
 from ..engine import Engine
 from ..errors import InstallError
-from ..events import Action, Event
-from ..installed import WorkerStore
-from ..jobs import Job, JobResult, Plan, Sink, Submission, Work, cancel_result, ending_event
-from ..runner import NOUN as BUILD
-from ..runner import BuildRequest
+from ..jobs import (
+    Job,
+    JobResult,
+    Plan,
+    Sink,
+    Submission,
+    Work,
+    adopting,
+    cancel_result,
+    ending_event,
+)
+from ..jobs.cancel import CancelToken
+from ..jobs.status import JobStatus
+from ..narration.events import Action, Event
 from ..settings import Settings
-from ..status import JobStatus
-from ..store import JobRecord
+from ..storage.store import JobRecord
 from ._body import cache_of, cache_request, parse_cache, required_text
 
 NOUN = "Install"

@@ -22,7 +22,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from orchestrator import Settings
 from orchestrator.api import create_app
-from orchestrator.runner import INSTANCE_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL
 
 from ..integration.conftest import remove_volumes
 from ..integration.service import tar_dir

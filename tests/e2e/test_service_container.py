@@ -15,7 +15,7 @@ from typing import Any
 import docker
 import pytest
 
-from orchestrator.sse import Parser
+from orchestrator.narration.sse import Parser
 
 from ..integration.conftest import job_containers
 from ..integration.service import tar_dir

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from orchestrator import Engine, Settings
 from orchestrator.api import create_app
-from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL
 
 from ..conftest import LEFT_BEHIND, SESSION_PREFIX
 

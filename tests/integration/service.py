@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from orchestrator import sse
+from orchestrator.narration import sse
 
 from .. import waiting
 

@@ -27,7 +27,8 @@ import aiohttp
 import docker
 import pytest
 
-from orchestrator import Settings, sse
+from orchestrator import Settings
+from orchestrator.narration import sse
 
 from .conftest import job_containers
 from .service import tar_dir

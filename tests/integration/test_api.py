@@ -359,10 +359,10 @@ async def test_restart_keeps_history_and_interrupts_what_was_running(
 async def test_restart_after_a_crash_interrupts_what_lost_its_container_and_reaps_the_rest(
     settings: Settings, build_dir: Callable[..., Path], docker_client: docker.DockerClient
 ) -> None:
-    from orchestrator.events import Action, Event
-    from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
-    from orchestrator.status import JobStatus
-    from orchestrator.store import JobRecord, Store
+    from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL
+    from orchestrator.jobs.status import JobStatus
+    from orchestrator.narration.events import Action, Event
+    from orchestrator.storage.store import JobRecord, Store
 
     # What a killed process leaves: a job marked running with its log, whose container went
     # meanwhile, and a build container that no running job claims.

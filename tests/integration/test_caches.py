@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, Settings
-from orchestrator.caches import volume_name
-from orchestrator.runner import INSTANCE_LABEL, BuildResult
+from orchestrator.build.caches import volume_name
+from orchestrator.build.runner import INSTANCE_LABEL, BuildResult
 
 from ..conftest import SESSION_PREFIX, Recorder
 from ..leftovers import SESSION_LABEL

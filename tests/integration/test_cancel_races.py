@@ -17,16 +17,16 @@ import pytest
 from orchestrator import Settings
 from orchestrator.backend import Step
 from orchestrator.backend.docker import DockerBackend
-from orchestrator.bus import Bus
+from orchestrator.build.readers import READER_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL
 from orchestrator.engine import Engine
 from orchestrator.errors import JobStateConflict
 from orchestrator.jobs import Submission
+from orchestrator.jobs.registry import Registry
 from orchestrator.kinds import BuildKind
 from orchestrator.metrics import Metrics
-from orchestrator.readers import READER_LABEL
-from orchestrator.registry import Registry
-from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
-from orchestrator.store import Store
+from orchestrator.narration.bus import Bus
+from orchestrator.storage.store import Store
 
 from .conftest import job_containers, job_id, remove_volumes
 

@@ -23,15 +23,12 @@ import pytest
 
 from .conftest import job_containers
 from .daemon_proxy import DaemonProxy
-from .test_adopt import (  # noqa: F401 (fixtures)
+from .test_adopt import (
     Client,
     Services,
     container_of,
-    finish_adopted,
     line_at_least,
     release,
-    services,
-    session,
     submit,
 )
 from .test_serve import wait_healthy
@@ -51,8 +48,8 @@ def proxy() -> Iterator[DaemonProxy]:
 
 
 async def test_a_kill_9_once_the_finished_build_s_container_is_removed_ends_it_succeeded(
-    services: Services,  # noqa: F811
-    session: aiohttp.ClientSession,  # noqa: F811
+    services: Services,
+    session: aiohttp.ClientSession,
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
     proxy: DaemonProxy,
@@ -83,8 +80,8 @@ async def test_a_kill_9_once_the_finished_build_s_container_is_removed_ends_it_s
 
 
 async def test_a_kill_9_before_the_build_s_container_exists_queues_the_job_again(
-    services: Services,  # noqa: F811
-    session: aiohttp.ClientSession,  # noqa: F811
+    services: Services,
+    session: aiohttp.ClientSession,
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
     proxy: DaemonProxy,
@@ -114,8 +111,8 @@ async def test_a_kill_9_before_the_build_s_container_exists_queues_the_job_again
 
 
 async def test_a_sigterm_while_the_finished_build_s_container_is_removed_ends_it_succeeded(
-    services: Services,  # noqa: F811
-    session: aiohttp.ClientSession,  # noqa: F811
+    services: Services,
+    session: aiohttp.ClientSession,
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
     proxy: DaemonProxy,
@@ -150,8 +147,8 @@ async def printed_while_down(client: docker.DockerClient, job_id: str, n: int) -
 
 
 async def test_a_sigterm_during_a_long_read_back_stops_the_service(
-    services: Services,  # noqa: F811
-    session: aiohttp.ClientSession,  # noqa: F811
+    services: Services,
+    session: aiohttp.ClientSession,
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:

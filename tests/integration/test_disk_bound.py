@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import BuildRequest, CancelToken, Engine, JobStatus, Settings
-from orchestrator.events import Action, Event
+from orchestrator.narration.events import Action, Event
 
 from ..conftest import Recorder
 from .conftest import job_id

@@ -25,7 +25,7 @@ from orchestrator import (
     Settings,
     VariantRefused,
 )
-from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL
 
 from ..conftest import Recorder
 from .conftest import BACKENDS, job_containers, job_id

@@ -17,7 +17,7 @@ import docker
 import pytest
 
 from orchestrator import Settings
-from orchestrator.runner import INSPECT_LABEL, INSTANCE_LABEL, JOB_LABEL
+from orchestrator.build.runner import INSPECT_LABEL, INSTANCE_LABEL, JOB_LABEL
 
 from .conftest import job_containers, serve
 from .daemon_proxy import DaemonProxy

@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from orchestrator import Settings
-from orchestrator.runner import INSTANCE_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL
 
 from ..leftovers import SESSION_LABEL, Leftovers
 

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from orchestrator import Engine, Settings
-from orchestrator.runner import INSTANCE_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL
 
 from .service import dry_run, submit, tar_dir, wait_status
 

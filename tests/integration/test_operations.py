@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from orchestrator import Settings
-from orchestrator.catalog import SHIPPED
+from orchestrator.catalog.workers import SHIPPED
 
 from .conftest import job_containers, serve
 from .service import has_line, read_sse

@@ -20,8 +20,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from orchestrator import Settings
-from orchestrator.readers import READER_LABEL
-from orchestrator.runner import INSTANCE_LABEL
+from orchestrator.build.readers import READER_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL
 
 from ..conftest import PKGBUILDS
 from .conftest import serve

@@ -18,9 +18,10 @@ import aiohttp
 import docker
 import pytest
 
-from orchestrator import Settings, sse
-from orchestrator.readers import READER_LABEL
-from orchestrator.runner import INSTANCE_LABEL
+from orchestrator import Settings
+from orchestrator.build.readers import READER_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL
+from orchestrator.narration import sse
 
 from .conftest import job_containers
 from .service import tar_dir

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, Settings
 from orchestrator.backend import Step
-from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL
 
 from ..conftest import Recorder
 from .conftest import job_containers, job_id, left_behind

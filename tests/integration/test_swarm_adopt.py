@@ -28,8 +28,6 @@ from .test_adopt import (
     line_at_least,
     printed_past,
     release,
-    services,  # noqa: F401 (a fixture)
-    session,  # noqa: F401 (a fixture)
     submit,
 )
 
@@ -44,7 +42,7 @@ def backend_name() -> str:
 
 
 @pytest.fixture
-def on_swarm(services: Services, settings: Settings) -> Services:  # noqa: F811
+def on_swarm(services: Services, settings: Settings) -> Services:
     """Both processes listen for the tasks at the same fixed address, as adoption needs."""
     with socket.socket() as sock:
         sock.bind((GATEWAY, 0))
@@ -57,7 +55,7 @@ def on_swarm(services: Services, settings: Settings) -> Services:  # noqa: F811
 
 async def test_a_swarm_build_survives_a_kill_9_of_the_service(
     on_swarm: Services,
-    session: aiohttp.ClientSession,  # noqa: F811
+    session: aiohttp.ClientSession,
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:
@@ -75,7 +73,7 @@ async def test_a_swarm_build_survives_a_kill_9_of_the_service(
 
 async def test_sigterm_leaves_the_swarm_build_running_for_the_next_service(
     on_swarm: Services,
-    session: aiohttp.ClientSession,  # noqa: F811
+    session: aiohttp.ClientSession,
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:
@@ -93,7 +91,7 @@ async def test_sigterm_leaves_the_swarm_build_running_for_the_next_service(
 
 async def test_a_swarm_build_that_ended_while_no_service_listened_hands_its_packages_over(
     on_swarm: Services,
-    session: aiohttp.ClientSession,  # noqa: F811
+    session: aiohttp.ClientSession,
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:

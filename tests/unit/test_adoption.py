@@ -22,17 +22,17 @@ from orchestrator.api import create_app
 from orchestrator.backend import OutputChunk, Step
 from orchestrator.backend._adopt import Skipper
 from orchestrator.backend.fake import FakeBackend, FakeContainer, Script, printsrcinfo
-from orchestrator.bus import Bus
+from orchestrator.build.runner import JOB_LABEL
+from orchestrator.build.srcinfo import parse
 from orchestrator.engine import Engine
 from orchestrator.errors import AlreadyRunning
 from orchestrator.jobs import Submission
+from orchestrator.jobs.registry import Registry
 from orchestrator.kinds import BuildKind
-from orchestrator.lock import hold_data_dir
 from orchestrator.metrics import Metrics
-from orchestrator.registry import Registry
-from orchestrator.runner import JOB_LABEL
-from orchestrator.srcinfo import parse
-from orchestrator.store import JobRecord, Store
+from orchestrator.narration.bus import Bus
+from orchestrator.storage.lock import hold_data_dir
+from orchestrator.storage.store import JobRecord, Store
 
 from .. import waiting
 from .test_api_operations import package_with
@@ -428,7 +428,7 @@ class GatedCollect(FakeBackend):
 async def test_a_build_still_busy_past_the_stops_grace_is_left_for_the_next_start(
     settings: Settings, build_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("orchestrator.registry._DETACH_GRACE_S", 0.05)
+    monkeypatch.setattr("orchestrator.jobs.registry._DETACH_GRACE_S", 0.05)
     backend = GatedCollect(NUMBERED)
     async with service(settings, backend) as registry:
         job_id = await submit(registry, settings, build_dir)

@@ -17,9 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from orchestrator import Settings, sse
+from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.narration import sse
 
 MODEL = b"GGUF" + bytes(range(256)) * 64
 MODEL_SHA = hashlib.sha256(MODEL).hexdigest()

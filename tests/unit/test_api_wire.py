@@ -24,13 +24,14 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from orchestrator import Settings, sse
+from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.api.builds import ACCEPTED_TYPES
 from orchestrator.api.openapi import document
 from orchestrator.api.routes import ROUTES
 from orchestrator.backend.fake import FakeBackend, Script
-from orchestrator.variants import Variant
+from orchestrator.build.variants import Variant
+from orchestrator.narration import sse
 
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir

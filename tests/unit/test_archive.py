@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import archive
 from orchestrator.errors import ArchiveError, ArchiveTooLarge
+from orchestrator.storage import archive
 
 
 def without_extraction_filters(monkeypatch: pytest.MonkeyPatch) -> None:

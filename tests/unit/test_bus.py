@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bus import BATCH_MAX_BYTES, Bus
-from orchestrator.events import Action, Event
-from orchestrator.status import JobStatus
-from orchestrator.store import JobRecord, Store
+from orchestrator.jobs.status import JobStatus
+from orchestrator.narration.bus import BATCH_MAX_BYTES, Bus
+from orchestrator.narration.events import Action, Event
+from orchestrator.storage.store import JobRecord, Store
 
 from .. import waiting
 
@@ -98,8 +98,8 @@ async def test_shutdown_ends_waiting_subscribers(bus: Bus) -> None:
     ],
 )
 def test_a_frame_is_the_events_json(action: str, stream: str | None, message: str) -> None:
-    from orchestrator.bus import Frame
-    from orchestrator.store import StoredEvent
+    from orchestrator.narration.bus import Frame
+    from orchestrator.storage.store import StoredEvent
 
     event = StoredEvent("j1", 7, 1795614715.0943747, action, "info", message, stream)
     frame = Frame.of(event)
@@ -169,7 +169,7 @@ async def test_subscribers_see_only_what_is_committed(store: Store, bus: Bus) ->
 async def test_the_ring_is_bounded_in_bytes_and_the_rest_comes_from_the_store(
     store: Store, bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("orchestrator.bus._RING_BYTES", 50_000)
+    monkeypatch.setattr("orchestrator.narration.bus._RING_BYTES", 50_000)
     for n in range(20):
         await store.append("j", lines(f"{n} " + "x" * 10_000))
     await store.flush()

@@ -11,17 +11,11 @@ import pytest
 
 from orchestrator import BuildRequest, CancelToken, Engine, JobStatus, Settings
 from orchestrator.backend.fake import FakeBackend, Script
-from orchestrator.caches import CACHE_LABEL, Caches, cache_key, volume_name
-from orchestrator.cachescript import (
-    CACHE_DIR,
-    Hits,
-    env,
-    parse_report,
-    source_lines,
-)
+from orchestrator.build.caches import CACHE_LABEL, Caches, cache_key, volume_name
+from orchestrator.build.cachescript import CACHE_DIR, Hits, env, parse_report, source_lines
+from orchestrator.build.srcinfo import makepkg_name, parse
 from orchestrator.errors import CacheBusy, NotFound
-from orchestrator.events import Action
-from orchestrator.srcinfo import makepkg_name, parse
+from orchestrator.narration.events import Action
 
 from ..conftest import Recorder
 

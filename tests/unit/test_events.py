@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from orchestrator.backend import OutputChunk
-from orchestrator.events import MAX_OUTPUT_EVENT_CHARS, Action, Event, Level, output_events
+from orchestrator.narration.events import (
+    MAX_OUTPUT_EVENT_CHARS,
+    Action,
+    Event,
+    Level,
+    output_events,
+)
 
 
 def summary(events: list[Event]) -> list[tuple[str, str | None, str]]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InvalidInput
-from orchestrator.installed import InstallError, WorkerStore
+from orchestrator.catalog.installed import WorkerStore
+from orchestrator.errors import InstallError, InvalidInput
 
 
 def package(tmp_path: Path, version: str, *, binary: str = "w") -> Path:

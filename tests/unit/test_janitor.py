@@ -15,11 +15,11 @@ from orchestrator.api import create_app
 from orchestrator.api.keys import ENGINE, METRICS
 from orchestrator.backend import Step
 from orchestrator.backend.fake import FakeBackend
+from orchestrator.build.readers import READER_LABEL
+from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL, Runner
 from orchestrator.errors import BackendError, BackendUnavailable
-from orchestrator.janitor import Janitor, any_live, owned_by_readers
+from orchestrator.jobs.janitor import Janitor, any_live, owned_by_readers
 from orchestrator.metrics import Metrics
-from orchestrator.readers import READER_LABEL
-from orchestrator.runner import INSTANCE_LABEL, JOB_LABEL, Runner
 
 from .. import waiting
 from ..conftest import PKGBUILDS, Recorder

@@ -15,10 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend
-from orchestrator.bus import Bus
-from orchestrator.cancel import CancelReason, CancelToken
 from orchestrator.errors import InvalidInput, JobStateConflict, UnknownOperation
-from orchestrator.events import Action, Event, Level
 from orchestrator.jobs import (
     Job,
     JobResult,
@@ -29,10 +26,13 @@ from orchestrator.jobs import (
     ending_event,
     parse_timeout,
 )
+from orchestrator.jobs.cancel import CancelReason, CancelToken
+from orchestrator.jobs.registry import Registry
+from orchestrator.jobs.status import JobStatus
 from orchestrator.metrics import Metrics
-from orchestrator.registry import Registry
-from orchestrator.status import JobStatus
-from orchestrator.store import JobRecord, Store
+from orchestrator.narration.bus import Bus
+from orchestrator.narration.events import Action, Event, Level
+from orchestrator.storage.store import JobRecord, Store
 
 from .. import waiting
 

@@ -17,11 +17,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from orchestrator.cancel import CancelReason, CancelToken
+from orchestrator.catalog.model_store import ModelStore
 from orchestrator.errors import InvalidInput
-from orchestrator.events import Action, Event, Level
-from orchestrator.models import ModelStore
-from orchestrator.status import JobStatus
+from orchestrator.jobs.cancel import CancelReason, CancelToken
+from orchestrator.jobs.status import JobStatus
+from orchestrator.narration.events import Action, Event, Level
 
 from ..conftest import Recorder
 

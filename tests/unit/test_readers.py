@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.build.readers import READER_LABEL, ReaderPool
+from orchestrator.build.skeleton import Skeleton
 from orchestrator.errors import BackendError, InspectTimeout, ShuttingDown
 from orchestrator.metrics import Metrics
-from orchestrator.readers import READER_LABEL, ReaderPool
-from orchestrator.skeleton import Skeleton
 
 PKGBUILD = "pkgname=a\npkgver=1\npkgrel=1\npackage() { :; }\n"
 

@@ -13,15 +13,15 @@ import pytest
 
 from orchestrator import JobStatus, Settings
 from orchestrator.backend.fake import FakeBackend, Script, printsrcinfo
-from orchestrator.bus import Bus
+from orchestrator.build.srcinfo import parse
 from orchestrator.engine import Engine
 from orchestrator.errors import JobStateConflict
 from orchestrator.jobs import Submission
+from orchestrator.jobs.registry import Registry
 from orchestrator.kinds import BuildKind
 from orchestrator.metrics import Metrics
-from orchestrator.registry import Registry
-from orchestrator.srcinfo import parse
-from orchestrator.store import JobRecord, Store
+from orchestrator.narration.bus import Bus
+from orchestrator.storage.store import JobRecord, Store
 
 from .. import waiting
 

@@ -11,9 +11,9 @@ import pytest
 
 from orchestrator import Action, BuildRequest, CancelReason, CancelToken, JobStatus, Settings
 from orchestrator.backend.fake import FakeBackend, FakeContainer, Script
+from orchestrator.build.readers import READER_LABEL
+from orchestrator.build.runner import JOB_LABEL, BuildResult, Runner
 from orchestrator.jobs import Sink, perform
-from orchestrator.readers import READER_LABEL
-from orchestrator.runner import JOB_LABEL, BuildResult, Runner
 
 from ..conftest import Recorder
 

@@ -14,7 +14,7 @@ from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.api.keys import REGISTRY, STORE
 from orchestrator.backend.fake import FakeBackend, Script
-from orchestrator.bus import Bus
+from orchestrator.narration.bus import Bus
 
 from .. import waiting
 from ..conftest import PKGBUILDS

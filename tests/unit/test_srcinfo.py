@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.build.srcinfo import not_provided, parse, problems, read_output
 from orchestrator.errors import PkgbuildError
-from orchestrator.srcinfo import not_provided, parse, problems, read_output
 
 SPLIT = """\
 pkgbase = demo-split
@@ -109,7 +109,7 @@ def test_what_is_not_a_srcinfo_is_refused(text: str) -> None:
 async def test_makepkgs_answer_is_remembered_for_the_same_input(tmp_path: Path) -> None:
     from orchestrator import Settings
     from orchestrator.backend.fake import FakeBackend
-    from orchestrator.inspector import Inspector
+    from orchestrator.build.inspector import Inspector
 
     backend = FakeBackend()
     inspector = Inspector(backend, Settings(data_dir=tmp_path / "data"), {})

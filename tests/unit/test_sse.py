@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from orchestrator import sse
 from orchestrator.api.wire import Event, StreamEnd
-from orchestrator.status import JobStatus
-from orchestrator.store import StoredEvent
+from orchestrator.jobs.status import JobStatus
+from orchestrator.narration import sse
+from orchestrator.storage.store import StoredEvent
 
 MESSAGES = ['a "q" \\ ü \x00 ✅ \u2028', "three\nlines\n", "", "x" * 70_000]
 

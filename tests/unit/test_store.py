@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator._checkpoint import BACKSTOP_PAGES
-from orchestrator.errors import OrchestratorError
-from orchestrator.events import Action, Event, Level
-from orchestrator.status import JobStatus
-from orchestrator.store import JobNotFound, JobRecord, Store, StoredEvent, StoreError
+from orchestrator.errors import JobNotFound, OrchestratorError, StoreError
+from orchestrator.jobs.status import JobStatus
+from orchestrator.narration.events import Action, Event, Level
+from orchestrator.storage.checkpoint import BACKSTOP_PAGES
+from orchestrator.storage.store import JobRecord, Store, StoredEvent
 
 
 def job(job_id: str, created_at: float = 1_700_000_000.0, **fields: object) -> JobRecord:
@@ -435,7 +435,7 @@ async def test_events_appended_during_a_write_follow_it_unasked(store: Store, db
 
 
 async def test_backpressure_counts_bytes_too(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("orchestrator.store._MAX_PENDING_BYTES", 10_000)
+    monkeypatch.setattr("orchestrator.storage.store._MAX_PENDING_BYTES", 10_000)
     store = await Store.open(db)
     try:
         await store.create_job(job("a"))

@@ -25,11 +25,12 @@ import pytest
 from aiohttp import ClientError, ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from orchestrator import Settings, sse
+from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.api.stream import WRITE_PIECE_BYTES
 from orchestrator.backend.fake import FakeBackend, Script
-from orchestrator.bus import BATCH_MAX_BYTES
+from orchestrator.narration import sse
+from orchestrator.narration.bus import BATCH_MAX_BYTES
 
 PKGBUILD = b"pkgname=demo\npkgver=1.0\npkgrel=1\narch=('any')\npackage() {\n  true\n}\n"
 

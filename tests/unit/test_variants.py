@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import Settings, Variant, VariantError, VariantRefused
-from orchestrator.variants import plan
+from orchestrator.build.variants import plan
 
 
 def test_cpu_is_plain() -> None:

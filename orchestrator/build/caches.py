@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .backend import Backend
+from ..backend import Backend
+from ..errors import CacheBusy, NotFound, OrchestratorError
+from ..settings import Settings
 from .cachescript import CacheReport
-from .errors import CacheBusy, NotFound, OrchestratorError
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 

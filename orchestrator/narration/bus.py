@@ -20,8 +20,8 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
+from ..storage.store import Store, StoredEvent
 from .sse import event_frame
-from .store import Store, StoredEvent
 
 _RING_EVENTS = 16384
 _RING_BYTES = 16 * 1024 * 1024  # an output event can be 64 KiB: bound the bytes as well

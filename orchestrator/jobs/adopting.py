@@ -14,14 +14,14 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from .archive import is_package_name
-from .backend import Backend, FoundStep, Handle, OutputChunk, OutputStream, Stream
-from .caches import Lease
+from ..backend import Backend, FoundStep, Handle, OutputChunk, OutputStream, Stream
+from ..build.caches import Lease
+from ..build.runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
+from ..errors import BackendError, OrchestratorError, StepGone, StepNotStarted
+from ..narration.events import Action, Event, Level, output_events
+from ..storage.archive import is_package_name
+from . import Sink, Work
 from .cancel import CancelToken
-from .errors import BackendError, OrchestratorError, StepGone, StepNotStarted
-from .events import Action, Event, Level, output_events
-from .jobs import Sink, Work
-from .runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
 from .status import JobStatus
 
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")

@@ -23,15 +23,20 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import InvalidInput, OrchestratorError, PkgbuildError, VariantRefused
-from .errors import WorkerNotFound as WorkerNotFound  # re-exported: it lived here before
-from .inspector import Inspector
-from .settings import Settings
-from .variants import plan
+from ..build.inspector import Inspector
+from ..build.variants import plan
+from ..errors import (
+    InvalidInput,
+    OrchestratorError,
+    PkgbuildError,
+    VariantRefused,
+    WorkerNotFound,
+)
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
-SHIPPED = Path(__file__).parent / "_catalog"
+SHIPPED = Path(__file__).parent / "shipped"
 _SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 _MAX_SOURCE_BYTES = 4 * 1024 * 1024
 

@@ -16,18 +16,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import archive, cachescript, srcinfo
-from .backend import Backend, ExitStatus, Handle, OutputStream, Step
+from ..backend import Backend, ExitStatus, Handle, OutputStream, Step
+from ..errors import Detached, OrchestratorError, PkgbuildError
+from ..jobs import JobResult, Sink, cancel_result
+from ..jobs.cancel import CancelToken
+from ..jobs.status import JobStatus
+from ..metrics import Metrics
+from ..narration.events import Action, Event, Level, output_events
+from ..settings import MiB, Settings
+from ..storage import archive
+from . import cachescript, srcinfo
 from .caches import Caches, Lease
-from .cancel import CancelToken
-from .errors import Detached, OrchestratorError, PkgbuildError
-from .events import Action, Event, Level, output_events
 from .inspector import Inspector
-from .jobs import JobResult, Sink, cancel_result
-from .metrics import Metrics
-from .settings import MiB, Settings
 from .srcinfo import SrcInfo
-from .status import JobStatus
 from .variants import VariantPlan, plan
 from .watchdog import DiskWatch, Overrun
 

@@ -9,12 +9,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+from ..errors import OrchestratorError
+from ..narration.events import Action, Event, Level
+from ..storage.store import JobRecord, Store
+from . import Job, Kind
 from .cancel import CancelReason
-from .errors import OrchestratorError
-from .events import Action, Event, Level
-from .jobs import Job, Kind
 from .status import JobStatus
-from .store import JobRecord, Store
 
 Enqueue = Callable[[JobRecord, Kind, Job], Awaitable[None]]
 # Goes on with a running job's build: None once it does, otherwise why it cannot.

@@ -32,10 +32,10 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import Backend, Handle, Ran, Step
-from .errors import ContainerGone, InspectTimeout, OrchestratorError, ShuttingDown
-from .metrics import Metrics
-from .settings import MiB, Settings
+from ..backend import Backend, Handle, Ran, Step
+from ..errors import ContainerGone, InspectTimeout, OrchestratorError, ShuttingDown
+from ..metrics import Metrics
+from ..settings import MiB, Settings
 from .skeleton import Skeleton
 
 log = logging.getLogger(__name__)

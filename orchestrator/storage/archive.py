@@ -31,8 +31,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, Protocol, Self
 
+from ..errors import ArchiveError, ArchiveTooLarge
 from . import _unpack
-from .errors import ArchiveError, ArchiveTooLarge
 
 # Spool small tars in memory; bigger ones go to an unnamed temp file that vanishes with us.
 _SPOOL_BYTES = 8 * 1024 * 1024

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from .errors import VariantError, VariantRefused
+from ..errors import VariantError, VariantRefused
 
 if TYPE_CHECKING:  # the route table reads ``Variant`` where the service's settings are not loaded
-    from .settings import Settings
+    from ..settings import Settings
 
 
 class Variant(StrEnum):

@@ -19,9 +19,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .backend import Backend
-from .errors import OrchestratorError
-from .settings import Settings
+from ..backend import Backend
+from ..errors import OrchestratorError
+from ..settings import Settings
 
 _T = TypeVar("_T")
 LAYER = "its writable layer"  # where the engine's own measure says the bytes are

@@ -34,11 +34,10 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._checkpoint import BACKSTOP_PAGES, Checkpointer
-from .errors import JobNotFound as JobNotFound  # re-exported: it lived here before
-from .errors import StoreError as StoreError  # re-exported: it lived here before
-from .events import Event, line_count
-from .status import JobStatus
+from ..errors import JobNotFound, StoreError
+from ..jobs.status import JobStatus
+from ..narration.events import Event, line_count
+from .checkpoint import BACKSTOP_PAGES, Checkpointer
 
 log = logging.getLogger(__name__)
 

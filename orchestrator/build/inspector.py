@@ -18,11 +18,11 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
-from .backend import Backend, Ran, Step
-from .errors import InspectTimeout, OrchestratorError, PkgbuildError
-from .metrics import Metrics
+from ..backend import Backend, Ran, Step
+from ..errors import InspectTimeout, OrchestratorError, PkgbuildError
+from ..metrics import Metrics
+from ..settings import MiB, Settings
 from .readers import ReaderPool
-from .settings import MiB, Settings
 from .skeleton import Skeleton
 from .srcinfo import SrcInfo, read_output
 

@@ -31,11 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import recovery
-from .bus import Bus
-from .cancel import CancelReason, CancelToken
-from .disk import DataDisk, out_of_space
-from .errors import (
+from ..errors import (
     Detached,
     InsufficientStorage,
     JobNotFound,
@@ -46,8 +42,14 @@ from .errors import (
     StepNotStarted,
     UnknownOperation,
 )
-from .events import Action, Event, Level
-from .jobs import (
+from ..metrics import Metrics
+from ..narration.bus import Bus
+from ..narration.events import Action, Event, Level
+from ..settings import Settings
+from ..storage.disk import DataDisk, out_of_space
+from ..storage.store import JobRecord, Store
+from ..storage.uploads import UploadBudget
+from . import (
     Adoptable,
     Concludable,
     Job,
@@ -61,14 +63,12 @@ from .jobs import (
     interrupted_result,
     parse_timeout,
     perform,
+    recovery,
     stopped_by,
     unstarted_result,
 )
-from .metrics import Metrics
-from .settings import Settings
+from .cancel import CancelReason, CancelToken
 from .status import JobStatus
-from .store import JobRecord, Store
-from .uploads import UploadBudget
 
 _SHUTDOWN_GRACE_S = 60.0
 # Leaving builds running is quick (their output streams close); a job still setting up past

@@ -16,8 +16,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PkgbuildError
-from .settings import MiB
+from ..errors import PkgbuildError
+from ..settings import MiB
 
 MAX_PKGBUILD_BYTES = 1 * MiB
 _MAX_ENTRIES = 20_000

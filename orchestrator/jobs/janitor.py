@@ -23,11 +23,11 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 
-from .backend import Backend, Handle
-from .errors import ContainerGone, OrchestratorError
-from .metrics import Metrics
-from .readers import READER_LABEL
-from .runner import INSPECT_LABEL, JOB_LABEL
+from ..backend import Backend, Handle
+from ..build.readers import READER_LABEL
+from ..build.runner import INSPECT_LABEL, JOB_LABEL
+from ..errors import ContainerGone, OrchestratorError
+from ..metrics import Metrics
 
 # Asked of each step the sweep finds, with its handle and its labels.
 IsLive = Callable[[Handle, Mapping[str, str]], bool]

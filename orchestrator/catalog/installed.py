@@ -27,8 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InstallError as InstallError  # re-exported: it lived here before
-from .errors import InvalidInput
+from ..errors import InstallError, InvalidInput
 
 
 @dataclass(frozen=True, slots=True)

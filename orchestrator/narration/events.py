@@ -10,7 +10,7 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import Any
 
-from .backend import OutputChunk
+from ..backend import OutputChunk
 
 
 class Level(StrEnum):

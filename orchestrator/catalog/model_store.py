@@ -32,11 +32,11 @@ from tenacity import (
     wait_exponential,
 )
 
-from .cancel import CancelReason, CancelToken
-from .errors import InvalidInput
-from .events import Action, Event, Level
-from .jobs import JobResult, Sink, cancel_result
-from .status import JobStatus
+from ..errors import InvalidInput
+from ..jobs import JobResult, Sink, cancel_result
+from ..jobs.cancel import CancelReason, CancelToken
+from ..jobs.status import JobStatus
+from ..narration.events import Action, Event, Level
 
 MiB = 1024 * 1024
 CHUNK = MiB

@@ -29,7 +29,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from .errors import ArchiveError, ArchiveTooLarge
+from ..errors import ArchiveError, ArchiveTooLarge
 
 _CHUNK = 1024 * 1024
 # Linux gives up after 40 links in one lookup (MAXSYMLINKS); a build needs nowhere near it.

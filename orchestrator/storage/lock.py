@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import AlreadyRunning
+from ..errors import AlreadyRunning
 
 LOCK_FILE = "orchestrator.lock"
 

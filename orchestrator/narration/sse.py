@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .events import line_count
 
 if TYPE_CHECKING:
-    from .store import StoredEvent
+    from ..storage.store import StoredEvent
 
 END_EVENT = "end"  # the event type of the end marker
 DONE = "[DONE]"  # the data of the stream's very last message

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import PkgbuildError
+from ..errors import PkgbuildError
 
 CARCH = "x86_64"  # what the build images are
 _DEP_NAME = re.compile(r"^([^<>=:\s]+)")

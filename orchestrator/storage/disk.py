@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from .settings import MiB
+from ..settings import MiB
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from .errors import InsufficientStorage
-from .settings import MiB
+from ..errors import InsufficientStorage
+from ..settings import MiB
 
 
 class UploadBudget:

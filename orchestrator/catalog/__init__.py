@@ -1,0 +1,1 @@
+"""What can be installed: the catalog of workers, what is installed, and the model store."""
