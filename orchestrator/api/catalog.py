@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
-from ..errors import NotFound
-from .keys import CATALOG, MODELS, REGISTRY, WORKERS
+from ..catalog.workers import CatalogEntry
+from ..errors import NotFound, VariantRefused
+from ..settings import Settings
+from .keys import CATALOG, MODELS, REGISTRY, SETTINGS, WORKERS
 from .routes import url
 from .wire import (
     Catalog,
@@ -22,11 +25,26 @@ from .wire import (
 )
 
 
+def _summary(entry: CatalogEntry, settings: Settings) -> dict[str, Any]:
+    """An entry's metadata and, so a client need not offer what would fail, why an install of
+    it would be refused: the same check the install makes (whether the daemon can hand out GPUs
+    changes only its warnings, so the daemon is not asked)."""
+    refused: str | None = None
+    try:
+        entry.check_runs_here(settings, gpu_runtime=False)
+    except VariantRefused as exc:
+        refused = str(exc)
+    return {**entry.summary(), "refused": refused}
+
+
 async def list_catalog(request: web.Request) -> web.Response:
-    catalog = request.app[CATALOG]
+    catalog, settings = request.app[CATALOG], request.app[SETTINGS]
     return respond(
         Catalog(
-            workers=[CatalogWorker.model_validate(e.summary()) for e in catalog.entries.values()],
+            workers=[
+                CatalogWorker.model_validate(_summary(e, settings))
+                for e in catalog.entries.values()
+            ],
             # Entries that did not validate were skipped; say which and why.
             problems=[str(p) for p in catalog.problems],
             # Until true, makepkg is still reading the PKGBUILDs: more problems may appear.
@@ -39,7 +57,7 @@ async def get_catalog_worker(request: web.Request) -> web.Response:
     entry = request.app[CATALOG].get(request.match_info["worker_id"])
     detail = CatalogWorkerDetail.model_validate(
         {
-            **entry.summary(),
+            **_summary(entry, request.app[SETTINGS]),
             "sources": sorted(entry.sources),
             "pkgbuild_url": url("get_catalog_pkgbuild", worker_id=entry.id),
         }

@@ -262,6 +262,11 @@ class CatalogWorker(_Wire):
     binary_name: str
     depends: list[str]
     makedepends: list[str]
+    refused: str | None = Field(
+        default=None,
+        description="why installing it here is refused (what an install would answer); "
+        "null when it can be installed",
+    )
 
 
 class CatalogWorkerDetail(CatalogWorker):

@@ -167,3 +167,21 @@ async def test_every_answer_is_nosniff_and_same_origin_only(settings: Settings, 
         response = await client.get(path)
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
+async def test_the_catalog_says_which_entries_an_install_would_refuse_and_why(
+    settings: Settings,
+) -> None:
+    """The page offers Install only where the service would take it: the listing carries the
+    refusal an install would answer with (metal needs macOS), and null for the rest."""
+    async with serve(settings) as client:
+        listed = await (await client.get("/v1/catalog/workers")).json()
+        refused = {w["id"]: w["refused"] for w in listed["workers"]}
+        assert "macOS" in refused.pop("metal-hello")
+        assert refused and set(refused.values()) == {None}
+        install = await client.post(
+            "/v1/jobs", json={"operation": "worker_install", "worker_id": "metal-hello"}
+        )
+        assert install.status == 422
+        one = await (await client.get("/v1/catalog/workers/metal-hello")).json()
+        assert one["refused"] == (await install.json())["message"]
