@@ -46,7 +46,7 @@ async def test_submit_a_folder_follow_it_and_download_its_package(
         job_id = page.url.rsplit("/", 1)[1]
         log = page.locator("#log")
         # makepkg's phases arrive, marked as phases; then the end and the package.
-        await expect(log.locator(".phase").first).to_contain_text("==> ", timeout=BUILD_S)
+        await expect(log.locator(".is-progress").first).to_contain_text("==> ", timeout=BUILD_S)
         await expect(page.locator("#ending")).to_contain_text("succeeded", timeout=BUILD_S)
         await expect(log).to_contain_text("Finished making: hello-c")
         await expect(page.locator("dl.meta")).to_contain_text("hello-c")

@@ -18,6 +18,8 @@ from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend
 from orchestrator.web import CSP
 
+from ..browser.log_lines import LINE_MEANINGS
+
 STATIC = resources.files("orchestrator.web").joinpath("static")
 ASSETS = sorted(p.name for p in STATIC.iterdir() if p.is_file())
 TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
@@ -185,3 +187,20 @@ async def test_the_catalog_says_which_entries_an_install_would_refuse_and_why(
         assert install.status == 422
         one = await (await client.get("/v1/catalog/workers/metal-hello")).json()
         assert one["refused"] == (await install.json())["message"]
+
+
+def test_the_logs_table_of_meanings_reads_each_sample_line_as_meant() -> None:
+    """The table's patterns are plain regular expressions, the same in Python: each sample line
+    gets its meaning from the first row that matches (the browser test runs the page's own
+    code over the same lines)."""
+    source = STATIC.joinpath("log.js").read_text()
+    table = source[source.index("export const MEANINGS = [") : source.index("\n];")]
+    rows = [(re.compile(p), m) for p, m in re.findall(r'^\s*\[/(.+?)/, "(\w+)"\],', table, re.M)]
+    assert len(rows) == table.count('"],')  # every row was read
+    assert {m for _, m in rows} == {"error", "warning", "progress"}
+
+    def meaning(line: str) -> str | None:
+        return next((m for pattern, m in rows if pattern.search(line)), None)
+
+    wrong = [(line, want, meaning(line)) for line, want in LINE_MEANINGS if meaning(line) != want]
+    assert wrong == []

@@ -39,6 +39,18 @@ export function catalogPage(main, signal) {
     }
   }
 
+  // What the service would refuse (metal needs macOS) is not offered: its reason is shown.
+  const installCell = (w) => w.refused
+    ? h("span", { class: "refused", "data-refused": w.id }, "Not installable: ", w.refused)
+    : h("button", {
+      type: "button",
+      "aria-label": `Install ${w.id}`,
+      onclick: async () => {
+        const job = await startJob({ operation: "worker_install", worker_id: w.id });
+        if (job) location.assign(`/jobs/${job.job_id}`);
+      },
+    }, "Install");
+
   const drawCatalog = () => guarded(catalogBox, "Catalog", async () => {
     const catalog = await api("/v1/catalog/workers");
     catalogBox.replaceChildren(
@@ -47,14 +59,7 @@ export function catalogPage(main, signal) {
         catalog.workers.map((w) => h("tr", {},
           h("td", { class: "mono" }, w.id), h("td", {}, w.version), h("td", {}, w.worker_type),
           h("td", {}, w.description),
-          h("td", {}, h("button", {
-            type: "button",
-            "aria-label": `Install ${w.id}`,
-            onclick: async () => {
-              const job = await startJob({ operation: "worker_install", worker_id: w.id });
-              if (job) location.assign(`/jobs/${job.job_id}`);
-            },
-          }, "Install"))))),
+          h("td", {}, installCell(w))))),
       catalog.problems.length
         ? h("details", {}, h("summary", {}, `${catalog.problems.length} entries skipped`),
           h("ul", {}, catalog.problems.map((p) => h("li", {}, p))))

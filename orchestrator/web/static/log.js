@@ -1,10 +1,70 @@
 // The live log: events are queued as they arrive and drawn once per animation frame, a
 // bounded amount each frame, so a build printing 200 000 lines never holds the tab.
-// Each event becomes one text node (an output event is a run of up to 64 KiB of lines);
-// stderr runs and makepkg's "==>" phases are spans with a class, everything else plain text.
+// A line's colour says what the line means (MEANINGS), never which stream it came on: cargo,
+// CMake and makepkg write their progress to stderr. The stream stays a quiet hint: a stderr
+// event is a block with a thin left border. The service's own notes take their meaning from
+// the level it gave them (a failure, a non-zero exit).
 
 const FRAME_BUDGET_MS = 8;
 const ORCHESTRATOR = new Set(["output", "phase"]);
+
+// (pattern, meaning): the first pattern that matches a line gives its meaning; a line none
+// matches is plain. Add a row to teach the log another tool's words. No flags: the patterns
+// are also joined into one, which skips a run of lines none of them matches in one pass.
+export const MEANINGS = [
+  [/^==> ERROR:/, "error"], // makepkg
+  [/^==> WARNING:/, "warning"],
+  [/^==> /, "progress"], // makepkg's steps...
+  [/^ {2}-> /, "progress"], // ...and their sub-steps
+  // rustc/cargo "error:", "error[E0308]:"; gcc/clang "file:line:col: error:", "fatal error:";
+  // "collect2: error:", "/usr/bin/ld: error:"
+  [/^(\S+: )?(fatal )?[Ee]rror(\[\w+\])?:/, "error"],
+  [/^(\S+: )?[Ww]arning(\[\w+\])?:/, "warning"],
+  [/^CMake Error/, "error"],
+  [/^CMake (Deprecation )?Warning/, "warning"],
+  [/^g?make(\[\d+\])?: \*\*\* /, "error"], // make's "*** [Makefile:3: all] Error 1"
+];
+const ANY = new RegExp(MEANINGS.map(([pattern]) => `(?:${pattern.source})`).join("|"), "m");
+const LEVELS = { error: "error", warning: "warning" };
+
+export function meaningOf(line) {
+  for (const [pattern, meaning] of MEANINGS) if (pattern.test(line)) return meaning;
+  return null;
+}
+
+function marked(text, meaning) {
+  const span = document.createElement("span");
+  span.className = `is-${meaning}`;
+  span.textContent = text;
+  return span;
+}
+
+// A run of lines: the plain ones stay text nodes (one per stretch), each meaningful line a span.
+function lines(message) {
+  if (!ANY.test(message)) return document.createTextNode(message + "\n");
+  const fragment = document.createDocumentFragment();
+  let plain = "";
+  for (const line of message.split("\n")) {
+    const meaning = meaningOf(line);
+    if (!meaning) {
+      plain += line + "\n";
+      continue;
+    }
+    if (plain) fragment.append(document.createTextNode(plain));
+    plain = "";
+    fragment.append(marked(line + "\n", meaning));
+  }
+  if (plain) fragment.append(document.createTextNode(plain));
+  return fragment;
+}
+
+function note(event) {
+  const meaning = LEVELS[event.level];
+  const span = document.createElement("span");
+  span.className = meaning ? `note is-${meaning}` : "note";
+  span.textContent = event.message + "\n";
+  return span;
+}
 
 export class LogView {
   constructor(pre, status) {
@@ -54,18 +114,14 @@ export class LogView {
   }
 
   render(event) {
-    const text = event.message + "\n";
     this.lines += event.lines || 1;
-    let cls = null;
-    if (event.action === "phase") cls = "phase";
-    else if (!ORCHESTRATOR.has(event.action)) cls = `note level-${event.level}`;
-    if (event.stream === "stderr") cls = cls ? `${cls} stderr` : "stderr";
-    if (!cls) return document.createTextNode(text);
-    const span = document.createElement("span");
-    span.className = cls;
-    span.textContent = text;
-    if (event.stream === "stderr") span.title = "stderr";
-    return span;
+    const drawn = ORCHESTRATOR.has(event.action) ? lines(event.message) : note(event);
+    if (event.stream !== "stderr") return drawn;
+    const block = document.createElement("span");
+    block.className = "stderr";
+    block.title = "stderr";
+    block.append(drawn);
+    return block;
   }
 
   scrollToEnd() {
