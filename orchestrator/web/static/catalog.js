@@ -55,7 +55,7 @@ export function catalogPage(main, signal) {
     const catalog = await api("/v1/catalog/workers");
     catalogBox.replaceChildren(
       h("h2", { id: "catalog-title" }, "Catalog"),
-      table("Workers that can be installed", ["Worker", "Version", "Type", "Description", ""],
+      table("Workers in the catalog", ["Worker", "Version", "Type", "Description", ""],
         catalog.workers.map((w) => h("tr", {},
           h("td", { class: "mono" }, w.id), h("td", {}, w.version), h("td", {}, w.worker_type),
           h("td", {}, w.description),
