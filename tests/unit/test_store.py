@@ -13,8 +13,9 @@ import pytest
 from orchestrator.errors import JobNotFound, OrchestratorError, StoreError
 from orchestrator.jobs.status import JobStatus
 from orchestrator.narration.events import Action, Event, Level
+from orchestrator.narration.schema import StoredEvent
 from orchestrator.storage.checkpoint import BACKSTOP_PAGES
-from orchestrator.storage.store import JobRecord, Store, StoredEvent
+from orchestrator.storage.store import JobRecord, Store
 
 
 def job(job_id: str, created_at: float = 1_700_000_000.0, **fields: object) -> JobRecord:
@@ -131,7 +132,9 @@ async def test_append_assigns_gapless_seqs_at_once(store: Store, db: Path) -> No
     second = await store.append("a", lines(8, start=3))
     assert [e.seq for e in first + second] == list(range(1, 9))
     assert [e.seq for e in other] == [1, 2]
-    assert second[0] == StoredEvent("a", 4, 3.0, "output", "info", "line 3", "stdout")
+    assert second[0] == StoredEvent(
+        Action.OUTPUT, "line 3", Level.INFO, "stdout", 3.0, job_id="a", seq=4
+    )
     assert await store.append("a", []) == []
     # Nothing is on disk yet, but the record already counts the pending events.
     assert on_disk(db, "SELECT COUNT(*) FROM events") == [(0,)]
@@ -328,20 +331,7 @@ async def test_close_is_idempotent_and_final(db: Path) -> None:
         await store.append("a", lines(1))
 
 
-def test_to_dict_shapes() -> None:
-    plain = StoredEvent("j", 1, 2.5, "phase", "info", "==> x", None)
-    assert plain.to_dict() == {
-        "seq": 1,
-        "ts": 2.5,
-        "job_id": "j",
-        "action": "phase",
-        "level": "info",
-        "message": "==> x",
-    }
-    assert (
-        StoredEvent("j", 2, 3.0, "output", "info", "hi", "stderr").to_dict()["stream"] == "stderr"
-    )
-
+def test_a_records_view_for_the_api() -> None:
     record = job(
         "j",
         created_at=0.0,
