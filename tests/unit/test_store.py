@@ -495,3 +495,50 @@ async def test_a_full_disk_fails_writes_and_the_store_recovers_by_itself(store: 
     assert record.reason == "written"
     events = await store.events("j")
     assert [(e.seq, e.message) for e in events] == [(1, "before"), (2, big), (3, "after")]
+
+
+def previous_version_db(path: Path, *, stream_column: bool = True) -> None:
+    """A database as the version before this one left it (schema 4), with a job and its
+    narration; without ``stream_column``, an events table from before that field existed."""
+    stream = ", stream TEXT" if stream_column else ""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, operation TEXT NOT NULL, status TEXT NOT NULL,"
+        " variant TEXT, pkgname TEXT, pkgver TEXT, created_at REAL NOT NULL, started_at REAL,"
+        " finished_at REAL, timeout_s REAL, exit_code INTEGER, reason TEXT, cancel_reason TEXT,"
+        " artifacts TEXT NOT NULL DEFAULT '[]', last_seq INTEGER NOT NULL DEFAULT 0,"
+        " request TEXT NOT NULL DEFAULT '{}', srcinfo TEXT, cache TEXT);"
+        "CREATE TABLE events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,"
+        f" action TEXT NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL{stream},"
+        " PRIMARY KEY (job_id, seq)) WITHOUT ROWID;"
+        "INSERT INTO jobs (id, operation, status, created_at, last_seq)"
+        " VALUES ('old', 'build', 'succeeded', 1, 2);"
+        "INSERT INTO events (job_id, seq, ts, action, level, message)"
+        " VALUES ('old', 1, 1.5, 'queued', 'info', 'Queued');"
+        "INSERT INTO events (job_id, seq, ts, action, level, message)"
+        " VALUES ('old', 2, 2.5, 'some_newer_action', 'error', 'from a newer version');"
+        "PRAGMA user_version = 4;"
+    )
+    conn.close()
+
+
+@pytest.mark.parametrize("stream_column", [True, False])
+async def test_a_previous_versions_narration_still_reads(
+    tmp_path: Path, stream_column: bool
+) -> None:
+    db = tmp_path / "old.db"
+    previous_version_db(db, stream_column=stream_column)
+    store = await Store.open(db)
+    try:
+        old = await store.events("old")
+        assert old[0] == StoredEvent(
+            Action.QUEUED, "Queued", Level.INFO, None, 1.5, job_id="old", seq=1
+        )
+        # An action this version does not know is kept as it was written.
+        assert (old[1].action, old[1].level) == ("some_newer_action", Level.ERROR)
+        more = await store.append("old", [Event(Action.OUTPUT, "x", stream="stderr", ts=3.0)])
+        assert more[0].seq == 3
+        assert (await store.events("old", after_seq=2)) == more
+    finally:
+        await store.close()
+    assert on_disk(db, "SELECT stream FROM events ORDER BY seq") == [(None,), (None,), ("stderr",)]
