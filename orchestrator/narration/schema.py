@@ -50,7 +50,8 @@ class EventField:
     meaning: str  # for people, with its unit: the API's description of it
     given_by: Given  # the producer (Event), the store (StoredEvent), or worked out for readers
     optional: bool  # may be None: the stream's JSON leaves it out, its column takes NULL
-    # What rows stored before the field existed hold (if None: NO_DEFAULT, or NULL if optional).
+    # What rows stored before the field existed hold: its default (NULL for an optional field;
+    # NO_DEFAULT: nothing, so the field cannot be added to a table that has rows).
     default: Any = field(default_factory=lambda: NO_DEFAULT)
     derive: Callable[[StoredEvent], Any] | None = None  # a reader's field: how it is worked out
 
