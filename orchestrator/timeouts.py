@@ -15,6 +15,22 @@ from __future__ import annotations
 
 # --- narration, storage and the API ---
 
+# How long the store's connection waits for SQLite's write lock before failing: another
+# process (a second service refused by the data-dir lock, an operator's sqlite3) holds it briefly.
+STORE_BUSY_TIMEOUT_MS = 5_000
+# Between the checkpointer's rounds of copying the write-ahead log back (storage/checkpoint.py):
+# one round a second keeps the log small without a sync in every commit.
+CHECKPOINT_INTERVAL_S = 1.0
+# A bus subscriber whose cursor is behind what was published yet found nothing to read: should
+# not happen; it looks again after this instead of spinning.
+BUS_RETRY_S = 0.05
+# A `: keep-alive` comment on a stream this long after its last write, so proxies and clients
+# do not take a quiet build for a dead connection.
+STREAM_HEARTBEAT_S = 15.0
+# How soon after a stream lost its client freed heap is handed back (malloc_trim): one trim
+# covers every stream that ends within it.
+STREAM_TRIM_AFTER_S = 1.0
+
 # (end of narration, storage and the API)
 
 # --- jobs, builds and the catalog ---

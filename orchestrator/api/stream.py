@@ -29,12 +29,12 @@ from aiohttp import web
 from ..errors import InvalidInput
 from ..narration.bus import Frame
 from ..narration.sse import HEARTBEAT, end_frame
+from ..timeouts import STREAM_HEARTBEAT_S, STREAM_TRIM_AFTER_S
 from .keys import BUS, REGISTRY, SETTINGS
 from .wire import StreamEnd
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 15.0
 WRITE_PIECE_BYTES = 16 * 1024
 _MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 _DECIMAL = re.compile(r"[0-9]+")  # ASCII: int() also takes "+5", " 5", "5_0", other scripts
@@ -51,7 +51,6 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 
 _malloc_trim = _find_malloc_trim()
-_TRIM_AFTER_S = 1.0
 _trim_due: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
 
 
@@ -73,7 +72,7 @@ def _give_memory_back_soon() -> None:
     loop = asyncio.get_running_loop()
     if _malloc_trim is None or (_trim_due is not None and _trim_due[0] is loop):
         return
-    _trim_due = (loop, loop.call_later(_TRIM_AFTER_S, _trim))
+    _trim_due = (loop, loop.call_later(STREAM_TRIM_AFTER_S, _trim))
 
 
 class _Stalled(Exception):
@@ -118,13 +117,7 @@ async def _send(
             raise _Stalled from None
 
 
-async def stream_job(request: web.Request) -> web.StreamResponse:
-    registry = request.app[REGISTRY]
-    stall_timeout_s = request.app[SETTINGS].stream_stall_timeout_s
-    job_id = request.match_info["job_id"]
-    await registry.get(job_id)  # 404 before the stream starts
-    after = _after_seq(request)
-
+async def _open_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
@@ -137,6 +130,33 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
         # Pause (and so drain) as soon as a piece is not taken at once: the buffer holds at
         # most the piece being written and the one before it.
         request.transport.set_write_buffer_limits(high=WRITE_PIECE_BYTES)
+    return response
+
+
+async def _end(
+    request: web.Request, response: web.StreamResponse, job_id: str, timeout_s: float
+) -> None:
+    """The end marker, if the job has ended, and the end of the response."""
+    record = await request.app[REGISTRY].get(job_id)
+    if record.status.terminal:
+        end = StreamEnd(
+            job_id=job_id, status=record.status, reason=record.reason, exit_code=record.exit_code
+        )
+        await _send(request, response, end_frame(end.model_dump(mode="json")), timeout_s)
+    # aiohttp would otherwise end the response itself, waiting on the peer with no limit.
+    try:
+        async with asyncio.timeout(timeout_s):
+            await response.write_eof()
+    except TimeoutError:
+        raise _Stalled from None
+
+
+async def stream_job(request: web.Request) -> web.StreamResponse:
+    stall_timeout_s = request.app[SETTINGS].stream_stall_timeout_s
+    job_id = request.match_info["job_id"]
+    await request.app[REGISTRY].get(job_id)  # 404 before the stream starts
+    after = _after_seq(request)
+    response = await _open_stream(request)
     events = request.app[BUS].subscribe(job_id, after)
     pending: asyncio.Future[list[Frame]] | None = None
     try:
@@ -144,7 +164,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
             if pending is None:
                 pending = asyncio.ensure_future(anext(events))
             # Not kept in a local: a finished task holds its result, the batch.
-            if not (await asyncio.wait({pending}, timeout=HEARTBEAT_S))[0]:
+            if not (await asyncio.wait({pending}, timeout=STREAM_HEARTBEAT_S))[0]:
                 await _send(request, response, HEARTBEAT, stall_timeout_s)
                 continue
             try:
@@ -156,21 +176,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
             del batch  # the bus keeps none either: only `data` is held while it drains
             await _send(request, response, data, stall_timeout_s)
             del data
-        record = await registry.get(job_id)
-        if record.status.terminal:
-            end = StreamEnd(
-                job_id=job_id,
-                status=record.status,
-                reason=record.reason,
-                exit_code=record.exit_code,
-            )
-            await _send(request, response, end_frame(end.model_dump(mode="json")), stall_timeout_s)
-        # aiohttp would otherwise end the response itself, waiting on the peer with no limit.
-        try:
-            async with asyncio.timeout(stall_timeout_s):
-                await response.write_eof()
-        except TimeoutError:
-            raise _Stalled from None
+        await _end(request, response, job_id, stall_timeout_s)
     except _Stalled:
         log.info(
             "dropped a stream of job %s: its client took nothing for %.0f s",

@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 from pydantic.json_schema import SkipJsonSchema
 
 from ..jobs.cancel import CancelReason
 from ..jobs.status import JobStatus
-from ..narration.events import Action, Level
+from ..narration.schema import FIELDS, EventField
 from ..storage.store import JobRecord
 
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
@@ -201,22 +201,22 @@ class Operation(RootModel[WorkerInstall | ModelDownload]):
 # -- the stream --------------------------------------------------------------------------------
 
 
-class Event(_Wire):
-    """One event of a job's narration: an SSE message's `data`, its `id` the `seq`."""
+_Absent = SkipJsonSchema[None]  # a field left out when None: never null on the wire
 
-    seq: int
-    ts: float = Field(description="Unix time, seconds")
-    job_id: str
-    action: Action
-    level: Level
-    message: str = Field(
-        description="for `output` events: a run of consecutive lines of one stream, joined by "
-        "\\n (no trailing newline)"
-    )
-    stream: Literal["stdout", "stderr"] | SkipJsonSchema[None] = None
-    lines: int | SkipJsonSchema[None] = Field(
-        default=None, description="`output` events only: how many lines `message` holds"
-    )
+
+def _event_field(f: EventField) -> Any:
+    if f.optional:
+        return (f.type | _Absent, Field(default=None, description=f.meaning))
+    return (f.type, Field(description=f.meaning))
+
+
+# Made from the event's schema (``narration/schema.py``), like the frames ``sse`` writes.
+Event = create_model(
+    "Event",
+    __base__=_Wire,
+    __doc__="One event of a job's narration: an SSE message's `data`, its `id` the `seq`.",
+    **{f.name: _event_field(f) for f in FIELDS},
+)
 
 
 class StreamEnd(_Wire):

@@ -20,7 +20,9 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-from ..storage.store import Store, StoredEvent
+from ..storage.store import Store
+from ..timeouts import BUS_RETRY_S
+from .schema import StoredEvent
 from .sse import event_frame
 
 _RING_EVENTS = 16384
@@ -158,6 +160,6 @@ class Bus:
                 return
             if cursor < channel.last_seq:
                 # Published but not yet readable anywhere: should not happen; never spin.
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(BUS_RETRY_S)
                 continue
             await channel.changed.wait()

@@ -8,9 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import attrgetter
-from typing import Any
 
-from ..backend import OutputChunk
+from ..backend import OutputChunk, Stream
 
 
 class Level(StrEnum):
@@ -44,26 +43,32 @@ class Action(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+def about(meaning: str) -> dict[str, str]:
+    """A field's metadata: what it means, with its unit (the API documents it)."""
+    return {"meaning": meaning}
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    action: Action
-    message: str
-    level: Level = Level.INFO
-    stream: str | None = None
-    ts: float = field(default_factory=time.time)
+    """One thing that happened during a job.
 
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "ts": self.ts,
-            "action": self.action.value,
-            "level": self.level.value,
-            "message": self.message,
-        }
-        if self.stream is not None:
-            data["stream"] = self.stream
-        if self.action is Action.OUTPUT:
-            data["lines"] = line_count(self.message)
-        return data
+    These fields, with the two the store adds (``schema.StoredEvent``), are the event's schema:
+    the stored row, the stream's JSON and the API's model are made from them (``schema.py``).
+    A new field is one line here, with its meaning, plus whatever sets it.
+    """
+
+    action: Action = field(metadata=about("what happened"))
+    message: str = field(
+        metadata=about(
+            "for `output` events: a run of consecutive lines of one stream, joined by "
+            "\\n (no trailing newline)"
+        )
+    )
+    level: Level = field(default=Level.INFO, metadata=about("how much it matters"))
+    stream: Stream | None = field(
+        default=None, metadata=about("the build's output stream it came from")
+    )
+    ts: float = field(default_factory=time.time, metadata=about("Unix time, seconds"))
 
 
 def line_count(message: str) -> int:
@@ -104,7 +109,7 @@ def output_events(chunks: Iterable[OutputChunk]) -> list[Event]:
     return events
 
 
-def _add_output(events: list[Event], stream: str, text: str, ts: float) -> None:
+def _add_output(events: list[Event], stream: Stream, text: str, ts: float) -> None:
     start = 0
     while len(text) - start > MAX_OUTPUT_EVENT_CHARS:
         cut = text.rfind("\n", start, start + MAX_OUTPUT_EVENT_CHARS)

@@ -3,7 +3,7 @@
 A job's stream (``GET /v1/jobs/{id}/stream``) is, per event, ``id: <seq>`` and ``data: <event
 JSON>``; ``: keep-alive`` comments while nothing happens; and, once the job has ended, ``event:
 end`` with how it ended, then ``data: [DONE]``. The JSON's shapes are ``Event`` and ``StreamEnd``
-in ``api/wire.py`` (a test holds ``event_frame`` to them).
+in ``api/wire.py``; the event's is made from the same fields as ``event_frame`` (``schema.py``).
 
 Writing and reading live together so that they cannot drift apart, and outside ``api/`` because
 the bus renders (each event once, shared by every subscriber) and the CLI, the bench and the
@@ -13,35 +13,58 @@ tests read: none of them may import the app. Nothing here needs more than the st
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import Any, NamedTuple
 
-from .events import line_count
-
-if TYPE_CHECKING:
-    from ..storage.store import StoredEvent
+from .schema import FIELDS, EventField, StoredEvent
 
 END_EVENT = "end"  # the event type of the end marker
 DONE = "[DONE]"  # the data of the stream's very last message
 HEARTBEAT = b": keep-alive\n\n"
 
-_quote = json.encoder.encode_basestring  # C-accelerated
+_quote = json.encoder.encode_basestring  # C-accelerated; non-ASCII stays as it is
 
 
-def event_frame(event: StoredEvent) -> bytes:
-    """``id: <seq>`` and the event as JSON: the same JSON as ``json.dumps(event.to_dict())``.
+def _text(f: EventField, value: str) -> str:
+    """An f-string piece writing the field's ``value`` (an expression) as JSON."""
+    if f.base is not str:
+        return f"{{{value}!r}}"  # a number: repr is JSON's spelling
+    if f.words:
+        return f'"{{{value}}}"'  # one of our own words: nothing to escape
+    return f"{{_quote({value})}}"
 
-    Built by hand: this runs once per event (a flood of output is one event per 64 KiB of it),
-    and only the message needs escaping (ids, actions and levels are plain words we make).
-    """
-    stream = "" if event.stream is None else f', "stream": "{event.stream}"'
-    if event.action == "output":
-        stream += f', "lines": {line_count(event.message)}'
-    return (
-        f'id: {event.seq}\ndata: {{"seq": {event.seq}, "ts": {event.ts!r}, '
-        f'"job_id": "{event.job_id}", "action": "{event.action}", '
-        f'"level": "{event.level}", "message": {_quote(event.message)}{stream}}}\n\n'
-    ).encode()
+
+def _compile() -> Callable[[StoredEvent], bytes]:
+    """``event_frame``, written out for the fields as declared (as dataclasses writes an
+    ``__init__``): it runs once per event, and a loop over the fields took twice as long
+    (measured: 5 µs an event against 2)."""
+    if FIELDS[0].optional:
+        raise TypeError(f"the stream's first field, {FIELDS[0].name}, must always be there")
+    scope: dict[str, Any] = {"_quote": _quote}
+    body = ["s = ''"]
+    run = "id: {e.seq}\ndata: {{"  # an f-string of the fields that are always there
+    for place, f in enumerate(FIELDS):
+        value = f"e.{f.name}"
+        if f.derive is not None:
+            scope[f"_{f.name}"] = f.derive
+            value = f"_{f.name}(e)"
+        piece = f'{", " if place else ""}"{f.name}": '
+        if not f.optional:
+            run += piece + _text(f, value)
+            continue
+        body.append(f"s += f{run!r}")
+        run = ""
+        body += [f"v = {value}", f"if v is not None: s += f{piece + _text(f, 'v')!r}"]
+    body.append(f"return (s + f{run + '}}' + chr(10) * 2!r}).encode()")
+    source = "def event_frame(e):\n" + "".join(f"    {line}\n" for line in body)
+    exec(source, scope)  # made above from the schema's own names, nothing from outside
+    frame: Callable[[StoredEvent], bytes] = scope["event_frame"]
+    frame.__doc__ = """``id: <seq>`` and the event as JSON: what ``json.dumps`` makes of its
+    fields (``FIELDS``, in their order), leaving out those that are None."""
+    return frame
+
+
+event_frame = _compile()
 
 
 def end_frame(end: Mapping[str, Any]) -> bytes:

@@ -8,31 +8,26 @@ never follow a link, so a hostile archive fails with a clear ``ArchiveError`` (t
 and writes nothing outside its folder. tarfile only parses; its extraction filters (missing from
 Debian bookworm's Python 3.11.2) are not relied on.
 
-Over ~400 lines on purpose: every tar that crosses the boundary (upload, copy-in, packages, a
-build's notes) is read or written here, so the rules for hostile archives are in one place to
-review; the descriptor-level writing is already split out into ``_unpack``.
+Every tar that crosses the boundary (upload, copy-in, packages, a build's notes) is read or
+written here, so the rules for hostile members are in one place to review; the limits on reading
+the stream itself are ``_tarread``'s, the descriptor-level writing is ``_unpack``'s.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
-import lzma
 import os
 import re
 import shutil
 import stat
 import tarfile
 import tempfile
-import zlib
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import IO, Protocol, Self
+from typing import IO
 
 from ..errors import ArchiveError, ArchiveTooLarge
-from . import _unpack
+from . import _tarread, _unpack
 
 # Spool small tars in memory; bigger ones go to an unnamed temp file that vanishes with us.
 _SPOOL_BYTES = 8 * 1024 * 1024
@@ -41,144 +36,11 @@ MAX_MEMBERS = 100_000
 _NAME_MAX_BYTES = 255  # NAME_MAX
 _PATH_MAX_BYTES = 4095  # PATH_MAX, less its NUL
 _MAX_DEPTH = 256
-# tarfile reads a pax or GNU long-name header in one piece, as long as it claims to be; a real
-# one holds a path or two.
-_MAX_HEADER_READ_BYTES = 64 * 1024
-# Before 3.11.10 tarfile searches pax headers with regexes quadratic in a run of digits
-# (CVE-2024-6232); a run of L digits costs it about L*L steps. A real archive spends ~2000 a
-# member (octal fields, timestamps); this is ~0.3 s of regex at worst.
-_DIGIT_BUDGET = 1 << 29
-_DIGITS = re.compile(rb"\d+")
-# Headers, pax records and padding per member, for the cap on the decompressed stream.
-_OVERHEAD_BYTES_PER_MEMBER = 2048
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_READ_ERRORS = (
-    tarfile.TarError,
-    EOFError,
-    OSError,
-    ValueError,
-    OverflowError,
-    zlib.error,
-    lzma.LZMAError,
-)
 
 
 def spooled() -> IO[bytes]:
     return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
-
-
-class _Stream:
-    """The (decompressed) tar stream as tarfile reads it, with the limits tarfile lacks."""
-
-    def __init__(self, raw: _Raw, *, limit_bytes: int | None, max_bytes: int) -> None:
-        self._raw = raw
-        self._limit_bytes = limit_bytes
-        self._max_bytes = max_bytes
-        self._pos = raw.tell()
-        self._digit_cost = 0
-        self.bulk = False  # set while we copy member data: big reads are ours, not headers
-
-    def read(self, size: int = -1) -> bytes:
-        if size < 0 or (size > _MAX_HEADER_READ_BYTES and not self.bulk):
-            raise ArchiveError(f"archive has a header that claims {size} bytes")
-        self._check_limit(self._pos + size)
-        try:
-            data = self._raw.read(size)
-        except _READ_ERRORS as exc:
-            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
-        self._pos += len(data)
-        if not self.bulk:
-            self._digit_cost += sum(len(run) ** 2 for run in _DIGITS.findall(data))
-            if self._digit_cost > _DIGIT_BUDGET:
-                raise ArchiveError("archive has headers with implausibly long runs of digits")
-        return data
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        target = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos}.get(whence)
-        if target is None:
-            raise ArchiveError("archive reader cannot seek from the end")  # tarfile never does
-        self._check_limit(target + offset)
-        try:
-            self._pos = self._raw.seek(target + offset)
-        except _READ_ERRORS as exc:
-            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def _check_limit(self, end: int) -> None:
-        # Only a decompressed stream needs it: there every byte skipped is a byte inflated.
-        if self._limit_bytes is not None and end > self._limit_bytes:
-            raise ArchiveTooLarge(
-                f"archive unpacks to more than {self._max_bytes} bytes", limit_bytes=self._max_bytes
-            )
-
-
-class _Raw(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int: ...
-    def tell(self) -> int: ...
-
-
-class _StrictTarInfo(tarfile.TarInfo):
-    """tarfile takes a header it cannot parse, anywhere but first, as the archive's end: every
-    member after it would be dropped without a word. Here that is an error."""
-
-    @classmethod
-    def fromtarfile(cls, tar: tarfile.TarFile) -> Self:
-        try:
-            return super().fromtarfile(tar)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as exc:  # type: ignore[attr-defined]
-            if tar.offset == 0:
-                raise  # tarfile's own "not a tar" answer, as before
-            # Not a tarfile.HeaderError, so its next() does not swallow it.
-            raise ArchiveError(
-                f"not a readable tar archive: a bad header at byte {tar.offset} ({exc})"
-            ) from exc
-
-
-@contextmanager
-def _open_tar(
-    fileobj: IO[bytes], *, max_bytes: int, max_members: int
-) -> Iterator[tuple[tarfile.TarFile, _Stream]]:
-    """A tar (plain, gzip, xz or bzip2) opened for reading through a ``_Stream``."""
-    start = fileobj.tell()
-    magic = fileobj.read(6)
-    fileobj.seek(start)
-    with ExitStack() as stack:
-        raw: _Raw = fileobj
-        if magic.startswith(b"\x1f\x8b"):
-            raw = stack.enter_context(gzip.GzipFile(fileobj=fileobj, mode="rb"))
-        elif magic.startswith(b"BZh"):
-            raw = stack.enter_context(bz2.BZ2File(fileobj))
-        elif magic.startswith(b"\xfd7zXZ\x00"):
-            raw = stack.enter_context(lzma.LZMAFile(fileobj))
-        limit = None if raw is fileobj else max_bytes + max_members * _OVERHEAD_BYTES_PER_MEMBER
-        stream = _Stream(raw, limit_bytes=limit, max_bytes=max_bytes)
-        try:
-            tar = stack.enter_context(
-                tarfile.open(  # type: ignore[call-overload]
-                    fileobj=stream, mode="r:", tarinfo=_StrictTarInfo
-                )
-            )
-        except _READ_ERRORS as exc:
-            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
-        yield tar, stream
-
-
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The members as tarfile parses them; its complaints become ``ArchiveError``s. (Only the
-    reading: an error writing to our own disk is ours, not the client's.)"""
-    members = iter(tar)
-    while True:
-        try:
-            member = next(members)
-        except StopIteration:
-            return
-        except _READ_ERRORS as exc:
-            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
-        yield member
 
 
 def _check_text(name: str, text: str, what: str) -> None:
@@ -268,17 +130,17 @@ def extract(
     what the plan expects, the byte cap) may leave members in ``dest``, never outside it.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    with _open_tar(fileobj, max_bytes=max_bytes, max_members=max_members) as (tar, stream):
-        members = check_members(_members(tar), max_bytes=max_bytes, max_members=max_members)
+    with _tarread.open_tar(fileobj, max_bytes=max_bytes, max_members=max_members) as (tar, stream):
+        members = check_members(_tarread.members(tar), max_bytes=max_bytes, max_members=max_members)
         plan = _unpack.Plan()
         for member in members:
             plan.add(member, member_parts(member.name), _hard_link_target(member))
         plan.check_links()
 
-        def open_member(member: tarfile.TarInfo) -> _BulkReader:
+        def open_member(member: tarfile.TarInfo) -> _tarread.BulkReader:
             source = tar.extractfile(member)
             assert source is not None  # only files are opened
-            return _BulkReader(source, stream)
+            return _tarread.BulkReader(source, stream)
 
         _unpack.write(plan, dest, open_member, _unpack.Budget(max_bytes))
     return [m.name for m in members]
@@ -294,29 +156,6 @@ def _hard_link_target(member: tarfile.TarInfo) -> tuple[str, ...]:
             f"archive member {member.name!r} is a hard link to {member.linkname!r}, which is not "
             "a file earlier in the archive"
         ) from None
-
-
-class _BulkReader:
-    """A member's bytes; its reads are data, so the header limits do not apply to them."""
-
-    def __init__(self, source: IO[bytes], stream: _Stream) -> None:
-        self._source = source
-        self._stream = stream
-
-    def read(self, size: int = -1) -> bytes:
-        self._stream.bulk = True
-        try:
-            return self._source.read(size)
-        except _READ_ERRORS as exc:
-            raise ArchiveError(f"not a readable tar archive: {exc}") from exc
-        finally:
-            self._stream.bulk = False
-
-    def __enter__(self) -> _BulkReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._source.close()
 
 
 def pack_dir(
@@ -387,9 +226,12 @@ def extract_packages(fileobj: IO[bytes], dest: Path, *, max_bytes: int) -> list[
     stored: list[Path] = []
     budget = _unpack.Budget(max_bytes)
     try:
-        with _open_tar(fileobj, max_bytes=max_bytes, max_members=MAX_MEMBERS) as (tar, stream):
+        with _tarread.open_tar(fileobj, max_bytes=max_bytes, max_members=MAX_MEMBERS) as (
+            tar,
+            stream,
+        ):
             total = 0
-            for member in _members(tar):
+            for member in _tarread.members(tar):
                 member_parts(member.name)
                 base = PurePosixPath(member.name).name
                 if not member.isfile() or not is_package_name(base):
@@ -405,7 +247,7 @@ def extract_packages(fileobj: IO[bytes], dest: Path, *, max_bytes: int) -> list[
                 assert source is not None  # a regular file
                 fd = os.open(staging / base, _unpack.NEW_FILE_FLAGS, 0o644)
                 try:
-                    with _BulkReader(source, stream) as data:
+                    with _tarread.BulkReader(source, stream) as data:
                         budget.copy(data, fd)
                 finally:
                     os.close(fd)

@@ -16,13 +16,15 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..timeouts import CHECKPOINT_INTERVAL_S
+
 log = logging.getLogger(__name__)
 
 BACKSTOP_PAGES = 16_384  # the writer's own wal_autocheckpoint: 64 MiB of log at 4 KiB pages
 
 
 class Checkpointer:
-    def __init__(self, path: Path, interval_s: float = 1.0) -> None:
+    def __init__(self, path: Path, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
         self._path = path
         self._interval_s = interval_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-wal")

@@ -44,7 +44,7 @@ def out_of_space(exc: BaseException) -> bool:
 
 class DataDisk:
     def __init__(
-        self, path: Path, *, min_free_bytes: int, reserve_bytes: int, poll_s: float = 1.0
+        self, path: Path, *, min_free_bytes: int, reserve_bytes: int, poll_s: float
     ) -> None:
         self.path = path
         self.min_free_bytes = min_free_bytes

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backend import Stream
 from orchestrator.jobs.status import JobStatus
 from orchestrator.narration.bus import BATCH_MAX_BYTES, Bus
-from orchestrator.narration.events import Action, Event
+from orchestrator.narration.events import Action, Event, Level
 from orchestrator.storage.store import JobRecord, Store
 
 from .. import waiting
@@ -97,16 +98,25 @@ async def test_shutdown_ends_waiting_subscribers(bus: Bus) -> None:
         ("output", "stderr", "three\nlines\n"),
     ],
 )
-def test_a_frame_is_the_events_json(action: str, stream: str | None, message: str) -> None:
+def test_a_frame_is_the_events_json(action: str, stream: Stream | None, message: str) -> None:
     from orchestrator.narration.bus import Frame
-    from orchestrator.storage.store import StoredEvent
+    from orchestrator.narration.schema import StoredEvent
 
-    event = StoredEvent("j1", 7, 1795614715.0943747, action, "info", message, stream)
+    event = StoredEvent(
+        Action(action), message, Level.INFO, stream, 1795614715.0943747, job_id="j1", seq=7
+    )
     frame = Frame.of(event)
     head, _, rest = frame.data.decode().partition("\n")
     assert head == "id: 7"
     assert rest.startswith("data: ") and rest.endswith("\n\n")
-    assert json.loads(rest[6:]) == event.to_dict()
+    data = json.loads(rest[6:])
+    assert (data["seq"], data["job_id"], data["action"], data["message"]) == (
+        7,
+        "j1",
+        action,
+        message,
+    )
+    assert data.get("stream") == stream
 
 
 async def test_a_caught_up_subscriber_waits_on_the_ring_not_the_store(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.backend import OutputChunk
 from orchestrator.narration.events import (
     MAX_OUTPUT_EVENT_CHARS,
@@ -10,10 +12,18 @@ from orchestrator.narration.events import (
     Level,
     output_events,
 )
+from orchestrator.narration.schema import numbered
+from orchestrator.narration.sse import Parser, event_frame
 
 
 def summary(events: list[Event]) -> list[tuple[str, str | None, str]]:
     return [(e.action.value, e.stream, e.message) for e in events]
+
+
+def sent(event: Event) -> Any:
+    """The event as a client of the stream reads it."""
+    [message] = Parser().feed(event_frame(numbered(event, "j", 1)))
+    return message.json()
 
 
 def test_consecutive_chunks_of_one_stream_become_one_event() -> None:
@@ -30,7 +40,7 @@ def test_consecutive_chunks_of_one_stream_become_one_event() -> None:
         ("output", "stdout", "4"),
     ]
     assert [e.ts for e in events] == [1.0, 3.0, 4.0]  # when the run's first line was read
-    assert events[0].to_dict()["lines"] == 3
+    assert sent(events[0])["lines"] == 3
 
 
 def test_makepkg_phase_lines_break_a_run_and_carry_their_level() -> None:
@@ -48,7 +58,7 @@ def test_makepkg_phase_lines_break_a_run_and_carry_their_level() -> None:
         Level.WARNING,
         Level.ERROR,
     ]
-    assert "lines" not in events[0].to_dict()
+    assert "lines" not in sent(events[0])
 
 
 def test_a_marker_inside_a_line_is_not_a_phase() -> None:
@@ -59,7 +69,7 @@ def test_a_marker_inside_a_line_is_not_a_phase() -> None:
 def test_empty_lines_are_kept() -> None:
     events = output_events([OutputChunk("stdout", "", 0.0), OutputChunk("stdout", "", 0.0)])
     assert summary(events) == [("output", "stdout", "\n")]
-    assert events[0].to_dict()["lines"] == 2
+    assert sent(events[0])["lines"] == 2
 
 
 def test_a_long_run_is_split_at_line_ends_and_loses_nothing() -> None:

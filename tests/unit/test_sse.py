@@ -10,29 +10,48 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orchestrator.api.wire import Event, StreamEnd
+from orchestrator.backend import Stream
 from orchestrator.jobs.status import JobStatus
 from orchestrator.narration import sse
-from orchestrator.storage.store import StoredEvent
+from orchestrator.narration.events import Action, Level
+from orchestrator.narration.schema import StoredEvent
 
 MESSAGES = ['a "q" \\ ü \x00 ✅ \u2028', "three\nlines\n", "", "x" * 70_000]
 
 
 def stored(
-    seq: int, message: str, action: str = "output", stream: str | None = "stdout"
+    seq: int, message: str, action: str = "output", stream: Stream | None = "stdout"
 ) -> StoredEvent:
-    return StoredEvent("j1", seq, 1795614715.0943747, action, "info", message, stream)
+    return StoredEvent(
+        Action(action), message, Level.INFO, stream, 1795614715.0943747, job_id="j1", seq=seq
+    )
 
 
 @pytest.mark.parametrize("message", MESSAGES)
 @pytest.mark.parametrize(
     ("action", "stream"), [("output", "stderr"), ("phase", "stdout"), ("queued", None)]
 )
-def test_an_event_frame_is_the_event_model(message: str, action: str, stream: str | None) -> None:
+def test_an_event_frame_is_the_event_model(
+    message: str, action: str, stream: Stream | None
+) -> None:
     event = stored(7, message, action, stream)
     head, _, rest = sse.event_frame(event).decode().partition("\n")
     assert head == "id: 7"
     data = json.loads(rest.removeprefix("data: ").removesuffix("\n\n"))
-    assert data == event.to_dict()
+    expected = {
+        "seq": 7,
+        "ts": 1795614715.0943747,
+        "job_id": "j1",
+        "action": action,
+        "level": "info",
+        "message": message,
+    }
+    if stream is not None:
+        expected["stream"] = stream
+    if action == "output":
+        expected["lines"] = message.count("\n") + 1
+    assert data == expected
+    assert rest.removeprefix("data: ").removesuffix("\n\n") == json.dumps(data, ensure_ascii=False)
     # What the bus renders by hand is exactly what the model would serve.
     assert Event.model_validate(data).model_dump(mode="json", exclude_unset=True) == data
 

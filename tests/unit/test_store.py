@@ -13,8 +13,9 @@ import pytest
 from orchestrator.errors import JobNotFound, OrchestratorError, StoreError
 from orchestrator.jobs.status import JobStatus
 from orchestrator.narration.events import Action, Event, Level
+from orchestrator.narration.schema import StoredEvent
 from orchestrator.storage.checkpoint import BACKSTOP_PAGES
-from orchestrator.storage.store import JobRecord, Store, StoredEvent
+from orchestrator.storage.store import JobRecord, Store
 
 
 def job(job_id: str, created_at: float = 1_700_000_000.0, **fields: object) -> JobRecord:
@@ -131,7 +132,9 @@ async def test_append_assigns_gapless_seqs_at_once(store: Store, db: Path) -> No
     second = await store.append("a", lines(8, start=3))
     assert [e.seq for e in first + second] == list(range(1, 9))
     assert [e.seq for e in other] == [1, 2]
-    assert second[0] == StoredEvent("a", 4, 3.0, "output", "info", "line 3", "stdout")
+    assert second[0] == StoredEvent(
+        Action.OUTPUT, "line 3", Level.INFO, "stdout", 3.0, job_id="a", seq=4
+    )
     assert await store.append("a", []) == []
     # Nothing is on disk yet, but the record already counts the pending events.
     assert on_disk(db, "SELECT COUNT(*) FROM events") == [(0,)]
@@ -328,20 +331,7 @@ async def test_close_is_idempotent_and_final(db: Path) -> None:
         await store.append("a", lines(1))
 
 
-def test_to_dict_shapes() -> None:
-    plain = StoredEvent("j", 1, 2.5, "phase", "info", "==> x", None)
-    assert plain.to_dict() == {
-        "seq": 1,
-        "ts": 2.5,
-        "job_id": "j",
-        "action": "phase",
-        "level": "info",
-        "message": "==> x",
-    }
-    assert (
-        StoredEvent("j", 2, 3.0, "output", "info", "hi", "stderr").to_dict()["stream"] == "stderr"
-    )
-
+def test_a_records_view_for_the_api() -> None:
     record = job(
         "j",
         created_at=0.0,
@@ -505,3 +495,50 @@ async def test_a_full_disk_fails_writes_and_the_store_recovers_by_itself(store: 
     assert record.reason == "written"
     events = await store.events("j")
     assert [(e.seq, e.message) for e in events] == [(1, "before"), (2, big), (3, "after")]
+
+
+def previous_version_db(path: Path, *, stream_column: bool = True) -> None:
+    """A database as the version before this one left it (schema 4), with a job and its
+    narration; without ``stream_column``, an events table from before that field existed."""
+    stream = ", stream TEXT" if stream_column else ""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, operation TEXT NOT NULL, status TEXT NOT NULL,"
+        " variant TEXT, pkgname TEXT, pkgver TEXT, created_at REAL NOT NULL, started_at REAL,"
+        " finished_at REAL, timeout_s REAL, exit_code INTEGER, reason TEXT, cancel_reason TEXT,"
+        " artifacts TEXT NOT NULL DEFAULT '[]', last_seq INTEGER NOT NULL DEFAULT 0,"
+        " request TEXT NOT NULL DEFAULT '{}', srcinfo TEXT, cache TEXT);"
+        "CREATE TABLE events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,"
+        f" action TEXT NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL{stream},"
+        " PRIMARY KEY (job_id, seq)) WITHOUT ROWID;"
+        "INSERT INTO jobs (id, operation, status, created_at, last_seq)"
+        " VALUES ('old', 'build', 'succeeded', 1, 2);"
+        "INSERT INTO events (job_id, seq, ts, action, level, message)"
+        " VALUES ('old', 1, 1.5, 'queued', 'info', 'Queued');"
+        "INSERT INTO events (job_id, seq, ts, action, level, message)"
+        " VALUES ('old', 2, 2.5, 'some_newer_action', 'error', 'from a newer version');"
+        "PRAGMA user_version = 4;"
+    )
+    conn.close()
+
+
+@pytest.mark.parametrize("stream_column", [True, False])
+async def test_a_previous_versions_narration_still_reads(
+    tmp_path: Path, stream_column: bool
+) -> None:
+    db = tmp_path / "old.db"
+    previous_version_db(db, stream_column=stream_column)
+    store = await Store.open(db)
+    try:
+        old = await store.events("old")
+        assert old[0] == StoredEvent(
+            Action.QUEUED, "Queued", Level.INFO, None, 1.5, job_id="old", seq=1
+        )
+        # An action this version does not know is kept as it was written.
+        assert (old[1].action, old[1].level) == ("some_newer_action", Level.ERROR)
+        more = await store.append("old", [Event(Action.OUTPUT, "x", stream="stderr", ts=3.0)])
+        assert more[0].seq == 3
+        assert (await store.events("old", after_seq=2)) == more
+    finally:
+        await store.close()
+    assert on_disk(db, "SELECT stream FROM events ORDER BY seq") == [(None,), (None,), ("stderr",)]
