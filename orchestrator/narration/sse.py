@@ -27,8 +27,10 @@ _quote = json.encoder.encode_basestring  # C-accelerated; non-ASCII stays as it 
 
 def _text(f: EventField, value: str) -> str:
     """An f-string piece writing the field's ``value`` (an expression) as JSON."""
-    if f.base is not str:
-        return f"{{{value}!r}}"  # a number: repr is JSON's spelling
+    if f.base in (int, float):
+        return f"{{{value}!r}}"  # a finite number: repr is JSON's spelling
+    if f.base is not str:  # a bool's repr (True) or a dict's is not JSON: say so at import
+        raise TypeError(f"the stream cannot send {f.name}: {f.base.__name__} is not str/int/float")
     if f.words:
         return f'"{{{value}}}"'  # one of our own words: nothing to escape
     return f"{{_quote({value})}}"
