@@ -33,6 +33,8 @@ class Action(StrEnum):
     ARTIFACT_STORED = "artifact_stored"
     INSTALLED = "installed"
     PROGRESS = "progress"
+    SAMPLE = "sample"  # a running build's resource figures (its own SSE event type: `sample`)
+    SILENCE = "silence"  # a build printed nothing for a while: what it is doing meanwhile
     CANCELLING = "cancelling"
     CONTAINER_REMOVED = "container_removed"
     WARNING = "warning"
@@ -69,6 +71,38 @@ class Event:
         default=None, metadata=about("the build's output stream it came from")
     )
     ts: float = field(default_factory=time.time, metadata=about("Unix time, seconds"))
+    # A `sample`'s figures (None on every other event), as the engine reported them.
+    elapsed_s: float | None = field(
+        default=None, metadata=about("`sample`: seconds since the build's command started")
+    )
+    cpu_seconds: float | None = field(
+        default=None, metadata=about("`sample`: CPU time the build has used, all its processes")
+    )
+    cpu_percent: float | None = field(
+        default=None,
+        metadata=about("`sample`: CPU use since the sample before, 100 per busy core"),
+    )
+    memory_bytes: int | None = field(
+        default=None,
+        metadata=about("`sample`: memory held now (working set: less file cache it can drop)"),
+    )
+    peak_memory_bytes: int | None = field(
+        default=None, metadata=about("`sample`: the most memory held at any sample so far")
+    )
+    memory_limit_bytes: int | None = field(
+        default=None, metadata=about("`sample`: the build's memory limit, when it has one")
+    )
+    pids: int | None = field(default=None, metadata=about("`sample`: processes and threads now"))
+    disk_bytes: int | None = field(
+        default=None,
+        metadata=about("`sample`: bytes the build has written to its disk and cache, last look"),
+    )
+    net_rx_bytes: int | None = field(
+        default=None, metadata=about("`sample`: network bytes received since it started")
+    )
+    net_tx_bytes: int | None = field(
+        default=None, metadata=about("`sample`: network bytes sent since it started")
+    )
 
 
 def line_count(message: str) -> int:

@@ -44,7 +44,8 @@ def test_the_streams_json_has_the_fields_in_their_order() -> None:
     event = numbered(Event(Action.OUTPUT, "a\nb", Level.WARNING, "stderr", 2.5), "j", 3)
     [message] = Parser().feed(event_frame(event))
     data = json.loads(message.data)
-    assert list(data) == NAMES
+    assert message.event == "message"
+    assert list(data) == [name for name in NAMES if name in data]
     assert data == {
         "seq": 3,
         "ts": 2.5,
@@ -60,6 +61,27 @@ def test_the_streams_json_has_the_fields_in_their_order() -> None:
         Parser().feed(event_frame(numbered(Event(Action.QUEUED, "q"), "j", 4)))[0].data
     )
     assert list(bare) == [f.name for f in FIELDS if not f.optional]
+
+
+def test_a_sample_is_its_own_event_type_with_every_figure() -> None:
+    figures = dict(
+        elapsed_s=5.0,
+        cpu_seconds=9.5,
+        cpu_percent=190.0,
+        memory_bytes=1 << 30,
+        peak_memory_bytes=2 << 30,
+        memory_limit_bytes=4 << 30,
+        pids=12,
+        disk_bytes=1000,
+        net_rx_bytes=7,
+        net_tx_bytes=8,
+    )
+    sample = Event(Action.SAMPLE, "CPU 190%, 1.0 GiB", ts=1.0, **figures)
+    [message] = Parser().feed(event_frame(numbered(sample, "j", 9)))
+    data = json.loads(message.data)
+    assert (message.event, message.id) == ("sample", "9")
+    assert list(data) == [name for name in NAMES if name in data]
+    assert {name: data[name] for name in figures} == figures
 
 
 def test_the_api_model_and_its_document_are_the_fields() -> None:
