@@ -82,6 +82,8 @@ class Vitals:
     def sample(self, usage: Usage, now: float, disk_bytes: int | None = None) -> Sample:
         last = self._last
         elapsed = now - self.started
+        if disk_bytes is None and last is not None:
+            disk_bytes = last.disk_bytes  # the disk is looked at less often than the rest
         if last is None or elapsed <= last.elapsed_s:
             busy = 0.0
         else:
@@ -96,7 +98,7 @@ class Vitals:
             peak_memory_bytes=self._peak_memory,
             memory_limit_bytes=usage.memory_limit_bytes,
             pids=usage.pids,
-            disk_bytes=disk_bytes if disk_bytes is not None else last and last.disk_bytes,
+            disk_bytes=disk_bytes,
             net_rx_bytes=usage.net_rx_bytes,
             net_tx_bytes=usage.net_tx_bytes,
         )
