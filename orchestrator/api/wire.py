@@ -8,6 +8,7 @@ added here. Timestamps are ISO 8601 strings in UTC, as the stores already write 
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 from pydantic.json_schema import SkipJsonSchema
 
 from ..jobs.cancel import CancelReason
+from ..jobs.estimate import progress
 from ..jobs.status import JobStatus
 from ..narration.schema import FIELDS, EventField
 from ..storage.store import JobRecord
@@ -113,6 +115,28 @@ class Job(_Wire):
         description="whether the build had its package's cache (used, why not), and what hit: "
         "sources reused, sccache and ccache hits and misses"
     )
+    peak_memory_bytes: int | None = Field(
+        default=None, description="a build's: the most memory it held at a sample (working set)"
+    )
+    cpu_seconds: float | None = Field(
+        default=None, description="a build's: CPU time it used, all its processes"
+    )
+    peak_pids: int | None = Field(default=None, description="a build's: most processes at once")
+    disk_bytes: int | None = Field(
+        default=None, description="a build's: bytes it wrote to its disk and cache, last look"
+    )
+    phases_s: dict[str, float] | None = Field(
+        default=None, description="a build's: wall time of each makepkg phase (prepare, build...)"
+    )
+    estimate_s: float | None = Field(
+        default=None,
+        description="how long it was expected to take when it started, from the last "
+        "successful build of its package and variant (with a cache as warm, when there is one)",
+    )
+    progress: float | None = Field(
+        default=None,
+        description="while it runs: its elapsed time over its estimate, at most 0.99",
+    )
     job_id: str
     job_url: str
     sse_url: str
@@ -120,6 +144,7 @@ class Job(_Wire):
     @classmethod
     def of(cls, record: JobRecord) -> Job:
         fields = record.to_dict()
+        fields["progress"] = progress(record, time.time())
         artifacts = [{"name": n, "url": artifact_url(record.id, n)} for n in record.artifacts]
         fields.update(job_id=record.id, artifacts=artifacts, **job_links(record.id))
         return cls.model_validate(fields)

@@ -67,8 +67,9 @@ def _compile() -> Callable[[StoredEvent], bytes]:
     source = "def event_frame(e):\n" + "".join(f"    {line}\n" for line in body)
     exec(source, scope)  # made above from the schema's own names, nothing from outside
     frame: Callable[[StoredEvent], bytes] = scope["event_frame"]
-    frame.__doc__ = """``id: <seq>`` (``event: sample`` first for a sample) and the event as JSON: what ``json.dumps`` makes of its
-    fields (``FIELDS``, in their order), leaving out those that are None."""
+    frame.__doc__ = """``id: <seq>`` (after ``event: sample`` for a sample) and the event as
+    JSON: what ``json.dumps`` makes of its fields (``FIELDS``, in their order), leaving out
+    those that are None."""
     return frame
 
 

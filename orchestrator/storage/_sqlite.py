@@ -43,6 +43,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE jobs ADD COLUMN request TEXT NOT NULL DEFAULT '{}'",),
     ("ALTER TABLE jobs ADD COLUMN srcinfo TEXT",),
     ("ALTER TABLE jobs ADD COLUMN cache TEXT",),
+    (
+        "ALTER TABLE jobs ADD COLUMN peak_memory_bytes INTEGER",
+        "ALTER TABLE jobs ADD COLUMN cpu_seconds REAL",
+        "ALTER TABLE jobs ADD COLUMN peak_pids INTEGER",
+        "ALTER TABLE jobs ADD COLUMN disk_bytes INTEGER",
+        "ALTER TABLE jobs ADD COLUMN phases_s TEXT",  # JSON: makepkg phase -> seconds
+        "ALTER TABLE jobs ADD COLUMN estimate_s REAL",
+        "CREATE INDEX jobs_by_package ON jobs (pkgname, variant, finished_at)",
+    ),
 )
 VERSION = len(_MIGRATIONS)
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL"}

@@ -49,6 +49,14 @@ class JobRecord:
     request: Mapping[str, Any] = field(default_factory=dict)
     srcinfo: str | None = None  # the .SRCINFO makepkg printed for the PKGBUILD
     cache: Mapping[str, Any] | None = None  # whether the build had a cache, and what hit
+    # A build's life (``build/vitals.py``): what it used, from the engine's samples, and the
+    # wall time of each makepkg phase; and, once it started, how long it was expected to take.
+    peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
+    peak_pids: int | None = None
+    disk_bytes: int | None = None
+    phases_s: Mapping[str, float] | None = None
+    estimate_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as the API shows it (``wire.Job``): times in ISO 8601, no request."""
@@ -68,6 +76,7 @@ JOB_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 JOB_INSERT = (
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
 )
+_JSON_MAPS = ("cache", "phases_s")  # mappings kept as JSON text
 # last_seq belongs to the store: it follows the events actually appended.
 UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "last_seq"}
 
@@ -81,7 +90,7 @@ def to_column(name: str, value: Any) -> Any:
         return JobStatus(value).value
     if name == "request":
         return json.dumps(dict(value))
-    if name == "cache":
+    if name in _JSON_MAPS:
         return None if value is None else json.dumps(dict(value))
     if isinstance(value, str):
         return str(value)  # StrEnum members (CancelReason...) go in as their plain value
@@ -93,7 +102,8 @@ def job_from_row(row: Sequence[Any]) -> JobRecord:
     values["status"] = JobStatus(values["status"])
     values["artifacts"] = tuple(json.loads(values["artifacts"]))
     values["request"] = json.loads(values["request"])
-    values["cache"] = None if values["cache"] is None else json.loads(values["cache"])
+    for name in _JSON_MAPS:
+        values[name] = None if values[name] is None else json.loads(values[name])
     return JobRecord(**values)
 
 
@@ -131,6 +141,25 @@ def jobs_with_status(conn: sqlite3.Connection, values: Sequence[str]) -> list[Jo
     marks = ", ".join("?" * len(values))
     sql = f"{JOB_SELECT} WHERE status IN ({marks}) ORDER BY created_at, rowid"
     return [job_from_row(row) for row in conn.execute(sql, values).fetchall()]
+
+
+def past_durations(
+    conn: sqlite3.Connection, operation: str, pkgname: str, variant: str | None, most: int
+) -> list[tuple[float, bool | None]]:
+    """The wall times of the newest successful jobs of this package and variant, newest first,
+    each with whether its build cache was warm (None: it had none)."""
+    rows = conn.execute(
+        "SELECT finished_at - started_at, cache FROM jobs WHERE operation = ? AND pkgname = ?"
+        " AND variant IS ? AND status = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL"
+        " ORDER BY finished_at DESC LIMIT ?",
+        (operation, pkgname, variant, JobStatus.SUCCEEDED.value, most),
+    ).fetchall()
+    return [(float(took), _warm(cache)) for took, cache in rows]
+
+
+def _warm(cache: str | None) -> bool | None:
+    report = json.loads(cache) if cache else {}
+    return bool(report.get("warm")) if report.get("used") else None
 
 
 def count_by_status(conn: sqlite3.Connection) -> dict[JobStatus, int]:

@@ -178,6 +178,15 @@ class Store:
         await self.flush()
         return await self._run(lambda conn: _eventrows.actions(conn, job_id))
 
+    async def past_durations(
+        self, operation: str, pkgname: str, variant: str | None, most: int = 5
+    ) -> list[tuple[float, bool | None]]:
+        """The newest successful runs of this package and variant: wall time in seconds, and
+        whether the build cache was warm (None: no cache)."""
+        return await self._run(
+            lambda conn: records.past_durations(conn, operation, pkgname, variant, most)
+        )
+
     async def count_by_status(self) -> dict[JobStatus, int]:
         """Job counts for every status, zero included."""
         return await self._run(records.count_by_status)

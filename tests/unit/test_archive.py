@@ -516,7 +516,8 @@ def test_an_archive_of_links_to_long_chains_is_refused_quickly(tmp_path: Path) -
             link.type, link.linkname = tarfile.SYMTYPE, deep
             tar.addfile(link)
     out.seek(0)
-    began = time.monotonic()
+    # CPU time, not wall time: what is measured is the work, whatever else the machine runs.
+    began = time.process_time()
     with pytest.raises(ArchiveError, match="path components in all"):
         archive.extract(out, tmp_path / "dest", max_bytes=1 << 20)
-    assert time.monotonic() - began < 10
+    assert time.process_time() - began < 10
