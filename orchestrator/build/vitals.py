@@ -55,6 +55,7 @@ class Vitals:
 
     started: float
     silence_s: float
+    disk_bytes: int | None = None  # the disk watchdog's last look, when it looks
     _last_output: float = 0.0
     _last_notice: float = 0.0
     _last: Sample | None = None
@@ -118,9 +119,13 @@ class Vitals:
             f"{size(last.memory_limit_bytes)}): it is killed if it needs more"
         )
 
+    def silent(self, now: float) -> bool:
+        """Whether a silence is due to be explained (before asking the engine what runs)."""
+        return now - self._last_notice >= self.silence_s
+
     def silence(self, now: float, running: tuple[str, ...] = ()) -> str | None:
         """Once per ``silence_s`` without output: that the build is alive, and doing what."""
-        if now - self._last_notice < self.silence_s:
+        if not self.silent(now):
             return None
         self._last_notice = now
         parts = [f"no output for {duration(now - self._last_output)}"]
