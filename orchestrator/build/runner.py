@@ -25,6 +25,7 @@ from ..metrics import Metrics
 from ..narration.events import Action, Event, Level, output_events
 from ..settings import MiB, Settings
 from ..storage import archive
+from ..timeouts import OUTPUT_PACE_S
 from . import cachescript, srcinfo
 from .caches import Caches, Lease
 from .inspector import Inspector
@@ -43,7 +44,6 @@ MAKEPKG = ("makepkg", "--nodeps", "--noconfirm", "--noprogressbar")
 # Where a build in our images can write (the disk watchdog's first guess, until it has found
 # them in the image): makepkg's folders, the temporary ones, the build user's home.
 WRITABLE_GUESS = (BUILD_DIR, PACKAGE_DIR, "/tmp", "/var/tmp", "/home/builder")
-OUTPUT_PACE_S = 0.005  # the most a line can wait for the one before it to be sent
 
 NOUN = "Build"  # how the endings name a build
 

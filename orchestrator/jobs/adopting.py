@@ -20,12 +20,12 @@ from ..build.runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
 from ..errors import BackendError, OrchestratorError, StepGone, StepNotStarted
 from ..narration.events import Action, Event, Level, output_events
 from ..storage.archive import is_package_name
+from ..timeouts import ADOPTED_EXIT_POLL_S
 from . import Sink, Work
 from .cancel import CancelToken
 from .status import JobStatus
 
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
-_POLL_S = 1.0  # how often a step whose output is lost is asked whether it has exited
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +120,7 @@ class _Silent:
             found = await self._backend.find(self._step.labels)
             if all(s.handle != self._step.handle or s.state == "exited" for s in found):
                 return
-            await asyncio.sleep(_POLL_S)
+            await asyncio.sleep(ADOPTED_EXIT_POLL_S)
         yield []  # makes this an async generator; never reached
 
     async def aclose(self) -> None:
