@@ -69,12 +69,14 @@ async def find(runner: Runner, job_id: str) -> FoundStep:
 async def adopt(runner: Runner, adoption: Adoption, sink: Sink, cancel: CancelToken) -> BuildResult:
     """Watch the found build to its end and finish it; its step is removed at the end."""
 
-    async def body(container: list[str], caching: Caching) -> BuildResult:
-        container.append(adoption.step.handle)
-        cancel.step_started = True
+    async def make(caching: Caching) -> tuple[Handle, None]:
+        cancel.step_started = True  # found running (or exited): it started long ago
+        return adoption.step.handle, None
+
+    async def follow(handle: Handle, _: None, caching: Caching) -> BuildResult:
         return await _adopted(runner, adoption, sink, cancel, caching)
 
-    return await runner.guarded(adoption.job_id, sink, cancel, body)
+    return await runner.guarded(adoption.job_id, sink, cancel, make, follow)
 
 
 async def _adopted(
