@@ -35,6 +35,45 @@ STREAM_TRIM_AFTER_S = 1.0
 
 # --- jobs, builds and the catalog ---
 
+# Jobs (jobs/). A stop that cancels running builds waits this long for them to end (their
+# containers removed) before the workers are cut short.
+SHUTDOWN_GRACE_S = 60.0
+# Leaving builds running is quick (their output streams close); a job still setting up past
+# this is stopped instead, so the service exits within its 10 s.
+DETACH_GRACE_S = 5.0
+# How often an adopted step whose output is lost is asked whether it has exited.
+ADOPTED_EXIT_POLL_S = 1.0
+# The janitor tries an unremoved step again this soon, then less and less often (up to its
+# sweep interval); at the stop, a daemon that is gone must not hold it for a removal per step.
+JANITOR_RETRY_S = 1.0
+JANITOR_CLOSE_TIMEOUT_S = 20.0
+
+# Builds (build/). The most a line of output can wait for the one before it to be sent: a
+# flood goes out in big events, a line after a quiet spell at once.
+OUTPUT_PACE_S = 0.005
+# How often a long reading's CPU time is looked at, once it could be over its limit.
+READER_CPU_POLL_S = 0.5
+# How long makepkg's answer for one PKGBUILD skeleton is reused without reading it again.
+INSPECTION_REMEMBER_S = 600.0
+# The engine's walk of a whole writable layer costs its daemon: the pause after one is this
+# many times what it took, so it takes at most a tenth of the daemon's time.
+LAYER_LOOK_PAUSE_PER_COST = 10
+# At the stop, how long the cache measuring and pruning that builds left may still run.
+CACHE_SETTLE_TIMEOUT_S = 30.0
+
+# The catalog (catalog/). A model download retries a failed request after 0.2 s, 0.4 s, ...
+# at most 2 s, this many times in a row without progress; it reports progress this often.
+MODEL_RETRY_FIRST_WAIT_S = 0.2
+MODEL_RETRY_MAX_WAIT_S = 2.0
+MODEL_DOWNLOAD_ATTEMPTS = 5
+MODEL_PROGRESS_INTERVAL_S = 0.5
+# A model server that does not answer, or stops sending, is given up on (then retried).
+MODEL_CONNECT_TIMEOUT_S = 30.0
+MODEL_READ_TIMEOUT_S = 60.0
+# The whole fetch of a catalog from an http(s) URL.
+CATALOG_FETCH_TIMEOUT_S = 30.0
+
+
 # (end of jobs, builds and the catalog)
 
 # --- the CLI ---

@@ -22,11 +22,10 @@ from typing import TypeVar
 from ..backend import Backend
 from ..errors import OrchestratorError
 from ..settings import Settings
+from ..timeouts import LAYER_LOOK_PAUSE_PER_COST
 
 _T = TypeVar("_T")
 LAYER = "its writable layer"  # where the engine's own measure says the bytes are
-# A look by the engine's walk costs its daemon: it takes at most a tenth of the time.
-_SLOW_LOOK_FACTOR = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +111,8 @@ class DiskWatch:
             used = (layer or 0) + watched.cache_grown
             if used > self._settings.build_disk_bytes:
                 return Overrun(used, LAYER)
-            cost = time.monotonic() - began
-            await asyncio.sleep(max(self._settings.build_disk_poll_s, _SLOW_LOOK_FACTOR * cost))
+            pause_s = LAYER_LOOK_PAUSE_PER_COST * (time.monotonic() - began)
+            await asyncio.sleep(max(self._settings.build_disk_poll_s, pause_s))
 
     def _where(self, image: str, guess: tuple[str, ...], cache_path: str | None) -> tuple[str, ...]:
         """The places to measure: none where the engine holds the quota itself. The cache
