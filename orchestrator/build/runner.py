@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from .caches import Caches, Lease
 from .inspector import Inspector
 from .srcinfo import SrcInfo
 from .variants import VariantPlan, plan
+from .vitals import Vitals
 from .watch import StepWatch
 
 JOB_LABEL = "orchestrator.job"
@@ -279,8 +281,9 @@ class Runner:
         if made.lease is not None:
             made.lease.started = True
         await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
-        ended = await self.watch(cid, stream, sink, cancel, made.image, made.lease)
-        return await self.conclude(cid, ended, job_id, made.lease, cache, sink)
+        return await self.watch(
+            job_id, cid, stream, sink, cancel, made.lease, image=made.image, cache=cache
+        )
 
     async def conclude(
         self,
@@ -327,15 +330,25 @@ class Runner:
 
     async def watch(
         self,
+        job_id: str,
         cid: Handle,
         stream: OutputStream,
         sink: Sink,
         cancel: CancelToken,
-        image: str,
         lease: Lease | None,
-    ) -> ExitStatus | BuildResult:
-        """``StepWatch.watch``: the running step narrated to its end, stopped, or left."""
-        return await self._watch.watch(cid, stream, sink, cancel, image, lease)
+        *,
+        image: str,
+        cache: dict[str, Any],
+        started_at: float | None = None,
+    ) -> BuildResult:
+        """The running step narrated to its end (``StepWatch.watch``), stopped, or left; then
+        concluded, with what it used. ``started_at``: when its command began (Unix time), for
+        a step that began before this process watched it."""
+        began = time.monotonic() - (0.0 if started_at is None else time.time() - started_at)
+        vitals = Vitals(started=began, silence_s=self._settings.silence_s)
+        ended = await self._watch.watch(cid, stream, sink, cancel, image, lease, vitals)
+        result = await self.conclude(cid, ended, job_id, lease, cache, sink)
+        return replace(result, life=vitals.totals(time.monotonic()).fields() or None)
 
     async def _copy_packages(self, cid: str, job_id: str) -> list[Path]:
         tar = await self._backend.collect(cid, PACKAGE_DIR + "/.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from ..backend import Backend, ExitStatus, Handle, OutputStream
@@ -17,6 +18,8 @@ from ..settings import MiB, Settings
 from ..timeouts import OUTPUT_PACE_S
 from . import cachescript
 from .caches import Lease
+from .life import sample_while_running
+from .vitals import Vitals
 from .watchdog import DiskWatch, Overrun
 
 
@@ -40,19 +43,25 @@ class StepWatch:
         cancel: CancelToken,
         image: str,
         lease: Lease | None,
+        vitals: Vitals,
     ) -> ExitStatus | JobResult:
         """Narrate the running step's output to its end and say how it ended; or stop it
-        (cancelled, or over its disk limit) and say why; or leave it running (``Detached``)."""
+        (cancelled, or over its disk limit) and say why; or leave it running (``Detached``).
+        Meanwhile its life is sampled into ``vitals``."""
         build: asyncio.Future[ExitStatus] | None = None
         waits: list[asyncio.Future[Any]] = []
+        interval_s = self._settings.sample_interval_s
+        life = asyncio.ensure_future(
+            sample_while_running(self._backend, cid, vitals, sink, interval_s)
+        )
         try:
-            build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink))
+            build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink, vitals))
             stop = asyncio.ensure_future(cancel.wait())
             detach = asyncio.ensure_future(cancel.wait_detach())
             waits = [stop, detach]
             if lease is not None or not self._backend.enforces_disk_limit:
                 cache = cachescript.CACHE_DIR if lease else None
-                watch = self._disk.watch(cid, image, self._writable, cache)
+                watch = self._disk.watch(cid, image, self._writable, cache, vitals.saw_disk)
                 waits.append(asyncio.ensure_future(watch))
             await asyncio.wait({build, *waits}, return_when=asyncio.FIRST_COMPLETED)
             if build.done():
@@ -71,6 +80,7 @@ class StepWatch:
             await self._backend.kill(cid, self._settings.kill_grace_s)
             return result
         finally:
+            life.cancel()
             for wait in waits:
                 wait.cancel()
             if build is not None and not build.done():
@@ -88,9 +98,13 @@ class StepWatch:
             "ORCHESTRATOR_BUILD_DISK_BYTES)"
         )
 
-    async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> ExitStatus:
+    async def _pump_and_wait(
+        self, cid: str, stream: OutputStream, sink: Sink, vitals: Vitals
+    ) -> ExitStatus:
         async for batch in stream:
-            await sink(output_events(batch))
+            events = output_events(batch)
+            vitals.saw(events, time.monotonic())
+            await sink(events)
             # Pacing: a line after a quiet spell goes at once, but a flood goes out at most
             # once per pause, in big events. Each event costs the same to store and send
             # whatever it holds, so small ones made most of the CPU a flood cost.

@@ -87,8 +87,17 @@ async def _adopted(
     stored = {s: adoption.stored.get(s, 0) for s in _STREAMS}
     lease = await _lease(runner, step, adoption.job_id, sink, caching)
     stream = await _reattach(runner, step, stored, sink)
-    ended = await runner.watch(handle, stream, sink, cancel, step.image, lease)
-    return await runner.conclude(handle, ended, adoption.job_id, lease, caching[1], sink)
+    return await runner.watch(
+        adoption.job_id,
+        handle,
+        stream,
+        sink,
+        cancel,
+        lease,
+        image=step.image,
+        cache=caching[1],
+        started_at=step.started_at,
+    )
 
 
 async def _reattach(

@@ -65,10 +65,6 @@ class FinalStatus:
     async def _write(self, handle: Handle, result: JobResult, started: float | None) -> JobRecord:
         finished = time.time()
         reason = handle.token.reason
-        if started is not None:
-            self._metrics.build_duration.labels(status=result.status.value).observe(
-                finished - started
-            )
         # A cancel that came too late to stop anything leaves no trace: the job ended otherwise.
         stopped = stopped_by(reason, result.status)
         if stopped and reason is not None:
@@ -82,6 +78,8 @@ class FinalStatus:
             cancel_reason=reason.value if stopped and reason else None,
             artifacts=tuple(p.name for p in result.artifacts),
             cache=result.cache,
+            **(result.life or {}),
         )
         await self._store.flush()
+        self._metrics.job_ended(record, result.cache)
         return record

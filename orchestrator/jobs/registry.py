@@ -62,6 +62,7 @@ from . import (
     unstarted_result,
 )
 from .cancel import CancelReason
+from .estimate import announce
 from .final_status import FinalStatus
 from .handles import Handle, Handles
 from .leftovers import Leftovers
@@ -341,7 +342,13 @@ class Registry:
 
         try:
             if handle.adopted_at is None:
-                await self._store.update_job(job_id, status=JobStatus.RUNNING, started_at=started)
+                record = await self._store.update_job(
+                    job_id, status=JobStatus.RUNNING, started_at=started
+                )
+                self._metrics.queue_wait.labels(variant=record.variant or "").observe(
+                    max(0.0, started - record.created_at)
+                )
+                await announce(self._store, record, sink)
             result = await perform(
                 handle.job.work,
                 sink,
