@@ -22,13 +22,16 @@ def read(model: type[M], body: Mapping[str, Any]) -> M:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise InvalidInput(_say(exc.errors()[0])) from None
+        raise InvalidInput(_say(model, exc.errors()[0])) from None
 
 
-def _say(error: ErrorDetails) -> str:
+def _say(model: type[BaseModel], error: ErrorDetails) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "the body"
     if error["type"] in _MISSING:
         return f"'{key}' is required (a non-empty string)"
+    field = model.model_fields.get(key)
+    if error["type"] == "string_pattern_mismatch" and field and field.description:
+        return f"{key} must be {field.description}"  # the pattern, in words
     return f"'{key}': {error['msg']}"
 
 

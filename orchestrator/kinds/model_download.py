@@ -26,7 +26,9 @@ class ModelDownload(BaseModel):
     operation: Literal["model_download"]
     url: str = Field(min_length=1, description="http(s) URL, or hf://REPO/FILE[@REV]")
     name: str = Field(min_length=1)
-    sha256: str | None = Field(default=None, pattern="^[0-9a-fA-F]{64}$")
+    sha256: str | None = Field(
+        default=None, pattern="^[0-9a-fA-F]{64}$", description="64 hex digits"
+    )
     timeout_s: float | None = Field(default=None, gt=0)
 
 

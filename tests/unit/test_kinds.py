@@ -225,7 +225,7 @@ async def test_a_body_the_kinds_model_refuses_is_a_400_naming_the_field(
             ({"operation": "worker_install", "worker_id": 3}, "'worker_id' is required"),
             (
                 {"operation": "model_download", "url": "http://x/m", "name": "m", "sha256": "z"},
-                "'sha256'",
+                "sha256 must be 64 hex digits",
             ),
         ):
             answer = await client.post("/v1/jobs", json=body)
