@@ -8,6 +8,7 @@ machine), then it is quiet for longer than the silence setting.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ async def test_a_builds_samples_silence_and_totals_say_what_it_did(
     samples = [e for e in stream.events if e["action"] == "sample"]
     # Throughout: about one a second from its start to its end, with every figure.
     assert len(samples) >= 10, [e["action"] for e in stream.events]
-    gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(samples, samples[1:], strict=False)]
+    gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in itertools.pairwise(samples)]
     assert max(gaps) < 5, gaps
     assert all(s["memory_limit_bytes"] == settings.build_memory_bytes for s in samples)
     assert {"cpu_seconds", "cpu_percent", "memory_bytes", "pids"} <= set(samples[-1])
