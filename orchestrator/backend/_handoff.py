@@ -32,10 +32,10 @@ from aiohttp import web
 
 from ..errors import ArchiveTooLarge, BackendError, ContainerGone
 from ..storage.archive import spooled
+from ..timeouts import HANDOFF_BODY_TIMEOUT_S
 
 _READ_BYTES = 1 << 20
 _TAR_SLACK_BYTES = 1 << 20  # tar's own headers and padding beyond the files' bytes
-_BODY_TIMEOUT_S = 600.0
 _DROPPED_KEPT = 10_000
 SECRET_FILE = "swarm-handoff.key"
 _SECRET_BYTES = 32
@@ -227,7 +227,7 @@ class Handoff:
             )
         out = spooled()
         try:
-            async with asyncio.timeout(_BODY_TIMEOUT_S):
+            async with asyncio.timeout(HANDOFF_BODY_TIMEOUT_S):
                 while block := await request.content.read(_READ_BYTES):
                     if out.tell() + len(block) > limit:
                         step.refused[index] = too_large
