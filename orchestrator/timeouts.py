@@ -51,6 +51,15 @@ SWARM_TASK_GONE_POLL_S = 0.1
 SWARM_GONE_TIMEOUT_S = 60.0
 # The longest a task's upload of its packages to the handoff listener may take.
 HANDOFF_BODY_TIMEOUT_S = 600.0
+# A swarm task's own tries (curl, in its wrapper): fetching its inputs; sending a folder back
+# from a spooled file, a try every few seconds for up to an hour, so that a service restarting
+# meanwhile (the next one takes the step over) still gets it; and a streamed one, which cannot
+# be sent again once begun, only briefly.
+HANDOFF_FETCH_ATTEMPTS = 6
+HANDOFF_SEND_ATTEMPTS = 1801
+HANDOFF_SEND_RETRY_S = 2
+HANDOFF_SEND_MAX_S = 3600
+HANDOFF_STREAM_SEND_ATTEMPTS = 4
 
 # (end of engines)
 
