@@ -49,18 +49,22 @@ class Subject:
         hold: bool = False,
         files: Mapping[str, bytes] | None = None,
         image: str | None = None,
+        burst: int = 0,
     ) -> Handle:
-        """A step that prints ``prints`` in order, leaves ``files`` in ``OUT_DIR``, then holds
-        (until killed) or exits with ``code``."""
+        """A step that prints ``prints`` in order, then ``burst`` lines ``L1``… on stdout as
+        fast as it can, leaves ``files`` in ``OUT_DIR``, then holds (until killed) or exits
+        with ``code``."""
         outputs = (OUT_DIR,) if files is not None else ()
         if self.fake is not None:
             steps = [(stream, text, 0.0) for stream, text in prints]
+            if burst:
+                steps.append(("stdout", "\n".join(f"L{i}" for i in range(1, burst + 1)), 0.0))
             if hold:
                 steps.append(("stdout", "never printed", HOLD_S))
             self.fake.script = Script(steps, exit_code=code, packages=dict(files or {}))
             command: tuple[str, ...] = ("true",)
         else:
-            command = ("sh", "-c", _shell(prints, code, hold, files))
+            command = ("sh", "-c", _shell(prints, code, hold, files, burst))
         step = Step(image or self.image, command, self.labels, outputs=outputs)
         handle = await self.backend.setup(step)
         self.handles.append(handle)
@@ -68,7 +72,11 @@ class Subject:
 
 
 def _shell(
-    prints: Sequence[tuple[Stream, str]], code: int, hold: bool, files: Mapping[str, bytes] | None
+    prints: Sequence[tuple[Stream, str]],
+    code: int,
+    hold: bool,
+    files: Mapping[str, bytes] | None,
+    burst: int,
 ) -> str:
     parts = []
     if files is not None:
@@ -77,6 +85,8 @@ def _shell(
             parts.append(f"printf %s {shlex.quote(data.decode())} > {OUT_DIR}/{name}")
     for stream, text in prints:
         parts.append(f"echo {shlex.quote(text)}" + (" >&2" if stream == "stderr" else ""))
+    if burst:
+        parts.append(f"seq -f L%.0f 1 {burst}")
     parts.append(f"exec sleep {int(HOLD_S)}" if hold else f"exit {code}")
     return "; ".join(parts)
 
@@ -120,6 +130,16 @@ class Contract:
         await backend.destroy(handle)
         await backend.destroy(handle)  # idempotent
         assert handle not in await backend.list_steps(subject.labels)
+
+    async def test_no_line_is_lost_when_a_step_exits_in_a_burst(self, subject: Subject) -> None:
+        backend = subject.backend
+        count = 50_000
+        handle = await subject.setup([("stderr", "L start")], burst=count)
+        lines = await read_lines(await backend.start(handle))
+        assert (await backend.wait(handle)).code == 0
+        assert lines["stdout"] == [f"L{i}" for i in range(1, count + 1)]
+        assert lines["stderr"] == ["L start"]
+        await backend.destroy(handle)
 
     async def test_kill_stops_a_running_step_and_both_kill_and_destroy_may_repeat(
         self, subject: Subject

@@ -3,6 +3,7 @@ the real build image: the same tests the fake passes in ``tests/unit/test_backen
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 
 import docker
@@ -17,9 +18,17 @@ from .conftest import BACKENDS, job_id, left_behind
 
 pytestmark = [pytest.mark.docker, BACKENDS]
 
+GATEWAY = "172.17.0.1"  # the docker0 bridge: where this node's tasks reach the host
+
 
 @pytest.fixture
 async def subject(settings: Settings, docker_client: docker.DockerClient) -> AsyncIterator[Subject]:
+    if settings.backend == "swarm":
+        # A fixed listener, as adoption needs: so Swarm claims it, and is held to it.
+        with socket.socket() as sock:
+            sock.bind((GATEWAY, 0))
+            port = int(sock.getsockname()[1])
+        settings = settings.model_copy(update={"swarm_listen": f"{GATEWAY}:{port}"})
     backend = open_backend(settings)
     await backend.ping()
     labels = {INSTANCE_LABEL: settings.instance_id, JOB_LABEL: job_id()}
