@@ -17,7 +17,7 @@ import shlex
 import tarfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -39,7 +39,6 @@ class Subject:
     image: str
     labels: Mapping[str, str]
     fake: FakeBackend | None = None
-    handles: list[Handle] = field(default_factory=list)
 
     async def setup(
         self,
@@ -66,9 +65,7 @@ class Subject:
         else:
             command = ("sh", "-c", _shell(prints, code, hold, files, burst))
         step = Step(image or self.image, command, self.labels, outputs=outputs)
-        handle = await self.backend.setup(step)
-        self.handles.append(handle)
-        return handle
+        return await self.backend.setup(step)
 
 
 def _shell(
