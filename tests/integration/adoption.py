@@ -192,10 +192,21 @@ async def finish_adopted(
     reader: Client,
     docker_client: docker.DockerClient,
 ) -> None:
-    """On the new service: the adopted stream goes on; released, the build succeeds with its
-    package and every line once; its container is removed."""
+    """On the new service: the adopted stream goes on; released, the build ends as
+    ``ended_with_its_package`` says."""
     await reader.read(session, url, until=has("Service restarted: build adopted"))
     release(docker_client, reader.job_id)
+    await ended_with_its_package(session, url, reader, docker_client)
+
+
+async def ended_with_its_package(
+    session: aiohttp.ClientSession,
+    url: str,
+    reader: Client,
+    docker_client: docker.DockerClient,
+) -> None:
+    """The rest of the stream: the build succeeds with its package and every line once; its
+    container is removed."""
     await reader.read(session, url)
     assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
     reader.check_every_line_once()
@@ -228,3 +239,22 @@ async def kill_and_restart(
         await done
     proc, url = await services.start(session)
     return reader, proc, url
+
+
+async def a_build_survives_a_kill_9(
+    services: Services,
+    session: aiohttp.ClientSession,
+    src: Path,
+    docker_client: docker.DockerClient,
+) -> None:
+    """The service killed (-9) under a build that goes on printing well past what the client
+    saw; the next one adopts it, reads back what it missed, and finishes it."""
+    reader, _, url = await kill_and_restart(
+        services,
+        session,
+        src,
+        signal.SIGKILL,
+        meanwhile=lambda job_id: printed_past(docker_client, job_id, 60),
+    )
+    await finish_adopted(session, url, reader, docker_client)
+    assert reader.said("lines read back")

@@ -28,7 +28,9 @@ from .. import waiting
 from .adoption import (
     Client,
     Services,
+    a_build_survives_a_kill_9,
     container_of,
+    ended_with_its_package,
     finish_adopted,
     has,
     job,
@@ -49,16 +51,7 @@ async def test_a_build_survives_a_kill_9_of_the_service(
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:
-    reader, _, url = await kill_and_restart(
-        services,
-        session,
-        build_dir("gapped"),
-        signal.SIGKILL,
-        # Well past what the client saw.
-        meanwhile=lambda job_id: printed_past(docker_client, job_id, 60),
-    )
-    await finish_adopted(session, url, reader, docker_client)
-    assert reader.said("lines read back")
+    await a_build_survives_a_kill_9(services, session, build_dir("gapped"), docker_client)
 
 
 async def test_sigterm_leaves_the_build_running_and_exits_at_once(
@@ -104,12 +97,9 @@ async def test_a_build_that_ended_while_no_service_ran_is_finished_as_if_watched
     reader, _, url = await kill_and_restart(
         services, session, build_dir("gapped"), signal.SIGKILL, meanwhile=end
     )
-    await reader.read(session, url)
-    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
-    assert reader.end["exit_code"] == 0
-    reader.check_every_line_once()
+    await ended_with_its_package(session, url, reader, docker_client)
+    assert reader.end is not None and reader.end["exit_code"] == 0
     assert reader.said("it had ended meanwhile")
-    assert job_containers(docker_client, reader.job_id) == []
 
 
 async def test_cancel_right_after_adoption_leaves_nothing(

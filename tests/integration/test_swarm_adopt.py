@@ -20,13 +20,14 @@ from orchestrator import Settings
 from .. import waiting
 from .adoption import (
     Services,
+    a_build_survives_a_kill_9,
     container_of,
+    ended_with_its_package,
     finish_adopted,
     kill_and_restart,
     printed_past,
     release,
 )
-from .conftest import job_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
 
@@ -56,16 +57,7 @@ async def test_a_swarm_build_survives_a_kill_9_of_the_service(
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:
-    reader, _, url = await kill_and_restart(
-        on_swarm,
-        session,
-        build_dir("gapped"),
-        signal.SIGKILL,
-        # Well past what the client saw.
-        meanwhile=lambda job_id: printed_past(docker_client, job_id, 60),
-    )
-    await finish_adopted(session, url, reader, docker_client)
-    assert reader.said("lines read back")
+    await a_build_survives_a_kill_9(on_swarm, session, build_dir("gapped"), docker_client)
 
 
 async def test_sigterm_leaves_the_swarm_build_running_for_the_next_service(
@@ -103,10 +95,4 @@ async def test_a_swarm_build_that_ended_while_no_service_listened_hands_its_pack
     reader, _, url = await kill_and_restart(
         on_swarm, session, build_dir("gapped"), signal.SIGKILL, meanwhile=end
     )
-    await reader.read(session, url)
-    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
-    reader.check_every_line_once()
-    async with session.get(f"{url}/v1/jobs/{reader.job_id}/artifacts") as response:
-        names = [a["name"] for a in (await response.json())["artifacts"]]
-    assert names and names[0].startswith("gapped-1.0-1-any.pkg.tar")
-    assert job_containers(docker_client, reader.job_id) == []
+    await ended_with_its_package(session, url, reader, docker_client)
