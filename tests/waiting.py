@@ -41,11 +41,11 @@ async def until(
         seen = probe()
         if inspect.isawaitable(seen):
             seen = await seen
-        if done(seen):  # type: ignore[arg-type]
-            return seen  # type: ignore[return-value]
+        if done(seen):
+            return seen
         if time.monotonic() > deadline:
             _timed_out(what, timeout_s, seen, on_timeout)
-            return seen  # type: ignore[return-value]
+            return seen
         await asyncio.sleep(interval_s)
 
 

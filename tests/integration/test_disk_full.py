@@ -97,10 +97,10 @@ async def test_a_full_disk_ends_the_job_refuses_work_and_recovers(
 
         filler.unlink()
 
-        async def health() -> int:
+        async def health_status() -> int:
             return (await client.get("/health")).status
 
-        await until(health, lambda status: status == 200, interval_s=0.1, what="room")
+        await until(health_status, lambda status: status == 200, interval_s=0.1, what="room")
         ended = await wait_status(client, waiting, {"succeeded", "failed"})
         assert ended["status"] == "succeeded", ended
         again = (await submit(client, build_dir("hello-c")))["job_id"]
