@@ -383,8 +383,8 @@ async def test_a_reader_killed_under_a_reading_is_no_refusal_of_the_pkgbuild(
             )
         )
         await waiting.until(  # makepkg is reading it
-            lambda: reader.top(ps_args="-o args")["Processes"] or [],
-            lambda rows: ["sleep 4"] in rows,
+            lambda: reader.top(ps_args="-o pid,args")["Processes"] or [],
+            lambda rows: any(row[-1] == "sleep 4" for row in rows),
             timeout_s=30,
             interval_s=0.1,
             what="the reading under way",
