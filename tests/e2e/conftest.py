@@ -134,6 +134,7 @@ def cli_service(
         "ORCHESTRATOR_INSTANCE_ID": instance,
         "ORCHESTRATOR_PORT": str(port),
         "ORCHESTRATOR_ON_STOP": "cancel",  # a build still running at the end goes with it
+        "ORCHESTRATOR_SAMPLE_INTERVAL_S": "1",  # a progress line within a short build
     }
     env.pop("ORCHESTRATOR_API_TOKEN", None)
     log = (data / "service.log").open("w")

@@ -6,6 +6,8 @@ import hashlib
 import http.server
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -283,3 +285,59 @@ def test_cache_commands_and_no_cache(cli_service: str, build_dir: Callable[..., 
     again = cli(cli_service, "cache", "remove", "hello-c:cpu")
     assert again.returncode == 2 and "no cache 'hello-c:cpu'" in again.stderr
     assert "hello-c:cpu" not in cli(cli_service, "cache", "list").stdout
+
+
+def in_a_terminal(url: str, *args: str, timeout_s: float = 180) -> tuple[int, str]:
+    """The CLI with a pseudo-terminal as its stdout and stderr: its exit code and all it wrote."""
+    env = {**os.environ, "ORCHESTRATOR_URL": url}
+    main, side = pty.openpty()
+    proc = subprocess.Popen(
+        [*CLI, *args], env=env, stdin=subprocess.DEVNULL, stdout=side, stderr=side
+    )
+    os.close(side)
+    written = bytearray()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the CLI has exited and closed its side
+                break
+            if not chunk:
+                break
+            written += chunk
+    finally:
+        os.close(main)
+    return proc.wait(30), written.decode("utf-8", errors="replace")
+
+
+def test_the_progress_line_updates_on_a_terminal_is_plain_when_piped_and_absent_in_json(
+    cli_service: str, build_dir: Callable[..., Path]
+) -> None:
+    def vitals() -> str:
+        return str(build_dir("vitals", mib=20, hold_s=1, cpu_s=1, quiet_s=6))
+
+    first = cli(cli_service, "build", vitals(), "--follow")
+    assert first.returncode == 0, first.stderr
+    # Nothing to estimate from yet: no progress at all, and samples are never log lines.
+    assert "% of the estimate" not in first.stdout and "⏳" not in first.stdout
+    assert "pids" not in first.stdout
+
+    code, shown = in_a_terminal(cli_service, "build", vitals(), "--follow")
+    assert code == 0, shown
+    assert "\r\x1b[K[orchestrator] ⏳ " in shown and " of ~" in shown, shown
+    assert "[orchestrator] Expected to take about " in shown
+
+    piped = cli(cli_service, "build", vitals(), "--follow")
+    assert piped.returncode == 0, piped.stderr
+    assert "% of the estimate (" in piped.stdout, piped.stdout
+    assert "\r" not in piped.stdout and "⏳" not in piped.stdout
+
+    as_json = cli(cli_service, "build", vitals(), "--follow", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert any(e.get("action") == "sample" for e in events)  # data for machines, as sent
+    assert "⏳" not in as_json.stdout and "% of the estimate" not in as_json.stdout
