@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backend._usage import Usage
+from ..backend import Usage
 from ..narration.events import Action, Event
 
 MEMORY_WARNING_FRACTION = 0.9

@@ -130,3 +130,17 @@ def _seconds(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_build_near_its_memory_limit_is_warned_of_once_and_still_succeeds(
+    settings: Settings, docker_client: docker.DockerClient, build_dir: Callable[..., Path]
+) -> None:
+    tight = settings.model_copy(update={"build_memory_bytes": 256 * MiB})
+    async with serve(tight) as client:
+        src = build_dir("vitals", mib=235, hold_s=4, cpu_s=0, quiet_s=0)
+        job = await submit(client, src)
+        stream = await read_sse(client, job["job_id"], timeout_s=300)
+        await wait_status(client, job["job_id"], {"succeeded"})
+    [warning] = [e for e in stream.events if "of the build's limit" in e["message"]]
+    assert warning["level"] == "warning" and warning["action"] == "warning", warning
+    assert "of 256 MiB): it is killed if it needs more" in warning["message"], warning
