@@ -39,17 +39,27 @@ def vitals_build(build_dir: Callable[..., Path], quiet_s: int = 9) -> Path:
     return build_dir("vitals", mib=HELD_MIB, hold_s=4, cpu_s=CPU_S, quiet_s=quiet_s)
 
 
-async def test_a_builds_samples_silence_and_totals_say_what_it_did(
+async def test_a_builds_life_is_shown_and_the_next_build_is_estimated_from_it(
     settings: Settings, docker_client: docker.DockerClient, build_dir: Callable[..., Path]
 ) -> None:
     async with serve(settings) as client:
         job = await submit(client, vitals_build(build_dir))
         stream = await read_sse(client, job["job_id"], samples=True, timeout_s=300)
         record = await wait_status(client, job["job_id"], {"succeeded"})
+        assert record["estimate_s"] is None  # nothing to go by yet
+        # A client reading only narration never sees a sample (their own SSE type).
+        assert "sample" not in (await read_sse(client, job["job_id"])).actions()
+        took = _seconds(record["finished_at"]) - _seconds(record["started_at"])
+        await _the_next_build_is_estimated(client, build_dir, took)
+    _samples_and_totals_say_what_it_did(stream.events, record, settings)
 
-    samples = [e for e in stream.events if e["action"] == "sample"]
+
+def _samples_and_totals_say_what_it_did(
+    events: list[dict[str, Any]], record: dict[str, Any], settings: Settings
+) -> None:
+    samples = [e for e in events if e["action"] == "sample"]
     # Throughout: about one a second from its start to its end, with every figure.
-    assert len(samples) >= 10, [e["action"] for e in stream.events]
+    assert len(samples) >= 10, [e["action"] for e in events]
     gaps = [b["elapsed_s"] - a["elapsed_s"] for a, b in itertools.pairwise(samples)]
     assert max(gaps) < 5, gaps
     assert all(s["memory_limit_bytes"] == settings.build_memory_bytes for s in samples)
@@ -60,7 +70,7 @@ async def test_a_builds_samples_silence_and_totals_say_what_it_did(
     assert abs(peak - HELD_MIB * MiB) <= 0.1 * HELD_MIB * MiB, peak / MiB
     # Two cores busy for 5 s each: 10 CPU seconds between the samples around the burn (the
     # record's total also holds makepkg's own work: compiling, packaging).
-    before, after = _around(stream.events, "burning", "quiet now")
+    before, after = _around(events, "burning", "quiet now")
     burnt = after["cpu_seconds"] - before["cpu_seconds"]
     assert 2 * CPU_S * 0.95 <= burnt <= 2 * CPU_S * 1.1, burnt
     assert record["cpu_seconds"] >= burnt
@@ -69,32 +79,19 @@ async def test_a_builds_samples_silence_and_totals_say_what_it_did(
     assert set(record["phases_s"]) >= {"prepare", "build", "package"}
     assert record["phases_s"]["build"] >= 9 + 4  # held 4 s, burnt ~5, then quiet 9
 
-    # The quiet spell is explained, with what the build was doing.
-    # (the burn prints nothing either: on a busy machine it may be explained too)
-    quiet = next(i for i, e in enumerate(stream.events) if e["message"].endswith("quiet now"))
-    silences = [e for e in stream.events[quiet:] if e["action"] == "silence"]
+    # The quiet spell is explained, with what the build was doing (the burn prints nothing
+    # either: on a busy machine it may be explained too).
+    quiet = next(i for i, e in enumerate(events) if e["message"].endswith("quiet now"))
+    silences = [e for e in events[quiet:] if e["action"] == "silence"]
     assert len(silences) == 1, silences
     assert silences[0]["message"].startswith("no output for "), silences
     assert "running: " in silences[0]["message"] and "sleep" in silences[0]["message"], silences
-    # A client reading only narration never sees a sample (their own SSE type).
-    narration = await read_sse_without_samples(settings, job["job_id"])
-    assert "sample" not in narration
 
 
-async def read_sse_without_samples(settings: Settings, job_id: str) -> list[str]:
-    async with serve(settings) as client:
-        return (await read_sse(client, job_id)).actions()
-
-
-async def test_the_second_build_of_a_package_is_estimated_from_the_first(
-    client: TestClient, build_dir: Callable[..., Path]
+async def _the_next_build_is_estimated(
+    client: TestClient, build_dir: Callable[..., Path], took: float
 ) -> None:
-    first = await submit(client, vitals_build(build_dir, quiet_s=2))
-    done = await wait_status(client, first["job_id"], {"succeeded"}, timeout_s=300)
-    assert done["estimate_s"] is None  # nothing to go by yet
-    took = _seconds(done["finished_at"]) - _seconds(done["started_at"])
-
-    second = await submit(client, vitals_build(build_dir, quiet_s=2))
+    second = await submit(client, vitals_build(build_dir))
 
     async def job() -> dict[str, Any]:
         return dict(await (await client.get(f"/v1/jobs/{second['job_id']}")).json())
@@ -137,7 +134,7 @@ async def test_a_build_near_its_memory_limit_is_warned_of_once_and_still_succeed
 ) -> None:
     tight = settings.model_copy(update={"build_memory_bytes": 256 * MiB})
     async with serve(tight) as client:
-        src = build_dir("vitals", mib=235, hold_s=4, cpu_s=0, quiet_s=0)
+        src = build_dir("vitals", mib=235, hold_s=2, cpu_s=0, quiet_s=0)
         job = await submit(client, src)
         stream = await read_sse(client, job["job_id"], timeout_s=300)
         await wait_status(client, job["job_id"], {"succeeded"})
