@@ -88,6 +88,18 @@ class Settings(BaseSettings):
         "du of the places the build can write to, ~0.1 s. When only the engine's own measure "
         "is left (a walk of the whole container), it waits 10x as long as that took.",
     )
+    sample_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a running build's CPU, memory, pids, disk and network are "
+        "sampled (a `sample` event on its stream, kept with the job).",
+    )
+    silence_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="After this long without output, the build's narration says it is alive "
+        "and what it is running; again after each further such spell.",
+    )
     caches: bool = Field(
         default=True,
         description="Keep a cache volume per package and variant (sources, cargo, sccache, "
