@@ -230,6 +230,9 @@ async def test_the_pictures_draw_what_the_stream_replays(
         await expect(page.locator("#log")).not_to_contain_text("CPU 150%")  # samples are not lines
         await expect(page.locator("#job-progress")).to_be_hidden()
         await screenshot(page, "life-replayed")
+        await page.set_viewport_size({"width": 400, "height": 800})
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 400
+        await screenshot(page, "life-replayed-400px")
 
 
 async def test_a_running_jobs_bar_moves_on_between_reads(
@@ -243,6 +246,11 @@ async def test_a_running_jobs_bar_moves_on_between_reads(
         await page.goto(service.url)
         bar = page.get_by_role("progressbar", name="Progress of job feed0002")
         await expect(bar).to_have_js_property("value", 50)
+        await page.set_viewport_size({"width": 400, "height": 800})
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 400
+        # The bar leaves room for the row's Cancel: the table needs no sideways scroll.
+        assert await page.locator(".scroll-x").evaluate("e => e.scrollWidth <= e.clientWidth")
+        await screenshot(page, "jobs-progress-400px")
         await page.goto(f"{service.url}/jobs/feed0002")
         bar = page.get_by_role("progressbar", name="Progress of this job")
         await expect(bar).to_have_js_property("value", 50)

@@ -81,11 +81,12 @@ export class LifeCharts {
     }, this.bars);
     this.legend = h("ol", { id: "phases", class: "phases", "aria-label": "makepkg phases" });
     this.axisEnd = h("span", { id: "chart-span" });
+    this.charts = h("div", { class: "charts", hidden: true },
+      figure("CPU", this.cpu, this.cpuNote, this.cpuScale),
+      figure("Memory", this.memory, this.memoryNote, this.memoryScale));
     this.section = h("section", { id: "life", "aria-labelledby": "life-title", hidden: true },
       h("h2", { id: "life-title" }, "Resources"),
-      h("div", { class: "charts" },
-        figure("CPU", this.cpu, this.cpuNote, this.cpuScale),
-        figure("Memory", this.memory, this.memoryNote, this.memoryScale)),
+      this.charts,
       h("div", { class: "timeline-box" }, this.timeline,
         h("div", { class: "axis muted" }, h("span", {}, "0s"), this.axisEnd)),
       this.legend);
@@ -165,6 +166,7 @@ export class LifeCharts {
     const phases = this.shownPhases();
     this.section.hidden = !this.samples.length && !phases.length;
     if (this.section.hidden) return;
+    this.charts.hidden = !this.samples.length; // no samples (an older service): phases only
     const last = this.samples[this.samples.length - 1];
     const now = this.lastTs === null ? 0 : this.lastTs - this.start();
     const ends = phases.map((p) => p.to_s ?? now);
