@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from aiohttp import web
 
 from ..build import srcinfo
-from ..build.variants import plan
+from ..build.srcinfo import SrcInfo
+from ..build.variants import VariantPlan, plan
 from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput
 from ..jobs import Submission
 from ..jobs.registry import Registry
@@ -57,19 +59,24 @@ def parse_flag(raw: str | None, name: str) -> bool:
     raise InvalidInput(f"{name} must be true or false, not {raw!r}")
 
 
-async def create_build(request: web.Request) -> web.Response:
-    """A build job; or, with ``dry_run=true``, only what makepkg reads (200, no job)."""
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What the query asks for."""
+
+    variant: VariantPlan
+    dry_run: bool
+    cache: bool
+
+
+async def _asked(request: web.Request) -> _Asked:
+    """The query and the headers, checked before the upload is read (the "build" kind checks
+    the query again, with the rest, when it takes the job)."""
     settings = request.app[SETTINGS]
-    registry = request.app[REGISTRY]
-    runner = request.app[ENGINE].runner
-    variant_name = request.query.get("variant", "cpu")
-    # What the query says is checked before the upload is read (the "build" kind checks it
-    # again, with the rest, when it takes the job).
-    registry.parse_timeout(request.query.get("timeout_s"))
+    request.app[REGISTRY].parse_timeout(request.query.get("timeout_s"))
     dry_run = parse_flag(request.query.get("dry_run"), "dry_run")
     cache = parse_cache(request.query.get("cache"))
-    variant = plan(variant_name, settings, gpu_runtime=await request.app[BACKEND].gpu_runtime())
-
+    gpu_runtime = await request.app[BACKEND].gpu_runtime()
+    variant = plan(request.query.get("variant", "cpu"), settings, gpu_runtime=gpu_runtime)
     # aiohttp reports a missing Content-Type as application/octet-stream; a page can send a
     # body with none and no CORS preflight, so only a type it cannot send without one is taken.
     if "Content-Type" not in request.headers or request.content_type not in ACCEPTED_TYPES:
@@ -81,55 +88,72 @@ async def create_build(request: web.Request) -> web.Response:
     limit = settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ArchiveTooLarge(f"upload is larger than {limit} bytes", limit_bytes=limit)
+    return _Asked(variant, dry_run, cache)
 
+
+async def _unpack(request: web.Request, job_id: str, body: IO[bytes], dest: Path) -> None:
+    """The upload received into ``body`` and unpacked into ``dest``, within the room there is."""
+    settings = request.app[SETTINGS]
+    uploads = request.app[REGISTRY].uploads
+    await _receive(request, body, settings.max_upload_bytes, settings.upload_timeout_s)
+    # Room is claimed only now, with the whole body here (a client that sends slowly holds
+    # none), and before unpacking, so that uploads arriving together cannot all take the
+    # last of it: the queue's share, and what the data disk has above its minimum (an
+    # upload must never be what fills it, stopping everyone's builds).
+    queue_cap = await uploads.claim(job_id, settings.max_build_dir_bytes)
+    others = uploads.unpacking_bytes - queue_cap
+    disk_room = await asyncio.to_thread(request.app[DISK].room_bytes) - others
+    cap_bytes = min(queue_cap, disk_room)
+    try:
+        if cap_bytes <= 0:
+            raise ArchiveTooLarge("no room", limit_bytes=0)
+        await asyncio.to_thread(archive.extract, body, dest, max_bytes=cap_bytes)
+    except ArchiveTooLarge as exc:
+        if cap_bytes == disk_room < settings.max_build_dir_bytes:
+            raise InsufficientStorage(
+                f"the data disk has room for {max(disk_room, 0) // MiB} MiB more above its "
+                "minimum free space (ORCHESTRATOR_DISK_MIN_FREE_BYTES), and this upload "
+                "unpacks to more"
+            ) from exc
+        if cap_bytes < settings.max_build_dir_bytes:  # over the queue's share, not its own
+            raise InsufficientStorage(uploads.exceeded()) from exc
+        raise
+    await uploads.settle(job_id, dest)
+
+
+def _dry_run(info: SrcInfo, dest: Path, asked: _Asked, warnings: list[str]) -> web.Response:
+    dry = DryRun.model_validate(
+        {
+            "srcinfo": info.text,
+            **info.summary(),
+            "variant": asked.variant.variant.value,
+            "problems": srcinfo.problems(info, dest),
+            "warnings": warnings,
+        }
+    )
+    return respond(dry)
+
+
+async def create_build(request: web.Request) -> web.Response:
+    """A build job; or, with ``dry_run=true``, only what makepkg reads (200, no job)."""
+    asked = await _asked(request)
+    registry = request.app[REGISTRY]
+    runner = request.app[ENGINE].runner
     registry.check_room()
     job_id = registry.new_job_id()
-    dest = settings.work_dir / (f"dry-run-{job_id}" if dry_run else job_id)
+    dest = request.app[SETTINGS].work_dir / (f"dry-run-{job_id}" if asked.dry_run else job_id)
     body = archive.spooled()
     try:
-        await _receive(request, body, limit, settings.upload_timeout_s)
-        # Room is claimed only now, with the whole body here (a client that sends slowly holds
-        # none), and before unpacking, so that uploads arriving together cannot all take the
-        # last of it: the queue's share, and what the data disk has above its minimum (an
-        # upload must never be what fills it, stopping everyone's builds).
-        queue_cap = await registry.uploads.claim(job_id, settings.max_build_dir_bytes)
-        others = registry.uploads.unpacking_bytes - queue_cap
-        disk_room = await asyncio.to_thread(request.app[DISK].room_bytes) - others
-        cap_bytes = min(queue_cap, disk_room)
-        try:
-            if cap_bytes <= 0:
-                raise ArchiveTooLarge("no room", limit_bytes=0)
-            await asyncio.to_thread(archive.extract, body, dest, max_bytes=cap_bytes)
-        except ArchiveTooLarge as exc:
-            if cap_bytes == disk_room < settings.max_build_dir_bytes:
-                raise InsufficientStorage(
-                    f"the data disk has room for {max(disk_room, 0) // MiB} MiB more above its "
-                    "minimum free space (ORCHESTRATOR_DISK_MIN_FREE_BYTES), and this upload "
-                    "unpacks to more"
-                ) from exc
-            if cap_bytes < settings.max_build_dir_bytes:  # over the queue's share, not its own
-                raise InsufficientStorage(registry.uploads.exceeded()) from exc
-            raise
-        await registry.uploads.settle(job_id, dest)
-        labels = runner.inspect_labels(job_id)
-        info = await runner.inspector.read(dest, variant.image, labels)
-        problems = srcinfo.problems(info, dest)
+        await _unpack(request, job_id, body, dest)
+        image = asked.variant.image
+        info = await runner.inspector.read(dest, image, runner.inspect_labels(job_id))
         warnings = [
             *info.warnings,
-            *variant.warnings,
-            *await runner.image_warnings(info, variant.image),
+            *asked.variant.warnings,
+            *await runner.image_warnings(info, image),
         ]
-        if dry_run:
-            dry = DryRun.model_validate(
-                {
-                    "srcinfo": info.text,
-                    **info.summary(),
-                    "variant": variant.variant.value,
-                    "problems": problems,
-                    "warnings": warnings,
-                }
-            )
-            return respond(dry)
+        if asked.dry_run:
+            return _dry_run(info, dest, asked, warnings)
         query = dict(request.query)
         submission = Submission(job_id, query, query, upload=dest, srcinfo=info)
         record = (await registry.submit("build", submission)).record
@@ -143,7 +167,7 @@ async def create_build(request: web.Request) -> web.Response:
         raise
     finally:
         body.close()
-        if dry_run:
+        if asked.dry_run:
             await _discard(registry, job_id, dest)
     submitted = BuildSubmitted(
         job_id=record.id,
@@ -152,7 +176,7 @@ async def create_build(request: web.Request) -> web.Response:
         pkgver=record.pkgver,
         pkgnames=list(info.pkgnames),
         variant=record.variant,
-        cache=cache and request.app[ENGINE].caches.enabled,
+        cache=asked.cache and request.app[ENGINE].caches.enabled,
         warnings=warnings,
         **job_links(record.id),
     )

@@ -48,7 +48,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def create_job(request: web.Request) -> web.Response:
-    """POST /v1/jobs: a job of the kind ``operation`` names (worker_install, model_download)."""
+    """POST /v1/jobs: a job of the kind ``operation`` names (``wire.Operation``)."""
     # A page on another site can POST text/plain (or no type) without a CORS preflight, so
     # JSON is taken only when labelled as JSON. aiohttp reports a missing type as
     # application/octet-stream, which is refused too.

@@ -22,7 +22,8 @@ from pydantic.json_schema import (
 
 from .._version import __version__
 from .guard import API_PREFIX, STREAM_SUFFIX, TOKEN_PARAM
-from .routes import ROUTES, SCHEMA_REF, TEXT, Body, Param, Route, json_body
+from .route import SCHEMA_REF, TEXT, Body, Param, Route, json_body
+from .routes import ROUTES
 from .wire import Error, Event, StreamEnd
 
 _UNAUTHORIZED = "Missing or wrong bearer token (when a token is configured)"
@@ -61,8 +62,8 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _content(body: Body) -> dict[str, Any]:
-    if body.model is not None:
-        return {"application/json": {"schema": _ref(body.model), **body.extra}}
+    if (model := body.json_model()) is not None:
+        return {"application/json": {"schema": _ref(model), **body.extra}}
     return {media: {"schema": body.schema, **body.extra} for media in body.media}
 
 
@@ -116,11 +117,11 @@ def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
         Error: "serialization",
     }
     for route in ROUTES:
-        if route.body is not None and route.body.model is not None:
-            found[route.body.model] = "validation"
+        if route.body is not None and (model := route.body.json_model()) is not None:
+            found[model] = "validation"
         for answer in route.answers.values():
-            if isinstance(answer, Body) and answer.model is not None:
-                found[answer.model] = "serialization"
+            if isinstance(answer, Body) and (model := answer.json_model()) is not None:
+                found[model] = "serialization"
     return list(found.items())
 
 

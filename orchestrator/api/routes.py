@@ -3,22 +3,20 @@ document (``openapi.py``), the links answers carry and the CLI's calls (``url``)
 
 A route names its operationId and tag, its handler, summary, parameters, request body and, per
 status, the model that answers (a bare string is an ``Error`` with that description). Light on
-purpose: handlers are named, not imported, so that the CLI reads paths without loading the
-service. Over the ~400 lines a module should have only because the table is one literal.
+purpose: handlers (and the request model made from the kinds) are named, not imported, so that
+the CLI reads paths without loading the service; what a route is made of is in ``route.py``.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
-from pydantic import BaseModel
 
 from ..build.variants import Variant
 from ..jobs.status import JobStatus
+from .route import SCHEMA_REF, TEXT, Body, Param, Route, binary, json_body, resolve, text
 from .wire import (
     ArtifactList,
     BuildSubmitted,
@@ -34,14 +32,11 @@ from .wire import (
     JobList,
     JobSubmitted,
     ModelList,
-    Operation,
     Removed,
     StreamEnd,
     WorkerList,
 )
 
-SCHEMA_REF = "#/components/schemas/{model}"
-TEXT = {"type": "string"}
 # What ``POST /v1/builds`` takes as a tar (gzipped or not: the bytes tell).
 TAR_TYPES = (
     "application/x-tar",
@@ -51,55 +46,6 @@ TAR_TYPES = (
     "application/octet-stream",
 )
 MAX_PAGE = 500  # the most jobs one ``GET /v1/jobs`` answers
-
-
-@dataclass(frozen=True, slots=True)
-class Param:
-    name: str
-    where: str  # path, query or header
-    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
-    description: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Body:
-    """An answer or a request body: a model as JSON, or any of ``media`` types with ``schema``
-    (none at all: no body)."""
-
-    description: str
-    model: type[BaseModel] | None = None
-    media: tuple[str, ...] = ()
-    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string", "format": "binary"})
-    headers: tuple[str, ...] = ()  # response headers it always has
-    extra: dict[str, Any] = field(default_factory=dict)  # more for its media type object
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One operation: what the router serves and what the OpenAPI document says of it."""
-
-    operation_id: str  # snake_case: a generated client's function name
-    tag: str  # its group in the document and in a generated client
-    method: str
-    path: str
-    handler: str  # "module.function" under ``orchestrator.api``, resolved by ``add_routes``
-    summary: str
-    answers: dict[int, Body | str]
-    params: tuple[Param, ...] = ()
-    body: Body | None = None
-
-
-def json_body(model: type[BaseModel], description: str, *headers: str) -> Body:
-    return Body(description, model, headers=headers)
-
-
-def _binary(description: str, *media: str) -> Body:
-    return Body(description, media=media)
-
-
-def _text(description: str) -> Body:
-    return Body(description, media=("text/plain",), schema=TEXT)
-
 
 _JOB_ID = Param("job_id", "path")
 _WORKER_ID = Param("worker_id", "path")
@@ -140,7 +86,7 @@ ROUTES: tuple[Route, ...] = (
             ),
             _CACHE,
         ),
-        body=_binary("The build directory as a tar, optionally gzipped", *TAR_TYPES),
+        body=binary("The build directory as a tar, optionally gzipped", *TAR_TYPES),
         answers={
             200: json_body(DryRun, "dry_run: what makepkg read, and what would stop a build"),
             201: json_body(BuildSubmitted, _QUEUED, "Location"),
@@ -178,9 +124,9 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/v1/jobs",
         "jobs.create_job",
-        "Start an operation as a job: worker_install or model_download",
+        "Start an operation as a job (its `operation` names its kind)",
         params=(_CACHE,),
-        body=json_body(Operation, "The operation"),
+        body=json_body("wire.Operation", "The operation"),
         answers={
             201: json_body(JobSubmitted, _QUEUED, "Location"),
             400: "Missing or malformed field",
@@ -266,7 +212,7 @@ ROUTES: tuple[Route, ...] = (
         "Download one package",
         params=(_JOB_ID, Param("name", "path")),
         answers={
-            200: _binary("The package file", "application/octet-stream"),
+            200: binary("The package file", "application/octet-stream"),
             404: "No such job or artifact",
         },
     ),
@@ -301,7 +247,7 @@ ROUTES: tuple[Route, ...] = (
         "The entry's PKGBUILD",
         params=(_WORKER_ID,),
         answers={
-            200: _text("PKGBUILD text"),
+            200: text("PKGBUILD text"),
             404: "No such worker in the catalog",
         },
     ),
@@ -420,7 +366,7 @@ ROUTES: tuple[Route, ...] = (
         "/metrics",
         "meta.metrics",
         "Prometheus metrics",
-        answers={200: _text("Prometheus text format")},
+        answers={200: text("Prometheus text format")},
     ),
     Route(
         "openapi",
@@ -445,7 +391,5 @@ def url(operation_id: str, **params: str) -> str:
 def add_routes(app: web.Application) -> None:
     """Serve every route, each by its handler, named by its operationId."""
     for route in ROUTES:
-        module_name, _, function = route.handler.rpartition(".")
-        module = importlib.import_module(f"{__package__}.{module_name}")
-        handler: Any = getattr(module, function)
+        handler: Any = resolve(route.handler)
         app.router.add_route(route.method, route.path, handler, name=route.operation_id)

@@ -12,7 +12,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
 
 from ..jobs.cancel import CancelReason
@@ -93,10 +93,10 @@ class ArtifactLink(_Wire):
 
 
 class Job(_Wire):
-    """A job: a build, a worker install or a model download."""
+    """A job: a build, or an operation (a worker install, a model download...)."""
 
     id: str
-    operation: str = Field(description="build, worker_install or model_download")
+    operation: str = Field(description="its kind: build, or an Operation's")
     status: JobStatus
     variant: str | None
     pkgname: str | None = Field(description="a download's: the model's name")
@@ -199,28 +199,15 @@ class DryRun(_Wire):
     warnings: list[str]
 
 
-class WorkerInstall(BaseModel):
-    """Build a catalog worker and install its binary."""
+# What ``POST /v1/jobs`` takes, ``Operation``, is built from the kinds' request models
+# (``kinds.operation``) when first asked for (``__getattr__``), so that reading this module (the
+# CLI reads the route table) loads none of them.
+def __getattr__(name: str) -> Any:
+    if name == "Operation":
+        from ..kinds import operation
 
-    operation: Literal["worker_install"]
-    worker_id: str = Field(min_length=1)
-    timeout_s: float | None = Field(default=None, gt=0)
-
-
-class ModelDownload(BaseModel):
-    """Download a model file."""
-
-    operation: Literal["model_download"]
-    url: str = Field(min_length=1, description="http(s) URL, or hf://REPO/FILE[@REV]")
-    name: str = Field(min_length=1)
-    sha256: str | None = Field(default=None, pattern="^[0-9a-fA-F]{64}$")
-    timeout_s: float | None = Field(default=None, gt=0)
-
-
-class Operation(RootModel[WorkerInstall | ModelDownload]):
-    """An operation to run as a job."""
-
-    root: WorkerInstall | ModelDownload = Field(discriminator="operation")
+        return operation()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- the stream --------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ own. For one step: ``setup`` → ``start`` (its output, from the first byte) →
 safe to call again. Only the runner and the inspector sequence these calls. A step outlives the
 service that set it up: a new one ``find``s it again by its labels and ``reattach``es its output
 (where ``supports_adopt``), then goes on with ``wait`` → ``collect`` → ``destroy``.
+
+``Steps`` is that protocol; what only some engines can do is a capability protocol of its own
+(``Images``, ``Adoption``, ``Exec``, ``DiskWatch``, ``Volumes``), each with a flag or a None for
+"not here". ``Backend`` is all of them together, as the service holds an engine.
 ``docs/backends.md`` says how Docker, Docker Swarm and Kubernetes map onto it; ``engines.py``
 picks one by the ``backend`` setting.
 """
@@ -121,7 +125,9 @@ class OutputStream(Protocol):
     async def aclose(self) -> None: ...
 
 
-class Backend(Protocol):
+class Steps(Protocol):
+    """The step protocol every engine speaks: what the runner and the inspector sequence."""
+
     @property
     def name(self) -> str:
         """What the ``backend`` setting calls this engine."""
@@ -135,8 +141,6 @@ class Backend(Protocol):
     async def ping(self) -> None:
         """Raise ``BackendUnavailable`` when the engine cannot be reached."""
         ...
-
-    # -- one step ---------------------------------------------------------------------------
 
     async def setup(self, step: Step) -> Handle:
         """Make the step's sandbox with its inputs in place, not yet running; never pulls an
@@ -174,7 +178,25 @@ class Backend(Protocol):
         """Every step carrying all of ``labels``, in any state: its handle → its labels."""
         ...
 
-    # -- a step set up by an earlier process (adoption) -------------------------------------
+    async def close(self) -> None: ...
+
+
+class Images(Protocol):
+    """What the runner asks of the engine's local images (never pulled)."""
+
+    async def image_present(self, image: str) -> bool: ...
+
+    async def image_labels(self, image: str) -> Mapping[str, str]:
+        """The image's labels (what it provides, its recipe); raises ``ImageNotFound``."""
+        ...
+
+    async def gpu_runtime(self) -> bool:
+        """Whether steps can be given GPUs here."""
+        ...
+
+
+class Adoption(Protocol):
+    """A step set up by an earlier process, found again and its output read back."""
 
     @property
     def supports_adopt(self) -> bool:
@@ -196,7 +218,9 @@ class Backend(Protocol):
         engine holds now. Lines are counted as ``lines.LineSplitter`` cuts them."""
         ...
 
-    # -- commands in a running step (warm sandboxes: the PKGBUILD readers) ------------------
+
+class Exec(Protocol):
+    """Commands in a running step (warm sandboxes: the PKGBUILD readers)."""
 
     @property
     def supports_exec(self) -> bool:
@@ -226,16 +250,14 @@ class Backend(Protocol):
         """CPU time every process of the step has used so far; None when unknown."""
         ...
 
-    # -- what the runner asks of the engine -------------------------------------------------
 
-    async def image_present(self, image: str) -> bool: ...
+class DiskWatch(Protocol):
+    """What a step writes to its own filesystem (the runner's disk limit)."""
 
-    async def image_labels(self, image: str) -> Mapping[str, str]:
-        """The image's labels (what it provides, its recipe); raises ``ImageNotFound``."""
-        ...
-
-    async def gpu_runtime(self) -> bool:
-        """Whether steps can be given GPUs here."""
+    @property
+    def enforces_disk_limit(self) -> bool:
+        """Whether ``Step.disk_bytes`` is a hard quota here (writes past it fail); otherwise
+        only ``disk_usage`` can tell, after the fact."""
         ...
 
     async def disk_usage(self, handle: Handle) -> int | None:
@@ -255,13 +277,9 @@ class Backend(Protocol):
         engine cannot tell. Walks the whole filesystem: asked once per image."""
         ...
 
-    @property
-    def enforces_disk_limit(self) -> bool:
-        """Whether ``Step.disk_bytes`` is a hard quota here (writes past it fail); otherwise
-        only ``disk_usage`` can tell, after the fact."""
-        ...
 
-    # -- cache volumes ----------------------------------------------------------------------
+class Volumes(Protocol):
+    """Named volumes: the build caches."""
 
     @property
     def supports_volumes(self) -> bool:
@@ -285,19 +303,29 @@ class Backend(Protocol):
         """The named volumes carrying all of ``labels``: name → its labels."""
         ...
 
-    async def close(self) -> None: ...
+
+class Backend(Steps, Images, Adoption, Exec, DiskWatch, Volumes, Protocol):
+    """An engine as the service holds it: the step protocol and every capability. One it lacks
+    says so (``supports_*`` false, None for what it cannot tell: ``_lacking.py``), so a caller
+    asks the flag, never the engine's name."""
 
 
 __all__ = [
+    "Adoption",
     "Backend",
+    "DiskWatch",
+    "Exec",
     "ExitStatus",
     "FoundStep",
     "Handle",
+    "Images",
     "OutputChunk",
     "OutputStream",
     "PathUsage",
     "Ran",
     "Step",
     "StepState",
+    "Steps",
     "Stream",
+    "Volumes",
 ]

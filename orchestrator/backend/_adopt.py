@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +26,13 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import BackendError, ContainerGone
+from ..timeouts import ADOPT_EXIT_POLL_S, OUTPUT_CLOSE_TIMEOUT_S
 from . import ExitStatus, FoundStep, OutputChunk, StepState, Stream
 from ._attach import frames
-from ._servicelogs import _close_response
+from ._daemon import close_response
+from ._pile import ChunkPile
 from .lines import LineSplitter
 
-_EXIT_POLL_S = 0.2
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 
 
@@ -134,41 +134,35 @@ class LogOutput:
         self._pool = pool
         self._base = {stream: skip.get(stream, 0) for stream in _STREAMS}
         self._emitted = dict.fromkeys(_STREAMS, 0)
-        self._chunks: list[OutputChunk] = []
-        self._pending: list[OutputChunk] = []  # handed on by the reading thread, not pushed yet
-        self._lock = threading.Lock()
-        self._wakeup = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._pile = ChunkPile(self._loop)
         self._response: Any = None
-        self._closed = False
-        self._done = False
-        self._error: BaseException | None = None
         self._task = asyncio.ensure_future(self._run(follow))
 
     async def _run(self, follow: bool) -> None:
+        error: BaseException | None = None
         try:
             if follow:
                 # Best effort: the read after the exit completes whatever this one misses.
                 with contextlib.suppress(BackendError, OSError, ValueError):
                     await self._loop.run_in_executor(self._pool, self._read, True)
                 await self._until_exited()
-            if not self._closed:
+            if not self._pile.closed:
                 await self._loop.run_in_executor(self._pool, self._read, False, not follow)
         except ContainerGone as exc:
-            self._error = exc
+            error = exc
         except Exception as exc:
-            self._error = BackendError(f"could not read the build's output back: {exc}")
+            error = BackendError(f"could not read the build's output back: {exc}")
         finally:
-            self._done = True
-            self._wakeup.set()
+            self._pile.finish(error)
 
     async def _until_exited(self) -> None:
         # The follow read ends early at times (see the module): the final read waits for
         # the exit, which the engine's own wait would make a thread sit through.
         while True:
-            if self._closed or not await self._running():
+            if self._pile.closed or not await self._running():
                 return
-            await asyncio.sleep(_EXIT_POLL_S)
+            await asyncio.sleep(ADOPT_EXIT_POLL_S)
 
     def _read(self, follow: bool, strict: bool = False) -> None:
         """One read from the log's first line, handing on what is past everything emitted.
@@ -180,7 +174,7 @@ class LogOutput:
         self._response = response
         try:
             for batch in frames(response.iter_content(None)):
-                if self._closed:
+                if self._pile.closed:
                     return
                 self._hand_on(skipper.take(splitter.feed(batch, time.time())))
             if follow:
@@ -192,46 +186,19 @@ class LogOutput:
                     "cut at build_log_max_bytes): the lines printed meanwhile cannot be placed"
                 )
         finally:
-            _close_response(response)
+            close_response(response)
 
     def _hand_on(self, chunks: list[OutputChunk]) -> None:
-        if not chunks:
-            return
         for chunk in chunks:
             self._emitted[chunk.stream] += line_count(chunk.text)
-        # The loop is woken once per pile, not per read (as ``AttachOutput`` does): every
-        # cross-thread call writes a byte to the loop's self-pipe, which is also where
-        # signals arrive, and a few hundred of them while the loop is busy fill it, so that
-        # a SIGTERM then is lost.
-        with self._lock:
-            was_empty = not self._pending
-            self._pending.extend(chunks)
-        if was_empty:
-            self._loop.call_soon_threadsafe(self._push)
+        self._pile.put(chunks)
 
-    def _push(self) -> None:
-        with self._lock:
-            chunks, self._pending = self._pending, []
-        self._chunks.extend(chunks)
-        self._wakeup.set()
-
-    async def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
-        while True:
-            batch, self._chunks = self._chunks, []
-            if batch:
-                yield batch
-                continue
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return
-            self._wakeup.clear()
-            if not self._chunks and not self._done:
-                await self._wakeup.wait()
+    def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
+        return self._pile.__aiter__()
 
     async def aclose(self) -> None:
-        self._closed = True
-        _close_response(self._response)
+        self._pile.close()
+        close_response(self._response)
         if not self._task.done():
             self._task.cancel()
-        await asyncio.wait({self._task}, timeout=5)
+        await asyncio.wait({self._task}, timeout=OUTPUT_CLOSE_TIMEOUT_S)

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import BackendError
+from ..timeouts import OUTPUT_CLOSE_TIMEOUT_S
 from . import OutputChunk, Stream
+from ._daemon import shutdown_socket
+from ._pile import ChunkPile
 from .lines import LineSplitter
 
 _MAX_BUFFERED_BYTES = 8 * 1024 * 1024  # then the reader waits, and so does the container
@@ -86,88 +86,37 @@ def demux(blocks: Iterable[bytes]) -> Iterator[list[tuple[Stream, bytes]]]:
 
 
 class AttachOutput:
-    """The attach socket as batches of chunks.
-
-    The reader thread appends chunks to a buffer and wakes the loop only when the buffer goes
-    from empty to not empty, so when the loop is busy the output piles up into one big batch
-    instead of costing a cross-thread call per read. The buffer is bounded: a full one makes
-    the reader wait, which in turn makes the container wait on its pipe.
-    """
+    """The attach socket as batches of chunks: a reader thread splits it into a bounded
+    ``ChunkPile`` (a full one makes the reader wait, and so the container, on its pipe)."""
 
     def __init__(self, sock: Any, pool: ThreadPoolExecutor, loop: asyncio.AbstractEventLoop):
         self._sock = sock
-        self._loop = loop
-        self._chunks: list[OutputChunk] = []
-        self._bytes = 0
-        self._done = False  # the stream ended (after _chunks is drained: the end)
-        self._error: BaseException | None = None
-        self._lock = threading.Condition()
-        self._wakeup = asyncio.Event()
-        self._closed = threading.Event()
+        self._pile = ChunkPile(loop, _MAX_BUFFERED_BYTES)
         self._reader = loop.run_in_executor(pool, self._read)
-
-    def _signal(self) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._wakeup.set)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self._closed.set()
-
-    def _put(self, chunks: list[OutputChunk]) -> bool:
-        with self._lock:
-            while self._bytes >= _MAX_BUFFERED_BYTES and not self._closed.is_set():
-                self._lock.wait(timeout=1.0)
-            if self._closed.is_set():
-                return False
-            was_empty = not self._chunks
-            self._chunks.extend(chunks)
-            self._bytes += sum(len(chunk.text) for chunk in chunks)
-        if was_empty:
-            self._signal()
-        return True
 
     def _read(self) -> None:
         splitter = LineSplitter()
+        error: BaseException | None = None
         try:
             for runs in demux(_blocks(self._sock)):
                 chunks = splitter.feed(runs, time.time())
-                if chunks and not self._put(chunks):
+                if chunks and not self._pile.put(chunks):
                     return
-            if tail := splitter.finish():
-                self._put(tail)
+            self._pile.put(splitter.finish())
         except BaseException as exc:  # reported to the reader side, not lost in the pool
-            if not self._closed.is_set():
-                self._error = BackendError(f"lost the build's output stream: {exc}")
+            if not self._pile.closed:
+                error = BackendError(f"lost the build's output stream: {exc}")
         finally:
             _close(self._sock)
-            with self._lock:
-                self._done = True
-            self._signal()
+            self._pile.finish(error)
 
-    async def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
-        while True:
-            with self._lock:
-                batch, self._chunks, self._bytes = self._chunks, [], 0
-                done = self._done
-                self._lock.notify_all()
-            if batch:
-                yield batch
-                continue
-            if done:
-                if self._error is not None:
-                    raise self._error
-                return
-            self._wakeup.clear()
-            with self._lock:
-                pending = bool(self._chunks) or self._done
-            if not pending:
-                await self._wakeup.wait()
+    def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
+        return self._pile.__aiter__()
 
     async def aclose(self) -> None:
-        self._closed.set()
-        _shutdown(self._sock)  # a read blocked in the thread returns at once
-        with self._lock:
-            self._lock.notify_all()  # a reader waiting for room sees the flag and stops
-        await asyncio.wait({self._reader}, timeout=5)
+        self._pile.close()  # a reader waiting for room sees it and stops
+        shutdown_socket(self._sock)  # a read blocked in the thread returns at once
+        await asyncio.wait({self._reader}, timeout=OUTPUT_CLOSE_TIMEOUT_S)
 
 
 def _blocks(sock: Any) -> Iterator[bytes]:
@@ -177,24 +126,8 @@ def _blocks(sock: Any) -> Iterator[bytes]:
         yield block
 
 
-def _shutdown(sock: Any) -> None:
-    # shutdown() acts on the socket, not on the descriptor, so a duplicate reaches it; the
-    # object docker-py returns does not always expose the socket itself.
-    try:
-        fd = os.dup(sock.fileno())
-    except (OSError, ValueError):
-        return
-    try:
-        dup = socket.socket(fileno=fd)
-    except OSError:  # not a socket (docker-py's ssh transport): nothing to shut down here
-        os.close(fd)
-        return
-    with dup, contextlib.suppress(OSError):
-        dup.shutdown(socket.SHUT_RDWR)
-
-
 def _close(sock: Any) -> None:
-    _shutdown(sock)
+    shutdown_socket(sock)
     # For unix sockets docker-py returns a SocketIO: closing it leaves the socket under it
     # open until the garbage collector breaks a cycle, one descriptor per build.
     for part in (sock, getattr(sock, "_sock", None)):

@@ -32,10 +32,17 @@ from aiohttp import web
 
 from ..errors import ArchiveTooLarge, BackendError, ContainerGone
 from ..storage.archive import spooled
+from ..timeouts import (
+    HANDOFF_BODY_TIMEOUT_S,
+    HANDOFF_FETCH_ATTEMPTS,
+    HANDOFF_SEND_ATTEMPTS,
+    HANDOFF_SEND_MAX_S,
+    HANDOFF_SEND_RETRY_S,
+    HANDOFF_STREAM_SEND_ATTEMPTS,
+)
 
 _READ_BYTES = 1 << 20
 _TAR_SLACK_BYTES = 1 << 20  # tar's own headers and padding beyond the files' bytes
-_BODY_TIMEOUT_S = 600.0
 _DROPPED_KEPT = 10_000
 SECRET_FILE = "swarm-handoff.key"
 _SECRET_BYTES = 32
@@ -227,7 +234,7 @@ class Handoff:
             )
         out = spooled()
         try:
-            async with asyncio.timeout(_BODY_TIMEOUT_S):
+            async with asyncio.timeout(HANDOFF_BODY_TIMEOUT_S):
                 while block := await request.content.read(_READ_BYTES):
                     if out.tell() + len(block) > limit:
                         step.refused[index] = too_large
@@ -250,7 +257,7 @@ class Handoff:
 # own results. Sending back retries a refused connection too (a service restarting: the next
 # one takes the exchange over), but only briefly: the tar is streamed, so a send that began
 # cannot be made again.
-_WRAPPER = r"""set -u -o pipefail
+_WRAPPER_TEMPLATE = r"""set -u -o pipefail
 url=$ORCHESTRATOR_STEP_URL
 auth="Authorization: Bearer $ORCHESTRATOR_STEP_TOKEN"
 unset ORCHESTRATOR_STEP_URL ORCHESTRATOR_STEP_TOKEN
@@ -260,7 +267,7 @@ fi
 unset ORCHESTRATOR_STEP_DIR
 case "${ORCHESTRATOR_STEP_INPUTS:-}" in
   "") ;;
-  fetch) curl -fsS --retry 5 --retry-connrefused -H "$auth" "$url/inputs" | tar -x -f - \
+  fetch) curl -fsS --retry @FETCH@ --retry-connrefused -H "$auth" "$url/inputs" | tar -x -f - \
            || { echo "orchestrator: could not fetch the step's inputs from $url" >&2; exit 125; } ;;
   *) tar -x -f "$ORCHESTRATOR_STEP_INPUTS" \
            || { echo "orchestrator: could not unpack the step's inputs" >&2; exit 125; } ;;
@@ -281,15 +288,22 @@ for out in ${ORCHESTRATOR_STEP_OUTPUTS:-}; do
   # a crash) nobody listens, and the next one takes the step over within the hour.
   tarball=$(mktemp 2>/dev/null) || tarball=
   if [ -n "$tarball" ] && pack "$tarball"; then
-    send "$tarball" --retry 1800 --retry-delay 2 --retry-max-time 3600
+    send "$tarball" --retry @SEND@ --retry-delay @DELAY@ --retry-max-time @MAX@
   else
-    pack - | send - --retry 3
+    pack - | send - --retry @STREAM@
   fi || echo "orchestrator: could not send $out back" >&2
   [ -z "$tarball" ] || rm -f "$tarball"
   i=$((i + 1))
 done
 exit $code
 """
+_WRAPPER = (
+    _WRAPPER_TEMPLATE.replace("@FETCH@", str(HANDOFF_FETCH_ATTEMPTS - 1))
+    .replace("@SEND@", str(HANDOFF_SEND_ATTEMPTS - 1))
+    .replace("@DELAY@", str(HANDOFF_SEND_RETRY_S))
+    .replace("@MAX@", str(HANDOFF_SEND_MAX_S))
+    .replace("@STREAM@", str(HANDOFF_STREAM_SEND_ATTEMPTS - 1))
+)
 
 
 def wrapper_command(command: tuple[str, ...]) -> list[str]:

@@ -24,13 +24,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import BackendError, ContainerGone
+from ..timeouts import (
+    OUTPUT_CLOSE_TIMEOUT_S,
+    SERVICE_LOGS_CHECK_S,
+    SERVICE_LOGS_MAX_QUIET_S,
+    SERVICE_LOGS_QUIET_S,
+    SERVICE_LOGS_RETRY_S,
+)
 from . import OutputChunk, Stream
-from ._attach import _shutdown, frames
+from ._attach import frames
+from ._daemon import close_response
+from ._pile import ChunkPile
 from .lines import LineSplitter
-
-_RETRY_LIVE_S = 0.5
-_QUIET_S = 5.0
-_MAX_QUIET_S = 60.0
 
 
 def timestamp_key(raw: bytes) -> bytes:
@@ -78,7 +83,7 @@ class ServiceOutput:
     ) -> None:
         self._open_read = open_read  # follow → a streaming requests.Response
         # What of each run of new lines is handed on: all, or (an adopted step's) what an
-        # earlier reader did not have yet. Called in order, on the loop.
+        # earlier reader did not have yet. Called in order, under the splitter's lock.
         self._take = take
         self._pool = pool
         # A follow read opened before the service has a running task follows nothing and
@@ -86,32 +91,29 @@ class ServiceOutput:
         self._running = running
         self._dedup = Deduplicator()
         self._splitter = LineSplitter()
-        self._lock = threading.Lock()  # one read feeds the splitter at a time
-        self._chunks: list[OutputChunk] = []
-        self._wakeup = asyncio.Event()
+        self._lock = threading.Lock()  # one read feeds the splitter (and the pile) at a time
         self._loop = asyncio.get_running_loop()
+        self._pile = ChunkPile(self._loop)
         self._stop_live = threading.Event()
         self._live_response: Any = None
         self._received = 0  # blocks any read got: the live read is not stuck
         self._quiet_since = time.monotonic()
-        self._done = False
-        self._error: BaseException | None = None
         self._task = asyncio.ensure_future(self._run(ended))
 
     async def _nudge(self) -> None:
         """Open the live read again when it has been quiet for a while: under load, a follow
         read opened as the task starts was seen to deliver nothing at all (and a read again
         costs only what deduplication drops). The pause doubles while it stays quiet."""
-        quiet_s, seen = _QUIET_S, self._received
+        quiet_s, seen = SERVICE_LOGS_QUIET_S, self._received
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(SERVICE_LOGS_CHECK_S)
             if self._received != seen:
-                quiet_s, seen = _QUIET_S, self._received
+                quiet_s, seen = SERVICE_LOGS_QUIET_S, self._received
                 self._quiet_since = time.monotonic()
             elif time.monotonic() - self._quiet_since > quiet_s:
-                _close_response(self._live_response)
+                close_response(self._live_response)
                 self._quiet_since = time.monotonic()
-                quiet_s = min(2 * quiet_s, _MAX_QUIET_S)
+                quiet_s = min(2 * quiet_s, SERVICE_LOGS_MAX_QUIET_S)
 
     async def _run(self, ended: Awaitable[object]) -> None:
         live = self._loop.run_in_executor(self._pool, self._live)
@@ -119,43 +121,42 @@ class ServiceOutput:
         try:
             await ended
         except asyncio.CancelledError:
-            self._done = True
+            self._pile.finish()
             raise
         except Exception:  # how the step ended is ``wait``'s to say; its output is still read
             pass
         finally:
             nudge.cancel()
             self._stop_live.set()
-            _close_response(self._live_response)
+            close_response(self._live_response)
             await asyncio.wait({live})
+        error: BaseException | None = None
         try:
             with contextlib.suppress(ContainerGone):  # removed (cancelled): nothing more to read
                 await self._loop.run_in_executor(self._pool, self._read, False)
             with self._lock:
-                tail = self._splitter.finish()
-            self._push(tail)
+                self._hand_on(self._splitter.finish())
         except BaseException as exc:
-            self._error = BackendError(f"lost the build's output: {exc}")
+            error = BackendError(f"lost the build's output: {exc}")
         finally:
-            self._done = True
-            self._wakeup.set()
+            self._pile.finish(error)
 
     def _live(self) -> None:
-        while not self._running.wait(_RETRY_LIVE_S / 5):
+        while not self._running.wait(SERVICE_LOGS_RETRY_S / 5):
             if self._stop_live.is_set():
                 return
         while not self._stop_live.is_set():
             # Best effort: the full read at the end completes whatever this one misses.
             with contextlib.suppress(Exception):
                 self._read(True)
-            self._stop_live.wait(_RETRY_LIVE_S)
+            self._stop_live.wait(SERVICE_LOGS_RETRY_S)
 
     def _read(self, follow: bool) -> None:
         response = self._open_read(follow)
         if follow:
             self._live_response = response
             if self._stop_live.is_set():
-                _close_response(response)
+                close_response(response)
                 return
         try:
             with self._lock:
@@ -164,11 +165,9 @@ class ServiceOutput:
                 if follow and self._stop_live.is_set():
                     return
                 with self._lock:
-                    chunks = self._splitter.feed(self._new(batch), time.time())
-                if chunks:
-                    self._loop.call_soon_threadsafe(self._push, chunks)
+                    self._hand_on(self._splitter.feed(self._new(batch), time.time()))
         finally:
-            _close_response(response)
+            close_response(response)
 
     def _counted(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
         for block in blocks:
@@ -187,44 +186,19 @@ class ServiceOutput:
                     runs.append((stream, text))
         return runs
 
-    def _push(self, chunks: list[OutputChunk]) -> None:
+    def _hand_on(self, chunks: list[OutputChunk]) -> None:
+        # Under ``_lock``: the order the splitter made them in is the order they are piled.
         if chunks and self._take is not None:
             chunks = self._take(chunks)
-        if chunks:
-            self._chunks.extend(chunks)
-            self._wakeup.set()
+        self._pile.put(chunks)
 
-    async def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
-        while True:
-            batch, self._chunks = self._chunks, []
-            if batch:
-                yield batch
-                continue
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return
-            self._wakeup.clear()
-            if not self._chunks and not self._done:
-                await self._wakeup.wait()
+    def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
+        return self._pile.__aiter__()
 
     async def aclose(self) -> None:
         if not self._task.done():
             self._task.cancel()
+        self._pile.close()
         self._stop_live.set()
-        _close_response(self._live_response)
-        await asyncio.wait({self._task}, timeout=5)
-
-
-def _close_response(response: Any) -> None:
-    if response is None:
-        return
-    try:
-        raw = response.raw
-        sock = raw._fp.fp.raw._sock  # the connection's socket: a blocked read returns at once
-        _shutdown(sock)
-    except (AttributeError, OSError):
-        pass
-    # Closing from another thread may race the reader; it ends either way.
-    with contextlib.suppress(Exception):
-        response.close()
+        close_response(self._live_response)
+        await asyncio.wait({self._task}, timeout=OUTPUT_CLOSE_TIMEOUT_S)

@@ -37,29 +37,6 @@ def service_kwargs(
     settings: Settings,
 ) -> dict[str, Any]:
     """The ``create_service`` arguments: the sandbox every build runs in, in Swarm's terms."""
-    mounts = [Mount("/tmp", None, type="tmpfs", tmpfs_size=step.tmp_bytes, tmpfs_mode=0o1777)]
-    configs = []
-    if config_id:
-        configs.append(ConfigReference(config_id, f"{handle}-inputs", filename=INPUTS_FILE))
-    spec = ContainerSpec(
-        # By its id: a task never asks a registry, and every node must hold the same image
-        # (docker save | docker load keeps the id).
-        image=image_id,
-        command=wrapper_command(step.command),
-        env={**step.env, **env},
-        # Under a read-only root the inputs go to a folder in the in-memory /tmp: a tmpfs
-        # mount elsewhere would be root's (Swarm's tmpfs options have a mode that 20.10
-        # ignores, and no owner).
-        workdir="/tmp" if step.read_only else step.workdir,
-        user=step.user,
-        labels=dict(step.labels),  # on the task's container too: found by label anywhere
-        mounts=mounts,
-        configs=configs or None,
-        read_only=step.read_only,
-        init=True,
-        cap_drop=["ALL"],
-        stop_grace_period=int(settings.kill_grace_s * 1e9),
-    )
     resources = Resources(
         cpu_limit=int(step.cpus * 1e9) if step.cpus else None,
         mem_limit=step.memory_bytes,
@@ -80,7 +57,7 @@ def service_kwargs(
         "json-file", {"max-size": str(step.log_max_bytes)} if step.log_max_bytes else {}
     )
     template = TaskTemplate(
-        container_spec=spec,
+        container_spec=_container_spec(handle, step, image_id, env, config_id, settings),
         resources=resources,
         restart_policy=restart,
         placement=Placement(constraints=constraints or None),
@@ -93,6 +70,66 @@ def service_kwargs(
         "mode": ServiceMode("replicated", replicas=1),
         "networks": None if step.network else [SEALED_NETWORK],
     }
+
+
+def _container_spec(
+    handle: str,
+    step: Step,
+    image_id: str,
+    env: Mapping[str, str],
+    config_id: str | None,
+    settings: Settings,
+) -> ContainerSpec:
+    mounts = [Mount("/tmp", None, type="tmpfs", tmpfs_size=step.tmp_bytes, tmpfs_mode=0o1777)]
+    configs = []
+    if config_id:
+        configs.append(ConfigReference(config_id, f"{handle}-inputs", filename=INPUTS_FILE))
+    return ContainerSpec(
+        # By its id: a task never asks a registry, and every node must hold the same image
+        # (docker save | docker load keeps the id).
+        image=image_id,
+        command=wrapper_command(step.command),
+        env={**step.env, **env},
+        # Under a read-only root the inputs go to a folder in the in-memory /tmp: a tmpfs
+        # mount elsewhere would be root's (Swarm's tmpfs options have a mode that 20.10
+        # ignores, and no owner).
+        workdir="/tmp" if step.read_only else step.workdir,
+        user=step.user,
+        labels=dict(step.labels),  # on the task's container too: found by label anywhere
+        mounts=mounts,
+        configs=configs or None,
+        read_only=step.read_only,
+        init=True,
+        cap_drop=["ALL"],
+        stop_grace_period=int(settings.kill_grace_s * 1e9),
+    )
+
+
+def has_gpu(node: Mapping[str, Any], gpu_label: str) -> bool:
+    """Labelled as having a GPU (``swarm_gpu_label``), or advertising one as a resource."""
+    labels = (node.get("Spec") or {}).get("Labels") or {}
+    return labels.get(gpu_label) == "true" or bool(gpu_resources(node))
+
+
+def node_trouble(node: Mapping[str, Any] | None, node_id: str) -> str | None:
+    """Why the node running a build (None: it left the swarm) can no longer run it, if so."""
+    if node is None:
+        return f"the node running the build ({node_id[:12]}) left the swarm"
+    name = (node.get("Description") or {}).get("Hostname") or node_id[:12]
+    if (node.get("Spec") or {}).get("Availability") == "drain":
+        return f"the node running the build ({name}) was drained; the build was stopped"
+    if (node.get("Status") or {}).get("State") == "down":
+        return f"the node running the build ({name}) went down; the build was stopped"
+    return None
+
+
+def gateway(network: Mapping[str, Any]) -> str:
+    """The default bridge's gateway: this host as a task without a network of its own sees it
+    (and reachable from nowhere else)."""
+    for config in (network.get("IPAM") or {}).get("Config") or []:
+        if config.get("Gateway"):
+            return str(config["Gateway"])
+    return "172.17.0.1"
 
 
 def usable(node: Mapping[str, Any]) -> bool:

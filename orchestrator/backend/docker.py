@@ -2,17 +2,9 @@
 
 ``setup`` is create + ``put_archive`` of the inputs; ``start`` attaches, then starts, so the
 attach sees every byte: on Docker 20.10, ``logs(follow=True)`` stops early when a container exits
-in a burst, and attach does not (``_attach.py`` reads it). The sandbox's Docker terms (init,
-dropped capabilities, no-new-privileges, the json-file log, a storage quota, tmpfs and scratch
-volumes) are derived here from the engine-neutral ``Step``, in ``create_kwargs``.
-
-docker-py blocks, so every call runs in this backend's own thread pool (a build holds a thread for
-its output and one for its wait; the loop's default pool is too small for that). Only transient
-daemon errors are retried; docker errors leave this module as ours.
-
-Over ~400 lines on purpose: one engine, one module (as Woodpecker's backends are); every call
-shares the thread pool, the retry rules and the translation of docker-py's errors, which would
-have to be exported to split it.
+in a burst, and attach does not (``_attach.py`` reads it). The sandbox's Docker terms are derived
+from the engine-neutral ``Step`` in ``_dockerspec.py``; every call goes through the daemon's
+thread pool, retry rules and error translation in ``_daemon.py``, which Swarm shares.
 """
 
 from __future__ import annotations
@@ -23,19 +15,14 @@ import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, TypeVar
 
-import docker
 import docker.errors
 import requests
-from docker.types import DeviceRequest, LogConfig, Mount
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..errors import (
     ArchiveTooLarge,
     BackendError,
-    BackendUnavailable,
     ContainerGone,
     ImageNotFound,
     OrchestratorError,
@@ -43,64 +30,19 @@ from ..errors import (
 )
 from ..settings import Settings
 from ..storage.archive import spooled
+from ..timeouts import (
+    CONTAINER_REMOVAL_POLL_S,
+    CONTAINER_REMOVAL_TIMEOUT_S,
+    CONTAINER_STOP_TIMEOUT_S,
+)
 from . import ExitStatus, FoundStep, PathUsage, Ran, Step, Stream
 from ._adopt import LogOutput, found_step, open_logs
 from ._attach import AttachOutput
-from ._exec import CPU_COMMAND, cpu_seconds, run_exec
+from ._daemon import Daemon, status
+from ._dockerspec import create_kwargs, quota_capable, quota_refused, volume_usage_kwargs
+from ._exec import CPU_COMMAND, cpu_seconds, path_usage, run_exec, writable_places
 
 T = TypeVar("T")
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return True
-    return isinstance(exc, docker.errors.APIError) and (exc.status_code or 0) >= 500
-
-
-def _is_unsent(exc: BaseException) -> bool:
-    """True when the daemon cannot have acted on the request: safe to retry anything."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ConnectionRefusedError | FileNotFoundError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
-def _retrying(idempotent: bool) -> Retrying:
-    return Retrying(
-        retry=retry_if_exception(_is_transient if idempotent else _is_unsent),
-        stop=stop_after_attempt(4),
-        wait=wait_exponential(multiplier=0.1, max=2.0),
-        reraise=True,
-    )
-
-
-def daemon_call(
-    settings: Settings, engine: str, fn: Callable[..., T], *args: Any, idempotent: bool
-) -> T:
-    """``fn(*args)`` against the daemon, retried while that is safe, with docker-py's errors
-    turned into this service's: one translation for every engine that talks to a daemon."""
-    try:
-        return _retrying(idempotent)(fn, *args)
-    except docker.errors.ImageNotFound as exc:
-        raise ImageNotFound(str(exc.explanation or exc)) from exc
-    except docker.errors.NotFound as exc:
-        raise ContainerGone(str(exc.explanation or exc)) from exc
-    except requests.exceptions.ConnectionError as exc:
-        raise BackendUnavailable(_unreachable(settings, exc)) from exc
-    except requests.exceptions.RequestException as exc:
-        raise BackendError(f"{engine} did not answer in time: {exc}") from exc
-    except docker.errors.DockerException as exc:
-        raise BackendError(f"{engine}: {exc}") from exc
-
-
-def _status(exc: docker.errors.APIError) -> int:
-    return exc.status_code or 0
-
-
-# What a watch's command (du, find) may print: a filesystem's writable places, one per line.
-_WATCH_KEEP_BYTES = 16 * 1024 * 1024
 
 
 class DockerBackend:
@@ -109,15 +51,10 @@ class DockerBackend:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        try:
-            self._client = _client(settings, settings.docker_timeout_s)
-            # Output streams and waits last as long as a build: they get a client without timeout.
-            self._long = _client(settings, None).api
-        except docker.errors.DockerException as exc:
-            raise BackendUnavailable(_unreachable(settings, exc)) from exc
-        self._pool = ThreadPoolExecutor(
-            max_workers=3 * settings.max_concurrent_builds + 8, thread_name_prefix="docker"
-        )
+        self._daemon = Daemon(settings, "docker")
+        self._client = self._daemon.client
+        self._long = self._daemon.long  # output streams and waits last as long as a build
+        self._pool = self._daemon.pool
         # Tied steps: the socket whose end is their end (its stdin: see create_kwargs).
         self._ties: dict[str, Any] = {}
         self._tied: set[str] = set()
@@ -128,12 +65,7 @@ class DockerBackend:
         self._quota: bool | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any, idempotent: bool = True) -> T:
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self._call, fn, *args, idempotent=idempotent)
-        return await loop.run_in_executor(self._pool, call)
-
-    def _call(self, fn: Callable[..., T], *args: Any, idempotent: bool) -> T:
-        return daemon_call(self._settings, "docker", fn, *args, idempotent=idempotent)
+        return await self._daemon.run(fn, *args, idempotent=idempotent)
 
     async def ping(self) -> None:
         await self._run(self._client.ping)
@@ -192,7 +124,7 @@ class DockerBackend:
         try:
             container = self._client.containers.create(**kwargs)
         except docker.errors.APIError as exc:
-            if "storage_opt" not in kwargs or not _quota_refused(exc):
+            if "storage_opt" not in kwargs or not quota_refused(exc):
                 raise
             self._quota = False
             container = self._client.containers.create(
@@ -216,39 +148,10 @@ class DockerBackend:
         return None if size is None else int(size)
 
     async def path_usage(self, container_id: str, paths: Sequence[str]) -> PathUsage | None:
-        ran = await self._run(self._exec, container_id, ["du", "-sxb", "--", *paths])
-        if ran is None:
-            return None
-        out, code = ran
-        sizes: dict[str, int] = {}
-        for line in out.splitlines():
-            size, _, path = line.partition(b"\t")
-            if size.strip().isdigit():
-                sizes[path.decode(errors="replace")] = int(size)
-        # du names each path as given, once: a path missing from its answer was not measured.
-        if not all(path in sizes for path in paths):
-            return None
-        return PathUsage(sizes, complete=code == 0)
+        return await self._run(path_usage, self._client.api, container_id, paths)
 
     async def writable_places(self, container_id: str) -> tuple[str, ...] | None:
-        # What the user owns it could make writable at any time, so that counts as writable.
-        find = ["find", "/", "-xdev", "(", "-writable", "-o", "-user", "builder", ")"]
-        ran = await self._run(self._exec, container_id, [*find, "-prune", "-print0"])
-        # find fails for every folder it may not enter, and still lists all the others.
-        if ran is None:
-            return None
-        return tuple(p.decode(errors="replace") for p in ran[0].split(b"\0") if p)
-
-    def _exec(self, container_id: str, argv: list[str]) -> tuple[bytes, int] | None:
-        """``argv``'s output and exit code, run in the step's container as its user (~5 ms
-        plus its own work; no host access); None when the container has stopped."""
-        try:
-            ran = run_exec(
-                self._client.api, container_id, tuple(argv), "builder", "/", _WATCH_KEEP_BYTES
-            )
-        except docker.errors.APIError:
-            return None  # stopped meanwhile
-        return None if ran.code < 0 else (ran.stdout, ran.code)
+        return await self._run(writable_places, self._client.api, container_id)
 
     @property
     def supports_exec(self) -> bool:
@@ -321,10 +224,10 @@ class DockerBackend:
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:
-            if _status(exc) != 409:  # 409: not running, which is what we want
+            if status(exc) != 409:  # 409: not running, which is what we want
                 raise
         try:
-            self._long.wait(container_id, timeout=60)
+            self._long.wait(container_id, timeout=CONTAINER_STOP_TIMEOUT_S)
         except docker.errors.NotFound:
             return
 
@@ -380,16 +283,18 @@ class DockerBackend:
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:
-            if _status(exc) != 409:  # 409: a removal is already under way; wait for it below
+            if status(exc) != 409:  # 409: a removal is already under way; wait for it below
                 raise
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + CONTAINER_REMOVAL_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
                 api.inspect_container(container_id)
             except docker.errors.NotFound:
                 return
-            time.sleep(0.05)
-        raise BackendError(f"container {container_id[:12]} was not removed within 30 s")
+            time.sleep(CONTAINER_REMOVAL_POLL_S)
+        raise BackendError(
+            f"container {container_id[:12]} was not removed within {CONTAINER_REMOVAL_TIMEOUT_S} s"
+        )
 
     @property
     def supports_volumes(self) -> bool:
@@ -417,7 +322,7 @@ class DockerBackend:
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:
-            if _status(exc) == 409:
+            if status(exc) == 409:
                 raise VolumeInUse(f"volume {name} is in use by a container") from exc
             raise
 
@@ -425,22 +330,9 @@ class DockerBackend:
         return await self._run(self._volume_usage, name, image, labels, idempotent=False)
 
     def _volume_usage(self, name: str, image: str, labels: Mapping[str, str]) -> int | None:
-        # A throwaway container (~0.7 s here) with the volume read-only: root with only the
-        # right to read any folder, no network. The build's own `du` would miss what its user
-        # cannot read, and Docker's own measure (/system/df) walks every container (~5 s).
         # Created, run and removed by hand: docker-py's run(remove=True) leaves the container
         # when its start fails.
-        container = self._client.containers.create(
-            image,
-            ["du", "-sxb", "/volume"],
-            user="root",
-            cap_drop=["ALL"],
-            cap_add=["DAC_READ_SEARCH"],
-            security_opt=["no-new-privileges"],
-            network_mode="none",
-            labels=dict(labels),
-            mounts=[Mount("/volume", name, type="volume", read_only=True)],
-        )
+        container = self._client.containers.create(**volume_usage_kwargs(name, image, labels))
         try:
             container.start()
             container.wait()
@@ -491,96 +383,4 @@ class DockerBackend:
     async def close(self) -> None:
         for tie in self._ties.values():
             tie.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._long.close()
-        self._client.close()
-
-
-# Storage drivers that can cap a container's writable layer; overlay2 only on xfs (with pquota).
-_QUOTA_DRIVERS = frozenset({"btrfs", "zfs", "devicemapper", "windowsfilter"})
-
-
-def quota_capable(info: Mapping[str, Any]) -> bool:
-    """Whether the daemon's storage driver may take ``storage_opt={"size": ...}``."""
-    driver = str(info.get("Driver") or "")
-    if driver in _QUOTA_DRIVERS:
-        return True
-    status = {str(k): str(v) for k, v in info.get("DriverStatus") or []}
-    return driver == "overlay2" and status.get("Backing Filesystem") == "xfs"
-
-
-def _quota_refused(exc: docker.errors.APIError) -> bool:
-    text = str(exc.explanation or exc).lower()
-    return "storage-opt" in text or "storage opt" in text or "quota" in text
-
-
-def create_kwargs(step: Step, *, quota: bool = False, network: str = "bridge") -> dict[str, Any]:
-    """The ``containers.create`` arguments for a step: the sandbox every build runs in.
-
-    ``network`` is the Docker network a step with network gets (``build_network``); ``quota``
-    says whether the storage driver takes a size for the container's writable layer."""
-    kwargs: dict[str, Any] = {
-        "image": step.image,
-        "command": list(step.command),
-        "labels": dict(step.labels),
-        "user": step.user,
-        "working_dir": step.workdir,
-        "environment": dict(step.env),
-        "network_mode": network if step.network else "none",
-        # docker-init as PID 1 reaps zombies and forwards signals; a SIGKILL of the container
-        # then takes every process in its PID namespace with it.
-        "init": True,
-        "security_opt": ["no-new-privileges"],
-        "cap_drop": ["ALL"],
-        "tty": False,
-        # A tied step's command reads its stdin to the end, and the stdin is this process's
-        # attach socket: when this process goes, so does the step, and Docker removes it.
-        # (docker-py sets StdinOnce, which closes the stdin with that socket, only for a
-        # container that is not "detached", a flag that changes nothing else here.)
-        "detach": not step.tied,
-        "stdin_open": step.tied,
-        "auto_remove": step.tied,
-        "log_config": LogConfig(
-            type=LogConfig.types.JSON,
-            config={"max-size": str(step.log_max_bytes)} if step.log_max_bytes else {},
-        ),
-    }
-    if step.memory_bytes:
-        kwargs["mem_limit"] = step.memory_bytes
-    if step.cpus:
-        kwargs["nano_cpus"] = int(step.cpus * 1e9)
-    if step.pids_limit:
-        kwargs["pids_limit"] = step.pids_limit
-    if step.gpus:
-        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    if quota and step.disk_bytes:
-        kwargs["storage_opt"] = {"size": str(step.disk_bytes)}
-    if step.read_only:
-        kwargs["read_only"] = True
-        kwargs["tmpfs"] = {"/tmp": f"size={step.tmp_bytes}"}
-        # An anonymous volume at the workdir: writable (and reachable by put_archive) under
-        # the read-only root, and removed with the container (remove(v=True)).
-        kwargs["volumes"] = [step.workdir]
-    if step.volumes:
-        kwargs["mounts"] = [
-            Mount(target, name, type="volume", no_copy=False)
-            for name, target in step.volumes.items()
-        ]
-    return kwargs
-
-
-def _client(settings: Settings, timeout_s: float | None) -> docker.DockerClient:
-    # docker-py hands the timeout to requests, where None means "wait for as long as it takes";
-    # its stubs only admit int.
-    timeout = cast(int, timeout_s)
-    if settings.docker_url:
-        return docker.DockerClient(base_url=settings.docker_url, timeout=timeout)
-    return docker.from_env(timeout=timeout)
-
-
-def _unreachable(settings: Settings, exc: BaseException) -> str:
-    where = settings.docker_url or "DOCKER_HOST or /var/run/docker.sock"
-    return (
-        f"cannot reach the Docker daemon at {where}: {exc}. The service needs the host's "
-        "Docker socket (in a container: mount /var/run/docker.sock)"
-    )
+        self._daemon.close()

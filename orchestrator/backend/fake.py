@@ -171,6 +171,9 @@ class FakeBackend:
             container.queue.put_nowait(None)
             return output
         container.task = asyncio.create_task(self._play(container))
+        # On the task's end, not in it: a task cancelled before it first ran runs none of its
+        # code, and a kill right after ``start`` would wait for an exit never told.
+        container.task.add_done_callback(lambda task: _ended(container, task))
         return output
 
     async def _play(self, container: FakeContainer) -> None:
@@ -188,11 +191,6 @@ class FakeBackend:
             container.exit_code = container.script.exit_code
         except asyncio.CancelledError:
             container.exit_code = 137
-        finally:
-            container.state = "exited"
-            container.queue.put_nowait(None)
-            container.exited.set()
-            container.grew.set()
 
     async def wait(self, container_id: str) -> ExitStatus:
         container = self._get(container_id)
@@ -290,6 +288,8 @@ class FakeBackend:
         """A reading (a command that runs ``makepkg --printsrcinfo``) plays ``reading`` or
         what makepkg would print for the PKGBUILD at ``workdir``; anything else succeeds."""
         container = self._get(handle)
+        if container.state != "running":  # as an engine says of a stopped container
+            raise BackendError(f"container {handle[:12]} is not running")
         self.execs.append((handle, command, user))
         if "makepkg --printsrcinfo" not in " ".join(command):
             return Ran(self.tidy_code, b"", b"")
@@ -353,6 +353,15 @@ class FakeBackend:
     async def close(self) -> None:
         for cid in list(self.containers):
             await self.destroy(cid)
+
+
+def _ended(container: FakeContainer, task: asyncio.Task[None]) -> None:
+    if container.exit_code is None:  # cancelled before it ran
+        container.exit_code = 137
+    container.state = "exited"
+    container.queue.put_nowait(None)
+    container.exited.set()
+    container.grew.set()
 
 
 _ASSIGN = re.compile(r"^(pkgname|pkgbase|pkgver|pkgrel|epoch|arch)=(.*)$", re.MULTILINE)

@@ -12,10 +12,6 @@ for ``swarm_restart_attempts``), not ``replicated-job``: on 20.10 removing a job
 its running task's container running, which would make cancel a lie. Removing a replicated
 service stops its task (SIGTERM, SIGKILL after the stop grace) and the task record goes once its
 node reports the container stopped, which is how ``kill`` knows no process is left on any node.
-
-A little over ~400 lines on purpose: it holds the seam's calls and nothing else (the service's
-spec, the handoff and the log reads are already their own modules), so a reader sees each call
-as the manager is asked it.
 """
 
 from __future__ import annotations
@@ -26,12 +22,10 @@ import functools
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
-import docker
 import docker.errors
 
 from ..errors import (
@@ -43,20 +37,24 @@ from ..errors import (
     StepLost,
 )
 from ..settings import Settings
-from . import ExitStatus, PathUsage, Ran, Step
+from ..timeouts import (
+    SWARM_GONE_TIMEOUT_S,
+    SWARM_NODE_CHECK_S,
+    SWARM_POLL_S,
+    SWARM_TASK_GONE_POLL_S,
+)
+from . import ExitStatus, Step
 from . import _swarmspec as spec
+from ._daemon import Daemon
 from ._handoff import Handoff, step_secret, wrapper_env
+from ._lacking import NoDiskWatch, NoExec, NoVolumes
 from ._servicelogs import ServiceOutput
 from ._swarmadopt import SwarmAdoption
 from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
-from .docker import _client, _unreachable, daemon_call
 
 T = TypeVar("T")
 
 MAX_CONFIG_BYTES = 500 * 1000  # Swarm's limit for a config
-_POLL_S = 0.25
-_NODE_CHECK_S = 1.0
-_GONE_TIMEOUT_S = 60.0
 _ENDED = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned", "remove"})
 
 
@@ -68,21 +66,20 @@ class _Planned:
     config_id: str | None = None
 
 
-class SwarmBackend(SwarmAdoption):
+class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes):
+    """What Swarm cannot do (docs/backends.md): tell a step's disk use or run a command in it
+    (only the node's daemon knows its containers), or keep caches (volumes are node-local)."""
+
     name = "swarm"
     sandbox = "Service"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        try:
-            self._client = _client(settings, settings.docker_timeout_s)
-            self._long = _client(settings, None).api  # log reads last as long as a build
-        except docker.errors.DockerException as exc:
-            raise BackendUnavailable(_unreachable(settings, exc)) from exc
-        self._api = self._client.api
-        self._pool = ThreadPoolExecutor(
-            max_workers=3 * settings.max_concurrent_builds + 8, thread_name_prefix="swarm"
-        )
+        self._daemon = Daemon(settings, "swarm")
+        self._client = self._daemon.client
+        self._long = self._daemon.long  # log reads last as long as a build
+        self._api = self._daemon.api
+        self._pool = self._daemon.pool
         self._handoff: Handoff | None = None
         self._handoff_made = asyncio.Lock()
         self._planned: dict[str, _Planned] = {}
@@ -94,13 +91,8 @@ class SwarmBackend(SwarmAdoption):
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any, idempotent: bool = True) -> T:
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self._call, fn, *args, idempotent=idempotent)
-        return await loop.run_in_executor(self._pool, call)
-
-    def _call(self, fn: Callable[..., T], *args: Any, idempotent: bool) -> T:
         try:
-            return daemon_call(self._settings, "swarm", fn, *args, idempotent=idempotent)
+            return await self._daemon.run(fn, *args, idempotent=idempotent)
         except BackendError as exc:
             if "not a swarm manager" in str(exc) or "swarm mode" in str(exc):
                 raise BackendUnavailable(
@@ -133,13 +125,7 @@ class SwarmBackend(SwarmAdoption):
         )
 
     def _bridge_gateway(self) -> str:
-        # Tasks without a network of their own get the node's default bridge; its gateway is
-        # this host as they see it (and reachable from nowhere else).
-        bridge = self._api.inspect_network("bridge")
-        for config in (bridge.get("IPAM") or {}).get("Config") or []:
-            if config.get("Gateway"):
-                return str(config["Gateway"])
-        return "172.17.0.1"
+        return spec.gateway(self._api.inspect_network("bridge"))
 
     # -- what the runner asks of the engine -------------------------------------------------
 
@@ -168,17 +154,12 @@ class SwarmBackend(SwarmAdoption):
         return dict(found.labels or {})
 
     async def gpu_runtime(self) -> bool:
-        return any(self._has_gpu(n) for n in await self._nodes())
+        label = self._settings.swarm_gpu_label
+        return any(spec.has_gpu(n, label) for n in await self._nodes())
 
     async def _nodes(self) -> list[dict[str, Any]]:
         nodes = await self._run(self._api.nodes)
         return [n for n in nodes if spec.usable(n)]
-
-    def _has_gpu(self, node: Mapping[str, Any]) -> bool:
-        labels = (node.get("Spec") or {}).get("Labels") or {}
-        if labels.get(self._settings.swarm_gpu_label) == "true":
-            return True
-        return bool(spec.gpu_resources(node))
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -186,7 +167,7 @@ class SwarmBackend(SwarmAdoption):
         nodes = await self._nodes()
         if not nodes:
             raise NoPlacement("no swarm node is ready and active to take the build")
-        gpu_nodes = [n for n in nodes if self._has_gpu(n)]
+        gpu_nodes = [n for n in nodes if spec.has_gpu(n, self._settings.swarm_gpu_label)]
         if step.gpus and not gpu_nodes:
             raise NoPlacement(
                 "the build needs a GPU and no active swarm node has one: label a GPU node "
@@ -298,25 +279,20 @@ class SwarmBackend(SwarmAdoption):
                     return task
                 node_id = task.get("NodeID")
                 now = time.monotonic()
-                if node_id and state not in _ENDED and now - checked >= _NODE_CHECK_S:
+                if node_id and state not in _ENDED and now - checked >= SWARM_NODE_CHECK_S:
                     checked = now
                     if why := await self._node_trouble(str(node_id)):
                         self._lost[handle] = why
                         await self.kill(handle)
                         return task
-            await asyncio.sleep(_POLL_S)
+            await asyncio.sleep(SWARM_POLL_S)
 
     async def _node_trouble(self, node_id: str) -> str | None:
         try:
             node = await self._run(self._api.inspect_node, node_id)
         except ContainerGone:
-            return f"the node running the build ({node_id[:12]}) left the swarm"
-        name = (node.get("Description") or {}).get("Hostname") or node_id[:12]
-        if (node.get("Spec") or {}).get("Availability") == "drain":
-            return f"the node running the build ({name}) was drained; the build was stopped"
-        if (node.get("Status") or {}).get("State") == "down":
-            return f"the node running the build ({name}) went down; the build was stopped"
-        return None
+            node = None
+        return spec.node_trouble(node, node_id)
 
     async def wait(self, handle: str) -> ExitStatus:
         end = self._ends.get(handle)
@@ -357,14 +333,14 @@ class SwarmBackend(SwarmAdoption):
             tasks = []  # a missing service is an error for this filter
         with contextlib.suppress(docker.errors.NotFound):
             self._api.remove_service(handle)  # type: ignore[no-untyped-call]
-        deadline = time.monotonic() + grace_s + _GONE_TIMEOUT_S
+        deadline = time.monotonic() + grace_s + SWARM_GONE_TIMEOUT_S
         for task in tasks:
             while time.monotonic() < deadline:
                 try:
                     self._api.inspect_task(task)  # type: ignore[no-untyped-call]
                 except docker.errors.NotFound:
                     break  # the task record goes once its container is gone
-                time.sleep(0.1)
+                time.sleep(SWARM_TASK_GONE_POLL_S)
             else:
                 raise BackendError(f"the task of {handle} was not gone within the deadline")
 
@@ -401,57 +377,9 @@ class SwarmBackend(SwarmAdoption):
         services = await self._run(functools.partial(self._api.services, filters=filters))
         return {str(s["Spec"]["Name"]): dict(s["Spec"].get("Labels") or {}) for s in services}
 
-    # -- what Swarm cannot do (docs/backends.md) --------------------------------------------
-
-    @property
-    def enforces_disk_limit(self) -> bool:
-        return False
-
-    async def disk_usage(self, handle: str) -> int | None:
-        return None  # only the node's daemon knows its containers' size
-
-    async def path_usage(self, handle: str, paths: Sequence[str]) -> PathUsage | None:
-        return None  # would need an exec in the task's container
-
-    async def writable_places(self, handle: str) -> tuple[str, ...] | None:
-        return None  # likewise
-
-    @property
-    def supports_exec(self) -> bool:
-        return False  # a task's container is on whichever node runs it
-
-    async def put(self, handle: str, path: str, tar: IO[bytes]) -> None:
-        raise BackendError("swarm cannot copy into a running service")
-
-    async def exec(
-        self, handle: str, command: tuple[str, ...], *, user: str, workdir: str, keep_bytes: int
-    ) -> Ran:
-        raise BackendError("swarm cannot run a command in a running service")
-
-    async def cpu_seconds(self, handle: str) -> float | None:
-        return None
-
-    @property
-    def supports_volumes(self) -> bool:
-        return False  # named volumes are node-local: a cache would be on one node only
-
-    async def create_volume(self, name: str, labels: Mapping[str, str]) -> bool:
-        raise BackendError("build caches are not kept on swarm (volumes are node-local)")
-
-    async def remove_volume(self, name: str) -> None:
-        return None
-
-    async def volume_usage(self, name: str, image: str, labels: Mapping[str, str]) -> int | None:
-        return None
-
-    async def list_volumes(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
-        return {}
-
     async def close(self) -> None:
         for end in self._ends.values():
             end.cancel()
         if self._handoff is not None:
             await self._handoff.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._long.close()
-        self._client.close()
+        self._daemon.close()

@@ -37,6 +37,7 @@ from typing import Any
 from ..backend import Backend
 from ..errors import CacheBusy, NotFound, OrchestratorError
 from ..settings import Settings
+from ..timeouts import CACHE_SETTLE_TIMEOUT_S
 from .cachescript import CacheReport
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class Caches:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def close(self, timeout_s: float = 30.0) -> None:
+    async def close(self, timeout_s: float = CACHE_SETTLE_TIMEOUT_S) -> None:
         """Let the measuring finish (its container goes with it), then stop what is left."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.settled(), timeout_s)

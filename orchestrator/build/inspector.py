@@ -22,13 +22,13 @@ from ..backend import Backend, Ran, Step
 from ..errors import InspectTimeout, OrchestratorError, PkgbuildError
 from ..metrics import Metrics
 from ..settings import MiB, Settings
+from ..timeouts import INSPECTION_REMEMBER_S
 from .readers import ReaderPool
 from .skeleton import Skeleton
 from .srcinfo import SrcInfo, read_output
 
 SOURCE_DIR = "/src"
 PROVIDES_LABEL = "org.orchestrator.provides"
-_REMEMBER_S = 600.0
 # What is kept of each stream: the .SRCINFO is the end of stdout, a few KiB, whatever the top
 # level printed before it; makepkg's refusal is the end of stderr.
 _KEEP_BYTES = 256 * 1024
@@ -63,7 +63,7 @@ class Inspector:
         key = image.encode() + b"\0" + skeleton.digest()
         now = time.monotonic()
         known = self._answers.get(key)
-        if known is not None and now - known[0] < _REMEMBER_S:
+        if known is not None and now - known[0] < INSPECTION_REMEMBER_S:
             self._answers.move_to_end(key)
             if isinstance(known[1], PkgbuildError):
                 raise known[1]

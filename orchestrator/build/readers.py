@@ -36,6 +36,7 @@ from ..backend import Backend, Handle, Ran, Step
 from ..errors import ContainerGone, InspectTimeout, OrchestratorError, ShuttingDown
 from ..metrics import Metrics
 from ..settings import MiB, Settings
+from ..timeouts import READER_CPU_POLL_S
 from .skeleton import Skeleton
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ READER_LABEL = "orchestrator.reader"
 READ_ROOT = "/src"
 _FIRST_UID = 20000
 _UIDS = 40000  # uids a reader hands out, one per reading, before it is replaced
-_CPU_POLL_S = 0.5  # how often a long reading's CPU time is looked at, once it could be over
 _READER_CPUS = 1.0
 
 # makepkg reads each variable a package function may override by piping ``declare -f`` into
@@ -236,7 +236,7 @@ class ReaderPool:
                     f"makepkg used more than {cpu_limit_s:g} s of CPU time to read the "
                     "PKGBUILD (its top level runs when it is read: does it loop?)"
                 )
-            done, _ = await asyncio.wait({run}, timeout=_CPU_POLL_S)
+            done, _ = await asyncio.wait({run}, timeout=READER_CPU_POLL_S)
 
     async def _tidy(self, image: str, reader: _Reader, name: str, slots: asyncio.Semaphore) -> None:
         try:

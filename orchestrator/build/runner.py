@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 from ..backend import Backend, ExitStatus, Handle, OutputStream, Step
 from ..errors import Detached, OrchestratorError, PkgbuildError
@@ -22,15 +23,16 @@ from ..jobs import JobResult, Sink, cancel_result
 from ..jobs.cancel import CancelToken
 from ..jobs.status import JobStatus
 from ..metrics import Metrics
-from ..narration.events import Action, Event, Level, output_events
+from ..narration.events import Action, Event, Level
 from ..settings import MiB, Settings
 from ..storage import archive
-from . import cachescript, srcinfo
+from . import cachescript, lending, srcinfo
 from .caches import Caches, Lease
 from .inspector import Inspector
 from .srcinfo import SrcInfo
 from .variants import VariantPlan, plan
-from .watchdog import DiskWatch, Overrun
+from .vitals import Vitals
+from .watch import StepWatch
 
 JOB_LABEL = "orchestrator.job"
 CACHE_KEY_LABEL = "orchestrator.cache_key"  # the build cache a build's step has mounted
@@ -43,7 +45,6 @@ MAKEPKG = ("makepkg", "--nodeps", "--noconfirm", "--noprogressbar")
 # Where a build in our images can write (the disk watchdog's first guess, until it has found
 # them in the image): makepkg's folders, the temporary ones, the build user's home.
 WRITABLE_GUESS = (BUILD_DIR, PACKAGE_DIR, "/tmp", "/var/tmp", "/home/builder")
-OUTPUT_PACE_S = 0.005  # the most a line can wait for the one before it to be sent
 
 NOUN = "Build"  # how the endings name a build
 
@@ -60,6 +61,16 @@ class BuildRequest:
 BuildResult = JobResult  # a build's result is a job's: its cache report is ``cache``
 # What a build holds beyond its step: its cache lease (on the stack), and its cache report.
 Caching = tuple[contextlib.AsyncExitStack, dict[str, Any]]
+_M = TypeVar("_M")  # what a build's step, once made, is followed with
+
+
+@dataclass(frozen=True, slots=True)
+class _Made:
+    """A new build's step as made: its image, its cache lease, the size of the sources."""
+
+    image: str
+    lease: Lease | None
+    size: int
 
 
 class Runner:
@@ -74,7 +85,7 @@ class Runner:
         self._settings = settings
         instance = {INSTANCE_LABEL: settings.instance_id}
         self.inspector = Inspector(backend, settings, instance, metrics)
-        self._disk = DiskWatch(backend, settings)
+        self._watch = StepWatch(backend, settings, noun=NOUN, writable=WRITABLE_GUESS)
         self.caches = caches
         # Where a container that could not be removed goes (the app's janitor): not left to
         # the next start-up's reaping, which may never come.
@@ -126,29 +137,39 @@ class Runner:
         return self._settings.artifacts_dir / job_id
 
     async def run(self, request: BuildRequest, sink: Sink, cancel: CancelToken) -> BuildResult:
-        async def build(container: list[str], caching: Caching) -> BuildResult:
-            return await self._build(request, sink, cancel, container, caching)
+        async def make(caching: Caching) -> tuple[Handle, _Made] | BuildResult:
+            return await self._make(request, sink, cancel, caching)
 
-        return await self.guarded(request.job_id, sink, cancel, build)
+        async def follow(cid: Handle, made: _Made, caching: Caching) -> BuildResult:
+            return await self._follow(request.job_id, cid, made, sink, cancel, caching[1])
+
+        return await self.guarded(request.job_id, sink, cancel, make, follow)
 
     async def guarded(
         self,
         job_id: str,
         sink: Sink,
         cancel: CancelToken,
-        body: Callable[[list[str], Caching], Awaitable[BuildResult]],
+        make: Callable[[Caching], Awaitable[tuple[Handle, _M] | BuildResult]],
+        follow: Callable[[Handle, _M, Caching], Awaitable[BuildResult]],
     ) -> BuildResult:
-        """Run ``body`` and destroy the step it made, however it ended; unless the service
-        is leaving it running (``Detached``, or the task cancelled while the service stops
-        after the step started), which goes on up."""
-        container: list[str] = []  # filled as soon as the container exists, for the cleanup
+        """Make the build's step (``make``: its handle and what ``follow`` needs of it, or how
+        the build ended before it had one), run it to its end (``follow``), and destroy it,
+        however it ended; unless the service is leaving it running (``Detached``, or the task
+        cancelled while the service stops after the step started), which goes on up."""
+        container: Handle | None = None  # known as soon as the step exists, for the cleanup
         cache: dict[str, Any] = {}  # filled once the build knows whether it has a cache
         # The lease outlives the container: its volume is not released (nor pruned) while a
         # container still has it mounted.
         async with contextlib.AsyncExitStack() as leases:
             left = False
             try:
-                result = await body(container, (leases, cache))
+                made = await make((leases, cache))
+                if isinstance(made, BuildResult):
+                    result = made
+                else:
+                    container = made[0]
+                    result = await follow(container, made[1], (leases, cache))
             except Detached as exc:
                 left = exc.left
                 raise
@@ -164,38 +185,22 @@ class Runner:
             result = replace(result, cache=cache)
         return result
 
-    async def _build(
-        self,
-        request: BuildRequest,
-        sink: Sink,
-        cancel: CancelToken,
-        container: list[str],
-        caching: Caching,
-    ) -> BuildResult:
+    async def _make(
+        self, request: BuildRequest, sink: Sink, cancel: CancelToken, caching: Caching
+    ) -> tuple[Handle, _Made] | BuildResult:
+        """Read the PKGBUILD, lend the cache, and set the step up with the sources in it."""
         if cancel.cancelled:  # not even makepkg's reading: nothing has started
             return cancel_result(cancel, NOUN)
         info, variant = await self.prepare(request)
-        names = f" ({', '.join(info.pkgnames)})" if info.pkgnames != (info.pkgbase,) else ""
-        notes = [
-            Event(
-                Action.VALIDATED,
-                f"makepkg read the PKGBUILD: {info.pkgbase}{names} {info.version}, "
-                f"variant {variant.variant}",
-            )
-        ]
-        warnings = [
-            *info.warnings,
-            *variant.warnings,
-            *await self.image_warnings(info, variant.image),
-        ]
-        notes += [Event(Action.WARNING, text, Level.WARNING) for text in warnings]
-        await sink(notes)
+        await sink(await self._validated(info, variant))
         if cancel.cancelled:
             return cancel_result(cancel, NOUN)
         _check_detach(cancel)
-
-        lease = await self._lease(request, info, variant, sink, *caching)
-        cache_env, mtimes = await self._cache_setup(lease, info, request.source_dir)
+        job_id, caches = request.job_id, self.caches
+        lease = await lending.lend(caches, info, variant, job_id, request.cache, sink, *caching)
+        cache_env, mtimes = await lending.set_up(
+            caches, lease, info, request.source_dir, self._settings.cache_max_bytes
+        )
         tar = await asyncio.to_thread(
             archive.pack_dir,
             request.source_dir,
@@ -206,39 +211,79 @@ class Runner:
         )
         with tar:
             size = tar.seek(0, 2)
-            step = Step(
-                image=variant.image,
-                command=cachescript.command(MAKEPKG) if lease else MAKEPKG,
-                labels=self.labels(request.job_id, lease),
-                workdir=BUILD_DIR,
-                env={"PKGDEST": PACKAGE_DIR, **cache_env},
-                inputs=tar,
-                outputs=(PACKAGE_DIR, cachescript.REPORT_DIR) if lease else (PACKAGE_DIR,),
-                volumes={lease.volume: cachescript.CACHE_DIR} if lease else {},
-                network=self._settings.build_network != "none",
-                memory_bytes=self._settings.build_memory_bytes,
-                cpus=self._settings.build_cpus,
-                pids_limit=self._settings.build_pids_limit,
-                log_max_bytes=self._settings.build_log_max_bytes,
-                gpus=variant.gpus,
-                disk_bytes=self._settings.build_disk_bytes,
-            )
+            step = self._step(job_id, variant, lease, cache_env, tar)
             cid = await self._backend.setup(step)
-        container.append(cid)
-        made = f"{self._backend.sandbox} {cid[:12]} created from {step.image}"
-        await sink([Event(Action.CONTAINER_CREATED, made)])
-        await sink([Event(Action.SOURCES_COPIED, f"Copied the build directory in ({size} bytes)")])
+        return cid, _Made(step.image, lease, size)
+
+    async def _validated(self, info: SrcInfo, variant: VariantPlan) -> list[Event]:
+        """What makepkg read, and what may go wrong with it in this image."""
+        names = f" ({', '.join(info.pkgnames)})" if info.pkgnames != (info.pkgbase,) else ""
+        read = (
+            f"makepkg read the PKGBUILD: {info.pkgbase}{names} {info.version}, "
+            f"variant {variant.variant}"
+        )
+        warnings = [
+            *info.warnings,
+            *variant.warnings,
+            *await self.image_warnings(info, variant.image),
+        ]
+        return [
+            Event(Action.VALIDATED, read),
+            *(Event(Action.WARNING, text, Level.WARNING) for text in warnings),
+        ]
+
+    def _step(
+        self,
+        job_id: str,
+        variant: VariantPlan,
+        lease: Lease | None,
+        cache_env: dict[str, str],
+        inputs: IO[bytes],
+    ) -> Step:
+        return Step(
+            image=variant.image,
+            command=cachescript.command(MAKEPKG) if lease else MAKEPKG,
+            labels=self.labels(job_id, lease),
+            workdir=BUILD_DIR,
+            env={"PKGDEST": PACKAGE_DIR, **cache_env},
+            inputs=inputs,
+            outputs=(PACKAGE_DIR, cachescript.REPORT_DIR) if lease else (PACKAGE_DIR,),
+            volumes={lease.volume: cachescript.CACHE_DIR} if lease else {},
+            network=self._settings.build_network != "none",
+            memory_bytes=self._settings.build_memory_bytes,
+            cpus=self._settings.build_cpus,
+            pids_limit=self._settings.build_pids_limit,
+            log_max_bytes=self._settings.build_log_max_bytes,
+            gpus=variant.gpus,
+            disk_bytes=self._settings.build_disk_bytes,
+        )
+
+    async def _follow(
+        self,
+        job_id: str,
+        cid: Handle,
+        made: _Made,
+        sink: Sink,
+        cancel: CancelToken,
+        cache: dict[str, Any],
+    ) -> BuildResult:
+        """Start the step that was made, narrate it to its end, and collect its packages."""
+        said = f"{self._backend.sandbox} {cid[:12]} created from {made.image}"
+        await sink([Event(Action.CONTAINER_CREATED, said)])
+        copied = f"Copied the build directory in ({made.size} bytes)"
+        await sink([Event(Action.SOURCES_COPIED, copied)])
         if cancel.cancelled:
             return cancel_result(cancel, NOUN)
         _check_detach(cancel)
 
         stream = await self._backend.start(cid)
         cancel.step_started = True
-        if lease is not None:
-            lease.started = True
+        if made.lease is not None:
+            made.lease.started = True
         await sink([Event(Action.BUILD_STARTED, "🔨 makepkg started")])
-        ended = await self.watch(cid, stream, sink, cancel, step.image, lease)
-        return await self.conclude(cid, ended, request.job_id, lease, caching[1], sink)
+        return await self.watch(
+            job_id, cid, stream, sink, cancel, made.lease, image=made.image, cache=cache
+        )
 
     async def conclude(
         self,
@@ -262,7 +307,7 @@ class Runner:
             level = Level.ERROR
         await sink([Event(Action.BUILD_EXITED, exited, level)])
         if lease is not None:
-            lease.report = await self._cache_report(cid, lease)
+            lease.report = await lending.report(self._backend, cid, lease)
             cache.update(lease.report.to_dict())
             summary = lease.report.summary()
             await sink([Event(Action.CACHE, summary[:1].upper() + summary[1:])])
@@ -283,126 +328,27 @@ class Runner:
         names = ", ".join(p.name for p in packages)
         return BuildResult(JobStatus.SUCCEEDED, f"built {names}", 0, tuple(packages))
 
-    async def _lease(
-        self,
-        request: BuildRequest,
-        info: SrcInfo,
-        variant: VariantPlan,
-        sink: Sink,
-        leases: contextlib.AsyncExitStack,
-        record: dict[str, Any],
-    ) -> Lease | None:
-        """The package's cache, when there is one to lend; the build says which it got."""
-        caches = self.caches
-        if caches is None or not caches.enabled:
-            return None
-        if not request.cache:
-            record.update(used=False, why="cache=off was asked for")
-            await sink([Event(Action.CACHE, "No cache: this build asked for cache=off")])
-            return None
-        try:
-            lease = await leases.enter_async_context(
-                caches.lease(info.pkgbase, variant.variant, request.job_id, variant.image)
-            )
-        except OrchestratorError as exc:
-            record.update(used=False, why=str(exc))
-            await sink([Event(Action.CACHE, f"Building without a cache: {exc}", Level.WARNING)])
-            return None
-        record.update(key=lease.key, used=True, warm=lease.warm)
-        state = "warm" if lease.warm else "new: this build fills it"
-        await sink([Event(Action.CACHE, f"Cache {lease.key} ({state}) mounted at /cache")])
-        return lease
-
-    async def _cache_setup(
-        self, lease: Lease | None, info: SrcInfo, source_dir: Path
-    ) -> tuple[dict[str, str], dict[str, float] | None]:
-        """The wrapper's environment, and the mtimes to give the local files (see
-        ``Caches.inputs``); without them, cargo's kept output is not used."""
-        if lease is None or self.caches is None:
-            return {}, None
-        env = cachescript.env(info, self._settings.cache_max_bytes // 4)
-        digests = await asyncio.to_thread(archive.file_digests, source_dir)
-        mtimes = await self.caches.inputs(lease, digests)
-        if mtimes is None:
-            env["ORCHESTRATOR_BUILD_DIR_KEY"] = ""
-        return env, mtimes
-
-    async def _cache_report(self, cid: str, lease: Lease) -> cachescript.CacheReport:
-        """What the wrapper left in the container about the cache; none of it is trusted."""
-        files: dict[str, bytes] = {}
-        try:
-            tar = await self._backend.collect(cid, cachescript.REPORT_DIR + "/.", 1 << 20)
-        except OrchestratorError:
-            tar = None
-        if tar is not None:
-            with tar:
-                files = await asyncio.to_thread(archive.small_files, tar, 64 * 1024)
-        return cachescript.parse_report(lease.key, lease.warm, files)
-
     async def watch(
         self,
+        job_id: str,
         cid: Handle,
         stream: OutputStream,
         sink: Sink,
         cancel: CancelToken,
-        image: str,
         lease: Lease | None,
-    ) -> ExitStatus | BuildResult:
-        """Narrate the running step's output to its end and say how it ended; or stop it
-        (cancelled, or over its disk limit) and say why; or leave it running (``Detached``)."""
-        build: asyncio.Future[ExitStatus] | None = None
-        waits: list[asyncio.Future[Any]] = []
-        try:
-            build = asyncio.ensure_future(self._pump_and_wait(cid, stream, sink))
-            stop = asyncio.ensure_future(cancel.wait())
-            detach = asyncio.ensure_future(cancel.wait_detach())
-            waits = [stop, detach]
-            if lease is not None or not self._backend.enforces_disk_limit:
-                cache = cachescript.CACHE_DIR if lease else None
-                watch = self._disk.watch(cid, image, WRITABLE_GUESS, cache)
-                waits.append(asyncio.ensure_future(watch))
-            await asyncio.wait({build, *waits}, return_when=asyncio.FIRST_COMPLETED)
-            if build.done():
-                return build.result()
-            if detach.done() and not stop.done():
-                if lease is not None:
-                    lease.started = False  # the service that picks it up counts it
-                raise Detached("the service is stopping and leaves the build running", left=True)
-            if stop.done():
-                # Cancel won: say so, kill (which ends the output stream), then drop the pump.
-                await sink([Event(Action.CANCELLING, f"Stopping the build ({cancel.reason})")])
-                result = cancel_result(cancel, NOUN)
-            else:
-                result = BuildResult(JobStatus.FAILED, self._overrun_reason(waits[2].result()))
-                await sink([Event(Action.CANCELLING, f"Stopping the build: {result.reason}")])
-            await self._backend.kill(cid, self._settings.kill_grace_s)
-            return result
-        finally:
-            for wait in waits:
-                wait.cancel()
-            if build is not None and not build.done():
-                build.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await build
-            await stream.aclose()
-
-    def _overrun_reason(self, overrun: Overrun) -> str:
-        # Rounded up: "more than 512 MiB (512 MiB...)" would read as a contradiction.
-        used, limit = -(-overrun.used // MiB), self._settings.build_disk_bytes // MiB
-        return (
-            f"the build wrote more than {limit} MiB to its container's disk and cache "
-            f"({used} MiB, most of it in {overrun.where}; the limit is "
-            "ORCHESTRATOR_BUILD_DISK_BYTES)"
-        )
-
-    async def _pump_and_wait(self, cid: str, stream: OutputStream, sink: Sink) -> ExitStatus:
-        async for batch in stream:
-            await sink(output_events(batch))
-            # Pacing: a line after a quiet spell goes at once, but a flood goes out at most
-            # once per pause, in big events. Each event costs the same to store and send
-            # whatever it holds, so small ones made most of the CPU a flood cost.
-            await asyncio.sleep(OUTPUT_PACE_S)
-        return await self._backend.wait(cid)
+        *,
+        image: str,
+        cache: dict[str, Any],
+        started_at: float | None = None,
+    ) -> BuildResult:
+        """The running step narrated to its end (``StepWatch.watch``), stopped, or left; then
+        concluded, with what it used. ``started_at``: when its command began (Unix time), for
+        a step that began before this process watched it."""
+        began = time.monotonic() - (0.0 if started_at is None else time.time() - started_at)
+        vitals = Vitals(started=began, silence_s=self._settings.silence_s)
+        ended = await self._watch.watch(cid, stream, sink, cancel, image, lease, vitals)
+        result = await self.conclude(cid, ended, job_id, lease, cache, sink)
+        return replace(result, life=vitals.totals(time.monotonic()).fields() or None)
 
     async def _copy_packages(self, cid: str, job_id: str) -> list[Path]:
         tar = await self._backend.collect(cid, PACKAGE_DIR + "/.")
@@ -414,11 +360,11 @@ class Runner:
                 max_bytes=self._settings.max_artifact_bytes,
             )
 
-    async def _destroy(self, job_id: str, container: list[str], sink: Sink) -> None:
+    async def _destroy(self, job_id: str, container: Handle | None, sink: Sink) -> None:
         try:
-            if container:
-                await self._backend.destroy(container[0])
-                message = f"{self._backend.sandbox} {container[0][:12]} removed"
+            if container is not None:
+                await self._backend.destroy(container)
+                message = f"{self._backend.sandbox} {container[:12]} removed"
                 await sink([Event(Action.CONTAINER_REMOVED, message)])
             else:
                 # The task may have been cancelled while `setup` was in flight: find it by label.
@@ -426,8 +372,8 @@ class Runner:
         except OrchestratorError as exc:
             # The janitor (or else start-up reaping) removes it later; the build's own outcome
             # stands.
-            if container and self.unremoved is not None:
-                self.unremoved(container[0])
+            if container is not None and self.unremoved is not None:
+                self.unremoved(container)
             await sink(
                 [Event(Action.WARNING, f"Could not remove the container: {exc}", Level.ERROR)]
             )

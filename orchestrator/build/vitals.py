@@ -11,9 +11,12 @@ Time comes in as arguments, so the logic is tested without waiting.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..backend._usage import Usage
+from ..narration.events import Action, Event
 
 MEMORY_WARNING_FRACTION = 0.9
 # makepkg's "==> Starting build()..." (and package_foo() of a split package) opens a phase;
@@ -48,6 +51,17 @@ class Totals:
     disk_bytes: int | None
     phases_s: dict[str, float]  # makepkg phase → its wall time
 
+    def fields(self) -> dict[str, Any]:
+        """As the job record's columns (``JobRecord``): none that was never measured."""
+        named = {
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 3),
+            "peak_pids": self.peak_pids,
+            "disk_bytes": self.disk_bytes,
+            "phases_s": {name: round(s, 3) for name, s in self.phases_s.items()} or None,
+        }
+        return {name: value for name, value in named.items() if value is not None}
+
 
 @dataclass
 class Vitals:
@@ -55,6 +69,7 @@ class Vitals:
 
     started: float
     silence_s: float
+    disk_bytes: int | None = None  # the disk watchdog's last look, when it looks
     _last_output: float = 0.0
     _last_notice: float = 0.0
     _last: Sample | None = None
@@ -66,6 +81,16 @@ class Vitals:
 
     def __post_init__(self) -> None:
         self._last_output = self._last_notice = self.started
+
+    def saw(self, events: Sequence[Event], now: float) -> None:
+        """A batch of the build's output, as narrated: makepkg's phase lines are timed."""
+        for event in events:
+            if event.action == Action.PHASE:
+                self.saw_phase(event.message, now)
+        self.saw_output(now)
+
+    def saw_disk(self, used_bytes: int) -> None:
+        self.disk_bytes = used_bytes
 
     def saw_output(self, now: float) -> None:
         self._last_output = self._last_notice = now
@@ -118,9 +143,13 @@ class Vitals:
             f"{size(last.memory_limit_bytes)}): it is killed if it needs more"
         )
 
+    def silent(self, now: float) -> bool:
+        """Whether a silence is due to be explained (before asking the engine what runs)."""
+        return now - self._last_notice >= self.silence_s
+
     def silence(self, now: float, running: tuple[str, ...] = ()) -> str | None:
         """Once per ``silence_s`` without output: that the build is alive, and doing what."""
-        if now - self._last_notice < self.silence_s:
+        if not self.silent(now):
             return None
         self._last_notice = now
         parts = [f"no output for {duration(now - self._last_output)}"]

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..backend import Backend
 from ..errors import OrchestratorError
 from ..settings import Settings
+from ..timeouts import LAYER_LOOK_PAUSE_PER_COST
 
 _T = TypeVar("_T")
 LAYER = "its writable layer"  # where the engine's own measure says the bytes are
-# A look by the engine's walk costs its daemon: it takes at most a tenth of the time.
-_SLOW_LOOK_FACTOR = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +43,7 @@ class _Watched:
     baseline: int | None = None  # the cache's size at the build's start
     cache_grown: int = 0  # what the build has added to its cache, at the last look
     unseen: asyncio.Event = field(default_factory=asyncio.Event)  # du could not read it all
+    seen: Callable[[int], None] | None = None  # told each look's total (the build's vitals)
 
 
 class DiskWatch:
@@ -55,7 +55,12 @@ class DiskWatch:
         self._places: dict[str, tuple[str, ...]] = {}
 
     async def watch(
-        self, cid: str, image: str, guess: tuple[str, ...], cache_path: str | None = None
+        self,
+        cid: str,
+        image: str,
+        guess: tuple[str, ...],
+        cache_path: str | None = None,
+        seen: Callable[[int], None] | None = None,
     ) -> Overrun:
         """Return once the build has written more than its limit; until then, look.
 
@@ -64,7 +69,7 @@ class DiskWatch:
         The cache counts by what it grew since the build's start. Both are measured as the
         build's user: what it hides from itself in its cache escapes this, not the cap on all
         caches (measured by root after the build). A look that fails is tried again."""
-        watched = _Watched(cid, cache_path)
+        watched = _Watched(cid, cache_path, seen=seen)
         if cache_path is not None:
             first = await _quietly(self._backend.path_usage(cid, (cache_path,)))
             watched.baseline = None if first is None else first.sizes[cache_path]
@@ -98,6 +103,8 @@ class DiskWatch:
             if watched.cache_path is not None:
                 sizes[watched.cache_path] = _grown(watched, sizes[watched.cache_path])
             used = sum(sizes.values())
+            if watched.seen is not None:
+                watched.seen(used)
             if used > self._settings.build_disk_bytes:
                 return Overrun(used, max(sizes, key=lambda place: sizes[place]))
             pause_s = max(self._settings.build_disk_poll_s, time.monotonic() - began)
@@ -112,8 +119,8 @@ class DiskWatch:
             used = (layer or 0) + watched.cache_grown
             if used > self._settings.build_disk_bytes:
                 return Overrun(used, LAYER)
-            cost = time.monotonic() - began
-            await asyncio.sleep(max(self._settings.build_disk_poll_s, _SLOW_LOOK_FACTOR * cost))
+            pause_s = LAYER_LOOK_PAUSE_PER_COST * (time.monotonic() - began)
+            await asyncio.sleep(max(self._settings.build_disk_poll_s, pause_s))
 
     def _where(self, image: str, guess: tuple[str, ...], cache_path: str | None) -> tuple[str, ...]:
         """The places to measure: none where the engine holds the quota itself. The cache

@@ -37,6 +37,14 @@ from ..jobs import JobResult, Sink, cancel_result
 from ..jobs.cancel import CancelReason, CancelToken
 from ..jobs.status import JobStatus
 from ..narration.events import Action, Event, Level
+from ..timeouts import (
+    MODEL_CONNECT_TIMEOUT_S,
+    MODEL_DOWNLOAD_ATTEMPTS,
+    MODEL_PROGRESS_INTERVAL_S,
+    MODEL_READ_TIMEOUT_S,
+    MODEL_RETRY_FIRST_WAIT_S,
+    MODEL_RETRY_MAX_WAIT_S,
+)
 
 MiB = 1024 * 1024
 CHUNK = MiB
@@ -124,8 +132,8 @@ class ModelStore:
         cancel: CancelToken,
         *,
         session: aiohttp.ClientSession | None = None,
-        progress_interval_s: float = 0.5,
-        max_attempts: int = 5,
+        progress_interval_s: float = MODEL_PROGRESS_INTERVAL_S,
+        max_attempts: int = MODEL_DOWNLOAD_ATTEMPTS,
     ) -> JobResult:
         self.check_name(name)
         expected = sha256.lower() if sha256 else None
@@ -135,7 +143,9 @@ class ModelStore:
             raise InvalidInput(f"invalid model URL {url!r}: only http and https are supported")
         own = session is None
         if session is None:
-            timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=MODEL_CONNECT_TIMEOUT_S, sock_read=MODEL_READ_TIMEOUT_S
+            )
             session = aiohttp.ClientSession(timeout=timeout)
         try:
             job = _Download(self.root, url, name, expected, sink, cancel, session)
@@ -180,7 +190,7 @@ class _Download:
         self.started = time.monotonic()
         self.start_size = 0
         self.last_progress = self.started
-        self.interval = 0.5
+        self.interval = MODEL_PROGRESS_INTERVAL_S
         self._mark = 0  # the size when the current attempt began
         self._failures = 0  # failed attempts in a row
         self._waiter: asyncio.Future[CancelReason] | None = None
@@ -218,7 +228,7 @@ class _Download:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((_Retry, *_RETRYABLE)),
             after=self._count_in_a_row,
-            wait=wait_exponential(multiplier=0.2, max=2.0),  # 0.2 s, 0.4 s, ... at most 2 s
+            wait=wait_exponential(multiplier=MODEL_RETRY_FIRST_WAIT_S, max=MODEL_RETRY_MAX_WAIT_S),
             stop=stop_after_attempt(max_attempts),
             before_sleep=self._resuming,
             sleep=self._sleep,

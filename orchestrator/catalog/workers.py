@@ -33,6 +33,7 @@ from ..errors import (
     WorkerNotFound,
 )
 from ..settings import Settings
+from ..timeouts import CATALOG_FETCH_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ async def load(source: str | None) -> Catalog:
     catalog = Catalog(where)
     if where.startswith(("http://", "https://")):
         try:
-            timeout = aiohttp.ClientTimeout(total=30)
+            timeout = aiohttp.ClientTimeout(total=CATALOG_FETCH_TIMEOUT_S)
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
                 session.get(where) as response,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from ._common import NO_CACHE_HELP
 from .caches import add_commands as add_cache_commands
@@ -51,14 +54,118 @@ examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="orchestrator",
-        description="Build PKGBUILDs in throwaway Docker containers, through the orchestrator "
-        "service. 'serve' runs the service; the other commands talk to it over HTTP.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """One argument, as ``add_argument`` takes it."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command: its name, what it runs (``None``: ``serve``), its help and arguments."""
+
+    name: str
+    handler: Callable[[argparse.Namespace], Any] | None
+    help: str
+    args: tuple[Arg, ...] = ()
+    description: str | None = None
+    epilog: bool = False  # the exit codes and examples, after its own help
+    client: bool = True  # takes --url, --token and --json
+
+
+_DIR = arg("directory", metavar="DIR")
+_VARIANT = arg("--variant", default="cpu", help="cpu (default) or cuda")
+_JOB = arg("job_id", metavar="JOB")
+
+# The client's commands, in the order the help lists them (then worker, model and cache).
+COMMANDS = (
+    Command(
+        "build",
+        cmd_build,
+        "build a directory with a PKGBUILD",
+        (
+            _DIR,
+            _VARIANT,
+            arg("--timeout-s", type=float, help="stop the build after this many seconds"),
+            arg("-f", "--follow", action="store_true", help="print the narration live"),
+            arg("-o", "--output", metavar="DIR", help="save the packages into DIR"),
+            arg("-d", "--detach", action="store_true", help="print the job id and return at once"),
+            arg("--no-cache", action="store_true", help=NO_CACHE_HELP),
+        ),
+        "Upload DIR (a PKGBUILD and the local files its source=() names), build it in a "
+        "container, and wait for the result; the exit code says how it ended. Ctrl-C cancels "
+        "the remote build.",
+        epilog=True,
+    ),
+    Command(
+        "check",
+        cmd_check,
+        "show what makepkg reads from a PKGBUILD, build nothing",
+        (_DIR, _VARIANT),
+        "Upload DIR as 'build' would, have makepkg read its PKGBUILD (in the service's "
+        "sandbox), print the .SRCINFO, then warnings and problems; exit 0 when nothing stops a "
+        "build, 2 otherwise (or when makepkg refuses the PKGBUILD).",
+    ),
+    Command(
+        "logs",
+        cmd_logs,
+        "print a job's narration",
+        (_JOB, arg("-f", "--follow", action="store_true", help="keep printing until the end")),
+        "Print what a job has said so far; with --follow, keep printing until it ends (Ctrl-C "
+        "stops following and leaves the job running).",
+    ),
+    Command(
+        "jobs",
+        cmd_jobs,
+        "list jobs, newest first",
+        (
+            arg("--status", help="only jobs with this status (queued, running, ...)"),
+            arg("--limit", type=int, default=20),
+            arg("--offset", type=int, default=0),
+        ),
+    ),
+    Command(
+        "cancel",
+        cmd_cancel,
+        "cancel a job",
+        (_JOB,),
+        "Cancel a job; returns once its container is gone.",
+    ),
+    Command(
+        "artifacts",
+        cmd_artifacts,
+        "list or download a job's packages",
+        (_JOB, arg("-o", "--output", metavar="DIR", help="download them into DIR")),
+    ),
+)
+
+SERVE = Command(
+    "serve",
+    None,
+    "run the HTTP service",
+    (
+        arg("--host", help="address to bind (default 127.0.0.1)"),
+        arg("--port", type=int, help="port (default 7835)"),
+        arg(
+            "--drain",
+            action="store_true",
+            help="on SIGTERM/SIGINT wait for running builds to end before exiting (for a host "
+            "that goes away); otherwise they are left running for the next start "
+            "(ORCHESTRATOR_ON_STOP)",
+        ),
+    ),
+    "Run the HTTP service. Settings come from ORCHESTRATOR_* variables (see README).",
+    client=False,
+)
+
+
+def _client_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
@@ -71,94 +178,38 @@ def _parser() -> argparse.ArgumentParser:
         help="bearer token (default: $ORCHESTRATOR_API_TOKEN)",
     )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return common
 
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    build = commands.add_parser(
-        "build",
-        parents=[common],
-        help="build a directory with a PKGBUILD",
-        description="Upload DIR (a PKGBUILD and the local files its source=() names), build it "
-        "in a container, and wait for the result; the exit code says how it ended. Ctrl-C "
-        "cancels the remote build.",
+def _add(commands: Any, command: Command, common: argparse.ArgumentParser) -> None:
+    options: dict[str, Any] = {"help": command.help}
+    if command.client:
+        options["parents"] = [common]
+    if command.description is not None:
+        options["description"] = command.description
+    if command.epilog:
+        options.update(epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = commands.add_parser(command.name, **options)
+    for argument in command.args:
+        parser.add_argument(*argument.flags, **argument.options)
+    parser.set_defaults(handler=command.handler)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Build PKGBUILDs in throwaway Docker containers, through the orchestrator "
+        "service. 'serve' runs the service; the other commands talk to it over HTTP.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    build.add_argument("directory", metavar="DIR")
-    build.add_argument("--variant", default="cpu", help="cpu (default) or cuda")
-    build.add_argument("--timeout-s", type=float, help="stop the build after this many seconds")
-    build.add_argument("-f", "--follow", action="store_true", help="print the narration live")
-    build.add_argument("-o", "--output", metavar="DIR", help="save the packages into DIR")
-    build.add_argument(
-        "-d", "--detach", action="store_true", help="print the job id and return at once"
-    )
-    build.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
-    build.set_defaults(handler=cmd_build)
-
-    check = commands.add_parser(
-        "check",
-        parents=[common],
-        help="show what makepkg reads from a PKGBUILD, build nothing",
-        description="Upload DIR as 'build' would, have makepkg read its PKGBUILD (in the "
-        "service's sandbox), print the .SRCINFO, then warnings and problems; exit 0 when "
-        "nothing stops a build, 2 otherwise (or when makepkg refuses the PKGBUILD).",
-    )
-    check.add_argument("directory", metavar="DIR")
-    check.add_argument("--variant", default="cpu", help="cpu (default) or cuda")
-    check.set_defaults(handler=cmd_check)
-
-    logs = commands.add_parser(
-        "logs",
-        parents=[common],
-        help="print a job's narration",
-        description="Print what a job has said so far; with --follow, keep printing until it "
-        "ends (Ctrl-C stops following and leaves the job running).",
-    )
-    logs.add_argument("job_id", metavar="JOB")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the end")
-    logs.set_defaults(handler=cmd_logs)
-
-    jobs = commands.add_parser("jobs", parents=[common], help="list jobs, newest first")
-    jobs.add_argument("--status", help="only jobs with this status (queued, running, ...)")
-    jobs.add_argument("--limit", type=int, default=20)
-    jobs.add_argument("--offset", type=int, default=0)
-    jobs.set_defaults(handler=cmd_jobs)
-
-    cancel = commands.add_parser(
-        "cancel",
-        parents=[common],
-        help="cancel a job",
-        description="Cancel a job; returns once its container is gone.",
-    )
-    cancel.add_argument("job_id", metavar="JOB")
-    cancel.set_defaults(handler=cmd_cancel)
-
-    artifacts = commands.add_parser(
-        "artifacts", parents=[common], help="list or download a job's packages"
-    )
-    artifacts.add_argument("job_id", metavar="JOB")
-    artifacts.add_argument("-o", "--output", metavar="DIR", help="download them into DIR")
-    artifacts.set_defaults(handler=cmd_artifacts)
-
+    common = _client_options()
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        _add(commands, command, common)
     add_catalog_commands(commands, common)
     add_cache_commands(commands, common)
-
-    serve = commands.add_parser(
-        "serve",
-        help="run the HTTP service",
-        description="Run the HTTP service. Settings come from ORCHESTRATOR_* variables "
-        "(see README).",
-    )
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 7835)")
-    serve.add_argument(
-        "--drain",
-        action="store_true",
-        help="on SIGTERM/SIGINT wait for running builds to end before exiting (for a host "
-        "that goes away); otherwise they are left running for the next start "
-        "(ORCHESTRATOR_ON_STOP)",
-    )
-    serve.set_defaults(handler=None)
+    _add(commands, SERVE, common)
     return parser
 
 

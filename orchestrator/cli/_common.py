@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .client import EXIT_BY_STATUS, EXIT_OK, Client, CliError, End
+from .progress import Progress
 
 PREFIX = "[orchestrator]"
 NO_CACHE_HELP = "build without the package's cache (it is neither read nor filled)"
@@ -32,6 +33,8 @@ def say(message: str, args: argparse.Namespace) -> None:
 def print_event(event: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(event, ensure_ascii=False), flush=True)
+    elif event["action"] == "sample":
+        return  # figures for the progress line and for machines, not a line of the log
     elif event["action"] in ("output", "phase"):
         out = sys.stderr if event.get("stream") == "stderr" else sys.stdout
         print(event["message"], file=out, flush=True)
@@ -75,14 +78,17 @@ async def follow(
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     end: End | None = None
+    progress = None if args.json else Progress(sys.stdout, tty=sys.stdout.isatty(), prefix=PREFIX)
     try:
         async for item in client.stream(job_id):
             if isinstance(item, End):
                 end = item
-            elif show:
-                print_event(item, args)
+            elif show and not (progress is not None and progress.saw(item)):
+                _print_under(progress, item, args)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        if progress is not None:
+            progress.clear()
     for pending in cancelling:
         await pending
     if end is not None:
@@ -90,6 +96,17 @@ async def follow(
             print(json.dumps({"end": end.data}), flush=True)
         return end.status
     return str((await client.job(job_id))["status"])
+
+
+def _print_under(
+    progress: Progress | None, event: dict[str, Any], args: argparse.Namespace
+) -> None:
+    """An event printed above the progress line, which is drawn again below it."""
+    if progress is not None:
+        progress.clear()
+    print_event(event, args)
+    if progress is not None:
+        progress.draw()
 
 
 async def _cancel_quietly(client: Client, job_id: str) -> None:

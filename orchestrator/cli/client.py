@@ -21,6 +21,14 @@ import aiohttp
 
 from ..api.routes import url
 from ..narration import sse
+from ..timeouts import (
+    CLI_CALL_TIMEOUT_S,
+    CLI_RESUME_ATTEMPTS,
+    CLI_RESUME_BASE_DELAY_S,
+    CLI_RESUME_MAX_DELAY_S,
+    CLI_STREAM_CONNECT_TIMEOUT_S,
+    CLI_STREAM_READ_TIMEOUT_S,
+)
 
 # Exit codes, documented in `orchestrator --help` and README.
 EXIT_OK = 0
@@ -37,10 +45,6 @@ EXIT_BY_STATUS = {
     "timed_out": EXIT_TIMED_OUT,
     "interrupted": EXIT_INTERRUPTED,
 }
-
-# About three minutes of tries (at most 5 s apart): a build outlives a restart of the service
-# (an upgrade rebuilds and recreates it), so a follow waits for it to be back.
-_RESUME_ATTEMPTS = 40
 
 
 class CliError(Exception):
@@ -72,7 +76,9 @@ def tar_directory(path: Path) -> bytes:
 
 
 class Client:
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 300) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, timeout_s: float = CLI_CALL_TIMEOUT_S
+    ) -> None:
         self._url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -186,7 +192,11 @@ class Client:
         failures = 0
         stream_url = self._url + url("stream_job", job_id=job_id)
         # No overall timeout: a build may run for hours; the service sends a heartbeat.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=90)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=CLI_STREAM_CONNECT_TIMEOUT_S,
+            sock_read=CLI_STREAM_READ_TIMEOUT_S,
+        )
         while True:
             headers = {"Last-Event-ID": str(last)} if last else {}
             try:
@@ -211,12 +221,12 @@ class Client:
             else:
                 reason = "the stream ended without its end marker"
             failures += 1
-            if failures > _RESUME_ATTEMPTS:
+            if failures > CLI_RESUME_ATTEMPTS:
                 raise CliError(
                     f"lost the stream of job {job_id} after {last} events: {reason}",
                     EXIT_UNAVAILABLE,
                 )
-            await asyncio.sleep(min(0.25 * 2**failures, 5.0))
+            await asyncio.sleep(min(CLI_RESUME_BASE_DELAY_S * 2**failures, CLI_RESUME_MAX_DELAY_S))
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..timeouts import SERVE_DRAIN_SHUTDOWN_TIMEOUT_S, SERVE_SHUTDOWN_TIMEOUT_S
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here so the client commands start fast and need nothing of the service.
@@ -45,8 +47,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             create_app(settings),
             host=settings.host,
             port=settings.port,
-            # Streams end and builds are left at once; only a drain waits for what runs.
-            shutdown_timeout=60.0 if settings.on_stop == "drain" else 5.0,
+            shutdown_timeout=SERVE_DRAIN_SHUTDOWN_TIMEOUT_S
+            if settings.on_stop == "drain"
+            else SERVE_SHUTDOWN_TIMEOUT_S,
             print=lambda msg: print(msg, flush=True),
         )
     except OrchestratorError as exc:

@@ -20,12 +20,12 @@ from ..build.runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
 from ..errors import BackendError, OrchestratorError, StepGone, StepNotStarted
 from ..narration.events import Action, Event, Level, output_events
 from ..storage.archive import is_package_name
+from ..timeouts import ADOPTED_EXIT_POLL_S
 from . import Sink, Work
 from .cancel import CancelToken
 from .status import JobStatus
 
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
-_POLL_S = 1.0  # how often a step whose output is lost is asked whether it has exited
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +69,14 @@ async def find(runner: Runner, job_id: str) -> FoundStep:
 async def adopt(runner: Runner, adoption: Adoption, sink: Sink, cancel: CancelToken) -> BuildResult:
     """Watch the found build to its end and finish it; its step is removed at the end."""
 
-    async def body(container: list[str], caching: Caching) -> BuildResult:
-        container.append(adoption.step.handle)
-        cancel.step_started = True
+    async def make(caching: Caching) -> tuple[Handle, None]:
+        cancel.step_started = True  # found running (or exited): it started long ago
+        return adoption.step.handle, None
+
+    async def follow(handle: Handle, _: None, caching: Caching) -> BuildResult:
         return await _adopted(runner, adoption, sink, cancel, caching)
 
-    return await runner.guarded(adoption.job_id, sink, cancel, body)
+    return await runner.guarded(adoption.job_id, sink, cancel, make, follow)
 
 
 async def _adopted(
@@ -85,8 +87,17 @@ async def _adopted(
     stored = {s: adoption.stored.get(s, 0) for s in _STREAMS}
     lease = await _lease(runner, step, adoption.job_id, sink, caching)
     stream = await _reattach(runner, step, stored, sink)
-    ended = await runner.watch(handle, stream, sink, cancel, step.image, lease)
-    return await runner.conclude(handle, ended, adoption.job_id, lease, caching[1], sink)
+    return await runner.watch(
+        adoption.job_id,
+        handle,
+        stream,
+        sink,
+        cancel,
+        lease,
+        image=step.image,
+        cache=caching[1],
+        started_at=step.started_at,
+    )
 
 
 async def _reattach(
@@ -120,7 +131,7 @@ class _Silent:
             found = await self._backend.find(self._step.labels)
             if all(s.handle != self._step.handle or s.state == "exited" for s in found):
                 return
-            await asyncio.sleep(_POLL_S)
+            await asyncio.sleep(ADOPTED_EXIT_POLL_S)
         yield []  # makes this an async generator; never reached
 
     async def aclose(self) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..narration.events import Action, Event
 from ..storage.records import JobRecord
+from ..storage.store import Store
+from .result import Sink
 from .status import JobStatus
 
 # A running job never shows done: past its estimate it is late, not finished.
@@ -38,3 +41,25 @@ def progress(record: JobRecord, now: float) -> float | None:
     if record.started_at is None:
         return None
     return round(min(MOST_PROGRESS, max(0.0, now - record.started_at) / record.estimate_s), 3)
+
+
+async def announce(store: Store, record: JobRecord, sink: Sink) -> None:
+    """At a job's start: its estimate, kept with its record and said in its narration (where a
+    client following the stream reads it)."""
+    if record.pkgname is None:
+        return
+    history = await store.past_durations(record.operation, record.pkgname, record.variant)
+    warm = expected_warm(history, cache_asked=record.request.get("cache") is not False)
+    estimate = expected_s(history, warm)
+    if estimate is None:
+        return
+    await store.update_job(record.id, estimate_s=estimate)
+    cache = {True: " with a warm cache", False: " with a new cache", None: ""}[warm]
+    said = f"Expected to take about {_duration(estimate)}{cache}, from its earlier builds"
+    await sink([Event(Action.ESTIMATE, said, estimate_s=round(estimate, 3))])
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"

@@ -28,6 +28,7 @@ from ..build.readers import READER_LABEL
 from ..build.runner import INSPECT_LABEL, JOB_LABEL
 from ..errors import ContainerGone, OrchestratorError
 from ..metrics import Metrics
+from ..timeouts import JANITOR_CLOSE_TIMEOUT_S, JANITOR_RETRY_S
 
 # Asked of each step the sweep finds, with its handle and its labels.
 IsLive = Callable[[Handle, Mapping[str, str]], bool]
@@ -71,8 +72,8 @@ class Janitor:
         *,
         interval_s: float = 60.0,
         grace_s: float = 300.0,
-        retry_s: float = 1.0,
-        close_timeout_s: float = 20.0,
+        retry_s: float = JANITOR_RETRY_S,
+        close_timeout_s: float = JANITOR_CLOSE_TIMEOUT_S,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -4,7 +4,7 @@ A kind says how it parses its request, what it acts on (its subject: one job at 
 subject), the fields of its record, how it runs, and how it runs again after a restart. The
 registry does the rest, the same for every kind: the queue, the time limit, the busy guard, the
 endings and the final status. A new kind is one module in ``orchestrator/kinds/`` and one line in
-``kinds.make``.
+``kinds.KINDS``; the model of its request is what the API validates and documents.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..build.srcinfo import SrcInfo
 from ..storage.store import JobRecord
 from .result import Work
 from .status import JobStatus
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,11 @@ class Kind(Protocol):
     @property
     def upload(self) -> bool:
         """True when its request is an upload (``POST /v1/builds``), not a JSON body."""
+
+    @property
+    def request(self) -> type[BaseModel]:
+        """Its request's model: the JSON body's (with ``operation`` its name), or an upload's
+        query's. ``parse`` reads the request through it."""
 
     async def parse(self, submission: Submission) -> Plan:
         """Check the request (raising ``InvalidInput``, ``NotFound``…) and say what the job is."""

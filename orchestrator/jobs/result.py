@@ -25,6 +25,8 @@ class JobResult:
     # The last narration line when the kind words its success itself ("✅ Worker X installed");
     # otherwise the table of endings words it.
     ending: str | None = None
+    # A build's life as its record keeps it (``vitals.Totals.fields``): peak memory, CPU...
+    life: Mapping[str, Any] | None = None
 
 
 Work = Callable[[Sink, CancelToken], Awaitable[JobResult]]

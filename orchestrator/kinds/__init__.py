@@ -1,49 +1,80 @@
-"""The job kinds the service runs, one module each; ``make`` is where each is registered."""
+"""The job kinds the service runs, one module each; ``KINDS`` is where each is registered.
+
+Each kind declares its request's model; the JSON ones, together, are ``Operation``: what
+``POST /v1/jobs`` takes and the OpenAPI document describes (``api.wire.Operation``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from typing import Annotated, Any, Protocol, Union
 
-from ..catalog.installed import WorkerStore
-from ..catalog.model_store import ModelStore
-from ..catalog.workers import Catalog
-from ..engine import Engine
+from pydantic import BaseModel, Field, RootModel
+
 from ..jobs import Kind
-from ..settings import Settings
-from ..storage.uploads import UploadBudget
 from ._body import parse_cache
-from .build import BuildKind
-from .model_download import ModelDownloadKind
-from .worker_install import WorkerInstallKind
+from ._services import Services
+from .build import Build, BuildKind
+from .model_download import ModelDownload, ModelDownloadKind
+from .worker_install import WorkerInstall, WorkerInstallKind
 
 
-@dataclass(frozen=True, slots=True)
-class Services:
-    """What the kinds need from the service."""
+class Declared(Protocol):
+    """A kind's class: its name, its request's model, and how it is made."""
 
-    settings: Settings
-    engine: Engine
-    uploads: UploadBudget
-    catalog: Catalog
-    workers: WorkerStore
-    models: ModelStore
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def upload(self) -> bool: ...
+
+    @property
+    def request(self) -> type[BaseModel]: ...
+
+    def of(self, services: Services) -> Kind: ...
+
+
+# In the order POST /v1/jobs lists them.
+KINDS: tuple[Declared, ...] = (BuildKind, WorkerInstallKind, ModelDownloadKind)
 
 
 def make(services: Services) -> list[Kind]:
-    """Every kind, in the order ``POST /v1/jobs`` lists them."""
-    s = services
-    return [
-        BuildKind(s.settings, s.engine, s.uploads),
-        WorkerInstallKind(s.settings, s.engine, s.catalog, s.workers),
-        ModelDownloadKind(s.settings, s.models),
-    ]
+    """Every kind, made for this service."""
+    return [kind.of(services) for kind in KINDS]
+
+
+def names(*, upload: bool = False) -> list[str]:
+    """The names of the kinds whose request is (or is not) an upload."""
+    return [kind.name for kind in KINDS if kind.upload is upload]
+
+
+@functools.cache
+def operation() -> type[RootModel[Any]]:
+    """The JSON kinds' requests as one model, told apart by ``operation``."""
+    requests = tuple(kind.request for kind in KINDS if not kind.upload)
+    # A union is built at run time from the kinds, so the type checker cannot follow it.
+    union: Any = Union[requests] if len(requests) > 1 else requests[0]  # noqa: UP007
+    if len(requests) > 1:
+        union = Annotated[union, Field(discriminator="operation")]
+
+    class Operation(RootModel[union]):
+        """An operation to run as a job."""
+
+    return Operation
 
 
 __all__ = [
+    "KINDS",
+    "Build",
     "BuildKind",
+    "Declared",
+    "ModelDownload",
     "ModelDownloadKind",
     "Services",
+    "WorkerInstall",
     "WorkerInstallKind",
     "make",
+    "names",
+    "operation",
     "parse_cache",
 ]

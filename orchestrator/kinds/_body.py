@@ -1,18 +1,38 @@
-"""Reading a request's fields, shared by the kinds."""
+"""Reading a request through its kind's model, shared by the kinds."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from ..errors import InvalidInput
 
+# A field that is absent, or not a non-empty string, is said the one way whatever pydantic's
+# reason: that is what a client needs to hear.
+_MISSING = frozenset({"missing", "string_type", "string_too_short"})
 
-def required_text(body: Mapping[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"'{key}' is required (a non-empty string)")
-    return value
+M = TypeVar("M", bound=BaseModel)
+
+
+def read(model: type[M], body: Mapping[str, Any]) -> M:
+    """``body`` as ``model``, or ``InvalidInput`` naming the first field that is wrong."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput(_say(model, exc.errors()[0])) from None
+
+
+def _say(model: type[BaseModel], error: ErrorDetails) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "the body"
+    if error["type"] in _MISSING:
+        return f"'{key}' is required (a non-empty string)"
+    field = model.model_fields.get(key)
+    if error["type"] == "string_pattern_mismatch" and field and field.description:
+        return f"{key} must be {field.description}"  # the pattern, in words
+    return f"'{key}': {error['msg']}"
 
 
 def parse_cache(raw: str | None) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
+from pydantic import BaseModel
+
 from ..build import srcinfo
 from ..build.runner import NOUN, BuildRequest
 from ..build.srcinfo import SrcInfo
@@ -15,30 +17,40 @@ from ..jobs.cancel import CancelToken
 from ..settings import Settings
 from ..storage.store import JobRecord
 from ..storage.uploads import UploadBudget
-from ._body import cache_of, cache_request, parse_cache
+from ._body import cache_of, cache_request, parse_cache, read
+from ._services import Services
+
+
+class Build(BaseModel):
+    """A build's query (its body is the uploaded build directory): what the kind reads of it."""
+
+    variant: str = "cpu"
+    cache: str | None = None  # on or off: ``parse_cache`` says what else is refused
 
 
 class BuildKind:
     name = "build"
     noun = NOUN
     upload = True
+    request = Build
 
     def __init__(self, settings: Settings, engine: Engine, uploads: UploadBudget) -> None:
         self._settings = settings
         self._engine = engine
         self._uploads = uploads
 
+    @classmethod
+    def of(cls, services: Services) -> BuildKind:
+        return cls(services.settings, services.engine, services.uploads)
+
     async def parse(self, submission: Submission) -> Plan:
         """The upload's PKGBUILD (as makepkg reads it), the variant, and ``cache``."""
         if submission.upload is None:
             raise InvalidInput("a build needs its uploaded build directory")
-        query = submission.query
-        cache = parse_cache(query.get("cache"))
+        query = read(Build, submission.query)
+        cache = parse_cache(query.cache)
         reading = BuildRequest(
-            submission.job_id,
-            submission.upload,
-            query.get("variant", "cpu"),
-            srcinfo=submission.srcinfo,
+            submission.job_id, submission.upload, query.variant, srcinfo=submission.srcinfo
         )
         info, variant = await self._engine.runner.prepare(reading)  # the runner's own checks
         return Plan(

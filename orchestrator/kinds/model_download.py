@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 from urllib.parse import urlparse
+
+from pydantic import BaseModel, Field
 
 from ..catalog.model_store import NOUN, ModelStore
 from ..errors import InvalidInput
@@ -11,33 +14,47 @@ from ..jobs import Job, JobResult, Plan, Sink, Submission
 from ..jobs.cancel import CancelToken
 from ..settings import Settings
 from ..storage.store import JobRecord
-from ._body import required_text
+from ._body import read
+from ._services import Services
 
 _HF = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<file>[^@]+?)(?:@(?P<revision>[\w.-]+))?$")
+
+
+class ModelDownload(BaseModel):
+    """Download a model file."""
+
+    operation: Literal["model_download"]
+    url: str = Field(min_length=1, description="http(s) URL, or hf://REPO/FILE[@REV]")
+    name: str = Field(min_length=1)
+    sha256: str | None = Field(
+        default=None, pattern="^[0-9a-fA-F]{64}$", description="64 hex digits"
+    )
+    timeout_s: float | None = Field(default=None, gt=0)
 
 
 class ModelDownloadKind:
     name = "model_download"
     noun = NOUN
     upload = False
+    request = ModelDownload
 
     def __init__(self, settings: Settings, models: ModelStore) -> None:
         self._settings = settings
         self._models = models
 
+    @classmethod
+    def of(cls, services: Services) -> ModelDownloadKind:
+        return cls(services.settings, services.models)
+
     async def parse(self, submission: Submission) -> Plan:
         """``url`` (http(s) or hf://), ``name`` in the store, and an optional ``sha256``."""
-        body = submission.body
-        sha256 = body.get("sha256")
-        if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha256)):
-            raise InvalidInput("sha256 must be 64 hex digits")
-        url, name = required_text(body, "url"), required_text(body, "name")
-        name = ModelStore.check_name(name)
-        url = self.resolve_url(url)
+        body = read(ModelDownload, submission.body)
+        name = ModelStore.check_name(body.name)
+        url = self.resolve_url(body.url)
         return Plan(
             message=f"📥 Queued download of {name} from {url}",
             pkgname=name,
-            request={"url": url, "sha256": sha256 and str(sha256).lower()},
+            request={"url": url, "sha256": body.sha256 and body.sha256.lower()},
         )
 
     def subject(self, record: JobRecord) -> str | None:

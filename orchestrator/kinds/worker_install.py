@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import tarfile
 from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from ..build.runner import NOUN as BUILD
 from ..build.runner import BuildRequest
@@ -29,15 +32,25 @@ from ..jobs.status import JobStatus
 from ..narration.events import Action, Event
 from ..settings import Settings
 from ..storage.store import JobRecord
-from ._body import cache_of, cache_request, parse_cache, required_text
+from ._body import cache_of, cache_request, parse_cache, read
+from ._services import Services
 
 NOUN = "Install"
+
+
+class WorkerInstall(BaseModel):
+    """Build a catalog worker and install its binary."""
+
+    operation: Literal["worker_install"]
+    worker_id: str = Field(min_length=1)
+    timeout_s: float | None = Field(default=None, gt=0)
 
 
 class WorkerInstallKind:
     name = "worker_install"
     noun = NOUN
     upload = False
+    request = WorkerInstall
 
     def __init__(
         self, settings: Settings, engine: Engine, catalog: Catalog, workers: WorkerStore
@@ -47,9 +60,14 @@ class WorkerInstallKind:
         self._catalog = catalog
         self._workers = workers
 
+    @classmethod
+    def of(cls, services: Services) -> WorkerInstallKind:
+        s = services
+        return cls(s.settings, s.engine, s.catalog, s.workers)
+
     async def parse(self, submission: Submission) -> Plan:
         """``worker_id``, a catalog entry that can run here; ``cache`` for its build."""
-        entry = self._catalog.get(required_text(submission.body, "worker_id"))
+        entry = self._catalog.get(read(WorkerInstall, submission.body).worker_id)
         # Refuses what cannot run here (metal, another OS or CPU); the build itself warns
         # when a cuda worker gets no GPU.
         gpu_runtime = await self._engine.backend.gpu_runtime()

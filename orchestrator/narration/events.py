@@ -34,6 +34,7 @@ class Action(StrEnum):
     INSTALLED = "installed"
     PROGRESS = "progress"
     SAMPLE = "sample"  # a running build's resource figures (its own SSE event type: `sample`)
+    ESTIMATE = "estimate"  # how long a job is expected to take, once it starts
     SILENCE = "silence"  # a build printed nothing for a while: what it is doing meanwhile
     CANCELLING = "cancelling"
     CONTAINER_REMOVED = "container_removed"
@@ -71,6 +72,10 @@ class Event:
         default=None, metadata=about("the build's output stream it came from")
     )
     ts: float = field(default_factory=time.time, metadata=about("Unix time, seconds"))
+    estimate_s: float | None = field(
+        default=None,
+        metadata=about("`estimate`: seconds the job is expected to take from its start"),
+    )
     # A `sample`'s figures (None on every other event), as the engine reported them.
     elapsed_s: float | None = field(
         default=None, metadata=about("`sample`: seconds since the build's command started")

@@ -85,8 +85,11 @@ async def read_sse(
     params: dict[str, str] | None = None,
     until: Any = None,
     timeout_s: float = 120,
+    samples: bool = False,
 ) -> Sse:
-    """Read the job's stream to its end (or until ``until(event)`` is true)."""
+    """Read the job's stream to its end (or until ``until(event)`` is true). Resource samples
+    (their own SSE type) are left out, as a client wanting only narration leaves them, unless
+    ``samples``."""
     result = Sse()
 
     async def read() -> None:
@@ -100,6 +103,8 @@ async def read_sse(
                 result.done = True
             elif message.is_end:
                 result.end = message.json()
+            elif message.event == "sample" and not samples:
+                continue
             else:
                 event = message.json()
                 result.events.append(event)

@@ -428,7 +428,7 @@ class GatedCollect(FakeBackend):
 async def test_a_build_still_busy_past_the_stops_grace_is_left_for_the_next_start(
     settings: Settings, build_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("orchestrator.jobs.registry._DETACH_GRACE_S", 0.05)
+    monkeypatch.setattr("orchestrator.jobs.stopping.DETACH_GRACE_S", 0.05)
     backend = GatedCollect(NUMBERED)
     async with service(settings, backend) as registry:
         job_id = await submit(registry, settings, build_dir)

@@ -12,7 +12,8 @@ import requests
 from orchestrator import Settings
 from orchestrator.backend import Step
 from orchestrator.backend._attach import demux
-from orchestrator.backend.docker import _is_transient, _is_unsent, create_kwargs, quota_capable
+from orchestrator.backend._daemon import is_transient, is_unsent
+from orchestrator.backend._dockerspec import create_kwargs, quota_capable
 from orchestrator.backend.engines import ENGINES, open_backend
 from orchestrator.backend.fake import FakeBackend
 from orchestrator.backend.lines import MAX_LINE_BYTES, LineSplitter
@@ -159,15 +160,15 @@ def api_error(status: int) -> docker.errors.APIError:
     ],
 )
 def test_only_transient_errors_are_retried(exc: BaseException, transient: bool) -> None:
-    assert _is_transient(exc) is transient
+    assert is_transient(exc) is transient
 
 
 def test_non_idempotent_calls_retry_only_when_nothing_was_sent() -> None:
     refused = requests.exceptions.ConnectionError("refused")
     refused.__cause__ = ConnectionRefusedError()
-    assert _is_unsent(refused)
-    assert not _is_unsent(requests.exceptions.ConnectionError("reset mid-request"))
-    assert not _is_unsent(api_error(500))
+    assert is_unsent(refused)
+    assert not is_unsent(requests.exceptions.ConnectionError("reset mid-request"))
+    assert not is_unsent(api_error(500))
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import BaseModel
 
 from orchestrator import Settings
 from orchestrator.api import create_app
@@ -46,6 +47,7 @@ class NapKind:
     upload: bool = False
     nap_s: float = 30.0
     runs: int = 0
+    request: type[BaseModel] = BaseModel
 
     async def parse(self, submission: Submission) -> Plan:
         return Plan(message="📥 Queued a nap", pkgname=str(submission.body.get("who", "me")))
@@ -199,3 +201,34 @@ async def test_post_jobs_answers_an_unknown_kind_with_the_known_ones(settings: S
         bad = await client.post("/v1/jobs", json={"operation": "model_download", "timeout_s": 0})
         assert bad.status == 400
         assert "timeout_s must be" in (await bad.json())["message"]
+
+
+def test_the_operation_union_is_the_json_kinds_requests() -> None:
+    from orchestrator import kinds
+    from orchestrator.api import wire
+
+    assert kinds.names() == ["worker_install", "model_download"]
+    assert kinds.names(upload=True) == ["build"]
+    schema = wire.Operation.model_json_schema()
+    assert sorted(schema["discriminator"]["mapping"]) == sorted(kinds.names())
+    parsed = wire.Operation.model_validate({"operation": "worker_install", "worker_id": "w"})
+    assert isinstance(parsed.root, kinds.WorkerInstall)
+
+
+async def test_a_body_the_kinds_model_refuses_is_a_400_naming_the_field(
+    settings: Settings,
+) -> None:
+    app = create_app(settings, backend=FakeBackend())
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for body, says in (
+            ({"operation": "worker_install"}, "'worker_id' is required"),
+            ({"operation": "worker_install", "worker_id": 3}, "'worker_id' is required"),
+            (
+                {"operation": "model_download", "url": "http://x/m", "name": "m", "sha256": "z"},
+                "sha256 must be 64 hex digits",
+            ),
+        ):
+            answer = await client.post("/v1/jobs", json=body)
+            assert answer.status == 400
+            refusal = await answer.json()
+            assert refusal["error"] == "bad_request" and says in refusal["message"], refusal

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.backend import OutputChunk, Step
 from orchestrator.backend._adopt import LogOutput, found_step, parse_time
-from orchestrator.backend.docker import create_kwargs
+from orchestrator.backend._dockerspec import create_kwargs
 from orchestrator.errors import BackendError
 
 STDOUT, STDERR = 1, 2

@@ -11,7 +11,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from orchestrator.backend import _handoff, _servicelogs, _swarmadopt, _swarmspec, swarm
+from orchestrator.backend import (
+    _daemon,
+    _handoff,
+    _lacking,
+    _pile,
+    _servicelogs,
+    _swarmadopt,
+    _swarmspec,
+    swarm,
+)
 from orchestrator.backend._attach import frames
 from orchestrator.backend._handoff import Handoff
 from orchestrator.backend._servicelogs import Deduplicator, timestamp_key
@@ -57,7 +66,9 @@ def _engine_calls(source: str) -> set[str]:
     return calls
 
 
-@pytest.mark.parametrize("module", [swarm, _swarmspec, _servicelogs, _handoff, _swarmadopt])
+@pytest.mark.parametrize(
+    "module", [swarm, _swarmspec, _servicelogs, _handoff, _swarmadopt, _daemon, _pile, _lacking]
+)
 def test_the_swarm_engine_only_asks_a_manager(module: object) -> None:
     source = Path(str(getattr(module, "__file__", ""))).read_text()
     calls = _engine_calls(source)
