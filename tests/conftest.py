@@ -18,6 +18,7 @@ from orchestrator import Settings
 from orchestrator.build.runner import INSTANCE_LABEL
 from orchestrator.narration.events import Action, Event
 
+from . import waiting
 from .leftovers import Leftovers
 
 PKGBUILDS = Path(__file__).parent / "pkgbuilds"
@@ -118,9 +119,9 @@ def nothing_left_behind() -> Iterator[Leftovers | None]:
     watch.stop()
     # A removal under way (a swarm task's container goes about a second after its service)
     # may finish: wait a little for that, no longer.
-    deadline = time.monotonic() + 15
-    while (containers := watch.containers()) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    containers = waiting.until_sync(
+        watch.containers, lambda found: not found, timeout_s=15, interval_s=0.2, on_timeout="return"
+    )
     left = [
         f"container {c.name} ({c.image.tags or c.attrs['Config']['Image']})" for c in containers
     ]

@@ -2,7 +2,8 @@
 
 A test waits on what it wants to see (a job's status, a line in a log, a container gone), asked
 again every ``interval_s`` until ``timeout_s`` has passed; then it fails saying what it was
-waiting for and what it saw last.
+waiting for and what it saw last. A caller that reports the outcome itself (a teardown that
+names what was left behind) asks for ``on_timeout="return"``: then the last answer comes back.
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
+
+OnTimeout = Literal["fail", "return"]
+
+
+def _timed_out(what: str, timeout_s: float, seen: object, on_timeout: OnTimeout) -> None:
+    if on_timeout == "fail":
+        raise AssertionError(f"{what} did not hold within {timeout_s:g} s; last: {seen!r}")
 
 
 async def until(
@@ -23,18 +31,21 @@ async def until(
     timeout_s: float = 10.0,
     interval_s: float = 0.01,
     what: str = "the condition",
+    on_timeout: OnTimeout = "fail",
 ) -> T:
     """``probe()`` (sync or async) again and again until ``done`` says yes of its answer;
-    that answer. Fails with the last answer once ``timeout_s`` has passed."""
+    that answer. Once ``timeout_s`` has passed: fails with the last answer (or, with
+    ``on_timeout="return"``, returns it)."""
     deadline = time.monotonic() + timeout_s
     while True:
         seen = probe()
         if inspect.isawaitable(seen):
             seen = await seen
-        if done(seen):  # type: ignore[arg-type]
-            return seen  # type: ignore[return-value]
+        if done(seen):
+            return seen
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout_s:g} s; last: {seen!r}")
+            _timed_out(what, timeout_s, seen, on_timeout)
+            return seen
         await asyncio.sleep(interval_s)
 
 
@@ -45,11 +56,13 @@ def until_sync(
     timeout_s: float = 10.0,
     interval_s: float = 0.05,
     what: str = "the condition",
+    on_timeout: OnTimeout = "fail",
 ) -> T:
     """``until`` for code that cannot await (fixtures, threads)."""
     deadline = time.monotonic() + timeout_s
     while not done(seen := probe()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout_s:g} s; last: {seen!r}")
+            _timed_out(what, timeout_s, seen, on_timeout)
+            return seen
         time.sleep(interval_s)
     return seen

@@ -116,7 +116,7 @@ class Job(_Wire):
         "sources reused, sccache and ccache hits and misses"
     )
     peak_memory_bytes: int | None = Field(
-        default=None, description="a build's: the most memory it held at a sample (working set)"
+        default=None, description="a build's: the most memory its processes held at a sample"
     )
     cpu_seconds: float | None = Field(
         default=None, description="a build's: CPU time it used, all its processes"

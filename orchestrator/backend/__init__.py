@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Literal, Protocol
 
+from ._usage import Usage
+
 Stream = Literal["stdout", "stderr"]
 StepState = Literal["created", "running", "exited"]
 
@@ -304,7 +306,25 @@ class Volumes(Protocol):
         ...
 
 
-class Backend(Steps, Images, Adoption, Exec, DiskWatch, Volumes, Protocol):
+class Sampling(Protocol):
+    """A running step's resource figures (a build's ``sample`` events)."""
+
+    @property
+    def supports_usage(self) -> bool:
+        """Whether ``usage`` and ``busiest`` can tell anything here."""
+        ...
+
+    async def usage(self, handle: Handle) -> Usage | None:
+        """What the running step uses now (CPU time, memory, pids, network); None when it is
+        not running. Cheap: asked every few seconds of every build."""
+        ...
+
+    async def busiest(self, handle: Handle) -> tuple[str, ...]:
+        """The commands using the most CPU in the running step, busiest first."""
+        ...
+
+
+class Backend(Steps, Images, Adoption, Exec, DiskWatch, Volumes, Sampling, Protocol):
     """An engine as the service holds it: the step protocol and every capability. One it lacks
     says so (``supports_*`` false, None for what it cannot tell: ``_lacking.py``), so a caller
     asks the flag, never the engine's name."""
@@ -323,9 +343,11 @@ __all__ = [
     "OutputStream",
     "PathUsage",
     "Ran",
+    "Sampling",
     "Step",
     "StepState",
     "Steps",
     "Stream",
+    "Usage",
     "Volumes",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO
 
 from ..errors import BackendError
-from . import PathUsage, Ran
+from . import PathUsage, Ran, Usage
 
 
 class NoDiskWatch:
@@ -68,3 +68,17 @@ class NoVolumes:
 
     async def list_volumes(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, str]]:
         return {}
+
+
+class NoSampling:
+    """``Sampling`` for an engine whose API tells nothing of a running step's use."""
+
+    @property
+    def supports_usage(self) -> bool:
+        return False
+
+    async def usage(self, handle: str) -> Usage | None:
+        return None
+
+    async def busiest(self, handle: str) -> tuple[str, ...]:
+        return ()

@@ -41,6 +41,7 @@ from ._attach import AttachOutput
 from ._daemon import Daemon, status
 from ._dockerspec import create_kwargs, quota_capable, quota_refused, volume_usage_kwargs
 from ._exec import CPU_COMMAND, cpu_seconds, path_usage, run_exec, writable_places
+from ._usage import Usage, busiest, usage_from_stats
 
 T = TypeVar("T")
 
@@ -66,6 +67,18 @@ class DockerBackend:
 
     async def _run(self, fn: Callable[..., T], *args: Any, idempotent: bool = True) -> T:
         return await self._daemon.run(fn, *args, idempotent=idempotent)
+
+    @property
+    def supports_usage(self) -> bool:
+        return True
+
+    async def usage(self, handle: str) -> Usage | None:
+        # one-shot (API 1.41): the figures now, not a second's wait for a second look.
+        stats = await self._run(self._client.api.stats, handle, False, False, True)
+        return usage_from_stats(stats)
+
+    async def busiest(self, handle: str) -> tuple[str, ...]:
+        return busiest(await self._run(self._client.api.top, handle, "-eo pid,pcpu,comm"))
 
     async def ping(self) -> None:
         await self._run(self._client.ping)

@@ -20,7 +20,7 @@ from typing import IO
 
 from ..build.cachescript import REPORT_DIR
 from ..errors import BackendError, ContainerGone, ImageNotFound, VolumeInUse
-from . import ExitStatus, FoundStep, OutputChunk, PathUsage, Ran, Step, StepState, Stream
+from . import ExitStatus, FoundStep, OutputChunk, PathUsage, Ran, Step, StepState, Stream, Usage
 from ._adopt import Skipper
 from .lines import LineSplitter
 
@@ -118,6 +118,8 @@ class FakeBackend:
         # Where a step's user could write; None: this fake cannot tell (disk_usage then).
         self.writable: tuple[str, ...] | None = None
         self.usage_complete = True  # False: path_usage says something there was unreadable
+        self.figures: Usage | None = None  # what usage says of a running step (None: nothing)
+        self.running: tuple[str, ...] = ()  # what busiest says runs in a step
         self._next = 0
 
     def _get(self, container_id: str) -> FakeContainer:
@@ -128,6 +130,17 @@ class FakeBackend:
 
     async def ping(self) -> None:
         return None
+
+    @property
+    def supports_usage(self) -> bool:
+        return True
+
+    async def usage(self, handle: str) -> Usage | None:
+        return self.figures if self._get(handle).state == "running" else None
+
+    async def busiest(self, handle: str) -> tuple[str, ...]:
+        self._get(handle)
+        return self.running
 
     async def image_present(self, image: str) -> bool:
         return self.images is None or image in self.images

@@ -47,7 +47,7 @@ from . import ExitStatus, Step
 from . import _swarmspec as spec
 from ._daemon import Daemon
 from ._handoff import Handoff, step_secret, wrapper_env
-from ._lacking import NoDiskWatch, NoExec, NoVolumes
+from ._lacking import NoDiskWatch, NoExec, NoSampling, NoVolumes
 from ._servicelogs import ServiceOutput
 from ._swarmadopt import SwarmAdoption
 from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
@@ -66,7 +66,7 @@ class _Planned:
     config_id: str | None = None
 
 
-class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes):
+class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
     """What Swarm cannot do (docs/backends.md): tell a step's disk use or run a command in it
     (only the node's daemon knows its containers), or keep caches (volumes are node-local)."""
 

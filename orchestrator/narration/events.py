@@ -89,7 +89,9 @@ class Event:
     )
     memory_bytes: int | None = field(
         default=None,
-        metadata=about("`sample`: memory held now (working set: less file cache it can drop)"),
+        metadata=about(
+            "`sample`: memory its processes hold now: their own pages and the files they map"
+        ),
     )
     peak_memory_bytes: int | None = field(
         default=None, metadata=about("`sample`: the most memory held at any sample so far")

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Page, expect
 
+from .. import waiting
 from ..integration.conftest import job_containers
 from .conftest import cutting_proxy, screenshot
 
@@ -300,11 +301,14 @@ async def test_workers_and_models_at_400px(
         await expect(models).to_contain_text("No models yet.")
 
         # The worker, once installed, is listed and can be uninstalled.
-        for _ in range(BUILD_S // 500):
-            if (await service.job(install))["finished_at"]:
-                break
-            await asyncio.sleep(0.5)
-        assert (await service.job(install))["status"] == "succeeded"
+        installed = await waiting.until(
+            lambda: service.job(install),
+            lambda job: job["finished_at"],
+            timeout_s=BUILD_S / 1000,
+            interval_s=0.5,
+            what="the worker's install",
+        )
+        assert installed["status"] == "succeeded"
         await page.reload()
         uninstall = page.get_by_role("button", name="Uninstall hello-c")
         await expect(uninstall).to_be_visible()

@@ -11,7 +11,6 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.image import DockerImage
 
+from .. import waiting
 from ..conftest import SESSION_PREFIX, instance_id, remove_instance_volumes
 from ..integration.test_serve import free_port
 from ..leftovers import SESSION_LABEL
@@ -34,17 +34,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
 
 def wait_healthy(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+
+    def health() -> int | Exception:
+        """The answer's status, or why there was none (not up yet)."""
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except Exception as exc:  # not up yet
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not become healthy: {last}")
+                return int(response.status)
+        except Exception as exc:
+            return exc
+
+    waiting.until_sync(
+        health,
+        lambda answer: answer == 200,
+        timeout_s=timeout_s,
+        interval_s=0.2,
+        what=f"{url} healthy",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from .. import waiting
 from ..integration.conftest import job_containers
 from ..integration.test_engine import marked_processes
 from .proxy import CuttingProxy
@@ -151,7 +153,12 @@ def test_cancel_and_artifacts_commands(
     job_id = cli(
         cli_service, "build", str(build_dir("forker", marker=uuid.uuid4().hex)), "--detach"
     ).stdout.strip()
-    time.sleep(1)
+
+    def status() -> str:
+        with urllib.request.urlopen(f"{cli_service}/v1/jobs/{job_id}", timeout=5) as response:
+            return str(json.load(response)["status"])
+
+    waiting.until_sync(status, lambda now: now == "running", timeout_s=60, what="the build running")
     cancelled = cli(cli_service, "cancel", job_id)
     assert cancelled.returncode == 0
     assert cancelled.stdout.strip() == f"job {job_id} cancelled"

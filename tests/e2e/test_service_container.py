@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import pytest
 
 from orchestrator.narration.sse import Parser
 
+from .. import waiting
 from ..integration.conftest import job_containers
 from ..integration.service import tar_dir
 from .conftest import ServiceContainer
@@ -125,10 +125,14 @@ def test_without_the_socket_it_says_what_is_missing(
 ) -> None:
     service = run_service(socket=False)
     wrapped = service.wrapped
-    deadline = time.monotonic() + 30
-    while wrapped.status != "exited" and time.monotonic() < deadline:
-        time.sleep(0.2)
+
+    def status() -> str:
         wrapped.reload()
+        return str(wrapped.status)
+
+    waiting.until_sync(
+        status, lambda now: now == "exited", timeout_s=30, interval_s=0.2, what="the exit"
+    )
     assert wrapped.attrs["State"]["ExitCode"] == 78
     logs = wrapped.logs().decode()
     assert "Docker socket /var/run/docker.sock is not mounted" in logs

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import time
+import shutil
+import signal
+import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import aiohttp
 import docker
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -16,7 +22,12 @@ from orchestrator import Engine, Settings
 from orchestrator.api import create_app
 from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL
 
+from .. import waiting
 from ..conftest import LEFT_BEHIND, SESSION_PREFIX
+from .daemon_proxy import DaemonProxy
+
+if TYPE_CHECKING:
+    from .adoption import Services
 
 pytestmark = pytest.mark.docker
 
@@ -56,17 +67,19 @@ def left_behind(client: docker.DockerClient, label: str) -> list[str]:
 
     A swarm node's agent removes a task's container just after the manager has dropped the
     task (about a second; no manager API tells when): so wait a little for that, no longer."""
-    deadline = time.monotonic() + 15
-    while True:
-        found = [
+
+    def found() -> list[str]:
+        names = [
             str(c.name)
             for c in client.containers.list(ignore_removed=True, all=True, filters={"label": label})
         ]
         with contextlib.suppress(docker.errors.APIError):  # not a swarm manager: no services
-            found += [str(s.name) for s in client.services.list(filters={"label": label})]
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
+            names += [str(s.name) for s in client.services.list(filters={"label": label})]
+        return names
+
+    return waiting.until_sync(
+        found, lambda names: not names, timeout_s=15, interval_s=0.2, on_timeout="return"
+    )
 
 
 @pytest.fixture
@@ -112,3 +125,41 @@ async def client(
 ) -> AsyncIterator[TestClient]:
     async with serve(settings) as client:
         yield client
+
+
+@pytest.fixture
+def services(settings: Settings, tmp_path: Path) -> Iterator[Services]:
+    """`orchestrator serve` processes one after another (see adoption.py); whichever still
+    runs at the end is stopped."""
+    from .adoption import Services
+
+    made = Services(settings, tmp_path)
+    try:
+        yield made
+    finally:
+        for proc in made.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def proxy() -> Iterator[DaemonProxy]:
+    """A proxy in front of the daemon's socket that a test tells which calls to spoil."""
+    # A short path of its own: a unix socket's path may not be longer than 107 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="daemon-"))
+    try:
+        with DaemonProxy(folder / "docker.sock") as proxy:
+            yield proxy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

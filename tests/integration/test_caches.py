@@ -19,6 +19,7 @@ from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, S
 from orchestrator.build.caches import volume_name
 from orchestrator.build.runner import INSTANCE_LABEL, BuildResult
 
+from .. import waiting
 from ..conftest import SESSION_PREFIX, Recorder
 from ..leftovers import SESSION_LABEL
 from .conftest import job_id, serve
@@ -204,11 +205,16 @@ async def test_the_api_lists_removes_and_skips_caches(
         job = await wait_status(client, created["job_id"], {"succeeded", "failed"})
         assert job["status"] == "succeeded"
         assert job["cache"]["used"] is True and job["cache"]["key"] == "hello-c:cpu"
-        for _ in range(100):  # its size comes after the build, measured in the background
-            listed = await (await client.get("/v1/caches")).json()
-            if listed["caches"] and listed["caches"][0]["size_bytes"] is not None:
-                break
-            await asyncio.sleep(0.1)
+
+        async def caches() -> dict[str, Any]:
+            return dict(await (await client.get("/v1/caches")).json())
+
+        listed = await waiting.until(  # its size comes after the build, measured meanwhile
+            caches,
+            lambda listed: bool(listed["caches"]) and listed["caches"][0]["size_bytes"] is not None,
+            interval_s=0.1,
+            what="the cache's size",
+        )
         [entry] = listed["caches"]
         assert (entry["key"], entry["builds"], entry["hits"]) == ("hello-c:cpu", 1, 0)
         assert entry["size_bytes"] > 0 and entry["in_use"] is False
@@ -217,10 +223,13 @@ async def test_the_api_lists_removes_and_skips_caches(
         # Busy while a build of that package runs: not removed under it.
         ticker = await submit(client, build_dir("ticker"))
         await wait_status(client, ticker["job_id"], {"running"})
-        for _ in range(100):
-            if (await client.get("/v1/caches/ticker:cpu")).status == 200:
-                break
-            await asyncio.sleep(0.1)
+
+        async def listed_status() -> int:
+            return (await client.get("/v1/caches/ticker:cpu")).status
+
+        await waiting.until(
+            listed_status, lambda status: status == 200, interval_s=0.1, what="ticker's cache"
+        )
         busy = await client.delete("/v1/caches/ticker:cpu")
         assert busy.status == 409, await busy.text()
         await client.post(f"/v1/jobs/{ticker['job_id']}/cancel")

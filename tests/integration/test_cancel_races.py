@@ -28,6 +28,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.narration.bus import Bus
 from orchestrator.storage.store import Store
 
+from .. import waiting
 from .conftest import job_containers, job_id, remove_volumes
 
 pytestmark = pytest.mark.docker
@@ -136,10 +137,11 @@ async def test_a_cancel_in_any_window_of_a_builds_end_leaves_nothing(
             handle = registry._handles.get(job)  # gone: the job has answered as ended already
             cancel = asyncio.ensure_future(cancel_and_look())
             try:
-                for _ in range(3000):  # the cancel is in (or answered) while the window is held
-                    if cancel.done() or (handle is not None and handle.token.cancelled):
-                        break
-                    await asyncio.sleep(0.01)
+                await waiting.until(  # the cancel is in (or answered) while the window is held
+                    lambda: cancel.done() or (handle is not None and handle.token.cancelled),
+                    timeout_s=30,
+                    what="the cancel",
+                )
             finally:
                 backend.gate.set()
                 backend.release.set()

@@ -9,42 +9,29 @@ stream's), never on time.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import docker
 import pytest
 
-from .conftest import job_containers
-from .daemon_proxy import DaemonProxy
-from .test_adopt import (
+from .adoption import (
     Client,
     Services,
     container_of,
+    kill_and_restart,
     line_at_least,
+    printed_past,
     release,
     submit,
 )
-from .test_serve import wait_healthy
+from .conftest import job_containers
+from .daemon_proxy import DaemonProxy
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def proxy() -> Iterator[DaemonProxy]:
-    # A short path of its own: a unix socket's path may not be longer than 107 bytes.
-    folder = Path(tempfile.mkdtemp(prefix="daemon-"))
-    try:
-        with DaemonProxy(folder / "docker.sock") as proxy:
-            yield proxy
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def test_a_kill_9_once_the_finished_build_s_container_is_removed_ends_it_succeeded(
@@ -137,15 +124,6 @@ async def test_a_sigterm_while_the_finished_build_s_container_is_removed_ends_it
     assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
 
 
-async def printed_while_down(client: docker.DockerClient, job_id: str, n: int) -> None:
-    """Until the build's log holds line ``n`` (its tail is enough: lines only grow)."""
-    deadline = time.monotonic() + 180
-    container = container_of(client, job_id)
-    while f"line {n}\n".encode() not in container.logs(stdout=True, stderr=False, tail=20000):
-        assert time.monotonic() < deadline, "the build stopped printing"
-        await asyncio.sleep(0.5)
-
-
 async def test_a_sigterm_during_a_long_read_back_stops_the_service(
     services: Services,
     session: aiohttp.ClientSession,
@@ -156,16 +134,14 @@ async def test_a_sigterm_during_a_long_read_back_stops_the_service(
     must stop it within a few seconds as at any other time (it was lost: "Exception ignored
     when trying to write to the signal wakeup fd: BlockingIOError", the loop's self-pipe full
     of the read-back's wake-ups). A third service then finishes the build, every line once."""
-    proc, url = await services.start(session)
-    src = build_dir("chaos-burst", bursts=10, mib=1)
-    reader = Client(await submit(session, url, src))
-    await reader.read(session, url, until=line_at_least(2000))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    await printed_while_down(docker_client, reader.job_id, 45000)
-
-    second, url = services.spawn()
-    await wait_healthy(url, session)
+    reader, second, url = await kill_and_restart(
+        services,
+        session,
+        build_dir("chaos-burst", bursts=10, mib=1),
+        signal.SIGKILL,
+        lines=2000,
+        meanwhile=lambda job_id: printed_past(docker_client, job_id, 45000, timeout_s=180),
+    )
     await Client(reader.job_id, last_id=reader.last_id).read(
         session, url, until=line_at_least(5000)
     )

@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator import Settings
 
+from ..waiting import until
 from .conftest import serve
 from .service import has_line, read_sse, submit, tar_dir, wait_status
 
@@ -95,11 +96,11 @@ async def test_a_full_disk_ends_the_job_refuses_work_and_recovers(
         assert health.status == 503 and report["disk"]["full"], report
 
         filler.unlink()
-        for _ in range(100):
-            if (await client.get("/health")).status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert (await client.get("/health")).status == 200
+
+        async def health_status() -> int:
+            return (await client.get("/health")).status
+
+        await until(health_status, lambda status: status == 200, interval_s=0.1, what="room")
         ended = await wait_status(client, waiting, {"succeeded", "failed"})
         assert ended["status"] == "succeeded", ended
         again = (await submit(client, build_dir("hello-c")))["job_id"]

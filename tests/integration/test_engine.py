@@ -27,6 +27,7 @@ from orchestrator import (
 )
 from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL
 
+from .. import waiting
 from ..conftest import Recorder
 from .conftest import BACKENDS, job_containers, job_id
 
@@ -153,11 +154,13 @@ async def test_cancel_kills_the_container_and_every_process(
             await recorder.wait_for(lambda e: "children started" in e.message.split("\n"))
             # The survivors-check sees the build's processes (3 children and the main loop),
             # so it would catch a leak.
-            for _ in range(50):
-                if len(marked_processes(marker)) >= 4:
-                    break
-                await asyncio.sleep(0.1)
-            assert len(marked_processes(marker)) >= 4
+            await waiting.until(
+                lambda: marked_processes(marker),
+                lambda found: len(found) >= 4,
+                timeout_s=5,
+                interval_s=0.1,
+                what="the build's 4 processes",
+            )
             assert job_containers(docker_client, job) != []
 
             started = time.monotonic()

@@ -4,14 +4,12 @@ it sends and parses is what the service takes and answers."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import io
 import json
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from orchestrator.api.openapi import document
 from orchestrator.api.routes import ROUTES, TAR_TYPES
 
+from .. import waiting
 from ..conftest import PKGBUILDS
 from .service import tar_dir
 
@@ -86,13 +85,13 @@ async def test_a_build_driven_through_the_generated_client(
         assert answer.status_code == 201, answer.content
         submitted = answer.parsed
         assert submitted.pkgname == "hello-c" and submitted.job_url.endswith(submitted.job_id)
-        deadline = time.monotonic() + 180
-        while (job := await get_job.asyncio(submitted.job_id, client=api)).status.value in (
-            "queued",
-            "running",
-        ):
-            assert time.monotonic() < deadline, job
-            await asyncio.sleep(0.2)
+        job = await waiting.until(
+            lambda: get_job.asyncio(submitted.job_id, client=api),
+            lambda job: job.status.value not in ("queued", "running"),
+            timeout_s=180,
+            interval_s=0.2,
+            what="the job's end",
+        )
         assert job.status.value == "succeeded", job
         artifacts = await list_artifacts.asyncio(submitted.job_id, client=api)
         [artifact] = artifacts.artifacts

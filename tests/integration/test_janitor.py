@@ -5,11 +5,8 @@ what the build could not; and what no live job owns is swept up by its label."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +16,7 @@ import pytest
 from orchestrator import Settings
 from orchestrator.build.runner import INSPECT_LABEL, INSTANCE_LABEL, JOB_LABEL
 
+from .. import waiting
 from .conftest import job_containers, serve
 from .daemon_proxy import DaemonProxy
 from .service import has_line, read_sse, submit, wait_status
@@ -29,17 +27,6 @@ pytestmark = pytest.mark.docker
 ATTEMPTS = 4
 
 
-@pytest.fixture
-def proxy() -> Iterator[DaemonProxy]:
-    # A short path of its own: a unix socket's path may not be longer than 107 bytes.
-    folder = Path(tempfile.mkdtemp(prefix="daemon-"))
-    try:
-        with DaemonProxy(folder / "docker.sock") as proxy:
-            yield proxy
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 async def gone(client: docker.DockerClient, label: str, timeout_s: float = 60) -> list[str]:
     """The containers carrying ``label``, once none is left or ``timeout_s`` has passed (polled:
     the daemon tells no one when a container goes; the service runs on this loop meanwhile)."""
@@ -48,12 +35,13 @@ async def gone(client: docker.DockerClient, label: str, timeout_s: float = 60) -
         found = client.containers.list(ignore_removed=True, all=True, filters={"label": label})
         return [str(c.name) for c in found]
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = await asyncio.to_thread(listed)
-        if not found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.2)
+    return await waiting.until(
+        lambda: asyncio.to_thread(listed),
+        lambda found: not found,
+        timeout_s=timeout_s,
+        interval_s=0.2,
+        on_timeout="return",
+    )
 
 
 @pytest.mark.parametrize("how", ["refuse", "hold"])

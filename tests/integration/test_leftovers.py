@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from orchestrator import Settings
 from orchestrator.build.runner import INSTANCE_LABEL
 
+from .. import waiting
 from ..leftovers import SESSION_LABEL, Leftovers
 
 pytestmark = pytest.mark.docker
@@ -35,10 +35,9 @@ def watch(docker_client: docker.DockerClient) -> Iterator[Leftovers]:
 
 def settle(watch: Leftovers, volume: str) -> None:
     """The daemon reports a mount a moment after the container starts: wait for its event."""
-    deadline = time.monotonic() + 10
-    while volume not in watch.volumes:
-        assert time.monotonic() < deadline, "the daemon never reported the mount"
-        time.sleep(0.05)
+    waiting.until_sync(
+        lambda: volume in watch.volumes, what="the daemon reporting the mount", interval_s=0.05
+    )
 
 
 def test_what_a_session_leaves_is_found_and_others_are_not(

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from orchestrator import Engine, Settings
 from orchestrator.build.runner import INSTANCE_LABEL
 
+from .. import waiting
 from .service import dry_run, submit, tar_dir, wait_status
 
 pytestmark = pytest.mark.docker
@@ -106,16 +107,16 @@ async def test_a_top_level_that_floods_its_output_costs_little(
     assert len(json.dumps(refused)) < 64 * 1024
 
 
-@pytest.mark.parametrize("cancel_after_s", [0.05, None])
+@pytest.mark.parametrize("cancelled_once", ["made", "running"])
 async def test_a_reading_cancelled_midway_leaves_no_container(
     settings: Settings,
     tmp_path: Path,
     docker_client: docker.DockerClient,
-    cancel_after_s: float | None,
+    cancelled_once: str,
 ) -> None:
     # A review saw readings' containers left after the service stopped (it cancels the
-    # catalog's readings). None: cancelled once makepkg runs; else after a moment, while the
-    # reader is being made.
+    # catalog's readings). Cancelled once its reader's container is made (it is being
+    # started, or makepkg is on its way), or once makepkg runs.
     src = tmp_path / "hang"
     src.mkdir()
     (src / "PKGBUILD").write_text(
@@ -125,18 +126,30 @@ async def test_a_reading_cancelled_midway_leaves_no_container(
         labels = engine.runner.inspect_labels("cancel-me")
         inspector = engine.runner.inspector
         reading = asyncio.create_task(inspector.read(src, settings.image_cpu, labels))
-        mine = {"label": f"{INSTANCE_LABEL}={settings.instance_id}", "status": "running"}
-        if cancel_after_s is not None:
-            await asyncio.sleep(cancel_after_s)
+        mine = {"label": f"{INSTANCE_LABEL}={settings.instance_id}"}
+
+        def made() -> list[str]:
+            found = docker_client.containers.list(ignore_removed=True, all=True, filters=mine)
+            return [str(c.name) for c in found]
+
+        def commands() -> list[str]:
+            running = docker_client.containers.list(
+                ignore_removed=True, filters={**mine, "status": "running"}
+            )
+            return [row[-1] for c in running for row in c.top()["Processes"] or []]
+
+        if cancelled_once == "made":
+            await waiting.until(
+                lambda: asyncio.to_thread(made), timeout_s=30, what="the reader's container"
+            )
         else:
-            for _ in range(300):
-                running = docker_client.containers.list(ignore_removed=True, filters=mine)
-                commands = [row[-1] for c in running for row in c.top()["Processes"] or []]
-                if "sleep 300" in commands:
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("the reading never ran")
+            await waiting.until(
+                lambda: asyncio.to_thread(commands),
+                lambda seen: "sleep 300" in seen,
+                timeout_s=30,
+                interval_s=0.1,
+                what="the reading running",
+            )
         reading.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reading

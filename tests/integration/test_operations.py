@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from orchestrator import Settings
 from orchestrator.catalog.workers import SHIPPED
 
+from .. import waiting
 from .conftest import job_containers, serve
 from .service import has_line, read_sse
 
@@ -59,12 +60,19 @@ def catalog_entry(root: Path, worker_id: str, version: str, build: str) -> None:
     (folder / "worker.json").write_text(json.dumps(meta))
 
 
+async def checked_catalog(client: TestClient) -> dict[str, Any]:
+    """The catalog's listing once makepkg has read its PKGBUILDs (beside start-up)."""
+
+    async def listing() -> dict[str, Any]:
+        return dict(await (await client.get("/v1/catalog/workers")).json())
+
+    return await waiting.until(
+        listing, lambda listed: listed["checked"], timeout_s=60, interval_s=0.1, what="the check"
+    )
+
+
 async def test_catalog_endpoints(client: TestClient) -> None:
-    for _ in range(600):  # makepkg reads the PKGBUILDs beside start-up
-        listed = await (await client.get("/v1/catalog/workers")).json()
-        if listed["checked"]:
-            break
-        await asyncio.sleep(0.1)
+    listed = await checked_catalog(client)
     assert {w["id"] for w in listed["workers"]} == {
         "echo-worker",
         "echo-worker-cuda",
@@ -100,11 +108,7 @@ async def test_a_malformed_entry_is_reported_and_skipped(
     text = (root / "bad-version" / "PKGBUILD").read_text()
     (root / "bad-version" / "PKGBUILD").write_text(text.replace("pkgver=2.0", "pkgver=3.0"))
     async with serve(settings.model_copy(update={"catalog": str(root)})) as client:
-        for _ in range(600):  # makepkg reads the PKGBUILDs beside start-up
-            listed = await (await client.get("/v1/catalog/workers")).json()
-            if listed["checked"]:
-                break
-            await asyncio.sleep(0.1)
+        listed = await checked_catalog(client)
     assert listed["checked"]
     assert [w["id"] for w in listed["workers"]] == ["good"]
     problems = "\n".join(listed["problems"])

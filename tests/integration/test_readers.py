@@ -23,6 +23,7 @@ from orchestrator import Settings
 from orchestrator.build.readers import READER_LABEL
 from orchestrator.build.runner import INSTANCE_LABEL
 
+from .. import waiting
 from ..conftest import PKGBUILDS
 from .conftest import serve
 from .service import dry_run, read_sse, submit, tar_dir, wait_status
@@ -73,18 +74,22 @@ def others_than_readers(client: docker.DockerClient, settings: Settings) -> list
 def wait_until_clean(client: docker.DockerClient, settings: Settings) -> None:
     """Every reader runs only root's processes (its idle ones): no reading's is left. Waits
     for the tidying that follows an answer, at most 30 s."""
-    deadline = time.monotonic() + 30
-    while True:
-        users = {
+
+    def users() -> set[str]:
+        return {
             row[1]
             for reader in readers(client, settings)
             if reader.status == "running"
             for row in reader.top(ps_args="-o pid,uid")["Processes"] or []
         }
-        if users <= {"0"} or time.monotonic() > deadline:
-            assert users <= {"0"}, f"a reading's processes are still running: uids {users}"
-            return
-        time.sleep(0.1)
+
+    waiting.until_sync(
+        users,
+        lambda uids: uids <= {"0"},
+        timeout_s=30,
+        interval_s=0.1,
+        what="no reading's processes left (their uids)",
+    )
 
 
 @pytest.mark.parametrize("folder", ["rbee-style-detect", "rbee-style-git"])
@@ -377,7 +382,13 @@ async def test_a_reader_killed_under_a_reading_is_no_refusal_of_the_pkgbuild(
                 headers={"Content-Type": "application/gzip"},
             )
         )
-        await asyncio.sleep(2)
+        await waiting.until(  # makepkg is reading it
+            lambda: reader.top(ps_args="-o pid,args")["Processes"] or [],
+            lambda rows: any(row[-1] == "sleep 4" for row in rows),
+            timeout_s=30,
+            interval_s=0.1,
+            what="the reading under way",
+        )
         reader.kill()  # the OOM killer, an operator, a daemon restart: not makepkg's doing
         response = await answer
         body = await response.json()

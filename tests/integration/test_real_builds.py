@@ -19,6 +19,7 @@ import pytest
 
 from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, Settings
 
+from .. import waiting
 from ..conftest import SESSION_PREFIX, Recorder
 from ..leftovers import SESSION_LABEL
 from .conftest import job_containers, job_id
@@ -137,13 +138,14 @@ async def test_cancel_while_rustc_compiles_leaves_no_container_and_no_process(
         await recorder.wait_for(lambda e: "Compiling " in e.message, timeout_s=300)
         # cargo prints "Compiling" before it spawns rustc, and between crates it runs build
         # scripts: rustc comes and goes, so wait until one is seen rather than look once.
-        seen = ""
-        for _ in range(600):
-            seen = compiling_now()
-            if seen or running.done():
-                break
-            await asyncio.sleep(0.1)
-        assert seen, "rustc should be running now"
+        seen, ended = await waiting.until(
+            lambda: (compiling_now(), running.done()),
+            lambda seen: bool(seen[0]) or seen[1],
+            timeout_s=60,
+            interval_s=0.1,
+            what="rustc running",
+        )
+        assert seen and not ended, "rustc should be running now"
     finally:
         token.cancel()
         result = await asyncio.wait_for(running, 60)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import uuid
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import pytest
 
 from orchestrator import Settings
 
+from .. import waiting
 from .conftest import job_containers, serve
 from .service import has_line, read_sse, submit, wait_status
 
@@ -50,8 +50,10 @@ async def test_queued_jobs_survive_a_graceful_restart_and_run_in_order(
         sse = await read_sse(client, queued[0])
         assert any("after a restart" in line for line in sse.messages())
         assert sse.end is not None and sse.end["status"] == "succeeded"
-        for _ in range(100):  # sources go right after the final status is written
-            if not any((settings.work_dir / job).exists() for job in queued):
-                break
-            await asyncio.sleep(0.05)
-        assert not any((settings.work_dir / job).exists() for job in queued)
+        # Sources go right after the final status is written.
+        await waiting.until(
+            lambda: [job for job in queued if (settings.work_dir / job).exists()],
+            lambda left: not left,
+            timeout_s=5,
+            what="their sources gone",
+        )

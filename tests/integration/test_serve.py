@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from orchestrator.build.readers import READER_LABEL
 from orchestrator.build.runner import INSTANCE_LABEL
 from orchestrator.narration import sse
 
+from .. import waiting
 from .conftest import job_containers
 from .service import tar_dir
 from .test_engine import marked_processes
@@ -62,15 +62,14 @@ def service(settings: Settings) -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 
 async def wait_healthy(url: str, session: aiohttp.ClientSession) -> None:
-    for _ in range(100):
+    async def healthy() -> bool:
         try:
             async with session.get(f"{url}/health") as response:
-                if response.status == 200:
-                    return
+                return response.status == 200
         except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("service did not become healthy")
+            return False
+
+    await waiting.until(healthy, interval_s=0.1, what=f"the service at {url} healthy")
 
 
 async def test_sigterm_interrupts_builds_ends_streams_and_leaves_nothing(
@@ -147,7 +146,10 @@ async def test_a_service_killed_outright_leaves_none_of_its_readers(
     assert docker_client.api.containers(all=True, filters=mine)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 30
-    while docker_client.api.containers(all=True, filters=mine):
-        assert time.monotonic() < deadline, "the readers outlived the service"
-        await asyncio.sleep(0.2)
+    await waiting.until(
+        lambda: docker_client.api.containers(all=True, filters=mine),
+        lambda readers: not readers,
+        timeout_s=30,
+        interval_s=0.2,
+        what="the readers gone with the service",
+    )

@@ -6,7 +6,6 @@ packages until the next one takes them."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 from collections.abc import Callable
@@ -19,16 +18,15 @@ import pytest
 from orchestrator import Settings
 
 from .. import waiting
-from .conftest import job_containers
-from .test_adopt import (
-    Client,
+from .adoption import (
     Services,
+    a_build_survives_a_kill_9,
     container_of,
+    ended_with_its_package,
     finish_adopted,
-    line_at_least,
+    kill_and_restart,
     printed_past,
     release,
-    submit,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
@@ -59,16 +57,7 @@ async def test_a_swarm_build_survives_a_kill_9_of_the_service(
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:
-    proc, url = await on_swarm.start(session)
-    reader = Client(await submit(session, url, build_dir("gapped")))
-    await reader.read(session, url, until=line_at_least(10))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    await printed_past(docker_client, reader.job_id, 60)  # well past what the client saw
-
-    _, url = await on_swarm.start(session)
-    await finish_adopted(session, url, reader, docker_client)
-    assert reader.said("lines read back")
+    await a_build_survives_a_kill_9(on_swarm, session, build_dir("gapped"), docker_client)
 
 
 async def test_sigterm_leaves_the_swarm_build_running_for_the_next_service(
@@ -77,15 +66,14 @@ async def test_sigterm_leaves_the_swarm_build_running_for_the_next_service(
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:
-    proc, url = await on_swarm.start(session)
-    reader = Client(await submit(session, url, build_dir("gapped")))
-    await reader.read(session, url, until=line_at_least(10))
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(proc.wait, 10) == 0
-    assert container_of(docker_client, reader.job_id).status == "running"
-    await printed_past(docker_client, reader.job_id, 60)
 
-    _, url = await on_swarm.start(session)
+    async def left_running(job_id: str) -> None:
+        assert container_of(docker_client, job_id).status == "running"
+        await printed_past(docker_client, job_id, 60)
+
+    reader, _, url = await kill_and_restart(
+        on_swarm, session, build_dir("gapped"), signal.SIGTERM, meanwhile=left_running
+    )
     await finish_adopted(session, url, reader, docker_client)
 
 
@@ -95,23 +83,16 @@ async def test_a_swarm_build_that_ended_while_no_service_listened_hands_its_pack
     build_dir: Callable[..., Path],
     docker_client: docker.DockerClient,
 ) -> None:
-    proc, url = await on_swarm.start(session)
-    reader = Client(await submit(session, url, build_dir("gapped")))
-    await reader.read(session, url, until=line_at_least(10))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    release(docker_client, reader.job_id)
-    # makepkg is done while nobody listens; the task goes on trying to send its packages.
-    container = container_of(docker_client, reader.job_id)
-    await waiting.until(
-        lambda: b"Finished making" in container.logs(), timeout_s=90, what="the build's end"
-    )
 
-    _, url = await on_swarm.start(session)
-    await reader.read(session, url)
-    assert reader.end is not None and reader.end["status"] == "succeeded", reader.end
-    reader.check_every_line_once()
-    async with session.get(f"{url}/v1/jobs/{reader.job_id}/artifacts") as response:
-        names = [a["name"] for a in (await response.json())["artifacts"]]
-    assert names and names[0].startswith("gapped-1.0-1-any.pkg.tar")
-    assert job_containers(docker_client, reader.job_id) == []
+    async def end(job_id: str) -> None:
+        release(docker_client, job_id)
+        # makepkg is done while nobody listens; the task goes on trying to send its packages.
+        container = container_of(docker_client, job_id)
+        await waiting.until(
+            lambda: b"Finished making" in container.logs(), timeout_s=90, what="the build's end"
+        )
+
+    reader, _, url = await kill_and_restart(
+        on_swarm, session, build_dir("gapped"), signal.SIGKILL, meanwhile=end
+    )
+    await ended_with_its_package(session, url, reader, docker_client)

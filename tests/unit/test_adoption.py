@@ -21,20 +21,19 @@ from orchestrator import JobStatus, Settings
 from orchestrator.api import create_app
 from orchestrator.backend import OutputChunk, Step
 from orchestrator.backend._adopt import Skipper
-from orchestrator.backend.fake import FakeBackend, FakeContainer, Script, printsrcinfo
+from orchestrator.backend.fake import FakeBackend, FakeContainer, Script
 from orchestrator.build.runner import JOB_LABEL
-from orchestrator.build.srcinfo import parse
 from orchestrator.engine import Engine
 from orchestrator.errors import AlreadyRunning
-from orchestrator.jobs import Submission
 from orchestrator.jobs.registry import Registry
 from orchestrator.kinds import BuildKind
 from orchestrator.metrics import Metrics
 from orchestrator.narration.bus import Bus
 from orchestrator.storage.lock import hold_data_dir
-from orchestrator.storage.store import JobRecord, Store
+from orchestrator.storage.store import Store
 
 from .. import waiting
+from .builds import job_until, submit
 from .test_api_operations import package_with
 
 LINES = 60
@@ -62,24 +61,6 @@ async def service(settings: Settings, backend: FakeBackend) -> AsyncIterator[Reg
         await store.close()
 
 
-async def submit(registry: Registry, settings: Settings, build_dir: Callable[..., Path]) -> str:
-    job_id = registry.new_job_id()
-    src = settings.work_dir / job_id
-    src.parent.mkdir(parents=True, exist_ok=True)
-    build_dir("hello-c").rename(src)
-    info = parse(printsrcinfo((src / "PKGBUILD").read_text()).steps[0][1])
-    body = {"variant": "cpu", "timeout_s": "60"}
-    await registry.submit("build", Submission(job_id, body, body, upload=src, srcinfo=info))
-    return job_id
-
-
-async def condition(check: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.005)
-
-
 async def printed(registry: Registry, job_id: str) -> list[str]:
     events = await registry._store.events(job_id)
     return [line for e in events if e.action == "output" for line in e.message.split("\n")]
@@ -87,22 +68,15 @@ async def printed(registry: Registry, job_id: str) -> list[str]:
 
 async def narrated(registry: Registry, job_id: str, lines: int = 5) -> None:
     """Until the job's narration holds ``lines`` lines of its build's output."""
-    deadline = time.monotonic() + 10
-    for _ in iter(lambda: time.monotonic() < deadline, False):
-        if len(await printed(registry, job_id)) >= lines:
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"job {job_id} printed fewer than {lines} lines")
+    await waiting.until(
+        lambda: printed(registry, job_id),
+        lambda seen: len(seen) >= lines,
+        what=f"{lines} lines of job {job_id}'s output",
+    )
 
 
 async def messages(registry: Registry, job_id: str) -> list[str]:
     return [e.message for e in await registry._store.events(job_id)]
-
-
-async def until(registry: Registry, job_id: str, statuses: set[JobStatus]) -> JobRecord:
-    return await waiting.until(
-        lambda: registry.get(job_id), lambda r: r.status in statuses, what=f"job {job_id}"
-    )
 
 
 async def stop_with_a_build_running(
@@ -130,10 +104,11 @@ async def test_a_stop_leaves_the_build_running_and_the_next_start_adopts_it(
 ) -> None:
     backend = FakeBackend(NUMBERED)
     job_id, container, stored = await stop_with_a_build_running(settings, backend, build_dir)
-    await condition(lambda: len(container.log) >= stored + 5)  # printed while no one watched
+    # It printed while no one watched.
+    await waiting.until(lambda: len(container.log) >= stored + 5, what="more output")
     async with service(settings, backend) as registry:
         assert registry.holds(job_id)
-        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        record = await job_until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
         assert record.status is JobStatus.SUCCEEDED, record.reason
         assert record.artifacts
         # Every line once, in order: before, during and after the gap.
@@ -151,7 +126,7 @@ async def test_a_build_that_ended_meanwhile_is_finished_as_if_watched(
     job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
     await asyncio.wait_for(container.exited.wait(), 10)
     async with service(settings, backend) as registry:
-        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        record = await job_until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
         assert (record.status, record.exit_code) == (JobStatus.SUCCEEDED, 0)
         assert record.artifacts == ("demo-1.0-1-x86_64.pkg.tar.gz",)
         assert await printed(registry, job_id) == [f"line {i}" for i in range(1, LINES + 1)]
@@ -167,7 +142,7 @@ async def test_a_build_that_failed_meanwhile_fails_with_its_exit_code(
     job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
     await asyncio.wait_for(container.exited.wait(), 10)
     async with service(settings, backend) as registry:
-        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        record = await job_until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
         assert (record.status, record.exit_code) == (JobStatus.FAILED, 4)
 
 
@@ -206,7 +181,7 @@ async def test_a_timeout_that_fell_while_the_service_was_down_ends_the_build_tim
     await store.update_job(job_id, started_at=time.time() - 120)  # its 60 s ran out meanwhile
     await store.close()
     async with service(settings, backend) as registry:
-        record = await until(registry, job_id, {JobStatus.TIMED_OUT, JobStatus.SUCCEEDED})
+        record = await job_until(registry, job_id, {JobStatus.TIMED_OUT, JobStatus.SUCCEEDED})
         assert (record.status, record.cancel_reason) == (JobStatus.TIMED_OUT, "timeout")
     assert backend.containers == {}
 
@@ -228,7 +203,7 @@ async def test_the_busy_guard_and_metrics_count_an_adopted_build(
     backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 400))
     job_id, _, _ = await stop_with_a_build_running(settings, backend, build_dir)
     async with service(settings, backend) as registry:
-        await condition(lambda: registry._metrics.running._value.get() == 1)
+        await waiting.until(lambda: registry._metrics.running._value.get() == 1, what="1 running")
         assert registry.is_active(job_id)
         await registry.cancel(job_id)
 
@@ -313,7 +288,7 @@ async def test_a_stop_before_the_build_started_puts_the_job_back_in_the_queue(
         job_id = await submit(registry, settings, build_dir)
         await asyncio.wait_for(backend.setting_up.wait(), 10)
         stopping = asyncio.ensure_future(registry.shutdown())
-        await condition(lambda: registry._handles[job_id].token.detaching)
+        await waiting.until(lambda: registry._handles[job_id].token.detaching, what="the detach")
         backend.gate.set()
         await asyncio.wait_for(stopping, 10)
         record = await registry.get(job_id)
@@ -321,7 +296,7 @@ async def test_a_stop_before_the_build_started_puts_the_job_back_in_the_queue(
     assert backend.containers == {}  # what was set up is removed: it never started
     assert (settings.work_dir / job_id / "PKGBUILD").is_file()  # its sources kept
     async with service(settings, backend) as registry:
-        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        record = await job_until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
         assert record.status is JobStatus.SUCCEEDED, record.reason
 
 
@@ -367,7 +342,7 @@ async def test_a_build_whose_log_the_engine_cut_is_adopted_without_its_output(
     job_id, container, _ = await stop_with_a_build_running(settings, backend, build_dir)
     del container.log[:3]  # rotated away: counting from its start would misplace lines
     async with service(settings, backend) as registry:
-        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        record = await job_until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
         assert record.status is JobStatus.SUCCEEDED, record.reason
         said = await messages(registry, job_id)
         assert any("its output lost" in m for m in said)
@@ -394,15 +369,18 @@ async def test_a_worker_install_whose_build_outlives_the_app_is_adopted_and_inst
     async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
         response = await client.post("/v1/jobs", json=body)
         job_id = str((await response.json())["job_id"])
-        await condition(lambda: any(len(c.log) >= 5 for c in backend.containers.values()))
+        await waiting.until(
+            lambda: any(len(c.log) >= 5 for c in backend.containers.values()), what="output"
+        )
     builds = [c for c in backend.containers.values() if c.step.labels.get(JOB_LABEL) == job_id]
     assert [c.state for c in builds] == ["running"]  # the app is gone, its build is not
 
     async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
-        deadline = time.monotonic() + 10
-        while (job := await (await client.get(f"/v1/jobs/{job_id}")).json())["finished_at"] is None:
-            assert time.monotonic() < deadline, job
-            await asyncio.sleep(0.02)
+
+        async def read_job() -> dict[str, object]:
+            return dict(await (await client.get(f"/v1/jobs/{job_id}")).json())
+
+        job = await waiting.until(read_job, lambda j: j["finished_at"] is not None, what="its end")
         assert job["status"] == "succeeded", job
         worker = await (await client.get("/v1/workers/hello-c")).json()
         assert worker["job_id"] == job_id
@@ -437,7 +415,7 @@ async def test_a_build_still_busy_past_the_stops_grace_is_left_for_the_next_star
     assert container.state == "exited"
     backend.gate.set()
     async with service(settings, backend) as registry:
-        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        record = await job_until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
         assert record.status is JobStatus.SUCCEEDED, record.reason
         assert await printed(registry, job_id) == [f"line {i}" for i in range(1, LINES + 1)]
     assert backend.containers == {}
@@ -452,7 +430,7 @@ async def test_a_build_set_up_but_never_started_runs_again_from_its_sources(
     await backend.destroy(container.id)
     half = await backend.setup(replace(container.step, inputs=None))
     async with service(settings, backend) as registry:
-        record = await until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
+        record = await job_until(registry, job_id, {JobStatus.SUCCEEDED, JobStatus.FAILED})
         assert record.status is JobStatus.SUCCEEDED, record.reason
         said = await messages(registry, job_id)
         assert any("its build had been set up, not started" in m for m in said)

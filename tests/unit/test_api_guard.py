@@ -29,6 +29,7 @@ from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
 from orchestrator.web import is_dashboard_route
 
+from .. import waiting
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir
 
@@ -294,12 +295,12 @@ def test_serve_refuses_to_start_with_a_blank_token(tmp_path: Path) -> None:
 
 async def access_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[str]:
     # The access log is written once the answer is out, so it may trail the client a little.
-    for _ in range(100):
-        lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
-        if len(lines) >= count:
-            return lines
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"expected {count} access log lines, got {lines}")
+    return await waiting.until(
+        lambda: [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"],
+        lambda lines: len(lines) >= count,
+        timeout_s=1,
+        what=f"{count} access log lines",
+    )
 
 
 async def raw_get(client: TestClient, target: str, **headers: str) -> int:

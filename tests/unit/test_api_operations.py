@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import io
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,8 @@ from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
 from orchestrator.narration import sse
+
+from .. import waiting
 
 MODEL = b"GGUF" + bytes(range(256)) * 64
 MODEL_SHA = hashlib.sha256(MODEL).hexdigest()
@@ -82,21 +84,21 @@ async def start(client: TestClient, body: dict[str, Any]) -> str:
     return str(created["job_id"])
 
 
+async def job_until(
+    client: TestClient, job_id: str, done: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    async def job() -> dict[str, Any]:
+        return dict(await (await client.get(f"/v1/jobs/{job_id}")).json())
+
+    return await waiting.until(job, done, what=f"job {job_id} {what}")
+
+
 async def finished(client: TestClient, job_id: str) -> dict[str, Any]:
-    for _ in range(500):
-        job: dict[str, Any] = await (await client.get(f"/v1/jobs/{job_id}")).json()
-        if job["finished_at"] is not None:
-            return job
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
+    return await job_until(client, job_id, lambda j: j["finished_at"] is not None, "finished")
 
 
 async def until_running(client: TestClient, job_id: str) -> None:
-    for _ in range(500):
-        if (await (await client.get(f"/v1/jobs/{job_id}")).json())["status"] == "running":
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} never ran")
+    await job_until(client, job_id, lambda j: j["status"] == "running", "running")
 
 
 async def narration(client: TestClient, job_id: str) -> list[str]:

@@ -8,7 +8,6 @@ its end marker against ``Event`` and ``StreamEnd``. The walk must reach every ro
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import re
@@ -33,6 +32,7 @@ from orchestrator.backend.fake import FakeBackend, Script
 from orchestrator.build.variants import Variant
 from orchestrator.narration import sse
 
+from .. import waiting
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir
 
@@ -131,12 +131,12 @@ class Checker:
         return messages
 
     async def wait(self, job_id: str, statuses: set[str]) -> dict[str, Any]:
-        for _ in range(500):
-            job = await self.call("GET", JOB, job_id=job_id, expect=200)
-            if job["status"] in statuses:
-                return dict(job)
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"job {job_id} stayed {job['status']}")
+        async def job() -> dict[str, Any]:
+            return dict(await self.call("GET", JOB, job_id=job_id, expect=200))
+
+        return await waiting.until(
+            job, lambda j: j["status"] in statuses, timeout_s=10, what=f"job {job_id}"
+        )
 
 
 @asynccontextmanager
@@ -226,10 +226,10 @@ async def caches(api: Checker, backend: FakeBackend) -> None:
     backend.script = SLOW
     job_id = (await api.call("POST", BUILDS, data=HELLO, headers=GZ, expect=201))["job_id"]
     await api.wait(job_id, {"running"})
-    for _ in range(100):  # the build has its cache once its container is there
-        if (await api.call("GET", CACHE, key=key, expect=200))["in_use"]:
-            break
-        await asyncio.sleep(0.02)
+    # The build has its cache once its container is there.
+    await waiting.until(
+        lambda: api.call("GET", CACHE, key=key, expect=200), lambda c: c["in_use"], what="in use"
+    )
     await api.call("DELETE", CACHE, key=key, expect=409)
     cancelled = await api.call("POST", CANCEL, job_id=job_id, expect=200)
     assert cancelled["status"] == "cancelled" and cancelled["cancel_reason"] == "user"

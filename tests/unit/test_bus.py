@@ -83,11 +83,14 @@ async def test_a_gap_in_what_was_published_is_filled_from_the_store(store: Store
     assert await asyncio.wait_for(near_end, 5) == [6]
 
 
-async def test_shutdown_ends_waiting_subscribers(bus: Bus) -> None:
-    waiting = asyncio.create_task(collect(bus, "j"))
-    await asyncio.sleep(0.05)
+async def test_shutdown_ends_waiting_subscribers(store: Store, bus: Bus) -> None:
+    seen: list[int] = []
+    follower = asyncio.create_task(collect(bus, "j", seqs=seen))
+    await store.append("j", lines("a"))
+    await store.flush()
+    await waiting.until(lambda: seen == [1], what="the live line")  # it waits for more now
     bus.shutdown()
-    assert await asyncio.wait_for(waiting, 5) == []
+    assert await asyncio.wait_for(follower, 5) == [1]
 
 
 @pytest.mark.parametrize(

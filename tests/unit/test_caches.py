@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from orchestrator.build.srcinfo import makepkg_name, parse
 from orchestrator.errors import CacheBusy, NotFound
 from orchestrator.narration.events import Action
 
+from .. import waiting
 from ..conftest import Recorder
 
 MiB = 1024 * 1024
@@ -269,13 +271,18 @@ async def test_caches_can_be_turned_off_for_the_service(tmp_path: Path) -> None:
     await engine.close()
 
 
+async def clock_past(stamp: float) -> None:
+    """Until the clock reads later than ``stamp``: a file changed now gets a newer mtime."""
+    await waiting.until(time.time, lambda now: now > stamp, what=f"the clock past {stamp}")
+
+
 async def test_local_files_keep_their_mtime_only_while_unchanged(settings: Settings) -> None:
     backend = FakeBackend()
     caches = Caches(backend, settings)
     async with caches.lease("demo", "cpu", "j1", "image") as lease:
         first = await caches.inputs(lease, {"a.rs": "1" * 64, "b.rs": "2" * 64})
     assert first is not None and first["a.rs"] == first["b.rs"]
-    await asyncio.sleep(0.01)
+    await clock_past(first["a.rs"])
     again = Caches(backend, settings)  # a restart: the record was saved before the build
     await again.open()
     async with again.lease("demo", "cpu", "j2", "image") as lease:
@@ -327,7 +334,8 @@ async def test_a_volume_made_anew_forgets_the_files_of_the_old_one(settings: Set
         lease.started = True
         first = await caches.inputs(lease, {"a.rs": "1" * 64})
     backend.volumes.clear()  # removed behind our back: its cargo output went with it
-    await asyncio.sleep(0.01)
+    assert first is not None
+    await clock_past(first["a.rs"])
     async with caches.lease("demo", "cpu", "j2", "image") as lease:
         assert not lease.warm
         second = await caches.inputs(lease, {"a.rs": "1" * 64})

@@ -196,12 +196,11 @@ async def test_the_service_stopping_removes_what_its_builds_could_not(
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         created = await client.post("/v1/builds", data=tar_dir(PKGBUILDS / "hello-c"), headers=gz)
         job_id = (await created.json())["job_id"]
-        for _ in range(1000):
-            job = await (await client.get(f"/v1/jobs/{job_id}")).json()
-            if job["status"] == "succeeded":
-                break
-            await asyncio.sleep(0.01)
-        assert job["status"] == "succeeded"
+
+        async def job() -> dict[str, object]:
+            return dict(await (await client.get(f"/v1/jobs/{job_id}")).json())
+
+        await waiting.until(job, lambda j: j["status"] == "succeeded", what=f"job {job_id}")
         assert [h for h, s in backend.steps.items() if h in backend.containers] != []
         assert app[METRICS].removals_failed._value.get() == 1
         backend.failing = False  # the daemon recovers; the service stops

@@ -12,11 +12,9 @@ from typing import IO
 import pytest
 
 from orchestrator import JobStatus, Settings
-from orchestrator.backend.fake import FakeBackend, Script, printsrcinfo
-from orchestrator.build.srcinfo import parse
+from orchestrator.backend.fake import FakeBackend, Script
 from orchestrator.engine import Engine
 from orchestrator.errors import JobStateConflict
-from orchestrator.jobs import Submission
 from orchestrator.jobs.registry import Registry
 from orchestrator.kinds import BuildKind
 from orchestrator.metrics import Metrics
@@ -24,6 +22,7 @@ from orchestrator.narration.bus import Bus
 from orchestrator.storage.store import JobRecord, Store
 
 from .. import waiting
+from .builds import job_until, submit
 
 
 @pytest.fixture
@@ -62,25 +61,6 @@ async def open_registry(settings: Settings, backend: FakeBackend) -> AsyncIterat
         await store.close()
 
 
-async def until(
-    registry: Registry, job_id: str, done: Callable[[JobRecord], bool], timeout_s: float = 10
-) -> JobRecord:
-    return await waiting.until(
-        lambda: registry.get(job_id), done, timeout_s=timeout_s, what=f"job {job_id}"
-    )
-
-
-async def submit(registry: Registry, settings: Settings, build_dir: Callable[..., Path]) -> str:
-    job_id = registry.new_job_id()
-    src = settings.work_dir / job_id
-    src.parent.mkdir(parents=True, exist_ok=True)
-    build_dir("hello-c").rename(src)
-    info = parse(printsrcinfo((src / "PKGBUILD").read_text()).steps[0][1])
-    body = {"variant": "cpu", "timeout_s": "60"}
-    await registry.submit("build", Submission(job_id, body, body, upload=src, srcinfo=info))
-    return job_id
-
-
 async def test_cancel_after_the_container_exited_is_a_conflict_and_leaves_no_reason(
     settings: Settings, build_dir: Callable[..., Path]
 ) -> None:
@@ -90,11 +70,8 @@ async def test_cancel_after_the_container_exited_is_a_conflict_and_leaves_no_rea
         await asyncio.wait_for(backend.copying.wait(), 10)
         cancel = asyncio.ensure_future(registry.cancel(job_id))
         token = registry._handles[job_id].token
-        for _ in range(500):  # the cancel is in before the build finishes
-            if token.cancelled:
-                break
-            await asyncio.sleep(0.01)
-        assert token.cancelled
+        # The cancel is in before the build finishes.
+        await waiting.until(lambda: token.cancelled, what="the cancel")
         backend.gate.set()
         with pytest.raises(JobStateConflict):
             await asyncio.wait_for(cancel, 10)
@@ -108,7 +85,7 @@ async def test_cancel_while_running_answers_with_the_cancelled_record(
     backend = FakeBackend(Script([("stdout", "tick", 0.05)] * 200))
     async with open_registry(settings, backend) as registry:
         job_id = await submit(registry, settings, build_dir)
-        await until(registry, job_id, lambda r: r.status is JobStatus.RUNNING)
+        await job_until(registry, job_id, lambda r: r.status is JobStatus.RUNNING)
         record = await registry.cancel(job_id)
         assert (record.status, record.cancel_reason) == (JobStatus.CANCELLED, "user")
         with pytest.raises(JobStateConflict):
@@ -130,7 +107,7 @@ async def test_a_crash_leaves_the_queue_that_the_next_start_runs(
 
     async with open_registry(settings, FakeBackend()) as registry:
         assert not (settings.work_dir / "half-uploaded").exists()
-        record = await until(registry, "a", lambda r: r.status.terminal)
+        record = await job_until(registry, "a", lambda r: r.status.terminal)
         assert record.status is JobStatus.SUCCEEDED
         gone, odd = await registry.get("gone"), await registry.get("odd")
         assert gone.status is odd.status is JobStatus.INTERRUPTED
@@ -139,11 +116,8 @@ async def test_a_crash_leaves_the_queue_that_the_next_start_runs(
             == "it could not be queued again after a restart: its uploaded sources are gone"
         )
         assert odd.reason == "jobs of kind 'mystery' cannot be queued again"
-        for _ in range(500):  # removed right after the final status is written
-            if not (settings.work_dir / "a").exists():
-                break
-            await asyncio.sleep(0.01)
-        assert not (settings.work_dir / "a").exists()
+        # Removed right after the final status is written.
+        await waiting.until(lambda: not (settings.work_dir / "a").exists(), what="sources gone")
 
 
 class WindowBackend(FakeBackend):
@@ -197,10 +171,7 @@ async def test_a_cancel_in_any_window_of_a_builds_end_answers_once_nothing_is_le
         await asyncio.wait_for(backend.entered.wait(), 10)
         token = registry._handles[job_id].token
         cancel = asyncio.ensure_future(cancel_and_look())
-        for _ in range(500):  # the cancel is in (or answered) while the window is held
-            if token.cancelled or cancel.done():
-                break
-            await asyncio.sleep(0.01)
-        assert token.cancelled or cancel.done()
+        # The cancel is in (or answered) while the window is held.
+        await waiting.until(lambda: token.cancelled or cancel.done(), what="the cancel")
         backend.gate.set()
         assert await asyncio.wait_for(cancel, 10) == ({}, 0)

@@ -47,11 +47,11 @@ async def wait_status(client: TestClient, job_id: str, status: str) -> None:
 
 async def wait_output(app: web.Application, job_id: str) -> None:
     """Until the build has printed: its step has started (a stop then leaves it running)."""
-    for _ in range(500):
-        if any(e.action == "output" for e in await app[STORE].events(job_id)):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} never printed")
+    await waiting.until(
+        lambda: app[STORE].events(job_id),
+        lambda events: any(e.action == "output" for e in events),
+        what=f"job {job_id}'s output",
+    )
 
 
 async def test_concurrent_and_later_shutdowns_do_the_work_once(

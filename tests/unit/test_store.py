@@ -17,6 +17,8 @@ from orchestrator.narration.schema import StoredEvent
 from orchestrator.storage.checkpoint import BACKSTOP_PAGES
 from orchestrator.storage.store import JobRecord, Store
 
+from .. import waiting
+
 
 def job(job_id: str, created_at: float = 1_700_000_000.0, **fields: object) -> JobRecord:
     return JobRecord(
@@ -56,10 +58,26 @@ async def store(db: Path) -> AsyncIterator[Store]:
 
 
 def stall(store: Store) -> threading.Event:
-    """Keep the store's database thread busy until the event is set: writes wait meanwhile."""
-    event = threading.Event()
-    store._executor.submit(event.wait)
+    """Keep the store's database thread busy until the event is set: writes wait meanwhile.
+    Returns once the thread is held, so what is submitted next waits in its queue."""
+    held, event = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        event.wait()
+
+    store._executor.submit(hold)
+    assert held.wait(10), "the database thread never took the stall"
     return event
+
+
+async def queued_on_the_thread(store: Store, count: int) -> None:
+    """Until ``count`` pieces of work wait behind the stall on the database thread."""
+    await waiting.until(
+        lambda: store._executor._work_queue.qsize(),
+        lambda size: size == count,
+        what=f"{count} queued on the database thread",
+    )
 
 
 async def test_create_get_update(store: Store) -> None:
@@ -126,7 +144,7 @@ async def test_append_assigns_gapless_seqs_at_once(store: Store, db: Path) -> No
     await store.create_job(job("b"))
     stalled = stall(store)
     reading = asyncio.ensure_future(store.get_job("a"))  # runs before the events are written
-    await asyncio.sleep(0)  # queued on the thread now, ahead of the writes below
+    await queued_on_the_thread(store, 1)  # ahead of the writes below
     first = await store.append("a", lines(3))
     other = await store.append("b", lines(2))
     second = await store.append("a", lines(8, start=3))
@@ -176,7 +194,7 @@ async def test_update_job_commits_pending_events_first(store: Store, db: Path) -
     await store.append("a", lines(4, start=2))  # pending: goes with the update
     assert len(store._pending) == 2
     updating = asyncio.ensure_future(store.update_job("a", status=JobStatus.SUCCEEDED))
-    await asyncio.sleep(0)
+    await waiting.until(lambda: not store._pending, what="the update taking the pending events")
     stalled.set()
     await updating
     assert on_disk(db, "SELECT status, last_seq FROM jobs") == [("succeeded", 4)]
@@ -254,25 +272,25 @@ async def test_writer_flushes_on_its_own(db: Path) -> None:
     try:
         await store.create_job(job("a"))
         await store.append("a", lines(3))
-        for _ in range(100):
-            if on_disk(db, "SELECT COUNT(*) FROM events") == [(3,)]:
-                break
-            await asyncio.sleep(0.01)
-        assert on_disk(db, "SELECT COUNT(*), MAX(seq) FROM events") == [(3, 3)]
+        await waiting.until(
+            lambda: on_disk(db, "SELECT COUNT(*), MAX(seq) FROM events"),
+            lambda rows: rows == [(3, 3)],
+            timeout_s=1,
+            what="the events on disk",
+        )
     finally:
         await store.close()
 
 
 async def test_update_survives_cancelled_caller(store: Store) -> None:
     await store.create_job(job("a"))
-    stall = threading.Event()
-    store._executor.submit(stall.wait)  # so the update is still queued when its caller goes
+    stalled = stall(store)  # so the update is still queued when its caller goes
     task = asyncio.create_task(store.update_job("a", status=JobStatus.CANCELLED, reason="bye"))
-    await asyncio.sleep(0)
+    await queued_on_the_thread(store, 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    stall.set()
+    stalled.set()
     record = await store.get_job("a")
     assert record is not None
     assert (record.status, record.reason) == (JobStatus.CANCELLED, "bye")
@@ -394,17 +412,22 @@ async def test_the_log_is_copied_back_beside_the_writer_not_inside_a_commit(db: 
         assert backstop == BACKSTOP_PAGES  # far above what this test writes
         await store.create_job(job("a"))
         await store.flush()
-        await asyncio.sleep(1.5)  # the first round, for the job row, is over
+        # The checkpointer's round for the job row is over: begun (it clears the flag as it
+        # hands its work to its thread), and done (that thread has run what came after).
+        checkpointer = store._checkpointer
+        await waiting.until(lambda: not checkpointer._dirty.is_set(), what="a checkpoint round")
+        await asyncio.get_running_loop().run_in_executor(checkpointer._executor, lambda: None)
         before = db.stat().st_size
         big = "x" * 1000
         await store.append("a", [Event(Action.OUTPUT, big, stream="stdout")] * 2000)
         await store.flush()
         # 2 MB committed to the log; only the checkpointer's round copies it into the file.
-        for _ in range(50):
-            if db.stat().st_size > before + 1_000_000:
-                break
-            await asyncio.sleep(0.1)
-        assert db.stat().st_size > before + 1_000_000
+        await waiting.until(
+            lambda: db.stat().st_size,
+            lambda size: size > before + 1_000_000,
+            timeout_s=5,
+            what="the log copied into the file",
+        )
     finally:
         await store.close()
 
@@ -417,11 +440,12 @@ async def test_events_appended_during_a_write_follow_it_unasked(store: Store, db
     await store.append("a", lines(3))  # in flight, behind the stall
     await store.append("a", lines(7, start=3))  # pending until that batch is done
     stalled.set()
-    for _ in range(100):
-        if on_disk(db, "SELECT COUNT(*) FROM events") == [(7,)]:
-            break
-        await asyncio.sleep(0.02)
-    assert on_disk(db, "SELECT COUNT(*) FROM events") == [(7,)]
+    await waiting.until(
+        lambda: on_disk(db, "SELECT COUNT(*) FROM events"),
+        lambda rows: rows == [(7,)],
+        timeout_s=2,
+        what="the burst's end on disk",
+    )
 
 
 async def test_backpressure_counts_bytes_too(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:

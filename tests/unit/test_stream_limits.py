@@ -32,6 +32,8 @@ from orchestrator.backend.fake import FakeBackend, Script
 from orchestrator.narration import sse
 from orchestrator.narration.bus import BATCH_MAX_BYTES
 
+from .. import waiting
+
 PKGBUILD = b"pkgname=demo\npkgver=1.0\npkgrel=1\narch=('any')\npackage() {\n  true\n}\n"
 
 
@@ -56,14 +58,16 @@ async def submit(client: TestClient | ClientSession) -> str:
 async def wait_ended(
     client: TestClient | ClientSession, job_id: str, timeout_s: float = 60
 ) -> dict[str, Any]:
-    async def poll() -> dict[str, Any]:
-        while True:
-            body = dict(await (await client.get(f"/v1/jobs/{job_id}")).json())
-            if body["status"] not in ("queued", "running"):
-                return body
-            await asyncio.sleep(0.05)
+    async def job() -> dict[str, Any]:
+        return dict(await (await client.get(f"/v1/jobs/{job_id}")).json())
 
-    return await asyncio.wait_for(poll(), timeout_s)
+    return await waiting.until(
+        job,
+        lambda j: j["status"] not in ("queued", "running"),
+        timeout_s=timeout_s,
+        interval_s=0.05,
+        what=f"job {job_id}'s end",
+    )
 
 
 def make_client(tmp_path: Path, script: Script, **settings: Any) -> TestClient:
@@ -278,12 +282,18 @@ async def watch_stalled(
     """Wait for the service to drop ``stalled``; the time it took and the most it buffered."""
     t0 = time.monotonic()
     most = 0
-    while not stalled.dropped():
+
+    def buffered() -> tuple[bool, int]:
+        """Whether it is dropped, and the most buffered for it so far."""
+        nonlocal most
         transport = transports.by_port.get(stalled.port)
         if transport is not None and not transport.is_closing():
             most = max(most, transport.get_write_buffer_size())
-        assert time.monotonic() - t0 < deadline_s, f"not dropped; {most} bytes buffered"
-        await asyncio.sleep(0.01)
+        return stalled.dropped(), most
+
+    await waiting.until(
+        buffered, lambda seen: seen[0], timeout_s=deadline_s, what="the stalled client dropped"
+    )
     return time.monotonic() - t0, most
 
 
@@ -403,16 +413,16 @@ async def test_what_a_stalled_subscriber_holds_is_bounded(tmp_path: Path) -> Non
             with contextlib.ExitStack() as stack:
                 stalled = await open_stalled(stack, client.port, job_id, clients)
 
-                for _ in range(600):  # until each handler waits for its buffer to drain
-                    if all(
+                await waiting.until(  # until each handler waits for its buffer to drain
+                    lambda: all(
                         (t := transports.by_port.get(s.port)) is not None
                         and t.get_write_buffer_size() > 0
                         for s in stalled
-                    ):
-                        break
-                    await asyncio.sleep(0.05)
-                else:
-                    raise AssertionError("the stalled clients were never sent anything")
+                    ),
+                    timeout_s=30,
+                    interval_s=0.05,
+                    what="something sent to every stalled client",
+                )
                 await asyncio.sleep(0.5)
                 gc.collect()
                 held = tracemalloc.get_traced_memory()[0] - before
@@ -466,13 +476,13 @@ async def service_process(tmp_path: Path) -> AsyncIterator[tuple[int, int, Clien
     )
     try:
         async with ClientSession(f"http://127.0.0.1:{port}") as session:
-            for _ in range(300):
+
+            async def answers() -> bool:
                 with contextlib.suppress(ClientError):
-                    if (await session.get("/v1/jobs")).status == 200:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the service did not start")
+                    return (await session.get("/v1/jobs")).status == 200
+                return False
+
+            await waiting.until(answers, timeout_s=30, interval_s=0.1, what="the service up")
             yield proc.pid, port, session
     finally:
         proc.terminate()
@@ -490,15 +500,22 @@ async def test_memory_that_dropped_subscribers_held_is_given_back(tmp_path: Path
         before = peak = rss_bytes(pid)
         with contextlib.ExitStack() as stack:
             stalled = await open_stalled(stack, port, job_id, clients)
-            for _ in range(600):
+
+            def all_dropped() -> bool:
+                nonlocal peak
                 peak = max(peak, rss_bytes(pid))
-                if all(s.dropped() for s in stalled):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the stalled clients were not all dropped")
-        await asyncio.sleep(3 * STALL_TIMEOUT_S)
-        after = rss_bytes(pid)
-    mib = 2**20
-    assert peak - before > 10 * mib, "the test needs the clients to cost something"
-    assert after - before < (peak - before) / 3, (before // mib, peak // mib, after // mib)
+                return all(s.dropped() for s in stalled)
+
+            await waiting.until(
+                all_dropped, timeout_s=30, interval_s=0.05, what="every stalled client dropped"
+            )
+        mib = 2**20
+        assert peak - before > 10 * mib, "the test needs the clients to cost something"
+        # The last dropped handler gives the heap back (malloc_trim) as it ends.
+        await waiting.until(
+            lambda: rss_bytes(pid),
+            lambda after: after - before < (peak - before) / 3,
+            timeout_s=3 * STALL_TIMEOUT_S,
+            interval_s=0.1,
+            what=f"the memory given back (before {before // mib} MiB, peak {peak // mib} MiB)",
+        )

@@ -13,7 +13,12 @@ V1 = {
     "memory_stats": {
         "usage": 340 * MiB,
         "max_usage": 400 * MiB,
-        "stats": {"total_inactive_file": 40 * MiB, "inactive_file": 40 * MiB},
+        "stats": {
+            "total_rss": 290 * MiB,
+            "total_mapped_file": 10 * MiB,
+            "total_inactive_file": 40 * MiB,
+            "inactive_file": 40 * MiB,
+        },
         "limit": 2048 * MiB,
     },
     "cpu_stats": {"cpu_usage": {"total_usage": 12_500_000_000}, "online_cpus": 2},
@@ -21,9 +26,17 @@ V1 = {
     "networks": {"eth0": {"rx_bytes": 1000, "tx_bytes": 20}, "eth1": {"rx_bytes": 5}},
 }
 V2 = {
-    "memory_stats": {"usage": 100 * MiB, "stats": {"inactive_file": 10 * MiB}, "limit": 1 << 63},
+    "memory_stats": {
+        "usage": 100 * MiB,
+        "stats": {"anon": 80 * MiB, "file_mapped": 10 * MiB, "inactive_file": 5 * MiB},
+        "limit": 1 << 63,
+    },
     "cpu_stats": {"cpu_usage": {"total_usage": 1_000_000_000}},
     "pids_stats": {"current": 3},
+}
+BARE = {  # no breakdown: usage less the inactive file cache
+    "memory_stats": {"usage": 100 * MiB, "stats": {"inactive_file": 10 * MiB}},
+    "cpu_stats": {"cpu_usage": {"total_usage": 0}},
 }
 STOPPED = {"memory_stats": {}, "cpu_stats": {"cpu_usage": {}}, "pids_stats": {}}
 
@@ -34,6 +47,8 @@ def test_the_daemons_figures_are_read_as_a_working_set_and_totals() -> None:
     v2 = usage_from_stats(V2)
     assert v2 is not None
     assert (v2.memory_bytes, v2.memory_limit_bytes, v2.net_rx_bytes) == (90 * MiB, None, 0)
+    bare = usage_from_stats(BARE)
+    assert bare is not None and bare.memory_bytes == 90 * MiB
     assert usage_from_stats(STOPPED) is None
 
 
@@ -42,7 +57,11 @@ def test_the_busiest_commands_come_first_each_named_once() -> None:
         "Titles": ["%CPU", "COMMAND"],
         "Processes": [["0.1", "bash"], ["95.0", "cc1plus"], ["80", "cc1plus"], ["12", "cmake"]],
     }
-    assert busiest(top) == ("cc1plus", "cmake", "bash")
+    assert busiest(top) == ("cc1plus", "cmake")  # the shell around them says nothing
+    idle = {"Titles": ["PID", "%CPU", "COMMAND"], "Processes": [["1", "0.0", "makepkg"]]}
+    assert busiest(idle) == ("makepkg",)
+    quiet = {**idle, "Processes": [*idle["Processes"], ["9", "0.0", "sleep"]]}
+    assert busiest(quiet) == ("sleep",)
     assert busiest({"Titles": ["PID"], "Processes": [["1"]]}) == ()
 
 
