@@ -54,6 +54,11 @@ function most(points) {
   return points.reduce((top, [, y]) => Math.max(top, y), 0);
 }
 
+// A phase's length: tenths under ten seconds (prepare often takes 0.3 s, not "0s").
+function took(total) {
+  return total < 10 ? `${Math.max(0, total).toFixed(1)}s` : seconds(total);
+}
+
 function niceCpu(peak) {
   return Math.max(100, Math.ceil(peak / 100) * 100); // whole cores
 }
@@ -122,10 +127,15 @@ export class LifeCharts {
     this.schedule();
   }
 
-  // The job ended: a phase still open ran until its last event (the legend drops its "…").
+  // The job ended: a phase still open ran until its last event (the legend drops its "…"),
+  // and the captions say what it used in all rather than what it uses now.
   ended() {
     this.over = true;
     this.schedule();
+  }
+
+  isOver() {
+    return this.over || Boolean(this.record && this.record.finished_at);
   }
 
   seen(ts) {
@@ -182,8 +192,11 @@ export class LifeCharts {
     const peak = most(points);
     const top = niceCpu(peak);
     this.cpu.draw(points, xMax, top);
-    const last = points[points.length - 1];
-    this.cpuNote.textContent = last ? `now ${Math.round(last[1])}%, peak ${Math.round(peak)}%` : "";
+    const last = this.samples[this.samples.length - 1];
+    const now = this.isOver()
+      ? `${last ? last.cpu_seconds.toFixed(1) : 0} CPU-seconds in all`
+      : `now ${last ? Math.round(last.cpu_percent) : 0}%`;
+    this.cpuNote.textContent = last ? `${now}, peak ${Math.round(peak)}%` : "";
     this.cpuScale.textContent = `${top}%`;
   }
 
@@ -195,8 +208,9 @@ export class LifeCharts {
     // The limit is the scale when the peak comes near it; far above, it would flatten the line.
     const top = limit && peak > limit / 2 ? limit : Math.max(peak * 1.15, 1 << 20);
     this.memory.draw(points, xMax, top);
+    const now = this.isOver() ? "" : `now ${bytes(last ? last.memory_bytes : 0)}, `;
     this.memoryNote.textContent = last
-      ? `now ${bytes(last.memory_bytes)}, peak ${bytes(peak)}${limit ? ` of ${bytes(limit)}` : ""}`
+      ? `${now}peak ${bytes(peak)}${limit ? ` of ${bytes(limit)}` : ""}`
       : "";
     this.memoryScale.textContent = bytes(Math.round(top));
   }
@@ -210,6 +224,6 @@ export class LifeCharts {
     }));
     this.legend.replaceChildren(...phases.map((p, i) =>
       h("li", {}, h("span", { class: `swatch phase-${p.name}`, "aria-hidden": "true" }),
-        `${p.name} ${seconds(ends[i] - p.from_s)}${p.to_s === null && !this.over ? "…" : ""}`)));
+        `${p.name} ${took(ends[i] - p.from_s)}${p.to_s === null && !this.isOver() ? "…" : ""}`)));
   }
 }
