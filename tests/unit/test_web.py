@@ -77,6 +77,19 @@ def test_the_shipped_files_are_self_contained() -> None:
         assert not re.search(r'(src|href)="(https?:)?//|url\(\s*["\']?(https?:)?//|@import', text)
 
 
+def test_the_scripts_write_no_markup_and_no_inline_style() -> None:
+    """The page is built from elements and text nodes (SVG pictures too, with createElementNS):
+    no string becomes markup, and no style is written inline, which the CSP would refuse."""
+    sinks = re.compile(
+        r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function"
+        r"|\.style\b|[\"']style[\"']"
+    )
+    for name in ASSETS:
+        if name.endswith(".js"):
+            found = sinks.findall(STATIC.joinpath(name).read_text())
+            assert found == [], f"{name}: {found}"
+
+
 @pytest.mark.parametrize(
     "raw",
     [

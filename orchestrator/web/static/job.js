@@ -1,9 +1,13 @@
 // One job at /jobs/{id}: its record, a live log (replay, then live), its end, its packages.
 import { api, download } from "./api.js";
+import { LifeCharts } from "./charts.js";
 import { cancelJob } from "./jobs.js";
 import { LogView } from "./log.js";
+import { ProgressView } from "./progress.js";
 import { follow } from "./sse.js";
-import { duration, errorBox, h, isActive, packageName, statusBadge, toast, when } from "./util.js";
+import {
+  duration, errorBox, h, isActive, packageName, seconds, statusBadge, toast, when,
+} from "./util.js";
 
 function field(dl, name, value) {
   if (value === null || value === undefined || value === "") return;
@@ -32,14 +36,18 @@ export function jobPage(main, signal, id) {
   const streamState = h("span", { class: "muted", id: "stream-state" });
   const jump = h("button", { type: "button", hidden: true, id: "jump" }, "↓ Follow the end");
   const problem = h("div");
+  const progress = new ProgressView({ id: "job-progress", label: "Progress of this job" });
+  const charts = new LifeCharts();
 
   main.append(
     h("div", { class: "heading" }, title, status, cancel),
+    progress.el,
     problem,
     ending,
     h("section", { "aria-labelledby": "details-title" },
       h("h2", { id: "details-title", class: "visually-hidden" }, "Details"), meta, srcinfoBox),
     artifactsBox,
+    charts.section,
     h("section", { "aria-labelledby": "log-title" },
       h("div", { class: "log-head" },
         h("h2", { id: "log-title" }, "Log"), lineCount, streamState, jump),
@@ -55,6 +63,8 @@ export function jobPage(main, signal, id) {
 
   function show(job) {
     status.replaceChildren(statusBadge(job.status));
+    progress.update(job);
+    charts.setRecord(job);
     const focusGone = document.activeElement === cancel && !isActive(job.status);
     cancel.hidden = !isActive(job.status);
     document.title = `${packageName(job)} · ${job.status} · orchestrator`;
@@ -67,6 +77,7 @@ export function jobPage(main, signal, id) {
     field(meta, "Started", when(job.started_at));
     field(meta, "Finished", when(job.finished_at));
     field(meta, "Duration", duration(job));
+    field(meta, "Expected", job.estimate_s ? seconds(job.estimate_s) : "");
     field(meta, "Timeout", job.timeout_s ? `${job.timeout_s} s` : "");
     field(meta, "Exit code", job.exit_code === null ? "" : String(job.exit_code));
     field(meta, "Cancelled by", job.cancel_reason);
@@ -108,8 +119,13 @@ export function jobPage(main, signal, id) {
   }
 
   // Durations tick while it runs; the record is read again when the stream says it ended.
+  // The progress bar moves on by itself in between.
   const ticker = setInterval(() => { if (!cancel.hidden) load(); }, 5000);
-  signal.addEventListener("abort", () => clearInterval(ticker));
+  const stepper = setInterval(() => progress.tick(), 1000);
+  signal.addEventListener("abort", () => {
+    clearInterval(ticker);
+    clearInterval(stepper);
+  });
 
   // aria-disabled, not disabled: a disabled button drops the keyboard focus.
   cancel.addEventListener("click", async () => {
@@ -126,8 +142,15 @@ export function jobPage(main, signal, id) {
     if (!(await load())) return;
     try {
       await follow(id, {
-        onEvents: (events) => log.push(events),
-        onEnd: () => load(),
+        onEvents: (events) => {
+          log.push(events);
+          charts.addEvents(events);
+        },
+        onSamples: (samples) => charts.addSamples(samples),
+        onEnd: () => {
+          charts.ended();
+          load();
+        },
         onState: (state) => { streamState.textContent = state === "live" ? "" : "reconnecting…"; },
       }, signal);
       streamState.textContent = "";

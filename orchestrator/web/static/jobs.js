@@ -2,6 +2,7 @@
 // would hold a connection for each). Rows are updated in place, so focus and the keyboard
 // position survive each poll.
 import { api } from "./api.js";
+import { ProgressView } from "./progress.js";
 import { STATUSES, duration, errorBox, h, isActive, packageName, statusBadge, toast, when } from "./util.js";
 
 const POLL_MS = 2000;
@@ -67,7 +68,10 @@ export function jobsPage(main, signal) {
       cells[1].append(h("a", { href: `/jobs/${job.id}`, class: "mono" }, job.id.slice(0, 12)));
       // The package links to the job too: narrow screens hide the id column.
       cells[2].append(h("a", { href: `/jobs/${job.id}` }));
-      r = { tr: h("tr", { "data-job": job.id }, cells), cells, status: null, active: null };
+      // Duration: the time so far, and a running job's progress bar when it has an estimate.
+      const progress = new ProgressView({ label: `Progress of job ${job.id.slice(0, 12)}` });
+      cells[5].append(h("span"), " ", progress.el);
+      r = { tr: h("tr", { "data-job": job.id }, cells), cells, status: null, active: null, progress };
       rows.set(job.id, r);
     }
     const [status, , pkg, variant, created, took, action] = r.cells;
@@ -78,7 +82,8 @@ export function jobsPage(main, signal) {
     setText(pkg.firstChild, packageName(job));
     setText(variant, job.variant || "");
     setText(created, when(job.created_at));
-    setText(took, duration(job));
+    setText(took.firstChild, duration(job));
+    r.progress.update(job);
     const active = isActive(job.status);
     if (r.active !== active) {
       // A keyboard user's focus must not fall to <body> with the Cancel that held it.
@@ -160,6 +165,11 @@ export function jobsPage(main, signal) {
     rows.clear();
     refresh();
   });
-  signal.addEventListener("abort", () => clearTimeout(timer));
+  // Progress bars move on between polls.
+  const stepper = setInterval(() => { for (const r of rows.values()) r.progress.tick(); }, 1000);
+  signal.addEventListener("abort", () => {
+    clearTimeout(timer);
+    clearInterval(stepper);
+  });
   refresh();
 }

@@ -4,9 +4,10 @@ import { authFetch } from "./api.js";
 
 const RETRY_MS = 1000;
 
-// Calls onEvents(list) with each chunk's events and onEnd(end) once the job has ended.
+// Calls onEvents(list) with each chunk's events, onSamples(list) with its resource samples
+// (SSE type `sample`: not log lines), and onEnd(end) once the job has ended.
 // Resolves when the stream is done or `signal` aborts.
-export async function follow(jobId, { onEvents, onEnd, onState }, signal) {
+export async function follow(jobId, { onEvents, onSamples, onEnd, onState }, signal) {
   let lastId = "";
   let pendingId = null;
   let finished = false;
@@ -35,6 +36,7 @@ export async function follow(jobId, { onEvents, onEnd, onState }, signal) {
         if (done) break;
         buffer += value;
         const events = [];
+        const samples = [];
         let start = 0;
         for (;;) {
           const nl = buffer.indexOf("\n", start);
@@ -52,6 +54,8 @@ export async function follow(jobId, { onEvents, onEnd, onState }, signal) {
               if (type === "end") {
                 finished = true;
                 onEnd(JSON.parse(text));
+              } else if (type === "sample") {
+                samples.push(JSON.parse(text));
               } else if (text !== "[DONE]") {
                 events.push(JSON.parse(text));
               } else {
@@ -74,6 +78,7 @@ export async function follow(jobId, { onEvents, onEnd, onState }, signal) {
         }
         buffer = buffer.slice(start);
         if (events.length) onEvents(events);
+        if (samples.length && onSamples) onSamples(samples);
       }
     } catch (error) {
       if (signal.aborted) return;

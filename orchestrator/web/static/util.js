@@ -41,7 +41,12 @@ export function statusBadge(status) {
 export function duration(job) {
   if (!job.started_at) return "";
   const end = job.finished_at ? Date.parse(job.finished_at) : Date.now();
-  let s = Math.max(0, Math.round((end - Date.parse(job.started_at)) / 1000));
+  return seconds((end - Date.parse(job.started_at)) / 1000);
+}
+
+// A span of time as people read it: 5s, 3m 4s, 1h 5m.
+export function seconds(total) {
+  let s = Math.max(0, Math.round(total));
   const hours = Math.floor(s / 3600);
   const minutes = Math.floor((s % 3600) / 60);
   s %= 60;
