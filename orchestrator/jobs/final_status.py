@@ -80,6 +80,7 @@ class FinalStatus:
             cache=result.cache,
             **(result.life or {}),
         )
-        await self._store.flush()
+        # Before the flush: by the time anyone can read the final status, it is counted.
         self._metrics.job_ended(record, result.cache)
+        await self._store.flush()
         return record

@@ -60,7 +60,8 @@ async def dry_run(client: TestClient, src: Path, expect: int = 200) -> dict[str,
 @dataclass
 class Sse:
     events: list[dict[str, Any]] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)  # every message's, samples' too
+    samples: list[dict[str, Any]] = field(default_factory=list)
     end: dict[str, Any] | None = None
     done: bool = False
 
@@ -103,12 +104,14 @@ async def read_sse(
                 result.done = True
             elif message.is_end:
                 result.end = message.json()
-            elif message.event == "sample" and not samples:
-                continue
             else:
                 event = message.json()
-                result.events.append(event)
                 result.ids.append(int(message.id))
+                if message.event == "sample":
+                    result.samples.append(event)
+                    if not samples:
+                        continue
+                result.events.append(event)
                 if until is not None and until(event):
                     response.close()
                     return
