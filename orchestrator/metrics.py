@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .build.cachescript import stored_warmth
 from .jobs.status import JobStatus
 from .storage.records import JobRecord
 
@@ -130,9 +131,10 @@ class Metrics:
             self.build_peak_memory.labels(variant=variant).observe(record.peak_memory_bytes)
         if record.cpu_seconds is not None:
             self.build_cpu.labels(variant=variant).observe(record.cpu_seconds)
-        if cache and cache.get("used"):
+        warm = stored_warmth(cache)
+        if warm is not None:
             self.cache_lookups.labels(variant=variant).inc()
-            if cache.get("warm"):
+            if warm:
                 self.cache_hits.labels(variant=variant).inc()
 
     def render(self, counts: dict[JobStatus, int]) -> bytes:

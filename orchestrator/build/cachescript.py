@@ -239,6 +239,14 @@ class CacheReport:
         return "; ".join(parts)
 
 
+def stored_warmth(stored: Mapping[str, Any] | None) -> bool | None:
+    """Whether the cache a job record's stored report (``CacheReport.to_dict``) tells of was
+    warm; None when the job used no cache."""
+    if not stored or not stored.get("used"):
+        return None
+    return bool(stored.get("warm"))
+
+
 def parse_report(key: str, warm: bool, files: Mapping[str, bytes]) -> CacheReport:
     """The report from the wrapper's files (name → content); what is missing or garbled is
     left out, since the build wrote those files and may have written anything."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..build.vitals import duration
 from ..narration.events import Action, Event
 from ..storage.records import JobRecord
 from ..storage.store import Store
@@ -49,17 +50,11 @@ async def announce(store: Store, record: JobRecord, sink: Sink) -> None:
     if record.pkgname is None:
         return
     history = await store.past_durations(record.operation, record.pkgname, record.variant)
-    warm = expected_warm(history, cache_asked=record.request.get("cache") is not False)
+    warm = expected_warm(history, cache_asked=record.cache_asked)
     estimate = expected_s(history, warm)
     if estimate is None:
         return
     await store.update_job(record.id, estimate_s=estimate)
     cache = {True: " with a warm cache", False: " with a new cache", None: ""}[warm]
-    said = f"Expected to take about {_duration(estimate)}{cache}, from its earlier builds"
+    said = f"Expected to take about {duration(estimate)}{cache}, from its earlier builds"
     await sink([Event(Action.ESTIMATE, said, estimate_s=round(estimate, 3))])
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min"

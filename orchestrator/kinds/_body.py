@@ -47,7 +47,3 @@ def parse_cache(raw: str | None) -> bool:
 def cache_request(cache: bool) -> dict[str, Any]:
     """What the record keeps of the cache flag (nothing for the default)."""
     return {} if cache else {"cache": False}
-
-
-def cache_of(request: Mapping[str, Any]) -> bool:
-    return request.get("cache", True) is not False

@@ -17,7 +17,7 @@ from ..jobs.cancel import CancelToken
 from ..settings import Settings
 from ..storage.store import JobRecord
 from ..storage.uploads import UploadBudget
-from ._body import cache_of, cache_request, parse_cache, read
+from ._body import cache_request, parse_cache, read
 from ._services import Services
 
 
@@ -73,7 +73,7 @@ class BuildKind:
             source_dir,
             record.variant or "cpu",
             srcinfo=_srcinfo(record),
-            cache=cache_of(record.request),
+            cache=record.cache_asked,
         )
 
         async def work(sink: Sink, token: CancelToken) -> JobResult:

@@ -32,7 +32,7 @@ from ..jobs.status import JobStatus
 from ..narration.events import Action, Event
 from ..settings import Settings
 from ..storage.store import JobRecord
-from ._body import cache_of, cache_request, parse_cache, read
+from ._body import cache_request, parse_cache, read
 from ._services import Services
 
 NOUN = "Install"
@@ -91,9 +91,7 @@ class WorkerInstallKind:
         source_dir = await asyncio.to_thread(
             entry.write_build_dir, self._settings.work_dir / job_id
         )
-        request = BuildRequest(
-            job_id, source_dir, entry.worker_type, cache=cache_of(record.request)
-        )
+        request = BuildRequest(job_id, source_dir, entry.worker_type, cache=record.cache_asked)
 
         async def build(sink: Sink, token: CancelToken) -> JobResult:
             return await self._engine.runner.run(request, sink, token)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ..build.cachescript import stored_warmth
 from ..jobs.status import JobStatus
 from ..narration.schema import StoredEvent
 from ._eventrows import insert_events
@@ -57,6 +58,11 @@ class JobRecord:
     disk_bytes: int | None = None
     phases_s: Mapping[str, float] | None = None
     estimate_s: float | None = None
+
+    @property
+    def cache_asked(self) -> bool:
+        """Whether the job may use a build cache: only ``cache: false`` in its request says no."""
+        return self.request.get("cache", True) is not False
 
     def to_dict(self) -> dict[str, Any]:
         """The record as the API shows it (``wire.Job``): times in ISO 8601, no request."""
@@ -158,8 +164,7 @@ def past_durations(
 
 
 def _warm(cache: str | None) -> bool | None:
-    report = json.loads(cache) if cache else {}
-    return bool(report.get("warm")) if report.get("used") else None
+    return stored_warmth(json.loads(cache) if cache else None)
 
 
 def count_by_status(conn: sqlite3.Connection) -> dict[JobStatus, int]:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
+import pytest
+
 from orchestrator.backend._usage import Usage, busiest, usage_from_stats
+from orchestrator.backend.fake import FakeBackend
+from orchestrator.build.life import sample_while_running
 from orchestrator.build.vitals import Vitals, duration, size
+from orchestrator.narration.events import Event
 
 MiB = 1 << 20
 
@@ -137,3 +145,21 @@ def test_memory_is_warned_of_once_at_nine_tenths_of_the_limit() -> None:
 def test_sizes_and_durations_read_as_people_say_them() -> None:
     assert [size(312 * MiB), size(1331 * MiB)] == ["312 MiB", "1.3 GiB"]
     assert [duration(45), duration(125), duration(3900)] == ["45 s", "2 min", "1 h 5 min"]
+
+
+async def test_a_fault_in_sampling_is_logged_and_ends_only_the_sampling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Faulty(FakeBackend):
+        async def usage(self, handle: str) -> Usage | None:
+            raise RuntimeError("a bug in reading the figures")
+
+    said: list[Event] = []
+
+    async def sink(events: Sequence[Event]) -> None:
+        said.extend(events)
+
+    with caplog.at_level(logging.ERROR, logger="orchestrator.build.life"):
+        await sample_while_running(Faulty(), "c1", Vitals(started=0.0, silence_s=60), sink, 0.0)
+    assert "a bug in reading the figures" in caplog.text
+    assert said == []
