@@ -161,10 +161,13 @@ class PushedOutput:
         self._watch = asyncio.ensure_future(self._until(ended))
 
     async def _until(self, ended: Awaitable[object]) -> None:
-        # How the step ended is ``wait``'s to say; here only that it did.
-        with contextlib.suppress(Exception):
-            await ended
-        self._narration.end()
+        # How the step ended is ``wait``'s to say; here only that it did (or that its watch
+        # was cancelled: destroyed, so nothing more comes either).
+        try:
+            with contextlib.suppress(Exception):
+                await ended
+        finally:
+            self._narration.end()
 
     async def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
         narration = self._narration
