@@ -60,6 +60,20 @@ HANDOFF_SEND_ATTEMPTS = 1801
 HANDOFF_SEND_RETRY_S = 2
 HANDOFF_SEND_MAX_S = 3600
 HANDOFF_STREAM_SEND_ATTEMPTS = 4
+# A swarm task's pushed output (its wrapper's curl, per chunk and for the final report): a
+# broken or refused send is tried this many times in all, this many whole seconds apart (the
+# command waits meanwhile: a cut of up to about half a minute loses no time on the service
+# logs), each try connecting within and taking at most so long (an answer waits while the
+# reader is behind); then the pusher stops pushing and the service logs complete the output.
+PUSH_ATTEMPTS = 30
+PUSH_RETRY_S = 1
+PUSH_CONNECT_TIMEOUT_S = 5
+PUSH_REQUEST_TIMEOUT_S = 120
+# Once the command has ended, how long its pushers may take to finish (a process it left behind
+# may hold the pipes open for ever): past it they are stopped and the service logs complete.
+PUSH_DRAIN_S = 60
+# The longest a chunk's body (1 MiB at most) may take to arrive at the listener.
+PUSH_BODY_TIMEOUT_S = 60.0
 
 # (end of engines)
 

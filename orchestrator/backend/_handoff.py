@@ -2,8 +2,9 @@
 call into its container: a small HTTP listener of this service, one exchange per step.
 
 A task may land on any node, and a manager offers no copy into or out of a task's container. So
-the task's wrapper (``wrapper_command``) fetches its inputs from here at its start and PUTs a tar
-of each output path here before it exits. Each step has its own token, never the API token; the
+the task's wrapper (``_wrapper.py``) fetches its inputs from here at its start, pushes its output
+here as it comes (``_pushed.py``, a step with network) and PUTs a tar of each output path here
+before it exits. Each step has its own token, never the API token; the
 listener is separate from the API so the API can stay on loopback while this one listens where
 tasks reach it (the docker0 gateway by default: tasks on this node only).
 
@@ -32,14 +33,11 @@ from aiohttp import web
 
 from ..errors import ArchiveTooLarge, BackendError, ContainerGone
 from ..storage.archive import spooled
-from ..timeouts import (
-    HANDOFF_BODY_TIMEOUT_S,
-    HANDOFF_FETCH_ATTEMPTS,
-    HANDOFF_SEND_ATTEMPTS,
-    HANDOFF_SEND_MAX_S,
-    HANDOFF_SEND_RETRY_S,
-    HANDOFF_STREAM_SEND_ATTEMPTS,
-)
+from ..timeouts import HANDOFF_BODY_TIMEOUT_S
+from ._pushed import Narration, get_offsets, put_output, put_report
+from ._wrapper import wrapper_command, wrapper_env
+
+__all__ = ["SECRET_FILE", "Handoff", "step_secret", "step_token", "wrapper_command", "wrapper_env"]
 
 _READ_BYTES = 1 << 20
 _TAR_SLACK_BYTES = 1 << 20  # tar's own headers and padding beyond the files' bytes
@@ -87,6 +85,7 @@ class _Exchange:
     received: dict[int, IO[bytes]] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)  # an output we turned away, and why
     missed: str | None = None  # why outputs that did not come never will
+    narration: Narration | None = None  # its pushed output (None: it does not push here)
 
 
 class Handoff:
@@ -113,6 +112,9 @@ class Handoff:
             app = web.Application()
             app.router.add_get("/steps/{handle}/inputs", self._get_inputs)
             app.router.add_put("/steps/{handle}/outputs/{index:[0-9]{1,2}}", self._put_output)
+            app.router.add_get("/steps/{handle}/output", self._get_offsets)
+            app.router.add_put("/steps/{handle}/output/{stream}", self._put_pushed)
+            app.router.add_put("/steps/{handle}/report", self._put_report)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, self._host, self._port)
@@ -122,11 +124,25 @@ class Handoff:
             host = f"[{self._host}]" if ":" in self._host else self._host
             self.url = (self._callback_url or f"http://{host}:{port}").rstrip("/")
 
-    def open(self, handle: str, inputs: IO[bytes] | None, outputs: tuple[str, ...]) -> str:
-        """Expect ``handle``'s task: serve ``inputs`` (ours now) once, take ``outputs`` back."""
+    def open(
+        self,
+        handle: str,
+        inputs: IO[bytes] | None,
+        outputs: tuple[str, ...],
+        push: bool = False,
+    ) -> str:
+        """Expect ``handle``'s task: serve ``inputs`` (ours now) once, take ``outputs`` back;
+        with ``push``, take its output as it pushes it (``narration``)."""
         token = step_token(self._secret, handle)
-        self._steps[handle] = _Exchange(token, inputs, outputs)
+        narration = Narration() if push else None
+        self._steps[handle] = _Exchange(token, inputs, outputs, narration=narration)
         return token
+
+    def narration(self, handle: str) -> Narration | None:
+        """The output ``handle``'s task pushes here; None when it does not (no network, or an
+        exchange ``reopen``ed: see ``_swarmadopt.py``)."""
+        step = self._steps.get(handle)
+        return step.narration if step is not None else None
 
     def reopen(self, handle: str, outputs: tuple[str, ...], missed: str | None = None) -> None:
         """Take over the exchange of a step an earlier process started (its inputs were fetched
@@ -168,6 +184,8 @@ class Handoff:
         for f in (step.inputs, *step.received.values()):
             if f is not None:
                 f.close()
+        if step.narration is not None:
+            step.narration.refuse("the step was destroyed")
 
     async def close(self) -> None:
         # A task that sends its packages while this process stops is told to try again (the
@@ -197,6 +215,22 @@ class Handoff:
             # just started): the wrapper's curl tries again on a 503.
             raise web.HTTPServiceUnavailable(text="not taken over yet\n")
         return handle, step
+
+    def _pushing(self, request: web.Request) -> Narration:
+        _handle, step = self._authorized(request)
+        if step.narration is None:
+            # The task goes on printing to its own streams only: the service logs tell it.
+            raise web.HTTPGone(text="this step's output is read from the service logs\n")
+        return step.narration
+
+    async def _get_offsets(self, request: web.Request) -> web.Response:
+        return get_offsets(self._pushing(request))
+
+    async def _put_pushed(self, request: web.Request) -> web.Response:
+        return await put_output(request, self._pushing(request))
+
+    async def _put_report(self, request: web.Request) -> web.Response:
+        return put_report(request, self._pushing(request))
 
     async def _get_inputs(self, request: web.Request) -> web.StreamResponse:
         _handle, step = self._authorized(request)
@@ -248,79 +282,3 @@ class Handoff:
             raise web.HTTPNotFound(text="no such step\n")
         step.received[index] = out
         return web.Response(status=201, text="ok\n")
-
-
-# The task's command: bash (every build image has it, with curl and tar) wraps the step's own.
-# Inputs come first, from the URL or from a config file; the outputs go back after the command,
-# whatever its exit code (the cache report matters most when a build failed). The token leaves
-# the environment before the command runs; a build that digs it out of /proc can only spoil its
-# own results. Sending back retries a refused connection too (a service restarting: the next
-# one takes the exchange over), but only briefly: the tar is streamed, so a send that began
-# cannot be made again.
-_WRAPPER_TEMPLATE = r"""set -u -o pipefail
-url=$ORCHESTRATOR_STEP_URL
-auth="Authorization: Bearer $ORCHESTRATOR_STEP_TOKEN"
-unset ORCHESTRATOR_STEP_URL ORCHESTRATOR_STEP_TOKEN
-if [ -n "${ORCHESTRATOR_STEP_DIR:-}" ]; then
-  mkdir -p "$ORCHESTRATOR_STEP_DIR" && cd "$ORCHESTRATOR_STEP_DIR" || exit 125
-fi
-unset ORCHESTRATOR_STEP_DIR
-case "${ORCHESTRATOR_STEP_INPUTS:-}" in
-  "") ;;
-  fetch) curl -fsS --retry @FETCH@ --retry-connrefused -H "$auth" "$url/inputs" | tar -x -f - \
-           || { echo "orchestrator: could not fetch the step's inputs from $url" >&2; exit 125; } ;;
-  *) tar -x -f "$ORCHESTRATOR_STEP_INPUTS" \
-           || { echo "orchestrator: could not unpack the step's inputs" >&2; exit 125; } ;;
-esac
-unset ORCHESTRATOR_STEP_INPUTS
-"$@"
-code=$?
-pack() {
-  if [ -d "$out" ]; then tar -c -f "$1" -C "$out" .; else tar -c -f "$1" -T /dev/null; fi
-}
-send() {
-  curl -fsS --retry-connrefused -T "$1" -H "$auth" -H "Content-Type: application/x-tar" \
-    "${@:2}" "$url/outputs/$i" >/dev/null
-}
-i=0
-for out in ${ORCHESTRATOR_STEP_OUTPUTS:-}; do
-  # Spooled to a file, so that curl can send it again: while the service restarts (an upgrade,
-  # a crash) nobody listens, and the next one takes the step over within the hour.
-  tarball=$(mktemp 2>/dev/null) || tarball=
-  if [ -n "$tarball" ] && pack "$tarball"; then
-    send "$tarball" --retry @SEND@ --retry-delay @DELAY@ --retry-max-time @MAX@
-  else
-    pack - | send - --retry @STREAM@
-  fi || echo "orchestrator: could not send $out back" >&2
-  [ -z "$tarball" ] || rm -f "$tarball"
-  i=$((i + 1))
-done
-exit $code
-"""
-_WRAPPER = (
-    _WRAPPER_TEMPLATE.replace("@FETCH@", str(HANDOFF_FETCH_ATTEMPTS - 1))
-    .replace("@SEND@", str(HANDOFF_SEND_ATTEMPTS - 1))
-    .replace("@DELAY@", str(HANDOFF_SEND_RETRY_S))
-    .replace("@MAX@", str(HANDOFF_SEND_MAX_S))
-    .replace("@STREAM@", str(HANDOFF_STREAM_SEND_ATTEMPTS - 1))
-)
-
-
-def wrapper_command(command: tuple[str, ...]) -> list[str]:
-    return ["bash", "-c", _WRAPPER, "orchestrator-step", *command]
-
-
-def wrapper_env(
-    url: str, handle: str, token: str, inputs: str | None, outputs: tuple[str, ...]
-) -> dict[str, str]:
-    """``inputs``: "fetch" (from the URL), a file's path in the task, or None."""
-    if any(not p.startswith("/") or any(c.isspace() for c in p) for p in outputs):
-        raise ValueError(f"output paths must be absolute, without blanks: {outputs}")
-    env = {
-        "ORCHESTRATOR_STEP_URL": f"{url}/steps/{handle}",
-        "ORCHESTRATOR_STEP_TOKEN": token,
-        "ORCHESTRATOR_STEP_OUTPUTS": " ".join(outputs),
-    }
-    if inputs is not None:
-        env["ORCHESTRATOR_STEP_INPUTS"] = inputs
-    return env

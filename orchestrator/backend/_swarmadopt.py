@@ -6,7 +6,9 @@ from the service logs, every read from the first line (``_servicelogs.py``), les
 store already holds, counted per stream as ``LineSplitter`` cut them the first time; and the
 exchange of its packages (``_handoff.py``), whose token derives from the handle under the data
 directory's secret, at the same listener: so only a fixed ``swarm_listen`` (a port, not 0) can
-adopt, since the task holds the listener's URL in its environment.
+adopt, since the task holds the listener's URL in its environment. A re-opened exchange takes
+no pushed output (``_pushed.py``): the task's pushers stop pushing on its 410 and go on writing
+the task's streams, which the service logs read back here, as for a step that never pushed.
 
 The limit: a task sends its packages back as it ends, once (curl tries a few times over a few
 seconds). One that ended while no service listened could not, and the build fails saying so.

@@ -3,9 +3,10 @@
 Only what a manager offers is used (services, tasks, nodes, configs, networks, service logs, and
 the manager's own image list for what the health check and the runner ask of an image), never a
 call to a node-local container, so a task may land on any node; ``tests/unit/test_swarm.py``
-enforces it. Inputs and packages travel over this service's own listener (``_handoff.py``), the
-output through the service logs API (``_servicelogs.py``); the service's spec and the reading
-of tasks and nodes are in ``_swarmspec.py``.
+enforces it. Inputs and packages travel over this service's own listener (``_handoff.py``), and
+so does the output of a step with network, pushed by its task (``_pushed.py``) and completed,
+where the push missed some, from the service logs API (``_servicelogs.py``), which alone tells
+a sealed step's; the service's spec and the reading of tasks and nodes are in ``_swarmspec.py``.
 
 The service is ``replicated`` with one replica and restart condition ``none`` (or ``on-failure``
 for ``swarm_restart_attempts``), not ``replicated-job``: on 20.10 removing a job service leaves
@@ -43,11 +44,12 @@ from ..timeouts import (
     SWARM_POLL_S,
     SWARM_TASK_GONE_POLL_S,
 )
-from . import ExitStatus, Step
+from . import ExitStatus, OutputStream, Step, Stream
 from . import _swarmspec as spec
 from ._daemon import Daemon
 from ._handoff import Handoff, step_secret, wrapper_env
 from ._lacking import NoDiskWatch, NoExec, NoSampling, NoVolumes
+from ._pushed import PushedOutput
 from ._servicelogs import ServiceOutput
 from ._swarmadopt import SwarmAdoption
 from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
@@ -192,10 +194,11 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
                 inputs.close()
                 inputs, source = None, INPUTS_FILE
             handoff = await self._ensure_handoff()
-            token = handoff.open(handle, inputs, step.outputs)
+            # A task that can reach the listener pushes its output there.
+            token = handoff.open(handle, inputs, step.outputs, push=step.network)
             if not step.network:
                 await self._run(self._sealed_network)
-            env = wrapper_env(handoff.url, handle, token, source, step.outputs)
+            env = wrapper_env(handoff.url, handle, token, source, step.outputs, step.network)
             if step.read_only:
                 env["ORCHESTRATOR_STEP_DIR"] = "/tmp/" + step.workdir.strip("/").replace("/", "-")
             planned.create = spec.service_kwargs(
@@ -232,7 +235,7 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
                 SEALED_NETWORK, driver="overlay", internal=True, check_duplicate=True
             )
 
-    async def start(self, handle: str) -> ServiceOutput:
+    async def start(self, handle: str) -> OutputStream:
         planned = self._planned.get(handle)
         if planned is None:
             raise ContainerGone(f"step {handle} is not set up (or was destroyed)")
@@ -242,9 +245,18 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
         running = self._running.setdefault(handle, threading.Event())
         end = asyncio.ensure_future(self._watch(handle))
         self._ends[handle] = end
+        narration = self._handoff.narration(handle) if self._handoff is not None else None
+        if narration is not None:
+            return PushedOutput(
+                narration, asyncio.shield(end), functools.partial(self._completion, handle), handle
+            )
         return ServiceOutput(
             functools.partial(self._open_logs, handle), self._pool, asyncio.shield(end), running
         )
+
+    async def _completion(self, handle: str, skip: dict[Stream, int]) -> OutputStream:
+        # What the push missed: one read of the ended task's service logs, less what it told.
+        return await self.reattach(handle, skip, follow=False)
 
     def _open_logs(self, handle: str, follow: bool) -> Any:
         params = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": int(follow)}
@@ -304,8 +316,11 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
         status = task.get("Status") or {}
         state, err = str(status.get("State")), str(status.get("Err") or status.get("Message"))
         code = spec.exit_code(task)
+        narration = self._handoff.narration(handle) if self._handoff is not None else None
+        report = narration.report if narration is not None else None
         if state in ("complete", "failed") and code is not None:
-            return ExitStatus(code)
+            # Swarm's task status has no OOM flag: the wrapper's report (its cgroup's count).
+            return ExitStatus(code, report is not None and report.oom_killed)
         if handle in self._killed:
             return ExitStatus(137)
         if "No such image" in err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import tarfile
 import time
@@ -123,9 +124,13 @@ async def test_output_arrives_while_the_build_runs(
 
 @BACKENDS
 async def test_no_line_is_lost_when_the_container_exits_in_a_burst(
-    engine: Engine, recorder: Recorder, build_dir: Callable[..., Path]
+    engine: Engine,
+    recorder: Recorder,
+    build_dir: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     count = 200_000
+    caplog.set_level(logging.INFO, logger="orchestrator.backend._pushed")
     result = await engine.build(
         BuildRequest(job_id(), build_dir("flood", lines=count)), recorder, CancelToken()
     )
@@ -133,6 +138,8 @@ async def test_no_line_is_lost_when_the_container_exits_in_a_burst(
     numbers = [line for line in recorder.lines("stdout") if line.isdigit()]
     assert numbers == [str(i) for i in range(1, count + 1)]
     assert "flood-end" in recorder.lines("stderr")
+    # On swarm the task pushed it all: the service logs had nothing to add.
+    assert "completed from the service logs" not in caplog.text
 
 
 @BACKENDS

@@ -11,7 +11,7 @@ import pytest
 from orchestrator import BuildRequest, CancelToken, Engine, JobStatus, Settings
 
 from ..conftest import Recorder
-from .conftest import job_id
+from .conftest import BACKENDS, job_id
 
 pytestmark = pytest.mark.docker
 
@@ -23,6 +23,7 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"build_memory_bytes": 192 * MiB})
 
 
+@BACKENDS  # on swarm the task's wrapper reports its cgroup's OOM kill
 async def test_out_of_memory_is_named_with_the_limit(
     engine: Engine,
     recorder: Recorder,

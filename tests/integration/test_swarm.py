@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +16,12 @@ import docker
 import pytest
 
 from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, Settings
-from orchestrator.backend import Step
+from orchestrator.backend import Step, _swarmspec
 from orchestrator.build.runner import INSTANCE_LABEL, JOB_LABEL
 
+from .. import waiting
 from ..conftest import Recorder
+from ..cutter import Cutter
 from .conftest import job_containers, job_id, left_behind
 from .test_engine import marked_processes
 
@@ -165,3 +169,60 @@ async def test_a_task_that_failed_by_itself_runs_again_while_attempts_are_left(
         finally:
             await backend.destroy(handle)
     assert left_behind(docker_client, f"{INSTANCE_LABEL}={settings.instance_id}") == []
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_push_cut_mid_stream_resumes_and_the_narration_is_whole(
+    settings: Settings, docker_client: docker.DockerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The task reaches the listener through a proxy the test cuts (tasks see this host at the
+    # bridge's gateway, where the listener is by default).
+    gateway = _swarmspec.gateway(docker_client.api.inspect_network("bridge"))
+    listen = free_port(gateway)
+    cutter = Cutter(gateway, listen)
+    await cutter.start(gateway)
+    settings = settings.model_copy(
+        update={
+            "swarm_listen": f"{gateway}:{listen}",
+            "swarm_callback_url": f"http://{gateway}:{cutter.port}",
+        }
+    )
+    count = 200_000
+    script = f"seq 1 100; sleep 2; seq 101 {count}; echo end >&2"
+    caplog.set_level(logging.INFO, logger="orchestrator.backend._pushed")
+    try:
+        async with await Engine.open(settings) as engine:
+            backend = engine.backend
+            labels = {INSTANCE_LABEL: settings.instance_id, JOB_LABEL: job_id()}
+            step = Step(image=settings.image_cpu, command=("bash", "-c", script), labels=labels)
+            handle = await backend.setup(step)
+            try:
+                output = await backend.start(handle)
+                told: dict[str, list[str]] = {"stdout": [], "stderr": []}
+                mending: asyncio.Future[None] | None = None
+                async for batch in output:
+                    for chunk in batch:
+                        told[chunk.stream] += chunk.text.split("\n")
+                    if mending is None:  # the first lines are in: the network drops
+                        cutter.set_cut(True)
+                        mending = asyncio.ensure_future(
+                            waiting.until(lambda: cutter.refused, lambda n: n >= 2, timeout_s=60)
+                        )
+                        mending.add_done_callback(lambda _: cutter.set_cut(False))
+                await output.aclose()
+                assert (await backend.wait(handle)).code == 0
+            finally:
+                await backend.destroy(handle)
+    finally:
+        await cutter.close()
+    assert mending is not None
+    await mending
+    assert told["stdout"] == [str(i) for i in range(1, count + 1)]
+    assert told["stderr"] == ["end"]
+    # The push resumed after the cut: the service logs had nothing to add.
+    assert "completed from the service logs" not in caplog.text

@@ -16,9 +16,11 @@ from orchestrator.backend import (
     _handoff,
     _lacking,
     _pile,
+    _pushed,
     _servicelogs,
     _swarmadopt,
     _swarmspec,
+    _wrapper,
     swarm,
 )
 from orchestrator.backend._attach import frames
@@ -67,7 +69,19 @@ def _engine_calls(source: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", [swarm, _swarmspec, _servicelogs, _handoff, _swarmadopt, _daemon, _pile, _lacking]
+    "module",
+    [
+        swarm,
+        _swarmspec,
+        _servicelogs,
+        _handoff,
+        _pushed,
+        _wrapper,
+        _swarmadopt,
+        _daemon,
+        _pile,
+        _lacking,
+    ],
 )
 def test_the_swarm_engine_only_asks_a_manager(module: object) -> None:
     source = Path(str(getattr(module, "__file__", ""))).read_text()
