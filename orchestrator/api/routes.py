@@ -89,6 +89,13 @@ ROUTES: tuple[Route, ...] = (
                 "Only have makepkg read the PKGBUILD: 200, no job",
             ),
             _CACHE,
+            Param(
+                "publish",
+                "query",
+                {"type": "boolean", "default": False},
+                "Once it succeeds, add its package to the variant's signed pacman repository "
+                "(orchestrator-{variant}, served at /repo/{variant}/{arch}/)",
+            ),
         ),
         body=binary("The build directory as a tar, optionally gzipped", *TAR_TYPES),
         answers={

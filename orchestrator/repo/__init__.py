@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from ..errors import NotFound
 from ..settings import Settings
 from .repository import Repository, package_name
 from .signing import Signer
+
+log = logging.getLogger(__name__)
 
 PUBLISHED = (Variant.CPU, Variant.CUDA)  # metal never builds here
 
@@ -38,7 +41,12 @@ class Repositories:
         signer = await asyncio.to_thread(
             Signer.open, settings.data_dir / "gnupg", settings.repo_key_file
         )
-        return cls(settings.repo_dir, settings.repo_arch, signer)
+        repos = cls(settings.repo_dir, settings.repo_arch, signer)
+        for repo in repos._repos.values():
+            # A new key (rotated): what was served is signed again before anything is served.
+            if await asyncio.to_thread(repo.resign):
+                log.warning("%s signed again with the key %s", repo.name, signer.fingerprint)
+        return repos
 
     async def close(self) -> None:
         await asyncio.to_thread(self.signer.close)

@@ -32,6 +32,7 @@ _PACKAGE = re.compile(
 )
 _SERVED = re.compile(r"^[A-Za-z0-9@_+][A-Za-z0-9@._+:-]*$")
 _CURRENT = "current"
+_SIGNED_BY = "signed-by"  # the fingerprint of the key that signed what is served
 
 
 def package_name(filename: str) -> str | None:
@@ -97,6 +98,35 @@ class Repository:
             self._prune()
             return filename
 
+    def resign(self) -> bool:
+        """Sign every package and the database again if another key signed them (the key was
+        rotated); whether it had to."""
+        with self._locked(), _said(f"re-signing {self.name}"):
+            marker = self.root / _SIGNED_BY
+            if not (self.root / _CURRENT).exists() or (
+                marker.is_file() and marker.read_text().strip() == self._signer.fingerprint
+            ):
+                return False
+            for package in self._pool.iterdir():
+                if package_name(package.name) is not None:
+                    staged = self._pool / f".new-{package.name}.sig"
+                    self._signer.sign(package, staged)
+                    os.replace(staged, self._pool / f"{package.name}.sig")
+            fresh = Path(tempfile.mkdtemp(prefix="db-", dir=self.root))
+            try:
+                for part in (self._db, f"{self.name}.files.tar.gz"):
+                    shutil.copyfile(self.root / _CURRENT / part, fresh / part)
+                    self._signer.sign(fresh / part, fresh / f"{part}.sig")
+                    short = fresh / part.removesuffix(".tar.gz")
+                    short.symlink_to(part)
+                    short.with_name(f"{short.name}.sig").symlink_to(f"{part}.sig")
+                self._check(fresh)
+                self._serve(fresh)
+            except BaseException:
+                shutil.rmtree(fresh, ignore_errors=True)
+                raise
+            return True
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self._pool.mkdir(parents=True, exist_ok=True)
@@ -156,6 +186,7 @@ class Repository:
         link.symlink_to(fresh.name)
         os.replace(link, current)  # the one step that changes what is served
         _sync_dir(self.root)
+        (self.root / _SIGNED_BY).write_text(self._signer.fingerprint + "\n")
         if previous is not None and previous != fresh.resolve():
             shutil.rmtree(previous, ignore_errors=True)
 

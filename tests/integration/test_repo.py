@@ -240,3 +240,25 @@ def _fill(filler: Path, free_bytes: int) -> None:
             fh.write(block)
             fh.flush()
     os.truncate(filler, max(0, filler.stat().st_size - free_bytes))
+
+
+def test_a_new_key_signs_the_repository_again(scratch: Path) -> None:
+    """Rotation: the service started with another key signs what it serves again."""
+    first = Signer.open(scratch / "first", None)
+    second = Signer.open(scratch / "second", None)
+    try:
+        root = scratch / "repo"
+        Repository(root, "orchestrator-cpu", first).publish([make_package(scratch, "kept")])
+        rotated = Repository(root, "orchestrator-cpu", second)
+        assert rotated.resign() is True
+        assert rotated.resign() is False  # once
+        for name in (
+            "orchestrator-cpu.db",
+            "orchestrator-cpu.files",
+            "kept-1.0-1-x86_64.pkg.tar.gz",
+        ):
+            second.verify(rotated.file(name), rotated.file(f"{name}.sig"))
+        assert set(rotated.packages()) == {"kept"}
+    finally:
+        first.close()
+        second.close()
