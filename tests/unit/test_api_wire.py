@@ -288,6 +288,8 @@ async def repositories(api: Checker, backend: FakeBackend) -> None:
     params = {"publish": "true"}
     built = await api.call("POST", BUILDS, data=HELLO, headers=GZ, params=params, expect=201)
     await api.wait(built["job_id"], {"succeeded"})
+    said = [m.json().get("message") for m in await api.stream(built["job_id"]) if not m.is_done]
+    assert f"📚 Published {name} to orchestrator-cpu" in said
     listed = await api.call("GET", REPO, variant="cpu", expect=200)
     assert listed["packages"] == [{"name": "hello-c", "filename": name}]
     await api.call("GET", REPO, variant="metal", expect=404)
@@ -299,6 +301,13 @@ async def repositories(api: Checker, backend: FakeBackend) -> None:
     await api.call("GET", REPO_FILE, variant="cpu", arch="aarch64", name=name, expect=404)
     await api.call("DELETE", REPO_PACKAGE, variant="cpu", pkgname="hello-c", expect=200)
     await api.call("DELETE", REPO_PACKAGE, variant="cpu", pkgname="hello-c", expect=404)
+    # A catalog install asked to publish lands there too.
+    worker = package_with("usr/bin/hello-worker-c", pkginfo=info)
+    backend.script = Script(packages={name: worker})
+    installing = await api.call("POST", JOBS, json={**INSTALL, "publish": True}, expect=201)
+    await api.wait(installing["job_id"], {"succeeded"})
+    listed = await api.call("GET", REPO, variant="cpu", expect=200)
+    assert listed["packages"] == [{"name": "hello-c", "filename": name}]
 
 
 async def models(api: Checker, settings: Settings) -> None:
