@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,10 @@ class Pacman:
 
 
 @pytest.fixture
-def scratch(tmp_path: Path) -> Path:
+def scratch() -> Iterator[Path]:
     # gpg-agent's socket lives in its home: a unix socket's path is at most 107 bytes.
-    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"pacman-{tmp_path.name[-20:]}"
-    folder.mkdir()
-    yield folder  # type: ignore[misc]
+    folder = Path(tempfile.mkdtemp(prefix="repo-"))
+    yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
 
