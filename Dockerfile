@@ -16,8 +16,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # CA certificates the host added (images/collect-ca), for a TLS-inspecting proxy.
 COPY images/service/ca-certificates/ /usr/local/share/ca-certificates/
+# repo-add (pacman-package-manager, with makepkg's library and bsdtar) and GnuPG make and sign
+# the package repositories.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+      pacman-package-manager makepkg libarchive-tools gnupg \
  && update-ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/orchestrator \

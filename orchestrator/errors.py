@@ -237,6 +237,11 @@ class InstallError(OrchestratorError):
     """A worker package does not hold what the catalog promised."""
 
 
+class RepoError(OrchestratorError):
+    """A package repository could not be changed (repo-add, gpg, the disk); the database
+    served before is whole and still served."""
+
+
 class InsecureBind(OrchestratorError):
     """Binding beyond loopback without a token would hand the Docker socket to the network."""
 

@@ -175,6 +175,14 @@ class Settings(BaseSettings):
         "service can still record how each job ended.",
     )
     disk_poll_s: float = Field(default=1.0, gt=0, description="How often free space is read.")
+    repo_key_file: Path | None = Field(
+        default=None,
+        description="An ASCII-armored secret key (no passphrase) to sign the package "
+        "repositories with; unset = one made on first start, kept in data_dir/gnupg.",
+    )
+    repo_arch: str = Field(
+        default="x86_64", description="The architecture the repositories hold (makepkg's CARCH)."
+    )
     catalog: str | None = Field(
         default=None,
         description="Worker catalog: a folder, a JSON file or an http(s) URL; unset = shipped.",
@@ -238,6 +246,11 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def repo_dir(self) -> Path:
+        """The pacman repositories: ``<variant>/<arch>/``."""
+        return self.data_dir / "repo"
 
     @property
     def work_dir(self) -> Path:

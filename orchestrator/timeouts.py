@@ -139,6 +139,10 @@ CATALOG_FETCH_TIMEOUT_S = 30.0
 
 
 # (end of jobs, builds and the catalog)
+# A gpg call (sign, verify, make the key: ed25519 takes well under a second) and a repo-add or
+# repo-remove run over the repository's database (seconds for thousands of packages).
+GPG_TIMEOUT_S = 60.0
+REPO_TOOL_TIMEOUT_S = 300.0
 
 # --- the CLI ---
 

@@ -18,6 +18,7 @@ from . import resources
 from .errors import error_response, errors_middleware
 from .guard import (
     API_PREFIX,
+    REPO_PREFIX,
     AccessLogger,
     cross_origin_middleware,
     harden_response,
@@ -51,9 +52,13 @@ def check_bind(settings: Settings) -> None:
 def _auth_middleware(token: str) -> web.middleware:  # type: ignore[valid-type]
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(API_PREFIX) and not holds_token(request, token):
+        guarded = request.path.startswith((API_PREFIX, REPO_PREFIX))
+        if guarded and not holds_token(request, token):
             response = error_response(401, "unauthorized", "a valid bearer token is required")
             response.headers["WWW-Authenticate"] = "Bearer"
+            if request.path.startswith(REPO_PREFIX):
+                # pacman (libcurl) sends the URL's credentials only once challenged for them.
+                response.headers.add("WWW-Authenticate", 'Basic realm="orchestrator"')
             return response
         return await handler(request)
 

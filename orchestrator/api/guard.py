@@ -16,6 +16,7 @@ token as ``?access_token=`` (EventSource cannot set headers), so ours redacts it
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
 import logging
@@ -31,6 +32,7 @@ from .errors import error_response
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_PREFIX = "/v1/"  # what a token guards; health, metrics and the OpenAPI document stay open
+REPO_PREFIX = "/repo/"  # guarded too; pacman sends the token as a URL's password (Basic)
 STREAM_SUFFIX = "/stream"  # the stream also takes its token as ?access_token=
 # "none": the user typed the URL or followed a bookmark; no page sent it.
 _TRUSTED_FETCH_SITES = frozenset({"same-origin", "none"})
@@ -43,9 +45,19 @@ def presented_token(request: web.Request) -> str:
     """The ``Authorization`` header; a stream may carry its token as ``?access_token=``
     instead, since EventSource cannot set headers."""
     given = request.headers.get("Authorization", "")
+    if given.startswith("Basic ") and request.path.startswith(REPO_PREFIX):
+        given = f"Bearer {_basic_password(given)}"
     if not given and request.path.endswith(STREAM_SUFFIX) and TOKEN_PARAM in request.query:
         given = f"Bearer {request.query[TOKEN_PARAM]}"
     return given
+
+
+def _basic_password(header: str) -> str:
+    try:
+        user_pass = base64.b64decode(header.removeprefix("Basic "), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return user_pass.partition(":")[2]
 
 
 def holds_token(request: web.Request, token: str | None) -> bool:

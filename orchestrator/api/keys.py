@@ -13,6 +13,7 @@ from ..jobs.janitor import Janitor
 from ..jobs.registry import Registry
 from ..metrics import Metrics
 from ..narration.bus import Bus
+from ..repo import Repositories
 from ..settings import Settings
 from ..storage.disk import DataDisk
 from ..storage.store import Store
@@ -29,3 +30,4 @@ CATALOG = web.AppKey("catalog", Catalog)
 WORKERS = web.AppKey("workers", WorkerStore)
 MODELS = web.AppKey("models", ModelStore)
 JANITOR = web.AppKey("janitor", Janitor)
+REPOS = web.AppKey("repos", Repositories)

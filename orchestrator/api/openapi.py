@@ -21,7 +21,7 @@ from pydantic.json_schema import (
 )
 
 from .._version import __version__
-from .guard import API_PREFIX, STREAM_SUFFIX, TOKEN_PARAM
+from .guard import API_PREFIX, REPO_PREFIX, STREAM_SUFFIX, TOKEN_PARAM
 from .route import SCHEMA_REF, TEXT, Body, Param, Route, json_body
 from .routes import ROUTES
 from .wire import Error, Event, StreamEnd
@@ -40,6 +40,7 @@ _TAGS = {
     "workers": "Installed workers",
     "models": "Downloaded models",
     "caches": "Build caches",
+    "repo": "The signed pacman repositories published packages go to, and their key",
     "meta": "Health, metrics and this document",
 }
 
@@ -97,11 +98,14 @@ def _operation(route: Route) -> dict[str, Any]:
         op["parameters"] = [_parameter(p) for p in route.params]
     if route.body is not None:
         op["requestBody"] = {"required": True, **_answer(route.body)}
-    if not route.path.startswith(API_PREFIX):
+    if not route.path.startswith((API_PREFIX, REPO_PREFIX)):
         op["security"] = []  # answers without a token
     else:
         answers.setdefault(401, _UNAUTHORIZED)
-        if route.path.endswith(STREAM_SUFFIX):
+        if route.path.startswith(REPO_PREFIX):
+            # pacman cannot set headers: it sends the token as its Server URL's password.
+            op["security"] = [{"bearer": []}, {"basic": []}]
+        elif route.path.endswith(STREAM_SUFFIX):
             # EventSource cannot set headers, so the stream also takes the token in the query.
             op["security"] = [{"bearer": []}, {TOKEN_PARAM: []}]
     answers.setdefault(403, _CROSS_ORIGIN)
@@ -146,6 +150,11 @@ def document() -> dict[str, Any]:
             "schemas": schemas["$defs"],
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "the token as the password, any user (pacman's Server URL)",
+                },
                 TOKEN_PARAM: {"type": "apiKey", "in": "query", "name": TOKEN_PARAM},
             },
         },

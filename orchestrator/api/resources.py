@@ -1,5 +1,5 @@
 """The app's resources, each one cleanup context: made on start-up, closed on shutdown in
-reverse order (lock, disk, store, engine, janitor, registry).
+reverse order (lock, disk, store, repositories, engine, janitor, registry).
 
 On shutdown the registry stops first: running builds are left running for the next start (or
 killed and removed, or waited for: ``on_stop``), then every SSE stream ends (clients resume with
@@ -26,6 +26,7 @@ from ..engine import Engine
 from ..jobs.janitor import Janitor, any_live, owned_by_jobs, owned_by_readers
 from ..jobs.registry import Registry
 from ..narration.bus import Bus
+from ..repo import Repositories
 from ..storage.disk import DataDisk
 from ..storage.lock import hold_data_dir
 from ..storage.store import Store
@@ -39,6 +40,7 @@ from .keys import (
     METRICS,
     MODELS,
     REGISTRY,
+    REPOS,
     SETTINGS,
     STORE,
     WORKERS,
@@ -50,7 +52,15 @@ Context = Callable[[web.Application], AsyncIterator[None]]
 def contexts(backend: Backend | None) -> list[Context]:
     """Every resource's context, in the order they start (``backend``: the engine's, when given
     instead of the one the settings name)."""
-    return [lock_ctx, disk_ctx, store_ctx, engine_ctx(backend), janitor_ctx, registry_ctx]
+    return [
+        lock_ctx,
+        disk_ctx,
+        store_ctx,
+        repos_ctx,
+        engine_ctx(backend),
+        janitor_ctx,
+        registry_ctx,
+    ]
 
 
 async def lock_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -77,6 +87,13 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE].on_out_of_space(app[DISK].make_room)
     yield
     await app[STORE].close()
+
+
+async def repos_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Its key is made (or read) before any job can ask to publish.
+    app[REPOS] = await Repositories.open(app[SETTINGS])
+    yield
+    await app[REPOS].close()
 
 
 def engine_ctx(backend: Backend | None) -> Context:
@@ -158,7 +175,13 @@ async def _register_kinds(app: web.Application, registry: Registry) -> None:
     app[WORKERS] = WorkerStore(settings.workers_dir)
     app[MODELS] = ModelStore(settings.models_dir)
     services = kinds.Services(
-        settings, app[ENGINE], registry.uploads, app[CATALOG], app[WORKERS], app[MODELS]
+        settings,
+        app[ENGINE],
+        registry.uploads,
+        app[CATALOG],
+        app[WORKERS],
+        app[MODELS],
+        app[REPOS],
     )
     for kind in kinds.make(services):
         registry.register(kind)

@@ -33,6 +33,7 @@ from .wire import (
     JobSubmitted,
     ModelList,
     Removed,
+    RepoPackages,
     StreamEnd,
     WorkerList,
 )
@@ -55,6 +56,9 @@ _CACHE = Param(
     "query",
     {"type": "string", "enum": ["on", "off"], "default": "on"},
     "off: build without the package's cache (it is neither read nor filled)",
+)
+_REPO_VARIANT = Param(
+    "variant", "path", {"type": "string", "enum": ["cpu", "cuda"]}, "the repository's variant"
 )
 _NO_JOB = "No such job"
 _QUEUED = "Queued; Location names the job"
@@ -85,6 +89,13 @@ ROUTES: tuple[Route, ...] = (
                 "Only have makepkg read the PKGBUILD: 200, no job",
             ),
             _CACHE,
+            Param(
+                "publish",
+                "query",
+                {"type": "boolean", "default": False},
+                "Once it succeeds, add its package to the variant's signed pacman repository "
+                "(orchestrator-{variant}, served at /repo/{variant}/{arch}/)",
+            ),
         ),
         body=binary("The build directory as a tar, optionally gzipped", *TAR_TYPES),
         answers={
@@ -345,6 +356,53 @@ ROUTES: tuple[Route, ...] = (
             404: "No such cache",
             409: "A running build is using it",
             502: "The engine could not remove its volume",
+        },
+    ),
+    Route(
+        "list_repo",
+        "repo",
+        "GET",
+        "/v1/repo/{variant}",
+        "repo.list_repo",
+        "A variant's pacman repository: the packages its database lists",
+        params=(_REPO_VARIANT,),
+        answers={200: json_body(RepoPackages, "The repository"), 404: "No such repository"},
+    ),
+    Route(
+        "remove_repo_package",
+        "repo",
+        "DELETE",
+        "/v1/repo/{variant}/packages/{pkgname}",
+        "repo.delete_repo_package",
+        "Take a package out of a repository (its database, then its file and signature)",
+        params=(_REPO_VARIANT, Param("pkgname", "path")),
+        answers={
+            200: json_body(Removed, "Removed: its file name"),
+            404: "No such repository, or it holds no such package",
+            500: "repo-remove or gpg failed; the database served before still is",
+        },
+    ),
+    Route(
+        "get_repo_key",
+        "repo",
+        "GET",
+        "/repo/key",
+        "repo.get_repo_key",
+        "The repositories' signing key, public part, ASCII-armored (for pacman-key --add)",
+        answers={200: Body("The key", media=("application/pgp-keys",), schema=TEXT)},
+    ),
+    Route(
+        "get_repo_file",
+        "repo",
+        "GET",
+        "/repo/{variant}/{arch}/{name}",
+        "repo.get_repo_file",
+        "A repository's file, as pacman fetches it: its database (NAME.db, NAME.files and "
+        "their .sig), a package or a package's .sig",
+        params=(_REPO_VARIANT, Param("arch", "path"), Param("name", "path")),
+        answers={
+            200: binary("The file", "application/octet-stream"),
+            404: "No such repository or file",
         },
     ),
     Route(

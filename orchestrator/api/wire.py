@@ -324,7 +324,28 @@ class ModelList(_Wire):
 
 
 class Removed(_Wire):
-    removed: str = Field(description="the worker's id, or the model's name")
+    removed: str = Field(
+        description="the worker's id, the model's name, or the package's file name"
+    )
+
+
+# -- repositories ------------------------------------------------------------------------------
+
+
+class RepoPackage(_Wire):
+    name: str = Field(description="its pkgname")
+    filename: str = Field(description="its file in the repository (its signature: + .sig)")
+
+
+class RepoPackages(_Wire):
+    """A variant's pacman repository: what its database lists."""
+
+    repository: str = Field(description="its name, the section in pacman.conf")
+    arch: str
+    server: str = Field(
+        description="its path on this service: pacman.conf's Server, after the host"
+    )
+    packages: list[RepoPackage]
 
 
 # -- caches ------------------------------------------------------------------------------------

@@ -97,6 +97,11 @@ COMMANDS = (
             arg("-o", "--output", metavar="DIR", help="save the packages into DIR"),
             arg("-d", "--detach", action="store_true", help="print the job id and return at once"),
             arg("--no-cache", action="store_true", help=NO_CACHE_HELP),
+            arg(
+                "--publish",
+                action="store_true",
+                help="once built, add the package to the variant's signed pacman repository",
+            ),
         ),
         "Upload DIR (a PKGBUILD and the local files its source=() names), build it in a "
         "container, and wait for the result; the exit code says how it ended. Ctrl-C cancels "

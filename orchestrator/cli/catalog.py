@@ -70,6 +70,8 @@ async def worker_get(args: argparse.Namespace) -> int:
 async def worker_install(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
         body: dict[str, Any] = {"operation": "worker_install", "worker_id": args.worker_id}
+        if args.publish:
+            body["publish"] = True
         if args.timeout_s is not None:
             body["timeout_s"] = args.timeout_s
         created = await client.start_job(body, cache=not args.no_cache)
@@ -147,6 +149,11 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     install.add_argument("worker_id", metavar="ID")
     install.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    install.add_argument(
+        "--publish",
+        action="store_true",
+        help="also add its package to the variant's signed pacman repository",
+    )
     install.set_defaults(handler=worker_install)
     verbs.add_parser("list", parents=[common], help="list installed workers").set_defaults(
         handler=worker_list

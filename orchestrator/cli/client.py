@@ -118,8 +118,11 @@ class Client:
         *,
         dry_run: bool = False,
         cache: bool = True,
+        publish: bool = False,
     ) -> dict[str, Any]:
         params = {"variant": variant}
+        if publish:
+            params["publish"] = "true"
         if not cache:
             params["cache"] = "off"
         if timeout_s is not None:

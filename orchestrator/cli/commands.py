@@ -33,7 +33,7 @@ async def cmd_build(args: argparse.Namespace) -> int:
         raise CliError(f"{directory} is not a directory", EXIT_USAGE)
     async with client_for(args) as client:
         created = await client.submit(
-            directory, args.variant, args.timeout_s, cache=not args.no_cache
+            directory, args.variant, args.timeout_s, cache=not args.no_cache, publish=args.publish
         )
         job_id = created["job_id"]
         if args.detach:

@@ -9,6 +9,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from ..errors import InvalidInput
+from ..jobs import Work
+from ..repo import Repositories
+from ..repo.publishing import then_publish
+from ..storage.store import JobRecord
 
 # A field that is absent, or not a non-empty string, is said the one way whatever pydantic's
 # reason: that is what a client needs to hear.
@@ -44,6 +48,14 @@ def parse_cache(raw: str | None) -> bool:
     raise InvalidInput(f"cache must be on or off, not {raw!r}")
 
 
-def cache_request(cache: bool) -> dict[str, Any]:
-    """What the record keeps of the cache flag (nothing for the default)."""
-    return {} if cache else {"cache": False}
+def cache_request(cache: bool, *, publish: bool = False) -> dict[str, Any]:
+    """What the record keeps of the cache and publish flags (nothing for the defaults)."""
+    return {**({} if cache else {"cache": False}), **({"publish": True} if publish else {})}
+
+
+def published(work: Work, record: JobRecord, repos: Repositories | None) -> Work:
+    """``work``, followed by publishing its packages when the job was asked to (``repos`` is
+    None only where a test runs a kind without the service)."""
+    if record.request.get("publish") is not True or repos is None:
+        return work
+    return then_publish(work, repos, record.variant or "cpu")

@@ -8,6 +8,7 @@ from ..catalog.installed import WorkerStore
 from ..catalog.model_store import ModelStore
 from ..catalog.workers import Catalog
 from ..engine import Engine
+from ..repo import Repositories
 from ..settings import Settings
 from ..storage.uploads import UploadBudget
 
@@ -22,3 +23,4 @@ class Services:
     catalog: Catalog
     workers: WorkerStore
     models: ModelStore
+    repos: Repositories

@@ -14,10 +14,11 @@ from ..engine import Engine
 from ..errors import InvalidInput
 from ..jobs import Job, JobResult, Plan, Sink, Submission, adopting
 from ..jobs.cancel import CancelToken
+from ..repo import Repositories
 from ..settings import Settings
 from ..storage.store import JobRecord
 from ..storage.uploads import UploadBudget
-from ._body import cache_request, parse_cache, read
+from ._body import cache_request, parse_cache, published, read
 from ._services import Services
 
 
@@ -26,6 +27,7 @@ class Build(BaseModel):
 
     variant: str = "cpu"
     cache: str | None = None  # on or off: ``parse_cache`` says what else is refused
+    publish: bool = False  # add the package to the variant's repository once it is built
 
 
 class BuildKind:
@@ -34,14 +36,21 @@ class BuildKind:
     upload = True
     request = Build
 
-    def __init__(self, settings: Settings, engine: Engine, uploads: UploadBudget) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        uploads: UploadBudget,
+        repos: Repositories | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._uploads = uploads
+        self._repos = repos
 
     @classmethod
     def of(cls, services: Services) -> BuildKind:
-        return cls(services.settings, services.engine, services.uploads)
+        return cls(services.settings, services.engine, services.uploads, services.repos)
 
     async def parse(self, submission: Submission) -> Plan:
         """The upload's PKGBUILD (as makepkg reads it), the variant, and ``cache``."""
@@ -60,7 +69,10 @@ class BuildKind:
             pkgver=info.version,
             srcinfo=info.text,
             # What its top level printed is said again when the build starts.
-            request={**cache_request(cache), **({"printed": info.printed} if info.printed else {})},
+            request={
+                **cache_request(cache, publish=query.publish),
+                **({"printed": info.printed} if info.printed else {}),
+            },
         )
 
     def subject(self, record: JobRecord) -> str | None:
@@ -79,18 +91,19 @@ class BuildKind:
         async def work(sink: Sink, token: CancelToken) -> JobResult:
             return await self._engine.runner.run(request, sink, token)
 
-        return Job(work, cleanup_dir=source_dir)
+        return Job(published(work, record, self._repos), cleanup_dir=source_dir)
 
     async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
         runner = self._engine.runner
         step = await adopting.find(runner, record.id)
         adoption = adopting.Adoption(record.id, step, stored)
+        work = published(adopting.adopted_job(runner, adoption), record, self._repos)
         # Its sources are in its step: what is left of them here goes when it ends.
-        return Job(adopting.adopted_job(runner, adoption), self._settings.work_dir / record.id)
+        return Job(work, self._settings.work_dir / record.id)
 
     async def conclude(self, record: JobRecord) -> Job:
         work = adopting.stored_packages(self._engine.runner, record.id)
-        return Job(work, self._settings.work_dir / record.id)
+        return Job(published(work, record, self._repos), self._settings.work_dir / record.id)
 
     async def resume(self, record: JobRecord) -> Job:
         source_dir = self._settings.work_dir / record.id

@@ -30,9 +30,10 @@ from ..jobs import (
 from ..jobs.cancel import CancelToken
 from ..jobs.status import JobStatus
 from ..narration.events import Action, Event
+from ..repo import Repositories
 from ..settings import Settings
 from ..storage.store import JobRecord
-from ._body import cache_request, parse_cache, read
+from ._body import cache_request, parse_cache, published, read
 from ._services import Services
 
 NOUN = "Install"
@@ -44,6 +45,9 @@ class WorkerInstall(BaseModel):
     operation: Literal["worker_install"]
     worker_id: str = Field(min_length=1)
     timeout_s: float | None = Field(default=None, gt=0)
+    publish: bool = Field(
+        default=False, description="also add its package to its variant's repository"
+    )
 
 
 class WorkerInstallKind:
@@ -53,8 +57,14 @@ class WorkerInstallKind:
     request = WorkerInstall
 
     def __init__(
-        self, settings: Settings, engine: Engine, catalog: Catalog, workers: WorkerStore
+        self,
+        settings: Settings,
+        engine: Engine,
+        catalog: Catalog,
+        workers: WorkerStore,
+        repos: Repositories,
     ) -> None:
+        self._repos = repos
         self._settings = settings
         self._engine = engine
         self._catalog = catalog
@@ -63,11 +73,12 @@ class WorkerInstallKind:
     @classmethod
     def of(cls, services: Services) -> WorkerInstallKind:
         s = services
-        return cls(s.settings, s.engine, s.catalog, s.workers)
+        return cls(s.settings, s.engine, s.catalog, s.workers, s.repos)
 
     async def parse(self, submission: Submission) -> Plan:
         """``worker_id``, a catalog entry that can run here; ``cache`` for its build."""
-        entry = self._catalog.get(read(WorkerInstall, submission.body).worker_id)
+        asked = read(WorkerInstall, submission.body)
+        entry = self._catalog.get(asked.worker_id)
         # Refuses what cannot run here (metal, another OS or CPU); the build itself warns
         # when a cuda worker gets no GPU.
         gpu_runtime = await self._engine.backend.gpu_runtime()
@@ -78,7 +89,7 @@ class WorkerInstallKind:
             variant=entry.worker_type,
             pkgname=entry.id,
             pkgver=entry.version,
-            request=cache_request(cache),
+            request=cache_request(cache, publish=asked.publish),
         )
 
     def subject(self, record: JobRecord) -> str | None:
@@ -96,7 +107,8 @@ class WorkerInstallKind:
         async def build(sink: Sink, token: CancelToken) -> JobResult:
             return await self._engine.runner.run(request, sink, token)
 
-        return Job(self._then_install(entry, build, job_id), cleanup_dir=source_dir)
+        work = published(self._then_install(entry, build, job_id), record, self._repos)
+        return Job(work, cleanup_dir=source_dir)
 
     async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
         """Its build goes on; the install that follows is the catalog's entry of now."""
@@ -104,7 +116,8 @@ class WorkerInstallKind:
         runner = self._engine.runner
         step = await adopting.find(runner, record.id)
         build = adopting.adopted_job(runner, adopting.Adoption(record.id, step, stored))
-        return Job(self._then_install(entry, build, record.id), self._settings.work_dir / record.id)
+        work = published(self._then_install(entry, build, record.id), record, self._repos)
+        return Job(work, self._settings.work_dir / record.id)
 
     def _then_install(self, entry: CatalogEntry, build: Work, job_id: str) -> Work:
         async def work(sink: Sink, token: CancelToken) -> JobResult:

@@ -32,6 +32,7 @@ class Action(StrEnum):
     BUILD_EXITED = "build_exited"
     ARTIFACT_STORED = "artifact_stored"
     INSTALLED = "installed"
+    PUBLISHED = "published"  # a job's packages were added to its variant's repository
     PROGRESS = "progress"
     SAMPLE = "sample"  # a running build's resource figures (its own SSE event type: `sample`)
     ESTIMATE = "estimate"  # how long a job is expected to take, once it starts

@@ -94,7 +94,7 @@ class Checker:
     async def conforms(self, response: ClientResponse, method: str, route: str) -> Any:
         operation = self.doc["paths"][route][method.lower()]
         documented = operation["responses"].get(str(response.status))
-        text = await response.text()
+        text = (await response.read()).decode(errors="replace")  # packages are binary
         assert documented is not None, (
             f"{method} {route}: {response.status} is undocumented: {text}"
         )
@@ -148,10 +148,14 @@ async def serve(settings: Settings, backend: FakeBackend) -> AsyncIterator[Check
         yield Checker(client, doc)
 
 
-def package_with(path: str) -> bytes:
-    """A package (a gzipped tar) holding one executable file at ``path``."""
+def package_with(path: str, *, pkginfo: bytes | None = None) -> bytes:
+    """A package (a gzipped tar) holding one executable file at ``path`` (and a .PKGINFO)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        if pkginfo is not None:
+            entry = tarfile.TarInfo(".PKGINFO")
+            entry.size = len(pkginfo)
+            tar.addfile(entry, io.BytesIO(pkginfo))
         info = tarfile.TarInfo(path)
         data = b"#!/bin/sh\necho hello\n"
         info.size, info.mode = len(data), 0o755
@@ -176,6 +180,8 @@ CATALOG, ENTRY = "/v1/catalog/workers", "/v1/catalog/workers/{worker_id}"
 PKGBUILD = "/v1/catalog/workers/{worker_id}/pkgbuild"
 WORKERS, WORKER = "/v1/workers", "/v1/workers/{worker_id}"
 MODELS, MODEL = "/v1/models", "/v1/models/{name}"
+REPO, REPO_PACKAGE = "/v1/repo/{variant}", "/v1/repo/{variant}/packages/{pkgname}"
+REPO_FILE = "/repo/{variant}/{arch}/{name}"
 INSTALL = {"operation": "worker_install", "worker_id": "hello-c"}
 
 
@@ -274,6 +280,36 @@ async def catalog_and_workers(api: Checker, backend: FakeBackend) -> None:
     await api.call("DELETE", WORKER, worker_id="hello-c", expect=404)
 
 
+async def repositories(api: Checker, backend: FakeBackend) -> None:
+    """A build published (real repo-add and gpg), its repository's files, key and removal."""
+    name = "hello-c-1.0.0-1-x86_64.pkg.tar.gz"
+    info = b"pkgname = hello-c\npkgbase = hello-c\npkgver = 1.0.0-1\narch = x86_64\n"
+    backend.script = Script(packages={name: package_with("usr/bin/hello", pkginfo=info)})
+    params = {"publish": "true"}
+    built = await api.call("POST", BUILDS, data=HELLO, headers=GZ, params=params, expect=201)
+    await api.wait(built["job_id"], {"succeeded"})
+    said = [m.json().get("message") for m in await api.stream(built["job_id"]) if not m.is_done]
+    assert f"📚 Published {name} to orchestrator-cpu" in said
+    listed = await api.call("GET", REPO, variant="cpu", expect=200)
+    assert listed["packages"] == [{"name": "hello-c", "filename": name}]
+    await api.call("GET", REPO, variant="metal", expect=404)
+    assert "PUBLIC KEY" in await api.call("GET", "/repo/key", expect=200)
+    for served in ("orchestrator-cpu.db", "orchestrator-cpu.files.sig", name, f"{name}.sig"):
+        await api.call("GET", REPO_FILE, variant="cpu", arch="x86_64", name=served, expect=200)
+    for absent in ("nope", "..", "current"):
+        await api.call("GET", REPO_FILE, variant="cpu", arch="x86_64", name=absent, expect=404)
+    await api.call("GET", REPO_FILE, variant="cpu", arch="aarch64", name=name, expect=404)
+    await api.call("DELETE", REPO_PACKAGE, variant="cpu", pkgname="hello-c", expect=200)
+    await api.call("DELETE", REPO_PACKAGE, variant="cpu", pkgname="hello-c", expect=404)
+    # A catalog install asked to publish lands there too.
+    worker = package_with("usr/bin/hello-worker-c", pkginfo=info)
+    backend.script = Script(packages={name: worker})
+    installing = await api.call("POST", JOBS, json={**INSTALL, "publish": True}, expect=201)
+    await api.wait(installing["job_id"], {"succeeded"})
+    listed = await api.call("GET", REPO, variant="cpu", expect=200)
+    assert listed["packages"] == [{"name": "hello-c", "filename": name}]
+
+
 async def models(api: Checker, settings: Settings) -> None:
     """A model on disk as a download leaves it."""
     settings.models_dir.mkdir(parents=True, exist_ok=True)
@@ -301,6 +337,7 @@ async def test_every_route_answers_as_documented(settings: Settings) -> None:
         await caches(api, backend)
         await catalog_and_workers(api, backend)
         await models(api, settings)
+        await repositories(api, backend)
         assert "error" not in await api.call("GET", "/health", expect=200)
         await api.call("GET", "/metrics", expect=200)
         await api.call("GET", "/openapi.json", expect=200)
@@ -319,7 +356,7 @@ async def test_refusals_before_the_handler_answer_as_documented(settings: Settin
         for path, item in api.doc["paths"].items():
             names = {name: "x" for name in re.findall(r"\{(\w+)\}", path)}
             for method in item:
-                expect = 401 if path.startswith("/v1/") else 200
+                expect = 401 if path.startswith(("/v1/", "/repo/")) else 200
                 await api.call(method.upper(), path, expect=expect, **names)
                 if method != "get":
                     headers = {"Sec-Fetch-Site": "cross-site", "Authorization": f"Bearer {TOKEN}"}

@@ -75,6 +75,7 @@ ANSWERS = {
     "ShuttingDown": (503, "unavailable"),
     "StoreError": (500, "internal_error"),
     "InstallError": (500, "internal_error"),
+    "RepoError": (500, "internal_error"),
     "InsecureBind": (500, "internal_error"),
     "AlreadyRunning": (500, "internal_error"),
     "Detached": (500, "internal_error"),

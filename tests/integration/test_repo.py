@@ -1,0 +1,264 @@
+"""The signed package repositories, with real builds, real repo-add, gpg and pacman.
+
+One service and one real build (hello-c) serve the whole flow: publish, install into a scratch
+root with ``SigLevel = Required`` over HTTP with the token, a flipped byte refused, concurrent
+publishes (of small packages made here: the same code path, without more builds), removal.
+A full disk is a tmpfs under the repository alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
+
+from orchestrator import Settings
+from orchestrator.api.keys import REPOS
+from orchestrator.errors import RepoError
+from orchestrator.repo import Repository, Signer
+
+from ..conftest import PKGBUILDS
+from ..waiting import until
+from .conftest import serve
+from .service import submit
+
+pytestmark = pytest.mark.docker
+
+TOKEN = "repo-test-token"
+MiB = 1024**2
+
+
+def make_package(folder: Path, name: str, version: str = "1.0-1") -> Path:
+    """A minimal package (its .PKGINFO and one file): all repo-add and pacman read of it."""
+    path = folder / f"{name}-{version}-x86_64.pkg.tar.gz"
+    info = f"pkgname = {name}\npkgbase = {name}\npkgver = {version}\narch = x86_64\nsize = 6\n"
+    with tarfile.open(path, "w:gz") as tar:
+        for member, data in ((".PKGINFO", info.encode()), (f"usr/share/{name}", b"hello\n")):
+            entry = tarfile.TarInfo(member)
+            entry.size = len(data)
+            tar.addfile(entry, io.BytesIO(data))
+    return path
+
+
+async def _json(answer: Awaitable[ClientResponse]) -> Any:
+    return await (await answer).json()
+
+
+class Pacman:
+    """pacman into a scratch root, trusting the repository's key as the README says."""
+
+    def __init__(self, folder: Path, url: str, key: str) -> None:
+        self.folder = folder
+        self.gpgdir = folder / "gnupg"
+        (folder / "key.asc").write_text(key)
+        conf = folder / "pacman.conf"
+        conf.write_text(
+            "[options]\nArchitecture = x86_64\nSigLevel = Required\n\n"
+            f"[orchestrator-cpu]\nServer = {url}/repo/cpu/$arch\n"
+        )
+        self._pacman_key("--init")
+        self._pacman_key("--add", str(folder / "key.asc"))
+        shown = subprocess.run(
+            ["gpg", "--with-colons", "--show-keys", str(folder / "key.asc")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        fingerprint = next(ln.split(":")[9] for ln in shown.splitlines() if ln.startswith("fpr"))
+        self._pacman_key("--lsign-key", fingerprint)
+
+    def _pacman_key(self, *args: str) -> None:
+        subprocess.run(
+            ["pacman-key", "--gpgdir", str(self.gpgdir), *args], check=True, capture_output=True
+        )
+
+    def install(self, pkgname: str) -> subprocess.CompletedProcess[str]:
+        """``pacman -Sy pkgname`` into a new root, with an empty package cache."""
+        root = self.folder / "root"
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "var/lib/pacman").mkdir(parents=True)
+        cache = self.folder / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir()
+        command = ["pacman", "--config", str(self.folder / "pacman.conf"), "--root", str(root)]
+        command += ["--dbpath", str(root / "var/lib/pacman"), "--gpgdir", str(self.gpgdir)]
+        command += ["--cachedir", str(cache), "--noconfirm", "--noprogressbar", "-Sy", pkgname]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    def close(self) -> None:
+        subprocess.run(["gpgconf", "--homedir", str(self.gpgdir), "--kill", "all"], check=False)
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    # gpg-agent's socket lives in its home: a unix socket's path is at most 107 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="repo-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_publish_install_tamper_concurrent_remove(
+    settings: Settings, scratch: Path, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"api_token": SecretStr(TOKEN)})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with serve(settings) as client:
+        job = await submit(client, PKGBUILDS / "hello-c", headers=auth, publish="true")
+        done = await until(
+            lambda: _json(client.get(f"/v1/jobs/{job['job_id']}", headers=auth)),
+            lambda j: j["status"] in ("succeeded", "failed"),
+            timeout_s=300,
+            interval_s=0.2,
+            what="the build to end",
+        )
+        assert done["status"] == "succeeded", done
+        package = done["artifacts"][0]["name"]
+        listed = await (await client.get("/v1/repo/cpu", headers=auth)).json()
+        assert listed["packages"] == [{"name": "hello-c", "filename": package}]
+
+        assert (await client.get("/repo/key")).status == 401
+        assert (await client.get("/repo/cpu/x86_64/orchestrator-cpu.db")).status == 401
+        key = await (await client.get("/repo/key", headers=auth)).text()
+        assert key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        assert "PRIVATE" not in key
+        for name in ("../../../orchestrator.db", ".lock", "current", "nothing.pkg.tar.gz"):
+            answer = await client.get(f"/repo/cpu/x86_64/{name}", headers=auth)
+            assert answer.status == 404, name
+
+        url = f"http://user:{TOKEN}@127.0.0.1:{client.port}"
+        pacman = Pacman(scratch, url, key)
+        try:
+            installed = await asyncio.to_thread(pacman.install, "hello-c")
+            assert installed.returncode == 0, installed.stderr
+            assert (scratch / "root/usr/bin/hello").is_file()
+
+            await _tampered_is_refused(settings, package, pacman)
+            await _concurrent_publishes(client, settings, tmp_path)
+
+            removed = await client.delete("/v1/repo/cpu/packages/hello-c", headers=auth)
+            assert (await removed.json()) == {"removed": package}
+            gone = await client.delete("/v1/repo/cpu/packages/hello-c", headers=auth)
+            assert gone.status == 404
+            assert (await client.get(f"/repo/cpu/x86_64/{package}", headers=auth)).status == 404
+            refused = await asyncio.to_thread(pacman.install, "hello-c")
+            assert refused.returncode != 0 and "target not found" in refused.stderr
+        finally:
+            pacman.close()
+
+
+async def _tampered_is_refused(settings: Settings, package: str, pacman: Pacman) -> None:
+    served = settings.repo_dir / "cpu/x86_64/pool" / package
+    original = served.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    served.write_bytes(bytes(flipped))
+    try:
+        refused = await asyncio.to_thread(pacman.install, "hello-c")
+        assert refused.returncode != 0
+        assert "invalid or corrupted package (PGP signature)" in refused.stderr, refused.stderr
+    finally:
+        served.write_bytes(original)
+
+
+async def _concurrent_publishes(client: TestClient, settings: Settings, folder: Path) -> None:
+    """Two publishes at once in the service, and one from a second repository object (as a
+    second process would make): all land."""
+    repos = client.app[REPOS]
+    other = Repository(settings.repo_dir / "cpu/x86_64", "orchestrator-cpu", repos.signer)
+    made = [make_package(folder, name) for name in ("con-a", "con-b", "con-c")]
+    await asyncio.gather(
+        repos.publish("cpu", [made[0]]),
+        repos.publish("cpu", [made[1]]),
+        asyncio.to_thread(other.publish, [made[2]]),
+    )
+    assert {"hello-c", "con-a", "con-b", "con-c"} <= set(other.packages())
+
+
+@pytest.fixture
+def small_disk(scratch: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = scratch / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_leaves_the_database_serving(small_disk: Path, scratch: Path) -> None:
+    """With ever more room left, a publish fails wherever the disk ends (the pool, the copy,
+    repo-add's write, its signature) until it fits: each failure leaves the database served
+    before whole, signed and served, and nothing half-made beside it."""
+    signer = Signer.open(scratch / "gnupg", None)
+    repo = Repository(small_disk / "cpu/x86_64", "orchestrator-cpu", signer)
+    filler = small_disk / "filler"
+    try:
+        repo.publish([make_package(scratch, "first")])
+        failures = 0
+        for free_kib in range(0, 64, 4):
+            served = repo.file("orchestrator-cpu.db").read_bytes()
+            listed = repo.packages()
+            _fill(filler, free_kib * 1024)
+            try:
+                repo.publish([make_package(scratch, f"second{free_kib}")])
+            except RepoError:
+                failures += 1
+                assert repo.file("orchestrator-cpu.db").read_bytes() == served
+                assert repo.packages() == listed
+            else:
+                assert f"second{free_kib}" in repo.packages()
+            db = repo.file("orchestrator-cpu.db")
+            signer.verify(db, repo.file("orchestrator-cpu.db.sig"))
+            assert [p.name for p in repo.root.glob("db-*")] == [db.resolve().parent.name]
+            filler.unlink()
+        assert failures >= 2
+        assert "first" in repo.packages()
+    finally:
+        signer.close()
+
+
+def _fill(filler: Path, free_bytes: int) -> None:
+    """Fill the disk, then give back ``free_bytes`` of it."""
+    block = bytes(64 * 1024)
+    with contextlib.suppress(OSError), filler.open("wb") as fh:
+        while True:
+            fh.write(block)
+            fh.flush()
+    os.truncate(filler, max(0, filler.stat().st_size - free_bytes))
+
+
+def test_a_new_key_signs_the_repository_again(scratch: Path) -> None:
+    """Rotation: the service started with another key signs what it serves again."""
+    first = Signer.open(scratch / "first", None)
+    second = Signer.open(scratch / "second", None)
+    try:
+        root = scratch / "repo"
+        Repository(root, "orchestrator-cpu", first).publish([make_package(scratch, "kept")])
+        rotated = Repository(root, "orchestrator-cpu", second)
+        assert rotated.resign() is True
+        assert rotated.resign() is False  # once
+        for name in (
+            "orchestrator-cpu.db",
+            "orchestrator-cpu.files",
+            "kept-1.0-1-x86_64.pkg.tar.gz",
+        ):
+            second.verify(rotated.file(name), rotated.file(f"{name}.sig"))
+        assert set(rotated.packages()) == {"kept"}
+    finally:
+        first.close()
+        second.close()
