@@ -328,13 +328,22 @@ def test_the_progress_line_updates_on_a_terminal_is_plain_when_piped_and_absent_
     assert any(e.get("action") == "sample" for e in events)
     assert "⏳" not in as_json.stdout and "% of the estimate" not in as_json.stdout
 
-    code, shown = in_a_terminal(cli_service, "build", vitals(), "--follow")
+    # The second, estimated from the first, followed at once on a terminal and through a pipe
+    # (one build for both: what differs is only where the CLI writes).
+    detached = cli(cli_service, "build", vitals(), "--detach")
+    assert detached.returncode == 0, detached.stderr
+    job_id = detached.stdout.strip()
+    piped: list[subprocess.CompletedProcess[str]] = []
+    pipe = threading.Thread(target=lambda: piped.append(cli(cli_service, "logs", job_id, "-f")))
+    pipe.start()
+    code, shown = in_a_terminal(cli_service, "logs", job_id, "--follow")
+    pipe.join(timeout=180)
     assert code == 0, shown
     assert "\r\x1b[K[orchestrator] ⏳ " in shown and " of ~" in shown, shown
     assert "[orchestrator] Expected to take about " in shown
 
-    piped = cli(cli_service, "build", vitals(), "--follow")
-    assert piped.returncode == 0, piped.stderr
-    assert "% of the estimate (" in piped.stdout, piped.stdout
-    assert "\r" not in piped.stdout and "⏳" not in piped.stdout
-    assert "pids" not in piped.stdout  # samples are not log lines
+    [plain] = piped
+    assert plain.returncode == 0, plain.stderr
+    assert "% of the estimate (" in plain.stdout, plain.stdout
+    assert "\r" not in plain.stdout and "⏳" not in plain.stdout
+    assert "pids" not in plain.stdout  # samples are not log lines
