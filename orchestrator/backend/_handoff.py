@@ -12,6 +12,11 @@ process can know again without having been told: HMAC-SHA256 of the step's handl
 kept in the data directory (``step_secret``). The next process ``reopen``s the exchange of a step
 it adopts: its inputs were fetched already, its outputs are still to come.
 
+The listener also carries ``kill``'s stop (``stop``): the wrapper of a task with a network
+holds a request open on it and, when it is answered, ends the step itself (SIGTERM to the
+command, then SIGKILL to every process after the grace) without waiting for the node's agent,
+which acts on a removed service only a second later (docs/backends.md, Swarm's ``kill``).
+
 Treated as hostile input, like an upload: the token is compared in constant time, inputs are
 served once, each output is accepted once and cut at the artifact cap, unknown steps are 404.
 """
@@ -22,6 +27,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -38,6 +44,8 @@ from ..timeouts import (
     HANDOFF_SEND_ATTEMPTS,
     HANDOFF_SEND_MAX_S,
     HANDOFF_SEND_RETRY_S,
+    HANDOFF_STOP_RETRY_S,
+    HANDOFF_STOP_TICK_S,
     HANDOFF_STREAM_SEND_ATTEMPTS,
 )
 
@@ -87,6 +95,9 @@ class _Exchange:
     received: dict[int, IO[bytes]] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)  # an output we turned away, and why
     missed: str | None = None  # why outputs that did not come never will
+    stop_ticks: int | None = None  # asked to stop: the grace, in the wrapper's ticks
+    watchers: int = 0  # the wrapper's requests waiting for a stop now
+    woken: asyncio.Event = field(default_factory=asyncio.Event)  # stopped, dropped or closing
 
 
 class Handoff:
@@ -113,6 +124,7 @@ class Handoff:
             app = web.Application()
             app.router.add_get("/steps/{handle}/inputs", self._get_inputs)
             app.router.add_put("/steps/{handle}/outputs/{index:[0-9]{1,2}}", self._put_output)
+            app.router.add_get("/steps/{handle}/stop", self._get_stop)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, self._host, self._port)
@@ -158,10 +170,28 @@ class Handoff:
         del step.received[index]
         return tar
 
+    def stop(self, handle: str, grace_s: float) -> bool:
+        """Tell ``handle``'s wrapper to end the step: SIGTERM to its command, SIGKILL to every
+        process after ``grace_s``. True if the wrapper is listening for it now; else it is
+        told when it next asks (the caller must stop the step another way meanwhile)."""
+        step = self._steps.get(handle)
+        if step is None:
+            return False
+        if step.stop_ticks is None:
+            step.stop_ticks = math.ceil(grace_s / HANDOFF_STOP_TICK_S)
+        step.woken.set()
+        return self.watching(handle)
+
+    def watching(self, handle: str) -> bool:
+        """Whether ``handle``'s wrapper is waiting for a stop now."""
+        step = self._steps.get(handle)
+        return step is not None and step.watchers > 0
+
     def drop(self, handle: str) -> None:
         step = self._steps.pop(handle, None)
         if step is None:
             return
+        step.woken.set()  # its wrapper's waiting request ends (404)
         self._dropped[handle] = None
         if len(self._dropped) > _DROPPED_KEPT:
             del self._dropped[next(iter(self._dropped))]
@@ -173,6 +203,8 @@ class Handoff:
         # A task that sends its packages while this process stops is told to try again (the
         # next process takes it over), never given a 404 or a 201 for what is about to go.
         self._closing = True
+        for step in self._steps.values():
+            step.woken.set()  # waiting stop requests end (503: asked again of the next one)
         for handle in list(self._steps):
             self.drop(handle)
         if self._runner is not None:
@@ -214,6 +246,20 @@ class Handoff:
         step.inputs = None
         inputs.close()
         return response
+
+    async def _get_stop(self, request: web.Request) -> web.Response:
+        """Answered once the step is to stop (the grace in ticks), or 404 once it is dropped."""
+        _handle, step = self._authorized(request)
+        step.watchers += 1
+        try:
+            await step.woken.wait()
+        finally:
+            step.watchers -= 1
+        if step.stop_ticks is not None:
+            return web.Response(text=str(step.stop_ticks))
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="the service is stopping\n")
+        raise web.HTTPNotFound(text="no such step\n")
 
     async def _put_output(self, request: web.Request) -> web.Response:
         _handle, step = self._authorized(request)
@@ -273,7 +319,41 @@ case "${ORCHESTRATOR_STEP_INPUTS:-}" in
            || { echo "orchestrator: could not unpack the step's inputs" >&2; exit 125; } ;;
 esac
 unset ORCHESTRATOR_STEP_INPUTS
-"$@"
+stop=${ORCHESTRATOR_STEP_STOP:-}
+unset ORCHESTRATOR_STEP_STOP
+# kill's stop (``Handoff.stop``): asked again after a failure (the service restarting: the next
+# one takes the step over) until it comes, or the listener says the step is not its any more.
+# The header goes through stdin: not in curl's command line, which the build could read.
+stop_watch() {
+  local answer ticks
+  while :; do
+    answer=$(printf 'header = "%s"\n' "$auth" \
+               | curl -sS -K - -w ' %{http_code}' "$url/stop" 2>/dev/null)
+    case $answer in
+      *" 200") break ;;
+      *" 403" | *" 404") return 0 ;;
+    esac
+    sleep @STOP_RETRY@
+  done
+  ticks=${answer% 200}
+  if [ "$ticks" -gt 0 ] 2>/dev/null; then
+    kill -TERM "$build" 2>/dev/null
+    while [ "$ticks" -gt 0 ] && kill -0 "$build" 2>/dev/null; do
+      sleep @TICK@
+      ticks=$((ticks - 1))
+    done
+  fi
+  kill -KILL $$  # this shell's end is the container's: its init exits, the kernel kills the rest
+}
+# The command runs in the background (with the signals a foreground one has) so that this shell
+# can pass a SIGTERM on to it (Swarm's stop, sent to the init, reaches this shell only): a shell
+# that died of it would have the kernel SIGKILL the command at once, cutting its grace short.
+{ trap - INT QUIT; exec "$@"; } &
+build=$!
+[ -z "$stop" ] || stop_watch &
+trap 'kill -TERM "$build" 2>/dev/null' TERM
+while kill -0 "$build" 2>/dev/null; do wait "$build"; done
+wait "$build"
 code=$?
 pack() {
   if [ -d "$out" ]; then tar -c -f "$1" -C "$out" .; else tar -c -f "$1" -T /dev/null; fi
@@ -303,6 +383,8 @@ _WRAPPER = (
     .replace("@DELAY@", str(HANDOFF_SEND_RETRY_S))
     .replace("@MAX@", str(HANDOFF_SEND_MAX_S))
     .replace("@STREAM@", str(HANDOFF_STREAM_SEND_ATTEMPTS - 1))
+    .replace("@STOP_RETRY@", str(HANDOFF_STOP_RETRY_S))
+    .replace("@TICK@", str(HANDOFF_STOP_TICK_S))
 )
 
 
@@ -311,9 +393,16 @@ def wrapper_command(command: tuple[str, ...]) -> list[str]:
 
 
 def wrapper_env(
-    url: str, handle: str, token: str, inputs: str | None, outputs: tuple[str, ...]
+    url: str,
+    handle: str,
+    token: str,
+    inputs: str | None,
+    outputs: tuple[str, ...],
+    *,
+    stop: bool = False,
 ) -> dict[str, str]:
-    """``inputs``: "fetch" (from the URL), a file's path in the task, or None."""
+    """``inputs``: "fetch" (from the URL), a file's path in the task, or None. ``stop``: the
+    task reaches the listener, so its wrapper waits there for ``Handoff.stop``."""
     if any(not p.startswith("/") or any(c.isspace() for c in p) for p in outputs):
         raise ValueError(f"output paths must be absolute, without blanks: {outputs}")
     env = {
@@ -323,4 +412,6 @@ def wrapper_env(
     }
     if inputs is not None:
         env["ORCHESTRATOR_STEP_INPUTS"] = inputs
+    if stop:
+        env["ORCHESTRATOR_STEP_STOP"] = "1"
     return env
