@@ -165,3 +165,36 @@ async def test_a_task_that_failed_by_itself_runs_again_while_attempts_are_left(
         finally:
             await backend.destroy(handle)
     assert left_behind(docker_client, f"{INSTANCE_LABEL}={settings.instance_id}") == []
+
+
+async def test_kill_gives_the_build_its_sigterm_with_or_without_a_listening_wrapper(
+    settings: Settings, docker_client: docker.DockerClient
+) -> None:
+    # A step with a network is stopped by its wrapper (told through the handoff listener); a
+    # sealed one by Swarm's own stop, which reaches the wrapper only, and must be passed on.
+    # The grace is long: a build that saw no SIGTERM would be killed only after it (or never
+    # say so).
+    settings = settings.model_copy(update={"kill_grace_s": 120.0})
+    build = 'trap "echo got TERM; exit 3" TERM; echo L up; while :; do sleep 0.1; done'
+    async with await Engine.open(settings) as engine:
+        backend = engine.backend
+        labels = {INSTANCE_LABEL: settings.instance_id, JOB_LABEL: job_id()}
+
+        async def stopped(network: bool) -> list[str]:
+            step = Step(settings.image_cpu, ("sh", "-c", build), labels, network=network)
+            handle = await backend.setup(step)
+            try:
+                output = await backend.start(handle)
+                lines: list[str] = []
+                async for batch in output:
+                    lines += [x for c in batch for x in c.text.split("\n") if x]
+                    if "L up" in lines:
+                        await backend.kill(handle, settings.kill_grace_s)
+                await output.aclose()
+                return lines
+            finally:
+                await backend.destroy(handle)
+
+        said = await asyncio.gather(stopped(network=True), stopped(network=False))
+    assert said == [["L up", "got TERM"], ["L up", "got TERM"]]
+    assert left_behind(docker_client, f"{INSTANCE_LABEL}={settings.instance_id}") == []
