@@ -39,7 +39,9 @@ def left_behind(client: docker.DockerClient, job_id: str) -> tuple[int, float]:
     deadline = time.monotonic() + 10  # a swarm node removes a task's container just after
     while True:
         seen = time.perf_counter()
-        found = len(client.containers.list(all=True, filters={"label": label}))
+        found = len(
+            client.containers.list(all=True, ignore_removed=True, filters={"label": label})
+        )
         found += len(client.services.list(filters={"label": label}))
         if not found or time.monotonic() > deadline:
             return found, seen

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,11 +177,12 @@ async def test_kill_gives_the_build_its_sigterm_with_or_without_a_listening_wrap
     # say so).
     settings = settings.model_copy(update={"kill_grace_s": 120.0})
     build = 'trap "echo got TERM; exit 3" TERM; echo L up; while :; do sleep 0.1; done'
+    since = int(time.time())
     async with await Engine.open(settings) as engine:
         backend = engine.backend
         labels = {INSTANCE_LABEL: settings.instance_id, JOB_LABEL: job_id()}
 
-        async def stopped(network: bool) -> list[str]:
+        async def stopped(network: bool) -> tuple[str, list[str]]:
             step = Step(settings.image_cpu, ("sh", "-c", build), labels, network=network)
             handle = await backend.setup(step)
             try:
@@ -191,10 +193,22 @@ async def test_kill_gives_the_build_its_sigterm_with_or_without_a_listening_wrap
                     if "L up" in lines:
                         await backend.kill(handle, settings.kill_grace_s)
                 await output.aclose()
-                return lines
+                return handle, lines
             finally:
                 await backend.destroy(handle)
 
-        said = await asyncio.gather(stopped(network=True), stopped(network=False))
-    assert said == [["L up", "got TERM"], ["L up", "got TERM"]]
+        (_, told), (sealed, sealed_told) = await asyncio.gather(
+            stopped(network=True), stopped(network=False)
+        )
+    assert told == ["L up", "got TERM"]
+    # Swarm's stop is seen only after the service's removal ended its output: the container's
+    # exit code says that the command had its SIGTERM (143 if the wrapper died of it instead).
+    assert sealed_told[:1] == ["L up"]
+    died = docker_client.events(
+        since=since,
+        until=int(time.time()) + 1,
+        filters={"event": "die", "label": f"com.docker.swarm.service.name={sealed}"},
+        decode=True,
+    )
+    assert [e["Actor"]["Attributes"]["exitCode"] for e in died] == ["3"]
     assert left_behind(docker_client, f"{INSTANCE_LABEL}={settings.instance_id}") == []
