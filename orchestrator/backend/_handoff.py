@@ -12,10 +12,8 @@ process can know again without having been told: HMAC-SHA256 of the step's handl
 kept in the data directory (``step_secret``). The next process ``reopen``s the exchange of a step
 it adopts: its inputs were fetched already, its outputs are still to come.
 
-The listener also carries ``kill``'s stop (``stop``): the wrapper of a task with a network
-holds a request open on it and, when it is answered, ends the step itself (SIGTERM to the
-command, then SIGKILL to every process after the grace) without waiting for the node's agent,
-which acts on a removed service only a second later (docs/backends.md, Swarm's ``kill``).
+It also carries ``kill``'s stop (``stop``): a task's wrapper waits for it on a request held open,
+then ends the step itself, a second sooner than the node's agent would (``_swarmstop.py``).
 
 Treated as hostile input, like an upload: the token is compared in constant time, inputs are
 served once, each output is accepted once and cut at the artifact cap, unknown steps are 404.
@@ -203,9 +201,7 @@ class Handoff:
         # A task that sends its packages while this process stops is told to try again (the
         # next process takes it over), never given a 404 or a 201 for what is about to go.
         self._closing = True
-        for step in self._steps.values():
-            step.woken.set()  # waiting stop requests end (503: asked again of the next one)
-        for handle in list(self._steps):
+        for handle in list(self._steps):  # waiting stop requests end: 503, asked again later
             self.drop(handle)
         if self._runner is not None:
             await self._runner.cleanup()

@@ -80,7 +80,7 @@ async def test_kills_stop_reaches_the_wrapper_which_sends_sigterm_then_kills(
     env = _handoff.wrapper_env(handoff.url, "orch-a", token, None, (), stop=True)
     async with wrapped(env, exit_on_term=False) as proc:
         await waiting.until(lambda: handoff.watching("orch-a"), what="the wrapper listening")
-        assert handoff.stop("orch-a", grace_s=0.3) is True
+        assert handoff.stop("orch-a", grace_s=1.0) is True
         out = await rest(proc)
     assert out == b"got TERM\n"  # told first, then (it went on) killed after the grace
     # Killed: in a task its init ends with it, and the kernel kills every process left.
