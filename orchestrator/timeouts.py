@@ -45,9 +45,13 @@ SERVICE_LOGS_CHECK_S = 1.0
 # A swarm step's tasks are polled this often until it has ended; its node's health this often.
 SWARM_POLL_S = 0.25
 SWARM_NODE_CHECK_S = 1.0
-# A removed service's task record goes once its node has stopped the container: asked this
-# often, for at most the stop grace plus this.
-SWARM_TASK_GONE_POLL_S = 0.1
+# kill (backend/_swarmstop.py): a task whose wrapper was told to stop ends within a few tenths
+# of a second; its state is asked this often, for at most the grace plus this (then its service
+# is removed all the same). A removed service's task is said stopped once its node has stopped
+# the container: asked this often, for at most the stop grace plus this.
+SWARM_STOP_POLL_S = 0.02
+SWARM_STOP_TIMEOUT_S = 5.0
+SWARM_TASK_ENDED_POLL_S = 0.05
 SWARM_GONE_TIMEOUT_S = 60.0
 # The longest a task's upload of its packages to the handoff listener may take.
 HANDOFF_BODY_TIMEOUT_S = 600.0
@@ -74,6 +78,11 @@ PUSH_REQUEST_TIMEOUT_S = 120
 PUSH_DRAIN_S = 60
 # The longest a chunk's body (1 MiB at most) may take to arrive at the listener.
 PUSH_BODY_TIMEOUT_S = 60.0
+# A task's wrapper waiting for kill's stop on the listener asks again this long after its
+# request failed (a service restarting); told to stop, it counts the grace in ticks of this,
+# looking whether the command has exited each time.
+HANDOFF_STOP_RETRY_S = 1
+HANDOFF_STOP_TICK_S = 0.1
 
 # (end of engines)
 

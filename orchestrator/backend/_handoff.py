@@ -13,6 +13,9 @@ process can know again without having been told: HMAC-SHA256 of the step's handl
 kept in the data directory (``step_secret``). The next process ``reopen``s the exchange of a step
 it adopts: its inputs were fetched already, its outputs are still to come.
 
+It also carries ``kill``'s stop (``stop``): a task's wrapper waits for it on a request held open,
+then ends the step itself, a second sooner than the node's agent would (``_swarmstop.py``).
+
 Treated as hostile input, like an upload: the token is compared in constant time, inputs are
 served once, each output is accepted once and cut at the artifact cap, unknown steps are 404.
 """
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -33,7 +37,7 @@ from aiohttp import web
 
 from ..errors import ArchiveTooLarge, BackendError, ContainerGone
 from ..storage.archive import spooled
-from ..timeouts import HANDOFF_BODY_TIMEOUT_S
+from ..timeouts import HANDOFF_BODY_TIMEOUT_S, HANDOFF_STOP_TICK_S
 from ._pushed import Narration, get_offsets, put_output, put_report
 from ._wrapper import wrapper_command, wrapper_env
 
@@ -86,6 +90,9 @@ class _Exchange:
     refused: dict[int, str] = field(default_factory=dict)  # an output we turned away, and why
     missed: str | None = None  # why outputs that did not come never will
     narration: Narration | None = None  # its pushed output (None: it does not push here)
+    stop_ticks: int | None = None  # asked to stop: the grace, in the wrapper's ticks
+    watchers: int = 0  # the wrapper's requests waiting for a stop now
+    woken: asyncio.Event = field(default_factory=asyncio.Event)  # stopped, dropped or closing
 
 
 class Handoff:
@@ -115,6 +122,7 @@ class Handoff:
             app.router.add_get("/steps/{handle}/output", self._get_offsets)
             app.router.add_put("/steps/{handle}/output/{stream}", self._put_pushed)
             app.router.add_put("/steps/{handle}/report", self._put_report)
+            app.router.add_get("/steps/{handle}/stop", self._get_stop)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, self._host, self._port)
@@ -174,10 +182,28 @@ class Handoff:
         del step.received[index]
         return tar
 
+    def stop(self, handle: str, grace_s: float) -> bool:
+        """Tell ``handle``'s wrapper to end the step: SIGTERM to its command, SIGKILL to every
+        process after ``grace_s``. True if the wrapper is listening for it now; else it is
+        told when it next asks (the caller must stop the step another way meanwhile)."""
+        step = self._steps.get(handle)
+        if step is None:
+            return False
+        if step.stop_ticks is None:
+            step.stop_ticks = math.ceil(grace_s / HANDOFF_STOP_TICK_S)
+        step.woken.set()
+        return self.watching(handle)
+
+    def watching(self, handle: str) -> bool:
+        """Whether ``handle``'s wrapper is waiting for a stop now."""
+        step = self._steps.get(handle)
+        return step is not None and step.watchers > 0
+
     def drop(self, handle: str) -> None:
         step = self._steps.pop(handle, None)
         if step is None:
             return
+        step.woken.set()  # its wrapper's waiting request ends (404)
         self._dropped[handle] = None
         if len(self._dropped) > _DROPPED_KEPT:
             del self._dropped[next(iter(self._dropped))]
@@ -191,7 +217,7 @@ class Handoff:
         # A task that sends its packages while this process stops is told to try again (the
         # next process takes it over), never given a 404 or a 201 for what is about to go.
         self._closing = True
-        for handle in list(self._steps):
+        for handle in list(self._steps):  # waiting stop requests end: 503, asked again later
             self.drop(handle)
         if self._runner is not None:
             await self._runner.cleanup()
@@ -248,6 +274,20 @@ class Handoff:
         step.inputs = None
         inputs.close()
         return response
+
+    async def _get_stop(self, request: web.Request) -> web.Response:
+        """Answered once the step is to stop (the grace in ticks), or 404 once it is dropped."""
+        _handle, step = self._authorized(request)
+        step.watchers += 1
+        try:
+            await step.woken.wait()
+        finally:
+            step.watchers -= 1
+        if step.stop_ticks is not None:
+            return web.Response(text=str(step.stop_ticks))
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="the service is stopping\n")
+        raise web.HTTPNotFound(text="no such step\n")
 
     async def _put_output(self, request: web.Request) -> web.Response:
         _handle, step = self._authorized(request)

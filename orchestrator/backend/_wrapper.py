@@ -13,6 +13,9 @@ both pushers are done, the wrapper reports the exit code, whether the kernel OOM
 process in the task's cgroup, the KiB under the working directory and the bytes each pusher
 read. ``X-Orchestrator-Run`` tells one task of the service from another (a task run again).
 
+The command runs in the background of the wrapper, which passes Swarm's SIGTERM on to it and,
+with ``ORCHESTRATOR_STEP_STOP``, waits on the listener for ``kill``'s stop (``_swarmstop.py``).
+
 The outputs go back after the command, whatever its exit code (the cache report matters most
 when a build failed). The token leaves the environment before the command runs; a build that
 digs it out of /proc can only spoil its own results. Sending back retries a refused connection
@@ -27,6 +30,8 @@ from ..timeouts import (
     HANDOFF_SEND_ATTEMPTS,
     HANDOFF_SEND_MAX_S,
     HANDOFF_SEND_RETRY_S,
+    HANDOFF_STOP_RETRY_S,
+    HANDOFF_STOP_TICK_S,
     HANDOFF_STREAM_SEND_ATTEMPTS,
     PUSH_ATTEMPTS,
     PUSH_CONNECT_TIMEOUT_S,
@@ -39,7 +44,8 @@ _WRAPPER_TEMPLATE = r"""set -u -o pipefail
 url=$ORCHESTRATOR_STEP_URL
 auth="Authorization: Bearer $ORCHESTRATOR_STEP_TOKEN"
 push=${ORCHESTRATOR_STEP_PUSH:-}
-unset ORCHESTRATOR_STEP_URL ORCHESTRATOR_STEP_TOKEN ORCHESTRATOR_STEP_PUSH
+stop=${ORCHESTRATOR_STEP_STOP:-}
+unset ORCHESTRATOR_STEP_URL ORCHESTRATOR_STEP_TOKEN ORCHESTRATOR_STEP_PUSH ORCHESTRATOR_STEP_STOP
 run="X-Orchestrator-Run: ${HOSTNAME:-task}.$$.$RANDOM$RANDOM"
 if [ -n "${ORCHESTRATOR_STEP_DIR:-}" ]; then
   mkdir -p "$ORCHESTRATOR_STEP_DIR" && cd "$ORCHESTRATOR_STEP_DIR" || exit 125
@@ -53,6 +59,42 @@ case "${ORCHESTRATOR_STEP_INPUTS:-}" in
            || { echo "orchestrator: could not unpack the step's inputs" >&2; exit 125; } ;;
 esac
 unset ORCHESTRATOR_STEP_INPUTS
+# kill's stop (``Handoff.stop``): asked again after a failure (the service restarting: the next
+# one takes the step over) until it comes, or the listener says the step is not its any more.
+# The header goes through stdin: not in curl's command line, which the build could read.
+stop_watch() {
+  local answer ticks
+  while :; do
+    answer=$(printf 'header = "%s"\n' "$auth" \
+               | curl -sS -K - -w ' %{http_code}' "$url/stop" 2>/dev/null)
+    case $answer in
+      *" 200") break ;;
+      *" 403" | *" 404") return 0 ;;
+    esac
+    sleep @STOP_RETRY@
+  done
+  ticks=${answer% 200}
+  if [ "$ticks" -gt 0 ] 2>/dev/null; then
+    kill -TERM "$build" 2>/dev/null
+    while [ "$ticks" -gt 0 ] && kill -0 "$build" 2>/dev/null; do
+      sleep @TICK@
+      ticks=$((ticks - 1))
+    done
+  fi
+  kill -KILL $$  # this shell's end is the container's: its init exits, the kernel kills the rest
+}
+# The command runs in the background (with the signals a foreground one has) so that this shell
+# can pass a SIGTERM on to it (Swarm's stop, sent to the init, reaches this shell only): a shell
+# that died of it would have the kernel SIGKILL the command at once, cutting its grace short.
+# The stop watch holds none of the command's streams (the pushers end when those close).
+run() {
+  { trap - INT QUIT; exec "$@"; } &
+  build=$!
+  [ -z "$stop" ] || stop_watch </dev/null >/dev/null 2>&1 &
+  trap 'kill -TERM "$build" 2>/dev/null' TERM
+  while kill -0 "$build" 2>/dev/null; do wait "$build"; done
+  wait "$build"
+}
 tell() {
   curl -s -o /dev/null -w '%{http_code}' --connect-timeout @CONNECT@ --max-time @REQUEST@ \
     -H "$auth" -H "$run" "$@" 2>/dev/null
@@ -133,7 +175,7 @@ then
   pushing_out=$!
   pusher stderr <"$spool/stderr" >&2 &
   pushing_err=$!
-  "$@" >"$spool/stdout" 2>"$spool/stderr"
+  run "$@" >"$spool/stdout" 2>"$spool/stderr"
   code=$?
   # A process the command left behind may hold the pipes open: the pushers get so long to end.
   ( sleep @DRAIN@; kill $pushing_out $pushing_err 2>/dev/null ) &
@@ -142,7 +184,7 @@ then
   kill $drain 2>/dev/null
   report $code
 else
-  "$@"
+  run "$@"
   code=$?
 fi
 pack() {
@@ -178,6 +220,8 @@ _WRAPPER = (
     .replace("@CONNECT@", str(PUSH_CONNECT_TIMEOUT_S))
     .replace("@REQUEST@", str(PUSH_REQUEST_TIMEOUT_S))
     .replace("@DRAIN@", str(PUSH_DRAIN_S))
+    .replace("@STOP_RETRY@", str(HANDOFF_STOP_RETRY_S))
+    .replace("@TICK@", str(HANDOFF_STOP_TICK_S))
 )
 
 
@@ -192,9 +236,12 @@ def wrapper_env(
     inputs: str | None,
     outputs: tuple[str, ...],
     push: bool = False,
+    *,
+    stop: bool = False,
 ) -> dict[str, str]:
     """``inputs``: "fetch" (from the URL), a file's path in the task, or None. ``push``: the
-    task pushes its output to the listener (it can reach it)."""
+    task pushes its output to the listener (it can reach it). ``stop``: the task reaches the
+    listener, so its wrapper waits there for ``Handoff.stop``."""
     if any(not p.startswith("/") or any(c.isspace() for c in p) for p in outputs):
         raise ValueError(f"output paths must be absolute, without blanks: {outputs}")
     env = {
@@ -206,4 +253,6 @@ def wrapper_env(
         env["ORCHESTRATOR_STEP_INPUTS"] = inputs
     if push:
         env["ORCHESTRATOR_STEP_PUSH"] = "1"
+    if stop:
+        env["ORCHESTRATOR_STEP_STOP"] = "1"
     return env

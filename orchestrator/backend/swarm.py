@@ -10,9 +10,10 @@ a sealed step's; the service's spec and the reading of tasks and nodes are in ``
 
 The service is ``replicated`` with one replica and restart condition ``none`` (or ``on-failure``
 for ``swarm_restart_attempts``), not ``replicated-job``: on 20.10 removing a job service leaves
-its running task's container running, which would make cancel a lie. Removing a replicated
-service stops its task (SIGTERM, SIGKILL after the stop grace) and the task record goes once its
-node reports the container stopped, which is how ``kill`` knows no process is left on any node.
+its running task's container running, which would make cancel a lie. ``kill`` has the task's
+wrapper end it through the handoff listener, or else removes the service (SIGTERM, SIGKILL after
+the stop grace), and knows no process is left on any node once the node reports the task ended
+(``_swarmstop.py``, which also tells where the time goes).
 """
 
 from __future__ import annotations
@@ -38,12 +39,7 @@ from ..errors import (
     StepLost,
 )
 from ..settings import Settings
-from ..timeouts import (
-    SWARM_GONE_TIMEOUT_S,
-    SWARM_NODE_CHECK_S,
-    SWARM_POLL_S,
-    SWARM_TASK_GONE_POLL_S,
-)
+from ..timeouts import SWARM_NODE_CHECK_S, SWARM_POLL_S
 from . import ExitStatus, OutputStream, Step, Stream
 from . import _swarmspec as spec
 from ._daemon import Daemon
@@ -53,6 +49,7 @@ from ._pushed import PushedOutput
 from ._servicelogs import ServiceOutput
 from ._swarmadopt import SwarmAdoption
 from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
+from ._swarmstop import stop_and_remove
 
 T = TypeVar("T")
 
@@ -88,6 +85,7 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
         self._ends: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._running: dict[str, threading.Event] = {}  # set once the task has run
         self._killed: set[str] = set()
+        self._removed: set[str] = set()  # killed to the end: a kill again has nothing to do
         self._lost: dict[str, str] = {}  # handle → why we stopped it ourselves (its node)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -198,7 +196,9 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
             token = handoff.open(handle, inputs, step.outputs, push=step.network)
             if not step.network:
                 await self._run(self._sealed_network)
-            env = wrapper_env(handoff.url, handle, token, source, step.outputs, step.network)
+            env = wrapper_env(
+                handoff.url, handle, token, source, step.outputs, step.network, stop=step.network
+            )
             if step.read_only:
                 env["ORCHESTRATOR_STEP_DIR"] = "/tmp/" + step.workdir.strip("/").replace("/", "-")
             planned.create = spec.service_kwargs(
@@ -336,28 +336,16 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
         return self._handoff.output(handle, path, max_bytes)
 
     async def kill(self, handle: str, grace_s: float = 0.0) -> None:
-        """``service rm``: the task gets SIGTERM, then SIGKILL after the stop grace set at
-        creation (``kill_grace_s``); returns once no task of it is left on any node."""
+        """The task's wrapper ends it (SIGTERM to the command, SIGKILL to every process after
+        ``grace_s``) when it listens for that, else ``service rm`` (the same, with the stop
+        grace set at creation, ``kill_grace_s``); returns once its node has reported it
+        stopped and the service is removed (``_swarmstop.py``)."""
         self._killed.add(handle)
-        await self._run(self._remove_service, handle, grace_s)
-
-    def _remove_service(self, handle: str, grace_s: float) -> None:
-        try:
-            tasks = [str(t["ID"]) for t in self._api.tasks(filters={"service": handle})]  # type: ignore[no-untyped-call]
-        except docker.errors.APIError:
-            tasks = []  # a missing service is an error for this filter
-        with contextlib.suppress(docker.errors.NotFound):
-            self._api.remove_service(handle)  # type: ignore[no-untyped-call]
-        deadline = time.monotonic() + grace_s + SWARM_GONE_TIMEOUT_S
-        for task in tasks:
-            while time.monotonic() < deadline:
-                try:
-                    self._api.inspect_task(task)  # type: ignore[no-untyped-call]
-                except docker.errors.NotFound:
-                    break  # the task record goes once its container is gone
-                time.sleep(SWARM_TASK_GONE_POLL_S)
-            else:
-                raise BackendError(f"the task of {handle} was not gone within the deadline")
+        if handle in self._removed:
+            return
+        asked = self._handoff is not None and self._handoff.stop(handle, grace_s)
+        await self._run(stop_and_remove, self._api, handle, grace_s, asked)
+        self._removed.add(handle)
 
     async def destroy(self, handle: str) -> None:
         await self.kill(handle)
@@ -371,6 +359,7 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
         if self._handoff is not None:
             self._handoff.drop(handle)
         self._killed.discard(handle)
+        self._removed.discard(handle)
         self._lost.pop(handle, None)
         if planned is not None and planned.config_id:
             with contextlib.suppress(ContainerGone):

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -226,3 +227,49 @@ async def test_a_push_cut_mid_stream_resumes_and_the_narration_is_whole(
     assert told["stderr"] == ["end"]
     # The push resumed after the cut: the service logs had nothing to add.
     assert "completed from the service logs" not in caplog.text
+
+
+async def test_kill_gives_the_build_its_sigterm_with_or_without_a_listening_wrapper(
+    settings: Settings, docker_client: docker.DockerClient
+) -> None:
+    # A step with a network is stopped by its wrapper (told through the handoff listener); a
+    # sealed one by Swarm's own stop, which reaches the wrapper only, and must be passed on.
+    # The grace is long: a build that saw no SIGTERM would be killed only after it (or never
+    # say so).
+    settings = settings.model_copy(update={"kill_grace_s": 120.0})
+    build = 'trap "echo got TERM; exit 3" TERM; echo L up; while :; do sleep 0.1; done'
+    since = int(time.time())
+    async with await Engine.open(settings) as engine:
+        backend = engine.backend
+        labels = {INSTANCE_LABEL: settings.instance_id, JOB_LABEL: job_id()}
+
+        async def stopped(network: bool) -> tuple[str, list[str]]:
+            step = Step(settings.image_cpu, ("sh", "-c", build), labels, network=network)
+            handle = await backend.setup(step)
+            try:
+                output = await backend.start(handle)
+                lines: list[str] = []
+                async for batch in output:
+                    lines += [x for c in batch for x in c.text.split("\n") if x]
+                    if "L up" in lines:
+                        await backend.kill(handle, settings.kill_grace_s)
+                await output.aclose()
+                return handle, lines
+            finally:
+                await backend.destroy(handle)
+
+        (_, told), (sealed, sealed_told) = await asyncio.gather(
+            stopped(network=True), stopped(network=False)
+        )
+    assert told == ["L up", "got TERM"]
+    # Swarm's stop is seen only after the service's removal ended its output: the container's
+    # exit code says that the command had its SIGTERM (143 if the wrapper died of it instead).
+    assert sealed_told[:1] == ["L up"]
+    died = docker_client.events(
+        since=since,
+        until=int(time.time()) + 1,
+        filters={"event": "die", "label": f"com.docker.swarm.service.name={sealed}"},
+        decode=True,
+    )
+    assert [e["Actor"]["Attributes"]["exitCode"] for e in died] == ["3"]
+    assert left_behind(docker_client, f"{INSTANCE_LABEL}={settings.instance_id}") == []

@@ -20,6 +20,7 @@ from orchestrator.backend import (
     _servicelogs,
     _swarmadopt,
     _swarmspec,
+    _swarmstop,
     _wrapper,
     swarm,
 )
@@ -73,6 +74,7 @@ def _engine_calls(source: str) -> set[str]:
     [
         swarm,
         _swarmspec,
+        _swarmstop,
         _servicelogs,
         _handoff,
         _pushed,
@@ -89,8 +91,10 @@ def test_the_swarm_engine_only_asks_a_manager(module: object) -> None:
     assert calls <= MANAGER_CALLS, f"node-local calls: {calls - MANAGER_CALLS}"
     assert "/containers" not in source and "/exec" not in source
     if module is swarm:  # the rule would pass vacuously if the walk found nothing
-        assert {"create_service", "remove_service", "tasks", "get"} <= calls
+        assert {"create_service", "tasks", "get"} <= calls
         assert 'f"{api.base_url}/services/{handle}/logs"' in source
+    if module is _swarmstop:
+        assert {"remove_service", "tasks", "inspect_task"} <= calls
 
 
 def test_the_manager_only_rule_sees_a_node_local_call() -> None:
