@@ -12,9 +12,10 @@ from ..build.runner import NOUN, BuildRequest
 from ..build.srcinfo import SrcInfo
 from ..engine import Engine
 from ..errors import InvalidInput
-from ..jobs import Job, JobResult, Plan, Sink, Submission, adopting
+from ..jobs import Job, JobResult, Plan, Sink, Submission, Work, adopting
 from ..jobs.cancel import CancelToken
 from ..repo import Repositories
+from ..repo.proving import then_prove
 from ..settings import Settings
 from ..storage.store import JobRecord
 from ..storage.uploads import UploadBudget
@@ -80,17 +81,19 @@ class BuildKind:
 
     async def job(self, record: JobRecord) -> Job:
         source_dir = self._settings.work_dir / record.id
+        info = _srcinfo(record)
         request = BuildRequest(
-            record.id,
-            source_dir,
-            record.variant or "cpu",
-            srcinfo=_srcinfo(record),
-            cache=record.cache_asked,
+            record.id, source_dir, record.variant or "cpu", srcinfo=info, cache=record.cache_asked
         )
+        runner = self._engine.runner
 
-        async def work(sink: Sink, token: CancelToken) -> JobResult:
-            return await self._engine.runner.run(request, sink, token)
+        async def build(sink: Sink, token: CancelToken) -> JobResult:
+            return await runner.run(request, sink, token)
 
+        work: Work = build
+        if self._repos is not None:
+            signer = self._repos.signer
+            work = then_prove(build, record, info, source_dir, runner, signer, self._settings)
         return Job(published(work, record, self._repos), cleanup_dir=source_dir)
 
     async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
