@@ -23,7 +23,6 @@ from ..jobs.status import JobStatus
 from ..narration.events import Action, Event, Level
 from ..provenance import FILE_NAME, Facts, declared_sources, envelope, sha256_file, statement
 from ..settings import Settings
-from ..storage.archive import file_digests
 from ..storage.store import JobRecord
 from .signing import Signer
 
@@ -38,7 +37,6 @@ def then_prove(
     work: Work,
     record: JobRecord,
     info: SrcInfo | None,
-    source_dir: Path,
     runner: Runner,
     signer: Signer,
     settings: Settings,
@@ -47,11 +45,15 @@ def then_prove(
     made fails the job, saying so (its packages stay to download)."""
 
     async def prove(sink: Sink, token: CancelToken) -> JobResult:
-        started_s = time.time()
-        # Read before the build: what was submitted, as it was submitted.
-        submitted = await asyncio.to_thread(file_digests, source_dir)
+        started_s = record.started_at or time.time()  # an adopted build's, from its record
         result = await work(sink, token)
         if result.status is not JobStatus.SUCCEEDED or not result.artifacts:
+            return result
+        submitted = record.request.get("submitted")
+        if not isinstance(submitted, dict):
+            # Submitted before the service made provenance (adopted across the upgrade): what
+            # was submitted is not known any more, and a statement must not guess it.
+            await sink([Event(Action.WARNING, "📜 No provenance: submitted before it was kept")])
             return result
         try:
             image, labels = await _image(runner, record, settings)
@@ -64,7 +66,8 @@ def then_prove(
                     "cache": record.cache_asked,
                     "publish": record.request.get("publish") is True,
                 },
-                submitted=submitted,
+                # Hashed when it was submitted, as submitted (kept in its record).
+                submitted={str(name): str(sha) for name, sha in submitted.items()},
                 sources=_sources(info),
                 image=image,
                 image_labels=labels,
