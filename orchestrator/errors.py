@@ -242,6 +242,11 @@ class RepoError(OrchestratorError):
     served before is whole and still served."""
 
 
+class ProvenanceError(OrchestratorError):
+    """A build's provenance could not be made, or does not check out (its signature, or the
+    package is not among its subjects)."""
+
+
 class InsecureBind(OrchestratorError):
     """Binding beyond loopback without a token would hand the Docker socket to the network."""
 

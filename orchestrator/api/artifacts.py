@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..provenance import FILE_NAME
 from ..storage.archive import is_package_name
 from .keys import ENGINE, REGISTRY
 from .wire import Artifact, ArtifactList, artifact_url, respond
@@ -56,3 +57,12 @@ async def get_artifact(request: web.Request) -> web.StreamResponse:
             "Content-Disposition": content_disposition(name),
         },
     )
+
+
+async def get_provenance(request: web.Request) -> web.StreamResponse:
+    record = await request.app[REGISTRY].get(request.match_info["job_id"])
+    # The file as signed when the build ended: served as it is, never made again.
+    path = request.app[ENGINE].runner.artifact_dir(record.id) / FILE_NAME
+    if not path.is_file():
+        raise web.HTTPNotFound(text=f"job {record.id} has no provenance")
+    return web.FileResponse(path, headers={"Content-Type": "application/json"})

@@ -25,6 +25,7 @@ from .wire import (
     Catalog,
     CatalogWorkerDetail,
     DryRun,
+    Envelope,
     Event,
     Health,
     InstalledWorker,
@@ -225,6 +226,20 @@ ROUTES: tuple[Route, ...] = (
         answers={
             200: binary("The package file", "application/octet-stream"),
             404: "No such job or artifact",
+        },
+    ),
+    Route(
+        "get_provenance",
+        "jobs",
+        "GET",
+        "/v1/jobs/{job_id}/provenance",
+        "artifacts.get_provenance",
+        "A succeeded build's provenance: an in-toto statement (SLSA Provenance v1) of its "
+        "packages, in a DSSE envelope signed with the repositories' key (OpenPGP, /repo/key)",
+        params=(_JOB_ID,),
+        answers={
+            200: json_body(Envelope, "The signed provenance"),
+            404: "No such job, or it has no provenance (not a succeeded build)",
         },
     ),
     Route(

@@ -348,6 +348,22 @@ class RepoPackages(_Wire):
     packages: list[RepoPackage]
 
 
+class EnvelopeSignature(_Wire):
+    keyid: str = Field(description="the fingerprint of the OpenPGP key (the one at /repo/key)")
+    sig: str = Field(
+        description="base64 of a detached OpenPGP signature over DSSE's PAE of the payload"
+    )
+
+
+class Envelope(_Wire):
+    """A build's provenance: a DSSE envelope around an in-toto Statement (SLSA Provenance v1)
+    whose subjects are the job's packages."""
+
+    payloadType: str = Field(description="application/vnd.in-toto+json")
+    payload: str = Field(description="base64 of the statement's JSON")
+    signatures: list[EnvelopeSignature]
+
+
 # -- caches ------------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from .client import (
 )
 from .commands import cmd_artifacts, cmd_build, cmd_cancel, cmd_check, cmd_jobs, cmd_logs, run
 from .serve import cmd_serve
+from .verify import add_command as add_verify_command
 
 DEFAULT_URL = "http://127.0.0.1:7835"
 
@@ -48,6 +49,7 @@ examples:
   orchestrator build ./my-worker --no-cache
   orchestrator cache list
   orchestrator cache remove hexyl:cpu
+  orchestrator verify hello-1.0-1-x86_64.pkg.tar.zst --job JOB
   orchestrator worker available
   orchestrator worker install rust-hello --follow
   orchestrator model download https://host/model.gguf --name model.gguf --sha256 HEX
@@ -214,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
         _add(commands, command, common)
     add_catalog_commands(commands, common)
     add_cache_commands(commands, common)
+    add_verify_command(commands, common)
     _add(commands, SERVE, common)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -12,10 +13,12 @@ from ..build.runner import NOUN, BuildRequest
 from ..build.srcinfo import SrcInfo
 from ..engine import Engine
 from ..errors import InvalidInput
-from ..jobs import Job, JobResult, Plan, Sink, Submission, adopting
+from ..jobs import Job, JobResult, Plan, Sink, Submission, Work, adopting
 from ..jobs.cancel import CancelToken
 from ..repo import Repositories
+from ..repo.proving import then_prove
 from ..settings import Settings
+from ..storage.archive import file_digests
 from ..storage.store import JobRecord
 from ..storage.uploads import UploadBudget
 from ._body import cache_request, parse_cache, published, read
@@ -72,6 +75,8 @@ class BuildKind:
             request={
                 **cache_request(cache, publish=query.publish),
                 **({"printed": info.printed} if info.printed else {}),
+                # As submitted, for its provenance: sha256 by path in the upload.
+                "submitted": await asyncio.to_thread(file_digests, submission.upload),
             },
         )
 
@@ -80,29 +85,37 @@ class BuildKind:
 
     async def job(self, record: JobRecord) -> Job:
         source_dir = self._settings.work_dir / record.id
+        info = _srcinfo(record)
         request = BuildRequest(
-            record.id,
-            source_dir,
-            record.variant or "cpu",
-            srcinfo=_srcinfo(record),
-            cache=record.cache_asked,
+            record.id, source_dir, record.variant or "cpu", srcinfo=info, cache=record.cache_asked
         )
+        runner = self._engine.runner
 
-        async def work(sink: Sink, token: CancelToken) -> JobResult:
-            return await self._engine.runner.run(request, sink, token)
+        async def build(sink: Sink, token: CancelToken) -> JobResult:
+            return await runner.run(request, sink, token)
 
-        return Job(published(work, record, self._repos), cleanup_dir=source_dir)
+        work = published(self._proven(build, record), record, self._repos)
+        return Job(work, cleanup_dir=source_dir)
+
+    def _proven(self, work: Work, record: JobRecord) -> Work:
+        """``work``, then its signed provenance once it succeeded (with the service's key)."""
+        if self._repos is None:
+            return work
+        runner, signer = self._engine.runner, self._repos.signer
+        return then_prove(work, record, _srcinfo(record), runner, signer, self._settings)
 
     async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
         runner = self._engine.runner
         step = await adopting.find(runner, record.id)
         adoption = adopting.Adoption(record.id, step, stored)
-        work = published(adopting.adopted_job(runner, adoption), record, self._repos)
+        work = published(
+            self._proven(adopting.adopted_job(runner, adoption), record), record, self._repos
+        )
         # Its sources are in its step: what is left of them here goes when it ends.
         return Job(work, self._settings.work_dir / record.id)
 
     async def conclude(self, record: JobRecord) -> Job:
-        work = adopting.stored_packages(self._engine.runner, record.id)
+        work = self._proven(adopting.stored_packages(self._engine.runner, record.id), record)
         return Job(published(work, record, self._repos), self._settings.work_dir / record.id)
 
     async def resume(self, record: JobRecord) -> Job:

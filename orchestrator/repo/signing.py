@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 from ..errors import RepoError
@@ -69,6 +70,14 @@ class Signer:
             "--detach-sign",
             str(path),
         )
+
+    def sign_bytes(self, data: bytes) -> bytes:
+        """A detached binary signature of ``data`` (a DSSE envelope's signed bytes)."""
+        with tempfile.TemporaryDirectory(dir=self.home) as folder:
+            path = Path(folder) / "data"
+            path.write_bytes(data)
+            self.sign(path, path.with_name("data.sig"))
+            return path.with_name("data.sig").read_bytes()
 
     def verify(self, path: Path, signature: Path) -> None:
         """``RepoError`` unless ``signature`` is this key's good signature of ``path``."""

@@ -4,6 +4,8 @@ it sends and parses is what the service takes and answers."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib
 import io
 import json
@@ -77,6 +79,7 @@ async def test_a_build_driven_through_the_generated_client(
     get_job = operation(generated, "jobs", "get_job")
     list_artifacts = operation(generated, "jobs", "list_artifacts")
     get_artifact = operation(generated, "jobs", "get_artifact")
+    get_provenance = operation(generated, "jobs", "get_provenance")
 
     # Bytes, not a file object: httpx's AsyncClient cannot send a blocking stream.
     upload = types.File(payload=tar_dir(PKGBUILDS / "hello-c"))
@@ -96,6 +99,12 @@ async def test_a_build_driven_through_the_generated_client(
         artifacts = await list_artifacts.asyncio(submitted.job_id, client=api)
         [artifact] = artifacts.artifacts
         got = await get_artifact.asyncio_detailed(submitted.job_id, artifact.name, client=api)
+        provenance = await get_provenance.asyncio(submitted.job_id, client=api)
     assert got.status_code == 200 and len(got.content) == artifact.size_bytes
+    # The provenance parses as the document says, and its subject is the served bytes.
+    assert provenance.payload_type == "application/vnd.in-toto+json"
+    statement = json.loads(base64.b64decode(provenance.payload))
+    digest = hashlib.sha256(got.content).hexdigest()
+    assert statement["subject"] == [{"name": artifact.name, "digest": {"sha256": digest}}]
     with tarfile.open(fileobj=io.BytesIO(got.content)) as package:
         assert ".PKGINFO" in package.getnames()

@@ -1,8 +1,9 @@
 """The signed package repositories, with real builds, real repo-add, gpg and pacman.
 
-One service and one real build (hello-c) serve the whole flow: publish, install into a scratch
-root with ``SigLevel = Required`` over HTTP with the token, a flipped byte refused, concurrent
-publishes (of small packages made here: the same code path, without more builds), removal.
+One service and one real build (hello-c) serve the whole flow: publish, the build's signed
+provenance (checked by ``orchestrator verify``), install into a scratch root with
+``SigLevel = Required`` over HTTP with the token, a flipped byte refused, concurrent publishes
+(of small packages made here: the same code path, without more builds), removal.
 A full disk is a tmpfs under the repository alone.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -27,7 +30,12 @@ from pydantic import SecretStr
 
 from orchestrator import Settings
 from orchestrator.api.keys import REPOS
+from orchestrator.cli import main
+from orchestrator.cli.client import EXIT_OK
+from orchestrator.cli.verify import EXIT_BAD_PROVENANCE, EXIT_BAD_SIGNATURE, EXIT_NOT_SUBJECT
 from orchestrator.errors import RepoError
+from orchestrator.provenance import Keyring, opened, subjects
+from orchestrator.provenance import envelope as dsse
 from orchestrator.repo import Repository, Signer
 
 from ..conftest import PKGBUILDS
@@ -145,6 +153,7 @@ async def test_publish_install_tamper_concurrent_remove(
             assert installed.returncode == 0, installed.stderr
             assert (scratch / "root/usr/bin/hello").is_file()
 
+            await _provenance_holds(client, job["job_id"], package, key, scratch)
             await _tampered_is_refused(settings, package, pacman)
             await _concurrent_publishes(client, settings, tmp_path)
 
@@ -157,6 +166,53 @@ async def test_publish_install_tamper_concurrent_remove(
             assert refused.returncode != 0 and "target not found" in refused.stderr
         finally:
             pacman.close()
+
+
+async def _provenance_holds(
+    client: TestClient, job_id: str, package: str, key: str, folder: Path
+) -> None:
+    """The build's signed provenance names the served package's bytes and the submitted
+    files; ``orchestrator verify`` takes the package and refuses a flipped byte, a provenance
+    another key signed and one that names other bytes."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    served = await client.get(f"/v1/jobs/{job_id}/artifacts/{package}", headers=auth)
+    data = await served.read()
+    envelope = await _json(client.get(f"/v1/jobs/{job_id}/provenance", headers=auth))
+    with Keyring.of(key) as ring:
+        stmt = await asyncio.to_thread(opened, envelope, ring.verify)
+    assert subjects(stmt) == {package: hashlib.sha256(data).hexdigest()}
+    build = stmt["predicate"]["buildDefinition"]
+    pkgbuild = hashlib.sha256((PKGBUILDS / "hello-c/PKGBUILD").read_bytes()).hexdigest()
+    assert {"name": "PKGBUILD", "digest": {"sha256": pkgbuild}} in build["resolvedDependencies"]
+    assert stmt["predicate"]["runDetails"]["metadata"]["invocationId"] == job_id
+
+    (folder / package).write_bytes(data)
+    base = ["verify", str(folder / package), "--url", f"http://127.0.0.1:{client.port}"]
+    base += ["--token", TOKEN]
+    assert await asyncio.to_thread(main, [*base, "--job", job_id]) == EXIT_OK
+    # Offline: the key, the signature and the provenance as files.
+    (folder / "key.asc").write_text(key)
+    (folder / "prov.json").write_text(json.dumps(envelope))
+    offline = [*base, "--key", str(folder / "key.asc"), "--provenance", str(folder / "prov.json")]
+    (folder / f"{package}.sig").write_bytes(
+        await (await client.get(f"/repo/cpu/x86_64/{package}.sig", headers=auth)).read()
+    )
+    assert await asyncio.to_thread(main, offline) == EXIT_OK
+
+    repos = client.app[REPOS]
+    other = Signer.open(folder / "other", None)
+    try:
+        stmt_other = {**stmt, "subject": [{"name": package, "digest": {"sha256": "0" * 64}}]}
+        for signer, code in ((other, EXIT_BAD_PROVENANCE), (repos.signer, EXIT_NOT_SUBJECT)):
+            wrong = dsse(stmt_other, signer.fingerprint, signer.sign_bytes)
+            (folder / "prov.json").write_text(json.dumps(wrong))
+            assert await asyncio.to_thread(main, offline) == code
+    finally:
+        other.close()
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF
+    (folder / package).write_bytes(bytes(flipped))
+    assert await asyncio.to_thread(main, [*base, "--job", job_id]) == EXIT_BAD_SIGNATURE
 
 
 async def _tampered_is_refused(settings: Settings, package: str, pacman: Pacman) -> None:

@@ -175,6 +175,7 @@ BUILDS, JOBS, JOB, CANCEL = (
 )
 STREAM, ARTIFACTS = "/v1/jobs/{job_id}/stream", "/v1/jobs/{job_id}/artifacts"
 ARTIFACT = "/v1/jobs/{job_id}/artifacts/{name}"
+PROVENANCE = "/v1/jobs/{job_id}/provenance"
 CACHES, CACHE = "/v1/caches", "/v1/caches/{key}"
 CATALOG, ENTRY = "/v1/catalog/workers", "/v1/catalog/workers/{worker_id}"
 PKGBUILD = "/v1/catalog/workers/{worker_id}/pkgbuild"
@@ -220,6 +221,9 @@ async def builds_and_jobs(api: Checker) -> str:
     name = listed["artifacts"][0]["name"]
     await api.call("GET", ARTIFACT, job_id=job_id, name=name, expect=200)
     await api.call("GET", ARTIFACT, job_id=job_id, name="nope", expect=404)
+    proven = await api.call("GET", PROVENANCE, job_id=job_id, expect=200)
+    assert proven["payloadType"] == "application/vnd.in-toto+json"
+    await api.call("GET", PROVENANCE, job_id="nope", expect=404)
     return str(job_id)
 
 

@@ -76,6 +76,7 @@ ANSWERS = {
     "StoreError": (500, "internal_error"),
     "InstallError": (500, "internal_error"),
     "RepoError": (500, "internal_error"),
+    "ProvenanceError": (500, "internal_error"),
     "InsecureBind": (500, "internal_error"),
     "AlreadyRunning": (500, "internal_error"),
     "Detached": (500, "internal_error"),
