@@ -328,21 +328,36 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
 
     def _remove_service(self, handle: str, grace_s: float) -> None:
         try:
-            tasks = [str(t["ID"]) for t in self._api.tasks(filters={"service": handle})]  # type: ignore[no-untyped-call]
+            tasks = self._api.tasks(filters={"service": handle})  # type: ignore[no-untyped-call]
         except docker.errors.APIError:
             tasks = []  # a missing service is an error for this filter
         with contextlib.suppress(docker.errors.NotFound):
             self._api.remove_service(handle)  # type: ignore[no-untyped-call]
         deadline = time.monotonic() + grace_s + SWARM_GONE_TIMEOUT_S
         for task in tasks:
+            node, checked = str(task.get("NodeID") or ""), 0.0
             while time.monotonic() < deadline:
                 try:
-                    self._api.inspect_task(task)  # type: ignore[no-untyped-call]
+                    self._api.inspect_task(task["ID"])  # type: ignore[no-untyped-call]
                 except docker.errors.NotFound:
                     break  # the task record goes once its container is gone
+                if time.monotonic() - checked >= SWARM_NODE_CHECK_S:
+                    checked = time.monotonic()
+                    if self._unreachable(node):
+                        break  # its record stays until the node is back, which then stops it
                 time.sleep(SWARM_TASK_GONE_POLL_S)
             else:
                 raise BackendError(f"the task of {handle} was not gone within the deadline")
+
+    def _unreachable(self, node_id: str) -> bool:
+        """A node that is down (or has left) reports nothing to the manager until it is back."""
+        if not node_id:
+            return False
+        try:
+            node = self._api.inspect_node(node_id)
+        except docker.errors.NotFound:
+            return True
+        return str((node.get("Status") or {}).get("State")) == "down"
 
     async def destroy(self, handle: str) -> None:
         await self.kill(handle)
