@@ -119,7 +119,10 @@ def node_trouble(node: Mapping[str, Any] | None, node_id: str) -> str | None:
     if (node.get("Spec") or {}).get("Availability") == "drain":
         return f"the node running the build ({name}) was drained; the build was stopped"
     if (node.get("Status") or {}).get("State") == "down":
-        return f"the node running the build ({name}) went down; the build was stopped"
+        return (
+            f"the node running the build ({name}) went down; its service was removed (what "
+            "still runs there is stopped once the node is back)"
+        )
     return None
 
 

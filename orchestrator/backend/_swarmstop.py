@@ -21,7 +21,9 @@ reached) it is ``service rm`` as before, the slow way.
 
 Either way ``kill`` returns once the node has reported every task ended (``complete``,
 ``failed``, ``shutdown`` or ``rejected``, each said only once the container has stopped: every
-process in it is dead) or the manager has dropped it, and the service is removed. The agent
+process in it is dead) or the manager has dropped it, and the service is removed. A task whose
+node is down (or has left) is not waited for: the manager keeps calling it running until the
+node is back, and the node then stops what its removed service still ran. The agent
 removes the stopped container itself shortly after (~0.35 s), which no manager call shows.
 """
 
@@ -36,6 +38,7 @@ import docker.errors
 from ..errors import BackendError
 from ..timeouts import (
     SWARM_GONE_TIMEOUT_S,
+    SWARM_NODE_CHECK_S,
     SWARM_STOP_POLL_S,
     SWARM_STOP_TIMEOUT_S,
     SWARM_TASK_ENDED_POLL_S,
@@ -69,16 +72,32 @@ def _tasks(api: Any, handle: str) -> set[str]:
 
 
 def _until_stopped(api: Any, tasks: set[str], deadline: float, poll_s: float) -> bool:
-    """Whether every task is stopped (or dropped) by ``deadline``."""
+    """Whether every task is stopped (or dropped, or on a node that is gone) by ``deadline``."""
     for task in tasks:
+        checked = 0.0
         while True:
             try:
-                state = str(((api.inspect_task(task) or {}).get("Status") or {}).get("State"))
+                found = api.inspect_task(task) or {}
             except docker.errors.NotFound:
                 break
-            if state in _STOPPED:
+            if str((found.get("Status") or {}).get("State")) in _STOPPED:
                 break
+            if time.monotonic() - checked >= SWARM_NODE_CHECK_S:
+                checked = time.monotonic()
+                if _unreachable(api, str(found.get("NodeID") or "")):
+                    break
             if time.monotonic() >= deadline:
                 return False
             time.sleep(poll_s)
     return True
+
+
+def _unreachable(api: Any, node_id: str) -> bool:
+    """A node that is down (or has left) reports nothing to the manager until it is back."""
+    if not node_id:
+        return False
+    try:
+        node = api.inspect_node(node_id)
+    except docker.errors.NotFound:
+        return True
+    return str((node.get("Status") or {}).get("State")) == "down"
