@@ -14,6 +14,9 @@ it adopts: its inputs were fetched already, its outputs are still to come.
 
 Treated as hostile input, like an upload: the token is compared in constant time, inputs are
 served once, each output is accepted once and cut at the artifact cap, unknown steps are 404.
+
+A step that mounts cache volumes (``_swarmvolumes.py``) also fetches each one's archive here at
+its start and sends it back at its end: only its own volumes, by their place in its list.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -40,6 +44,7 @@ from ..timeouts import (
     HANDOFF_SEND_RETRY_S,
     HANDOFF_STREAM_SEND_ATTEMPTS,
 )
+from ._swarmvolumes import VolumeStore, receive_archive, serve_archive
 
 _READ_BYTES = 1 << 20
 _TAR_SLACK_BYTES = 1 << 20  # tar's own headers and padding beyond the files' bytes
@@ -87,12 +92,21 @@ class _Exchange:
     received: dict[int, IO[bytes]] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)  # an output we turned away, and why
     missed: str | None = None  # why outputs that did not come never will
+    volumes: tuple[str, ...] = ()  # the cache volumes it mounts, by name
+    volumes_sent: set[int] = field(default_factory=set)
 
 
 class Handoff:
     def __init__(
-        self, host: str, port: int, callback_url: str | None, max_bytes: int, secret: bytes
+        self,
+        host: str,
+        port: int,
+        callback_url: str | None,
+        max_bytes: int,
+        secret: bytes,
+        volumes: VolumeStore | None = None,
     ) -> None:
+        self.volumes = volumes
         self._host, self._port = host, port
         self._secret = secret
         self._callback_url = callback_url
@@ -113,6 +127,8 @@ class Handoff:
             app = web.Application()
             app.router.add_get("/steps/{handle}/inputs", self._get_inputs)
             app.router.add_put("/steps/{handle}/outputs/{index:[0-9]{1,2}}", self._put_output)
+            app.router.add_get("/steps/{handle}/volumes/{index:[0-9]{1,2}}", self._get_volume)
+            app.router.add_put("/steps/{handle}/volumes/{index:[0-9]{1,2}}", self._put_volume)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, self._host, self._port)
@@ -122,20 +138,47 @@ class Handoff:
             host = f"[{self._host}]" if ":" in self._host else self._host
             self.url = (self._callback_url or f"http://{host}:{port}").rstrip("/")
 
-    def open(self, handle: str, inputs: IO[bytes] | None, outputs: tuple[str, ...]) -> str:
-        """Expect ``handle``'s task: serve ``inputs`` (ours now) once, take ``outputs`` back."""
+    def open(
+        self,
+        handle: str,
+        inputs: IO[bytes] | None,
+        outputs: tuple[str, ...],
+        volumes: tuple[str, ...] = (),
+    ) -> str:
+        """Expect ``handle``'s task: serve ``inputs`` (ours now) once, take ``outputs`` back,
+        and serve and take back the archives of ``volumes`` (names in the volume store)."""
         token = step_token(self._secret, handle)
-        self._steps[handle] = _Exchange(token, inputs, outputs)
+        self._mount(volumes)
+        self._steps[handle] = _Exchange(token, inputs, outputs, volumes=volumes)
         return token
 
-    def reopen(self, handle: str, outputs: tuple[str, ...], missed: str | None = None) -> None:
+    def reopen(
+        self,
+        handle: str,
+        outputs: tuple[str, ...],
+        missed: str | None = None,
+        volumes: tuple[str, ...] = (),
+    ) -> None:
         """Take over the exchange of a step an earlier process started (its inputs were fetched
-        then): expect its ``outputs``. ``missed``: the task has ended already, so outputs that
-        have not come never will (the reason ``output`` gives). Kept if already open here."""
+        then): expect its ``outputs`` (and its ``volumes`` back). ``missed``: the task has ended
+        already, so outputs that have not come never will (the reason ``output`` gives). Kept
+        if already open here."""
         if handle not in self._steps:
+            self._mount(volumes)
             self._steps[handle] = _Exchange(
-                step_token(self._secret, handle), None, outputs, fetched=True, missed=missed
+                step_token(self._secret, handle),
+                None,
+                outputs,
+                fetched=True,
+                missed=missed,
+                volumes=volumes,
             )
+
+    def _mount(self, volumes: tuple[str, ...]) -> None:
+        if volumes and self.volumes is None:
+            raise BackendError("this listener keeps no volumes")
+        if self.volumes is not None:
+            self.volumes.mount(volumes)
 
     def output(self, handle: str, path: str, max_bytes: int | None) -> IO[bytes]:
         """The tar the task sent for ``path``; ``ContainerGone`` if none came."""
@@ -165,6 +208,8 @@ class Handoff:
         self._dropped[handle] = None
         if len(self._dropped) > _DROPPED_KEPT:
             del self._dropped[next(iter(self._dropped))]
+        if self.volumes is not None:
+            self.volumes.unmount(step.volumes)
         for f in (step.inputs, *step.received.values()):
             if f is not None:
                 f.close()
@@ -249,6 +294,25 @@ class Handoff:
         step.received[index] = out
         return web.Response(status=201, text="ok\n")
 
+    def _volume(self, request: web.Request) -> tuple[_Exchange, int, str, VolumeStore]:
+        _handle, step = self._authorized(request)
+        index = int(request.match_info["index"])
+        if self.volumes is None or index >= len(step.volumes):
+            raise web.HTTPNotFound(text="no such volume\n")
+        return step, index, step.volumes[index], self.volumes
+
+    async def _get_volume(self, request: web.Request) -> web.StreamResponse:
+        _step, _index, name, store = self._volume(request)
+        return await serve_archive(store, name)
+
+    async def _put_volume(self, request: web.Request) -> web.Response:
+        step, index, name, store = self._volume(request)
+        if index in step.volumes_sent:
+            raise web.HTTPConflict(text="already sent\n")
+        step.volumes_sent.add(index)
+        handle = request.match_info["handle"]
+        return await receive_archive(request, store, name, lambda: self._steps.get(handle) is step)
+
 
 # The task's command: bash (every build image has it, with curl and tar) wraps the step's own.
 # Inputs come first, from the URL or from a config file; the outputs go back after the command,
@@ -273,6 +337,22 @@ case "${ORCHESTRATOR_STEP_INPUTS:-}" in
            || { echo "orchestrator: could not unpack the step's inputs" >&2; exit 125; } ;;
 esac
 unset ORCHESTRATOR_STEP_INPUTS
+# Cache volumes, made here from their archives (a volume with none starts empty). One that
+# cannot be unpacked whole is emptied: the build runs without it rather than with half of it.
+volumes=${ORCHESTRATOR_STEP_VOLUMES:-}
+unset ORCHESTRATOR_STEP_VOLUMES ORCHESTRATOR_STEP_VOLUME_NAMES
+v=0
+for dir in $volumes; do
+  got=$(curl -sS -I -o /dev/null -w '%{http_code}' --retry @FETCH@ --retry-connrefused \
+        -H "$auth" "$url/volumes/$v")
+  mkdir -p "$dir"
+  if [ "$got" = 200 ]; then
+    curl -fsS -H "$auth" "$url/volumes/$v" | zstd -dcq | tar -x -f - -C "$dir" \
+      || { echo "orchestrator: could not unpack the cache at $dir: building without it" >&2
+           find "$dir" -mindepth 1 -delete 2>/dev/null; }
+  fi
+  v=$((v + 1))
+done
 "$@"
 code=$?
 pack() {
@@ -295,6 +375,14 @@ for out in ${ORCHESTRATOR_STEP_OUTPUTS:-}; do
   [ -z "$tarball" ] || rm -f "$tarball"
   i=$((i + 1))
 done
+v=0
+for dir in $volumes; do
+  # Streamed, so sent once: a volume not sent stays as the last build that ended left it.
+  { tar -c -f - -C "$dir" . | zstd -q -1 -T0 | curl -fsS -T - -H "$auth" \
+      -H "Content-Type: application/zstd" "$url/volumes/$v" >/dev/null; } \
+    || echo "orchestrator: could not send the cache at $dir back" >&2
+  v=$((v + 1))
+done
 exit $code
 """
 _WRAPPER = (
@@ -311,11 +399,18 @@ def wrapper_command(command: tuple[str, ...]) -> list[str]:
 
 
 def wrapper_env(
-    url: str, handle: str, token: str, inputs: str | None, outputs: tuple[str, ...]
+    url: str,
+    handle: str,
+    token: str,
+    inputs: str | None,
+    outputs: tuple[str, ...],
+    volumes: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """``inputs``: "fetch" (from the URL), a file's path in the task, or None."""
-    if any(not p.startswith("/") or any(c.isspace() for c in p) for p in outputs):
-        raise ValueError(f"output paths must be absolute, without blanks: {outputs}")
+    """``inputs``: "fetch" (from the URL), a file's path in the task, or None. ``volumes``:
+    cache volume name → its mount path (the order is their index at the listener)."""
+    paths = (*outputs, *(volumes or {}).values())
+    if any(not p.startswith("/") or any(c.isspace() for c in p) for p in paths):
+        raise ValueError(f"output and volume paths must be absolute, without blanks: {paths}")
     env = {
         "ORCHESTRATOR_STEP_URL": f"{url}/steps/{handle}",
         "ORCHESTRATOR_STEP_TOKEN": token,
@@ -323,4 +418,8 @@ def wrapper_env(
     }
     if inputs is not None:
         env["ORCHESTRATOR_STEP_INPUTS"] = inputs
+    if volumes:
+        env["ORCHESTRATOR_STEP_VOLUMES"] = " ".join(volumes.values())
+        # Read back by a later process that takes the step over (``volumes_of``).
+        env["ORCHESTRATOR_STEP_VOLUME_NAMES"] = " ".join(volumes)
     return env
