@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from orchestrator.backend._handoff import Handoff, wrapper_command, wrapper_env
+from orchestrator.backend._swarmadopt import outputs_of
 from orchestrator.backend._swarmvolumes import VolumeStore
 from orchestrator.errors import BackendError, VolumeInUse
 
@@ -120,3 +121,29 @@ async def test_a_step_reaches_only_its_own_volumes_and_sends_each_once(
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_the_next_process_takes_a_volume_back_from_a_step_it_adopts(tmp_path: Path) -> None:
+    store = VolumeStore(tmp_path / "volumes", max_bytes=1 << 20)
+    store.create(VOLUME, LABELS)
+    first = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32, volumes=store)
+    token = first.open("orch-a", None, (), (VOLUME,))
+    env = wrapper_env("http://h:1", "orch-a", token, None, (), {VOLUME: "/cache"})
+    await first.close()  # the service stops while the task runs
+
+    # The next one reads the volumes' names back from the service's environment.
+    variables = [f"{k}={v}" for k, v in env.items()]
+    service = {"Spec": {"TaskTemplate": {"ContainerSpec": {"Env": variables}}}}
+    names = outputs_of(service, "ORCHESTRATOR_STEP_VOLUME_NAMES")
+    assert names == (VOLUME,)
+    second = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32, volumes=store)
+    await second.start()
+    try:
+        second.reopen("orch-a", (), None, names)
+        async with aiohttp.ClientSession() as http:
+            url = f"{second.url}/steps/orch-a/volumes/0"
+            assert (await http.put(url, data=b"late", headers=_auth(token))).status == 201
+        archive = store.archive(VOLUME)
+        assert archive is not None and archive.read_bytes() == b"late"
+    finally:
+        await second.close()
