@@ -1,7 +1,7 @@
 """Build caches: cold against warm wall time, and what a cold build pays for the cache.
 
     .venv/bin/python bench/caches.py [--only echo-worker,hexyl,gnu-hello] [--rounds N]
-                                     [--backend docker|swarm]
+                                     [--backend docker|swarm] [--no-off]
 
 For each package, per round: a build with cache=off (what a build cost before caches), a build
 with a new, empty cache (cold: the cache machinery's own cost is the gap to cache=off), and a
@@ -45,6 +45,7 @@ from orchestrator.catalog.workers import load  # noqa: E402
 from orchestrator.narration.events import Event  # noqa: E402
 
 TEST_PKGBUILDS = REPO / "tests" / "pkgbuilds"
+_NOT_RUN: dict[str, Any] = {"wall_s": float("nan"), "cache": {}}  # --no-off
 
 
 async def _source(name: str, dest: Path) -> Path:
@@ -90,7 +91,9 @@ def _swarm(client: docker.DockerClient, wanted: bool) -> Iterator[None]:
             client.swarm.leave(force=True)
 
 
-async def bench(names: list[str], rounds: int, backend: str) -> dict[str, list[dict[str, Any]]]:
+async def bench(
+    names: list[str], rounds: int, backend: str, off: bool = True
+) -> dict[str, list[dict[str, Any]]]:
     client = docker.from_env()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     work = Path(tempfile.mkdtemp(prefix="bench-caches-"))
@@ -98,7 +101,7 @@ async def bench(names: list[str], rounds: int, backend: str) -> dict[str, list[d
         with _swarm(client, backend == "swarm"):
             for round_ in range(rounds):
                 for name in names:
-                    results[name].append(await _round(client, work, name, backend, round_))
+                    results[name].append(await _round(client, work, name, backend, round_, off))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         client.close()
@@ -106,24 +109,24 @@ async def bench(names: list[str], rounds: int, backend: str) -> dict[str, list[d
 
 
 async def _round(
-    client: docker.DockerClient, work: Path, name: str, backend: str, round_: int
+    client: docker.DockerClient, work: Path, name: str, backend: str, round_: int, off: bool
 ) -> dict[str, Any]:
     instance = f"bench-caches-{uuid.uuid4().hex[:8]}"
     settings = Settings(data_dir=work / instance, instance_id=instance, backend=backend)
     try:
         async with await Engine.open(settings) as engine:
-            off = await _build(engine, name, work, cache=False)
+            without = await _build(engine, name, work, cache=False) if off else _NOT_RUN
             cold = await _build(engine, name, work, cache=True)
             warm = await _build(engine, name, work, cache=True)
     finally:
         _drop_volumes(client, instance)
     print(
-        f"{name} round {round_} ({backend}): off {off['wall_s']:.1f} s, cold "
+        f"{name} round {round_} ({backend}): off {without['wall_s']:.1f} s, cold "
         f"{cold['wall_s']:.1f} s, warm {warm['wall_s']:.1f} s; warm cache "
         f"{json.dumps(warm['cache'])}",
         flush=True,
     )
-    return {"round": round_, "backend": backend, "off": off, "cold": cold, "warm": warm}
+    return {"round": round_, "backend": backend, "off": without, "cold": cold, "warm": warm}
 
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
@@ -153,9 +156,10 @@ def main() -> None:
     parser.add_argument("--only", default="echo-worker,hexyl,gnu-hello")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--backend", choices=("docker", "swarm"), default="docker")
+    parser.add_argument("--no-off", action="store_true", help="skip the cache=off builds")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
-    results = asyncio.run(bench(names, args.rounds, args.backend))
+    results = asyncio.run(bench(names, args.rounds, args.backend, off=not args.no_off))
     print(table(results))
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
