@@ -314,7 +314,8 @@ class Handoff:
         return await receive_archive(request, store, name, lambda: self._steps.get(handle) is step)
 
 
-# The task's command: bash (every build image has it, with curl and tar) wraps the step's own.
+# The task's command: bash (every build image has it, with curl, tar and, for cache volumes,
+# zstd) wraps the step's own.
 # Inputs come first, from the URL or from a config file; the outputs go back after the command,
 # whatever its exit code (the cache report matters most when a build failed). The token leaves
 # the environment before the command runs; a build that digs it out of /proc can only spoil its
@@ -420,6 +421,6 @@ def wrapper_env(
         env["ORCHESTRATOR_STEP_INPUTS"] = inputs
     if volumes:
         env["ORCHESTRATOR_STEP_VOLUMES"] = " ".join(volumes.values())
-        # Read back by a later process that takes the step over (``volumes_of``).
+        # Read back by a later process that takes the step over (``outputs_of``).
         env["ORCHESTRATOR_STEP_VOLUME_NAMES"] = " ".join(volumes)
     return env
