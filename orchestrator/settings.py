@@ -109,7 +109,8 @@ class Settings(BaseSettings):
         default=20 * GiB,
         gt=0,
         description="All build caches together; past it the least recently used idle ones "
-        "are removed after a build. Each tool's own store is held to half of it.",
+        "are removed after a build. Each tool's own store is held to a quarter of it. On "
+        "swarm also what one cache's archive may be.",
     )
     inspect_timeout_s: float = Field(
         default=15.0,

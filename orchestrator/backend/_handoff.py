@@ -18,6 +18,9 @@ then ends the step itself, a second sooner than the node's agent would (``_swarm
 
 Treated as hostile input, like an upload: the token is compared in constant time, inputs are
 served once, each output is accepted once and cut at the artifact cap, unknown steps are 404.
+
+A step that mounts cache volumes (``_swarmvolumes.py``) also fetches each one's archive here at
+its start and sends it back at its end: only its own volumes, by their place in its list.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ..errors import ArchiveTooLarge, BackendError, ContainerGone
 from ..storage.archive import spooled
 from ..timeouts import HANDOFF_BODY_TIMEOUT_S, HANDOFF_STOP_TICK_S
 from ._pushed import Narration, get_offsets, put_output, put_report
+from ._swarmvolumes import VolumeStore, receive_archive, serve_archive
 from ._wrapper import wrapper_command, wrapper_env
 
 __all__ = ["SECRET_FILE", "Handoff", "step_secret", "step_token", "wrapper_command", "wrapper_env"]
@@ -93,12 +97,21 @@ class _Exchange:
     stop_ticks: int | None = None  # asked to stop: the grace, in the wrapper's ticks
     watchers: int = 0  # the wrapper's requests waiting for a stop now
     woken: asyncio.Event = field(default_factory=asyncio.Event)  # stopped, dropped or closing
+    volumes: tuple[str, ...] = ()  # the cache volumes it mounts, by name
+    volumes_sent: set[int] = field(default_factory=set)
 
 
 class Handoff:
     def __init__(
-        self, host: str, port: int, callback_url: str | None, max_bytes: int, secret: bytes
+        self,
+        host: str,
+        port: int,
+        callback_url: str | None,
+        max_bytes: int,
+        secret: bytes,
+        volumes: VolumeStore | None = None,
     ) -> None:
+        self.volumes = volumes
         self._host, self._port = host, port
         self._secret = secret
         self._callback_url = callback_url
@@ -123,6 +136,8 @@ class Handoff:
             app.router.add_put("/steps/{handle}/output/{stream}", self._put_pushed)
             app.router.add_put("/steps/{handle}/report", self._put_report)
             app.router.add_get("/steps/{handle}/stop", self._get_stop)
+            app.router.add_get("/steps/{handle}/volumes/{index:[0-9]{1,2}}", self._get_volume)
+            app.router.add_put("/steps/{handle}/volumes/{index:[0-9]{1,2}}", self._put_volume)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, self._host, self._port)
@@ -138,12 +153,17 @@ class Handoff:
         inputs: IO[bytes] | None,
         outputs: tuple[str, ...],
         push: bool = False,
+        volumes: tuple[str, ...] = (),
     ) -> str:
         """Expect ``handle``'s task: serve ``inputs`` (ours now) once, take ``outputs`` back;
-        with ``push``, take its output as it pushes it (``narration``)."""
+        with ``push``, take its output as it pushes it (``narration``); serve and take back the
+        archives of ``volumes`` (names in the volume store)."""
         token = step_token(self._secret, handle)
         narration = Narration() if push else None
-        self._steps[handle] = _Exchange(token, inputs, outputs, narration=narration)
+        self._mount(volumes)
+        self._steps[handle] = _Exchange(
+            token, inputs, outputs, narration=narration, volumes=volumes
+        )
         return token
 
     def narration(self, handle: str) -> Narration | None:
@@ -152,14 +172,33 @@ class Handoff:
         step = self._steps.get(handle)
         return step.narration if step is not None else None
 
-    def reopen(self, handle: str, outputs: tuple[str, ...], missed: str | None = None) -> None:
+    def reopen(
+        self,
+        handle: str,
+        outputs: tuple[str, ...],
+        missed: str | None = None,
+        volumes: tuple[str, ...] = (),
+    ) -> None:
         """Take over the exchange of a step an earlier process started (its inputs were fetched
-        then): expect its ``outputs``. ``missed``: the task has ended already, so outputs that
-        have not come never will (the reason ``output`` gives). Kept if already open here."""
+        then): expect its ``outputs`` (and its ``volumes`` back). ``missed``: the task has ended
+        already, so outputs that have not come never will (the reason ``output`` gives). Kept
+        if already open here."""
         if handle not in self._steps:
+            self._mount(volumes)
             self._steps[handle] = _Exchange(
-                step_token(self._secret, handle), None, outputs, fetched=True, missed=missed
+                step_token(self._secret, handle),
+                None,
+                outputs,
+                fetched=True,
+                missed=missed,
+                volumes=volumes,
             )
+
+    def _mount(self, volumes: tuple[str, ...]) -> None:
+        if volumes and self.volumes is None:
+            raise BackendError("this listener keeps no volumes")
+        if self.volumes is not None:
+            self.volumes.mount(volumes)
 
     def output(self, handle: str, path: str, max_bytes: int | None) -> IO[bytes]:
         """The tar the task sent for ``path``; ``ContainerGone`` if none came."""
@@ -207,6 +246,8 @@ class Handoff:
         self._dropped[handle] = None
         if len(self._dropped) > _DROPPED_KEPT:
             del self._dropped[next(iter(self._dropped))]
+        if self.volumes is not None:
+            self.volumes.unmount(step.volumes)
         for f in (step.inputs, *step.received.values()):
             if f is not None:
                 f.close()
@@ -322,3 +363,22 @@ class Handoff:
             raise web.HTTPNotFound(text="no such step\n")
         step.received[index] = out
         return web.Response(status=201, text="ok\n")
+
+    def _volume(self, request: web.Request) -> tuple[_Exchange, int, str, VolumeStore]:
+        _handle, step = self._authorized(request)
+        index = int(request.match_info["index"])
+        if self.volumes is None or index >= len(step.volumes):
+            raise web.HTTPNotFound(text="no such volume\n")
+        return step, index, step.volumes[index], self.volumes
+
+    async def _get_volume(self, request: web.Request) -> web.StreamResponse:
+        _step, _index, name, store = self._volume(request)
+        return await serve_archive(store, name)
+
+    async def _put_volume(self, request: web.Request) -> web.Response:
+        step, index, name, store = self._volume(request)
+        if index in step.volumes_sent:
+            raise web.HTTPConflict(text="already sent\n")
+        step.volumes_sent.add(index)
+        handle = request.match_info["handle"]
+        return await receive_archive(request, store, name, lambda: self._steps.get(handle) is step)

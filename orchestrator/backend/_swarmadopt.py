@@ -75,12 +75,15 @@ def found_service(
     )
 
 
-def outputs_of(service: Mapping[str, Any]) -> tuple[str, ...]:
-    """The paths the service's task sends back, as its wrapper was told (``wrapper_env``)."""
+def outputs_of(
+    service: Mapping[str, Any], variable: str = "ORCHESTRATOR_STEP_OUTPUTS"
+) -> tuple[str, ...]:
+    """The paths the service's task sends back, as its wrapper was told (``wrapper_env``);
+    or another of its lists (the names of its cache volumes)."""
     template = (service.get("Spec") or {}).get("TaskTemplate") or {}
     for entry in (template.get("ContainerSpec") or {}).get("Env") or []:
         name, _, value = str(entry).partition("=")
-        if name == "ORCHESTRATOR_STEP_OUTPUTS":
+        if name == variable:
             return tuple(value.split())
     return ()
 
@@ -125,7 +128,12 @@ class SwarmAdoption:
                 continue
             step = found_service(service, tasks, self._settings.swarm_restart_attempts)
             handoff = await self._ensure_handoff()
-            handoff.reopen(name, outputs_of(service), MISSED if step.state == "exited" else None)
+            handoff.reopen(
+                name,
+                outputs_of(service),
+                MISSED if step.state == "exited" else None,
+                outputs_of(service, "ORCHESTRATOR_STEP_VOLUME_NAMES"),
+            )
             found.append(step)
         return found
 

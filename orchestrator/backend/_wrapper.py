@@ -16,14 +16,17 @@ read. ``X-Orchestrator-Run`` tells one task of the service from another (a task 
 The command runs in the background of the wrapper, which passes Swarm's SIGTERM on to it and,
 with ``ORCHESTRATOR_STEP_STOP``, waits on the listener for ``kill``'s stop (``_swarmstop.py``).
 
-The outputs go back after the command, whatever its exit code (the cache report matters most
-when a build failed). The token leaves the environment before the command runs; a build that
-digs it out of /proc can only spoil its own results. Sending back retries a refused connection
-too (a service restarting: the next one takes the exchange over), but only briefly: the tar is
-streamed, so a send that began cannot be made again.
+Cache volumes (``_swarmvolumes.py``) are unpacked from their archives before the command and
+sent back, streamed, after the outputs. The outputs go back after the command, whatever its exit
+code (the cache report matters most when a build failed). The token leaves the environment before
+the command runs; a build that digs it out of /proc can only spoil its own results. Sending back
+retries a refused connection too (a service restarting: the next one takes the exchange over),
+but only briefly: the tar is streamed, so a send that began cannot be made again.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from ..timeouts import (
     HANDOFF_FETCH_ATTEMPTS,
@@ -59,6 +62,22 @@ case "${ORCHESTRATOR_STEP_INPUTS:-}" in
            || { echo "orchestrator: could not unpack the step's inputs" >&2; exit 125; } ;;
 esac
 unset ORCHESTRATOR_STEP_INPUTS
+# Cache volumes, made here from their archives (a volume with none starts empty). One that
+# cannot be unpacked whole is emptied: the build runs without it rather than with half of it.
+volumes=${ORCHESTRATOR_STEP_VOLUMES:-}
+unset ORCHESTRATOR_STEP_VOLUMES ORCHESTRATOR_STEP_VOLUME_NAMES
+v=0
+for dir in $volumes; do
+  got=$(curl -sS -I -o /dev/null -w '%{http_code}' --retry @FETCH@ --retry-connrefused \
+        -H "$auth" "$url/volumes/$v")
+  mkdir -p "$dir"
+  if [ "$got" = 200 ]; then
+    curl -fsS -H "$auth" "$url/volumes/$v" | zstd -dcq | tar -x -f - -C "$dir" \
+      || { echo "orchestrator: could not unpack the cache at $dir: building without it" >&2
+           find "$dir" -mindepth 1 -delete 2>/dev/null; }
+  fi
+  v=$((v + 1))
+done
 # kill's stop (``Handoff.stop``): asked again after a failure (the service restarting: the next
 # one takes the step over) until it comes, or the listener says the step is not its any more.
 # The header goes through stdin: not in curl's command line, which the build could read.
@@ -207,6 +226,14 @@ for out in ${ORCHESTRATOR_STEP_OUTPUTS:-}; do
   [ -z "$tarball" ] || rm -f "$tarball"
   i=$((i + 1))
 done
+v=0
+for dir in $volumes; do
+  # Streamed, so sent once: a volume not sent stays as the last build that ended left it.
+  { tar -c -f - -C "$dir" . | zstd -q -1 -T0 | curl -fsS -T - -H "$auth" \
+      -H "Content-Type: application/zstd" "$url/volumes/$v" >/dev/null; } \
+    || echo "orchestrator: could not send the cache at $dir back" >&2
+  v=$((v + 1))
+done
 exit $code
 """
 _WRAPPER = (
@@ -238,12 +265,15 @@ def wrapper_env(
     push: bool = False,
     *,
     stop: bool = False,
+    volumes: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """``inputs``: "fetch" (from the URL), a file's path in the task, or None. ``push``: the
     task pushes its output to the listener (it can reach it). ``stop``: the task reaches the
-    listener, so its wrapper waits there for ``Handoff.stop``."""
-    if any(not p.startswith("/") or any(c.isspace() for c in p) for p in outputs):
-        raise ValueError(f"output paths must be absolute, without blanks: {outputs}")
+    listener, so its wrapper waits there for ``Handoff.stop``. ``volumes``: cache volume name →
+    its mount path (the order is their index at the listener)."""
+    paths = (*outputs, *(volumes or {}).values())
+    if any(not p.startswith("/") or any(c.isspace() for c in p) for p in paths):
+        raise ValueError(f"output and volume paths must be absolute, without blanks: {paths}")
     env = {
         "ORCHESTRATOR_STEP_URL": f"{url}/steps/{handle}",
         "ORCHESTRATOR_STEP_TOKEN": token,
@@ -255,4 +285,8 @@ def wrapper_env(
         env["ORCHESTRATOR_STEP_PUSH"] = "1"
     if stop:
         env["ORCHESTRATOR_STEP_STOP"] = "1"
+    if volumes:
+        env["ORCHESTRATOR_STEP_VOLUMES"] = " ".join(volumes.values())
+        # Read back by a later process that takes the step over (``outputs_of``).
+        env["ORCHESTRATOR_STEP_VOLUME_NAMES"] = " ".join(volumes)
     return env

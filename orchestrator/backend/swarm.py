@@ -44,12 +44,13 @@ from . import ExitStatus, OutputStream, Step, Stream
 from . import _swarmspec as spec
 from ._daemon import Daemon
 from ._handoff import Handoff, step_secret, wrapper_env
-from ._lacking import NoDiskWatch, NoExec, NoSampling, NoVolumes
+from ._lacking import NoDiskWatch, NoExec, NoSampling
 from ._pushed import PushedOutput
 from ._servicelogs import ServiceOutput
 from ._swarmadopt import SwarmAdoption
 from ._swarmspec import INPUTS_FILE, SEALED_NETWORK
 from ._swarmstop import stop_and_remove
+from ._swarmvolumes import ArchivedVolumes, VolumeStore
 
 T = TypeVar("T")
 
@@ -65,9 +66,10 @@ class _Planned:
     config_id: str | None = None
 
 
-class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
+class SwarmBackend(SwarmAdoption, ArchivedVolumes, NoDiskWatch, NoExec, NoSampling):
     """What Swarm cannot do (docs/backends.md): tell a step's disk use or run a command in it
-    (only the node's daemon knows its containers), or keep caches (volumes are node-local)."""
+    (only the node's daemon knows its containers). Its cache volumes are archives the handoff
+    carries (``_swarmvolumes.py``): a named volume would be the node's."""
 
     name = "swarm"
     sandbox = "Service"
@@ -81,6 +83,7 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
         self._pool = self._daemon.pool
         self._handoff: Handoff | None = None
         self._handoff_made = asyncio.Lock()
+        self._volumes = VolumeStore(settings.data_dir / "swarm-volumes", settings.cache_max_bytes)
         self._planned: dict[str, _Planned] = {}
         self._ends: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._running: dict[str, threading.Event] = {}  # set once the task has run
@@ -122,6 +125,7 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
             self._settings.swarm_callback_url,
             self._settings.max_artifact_bytes,
             secret,
+            self._volumes,
         )
 
     def _bridge_gateway(self) -> str:
@@ -178,7 +182,7 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
             image = await self._run(self._client.images.get, step.image)
         except ImageNotFound:
             raise ImageNotFound(spec.no_image(step.image)) from None
-        if not step.network and step.outputs:
+        if not step.network and (step.outputs or step.volumes):
             raise BackendError("on swarm a step without network cannot send files back")
         handle = f"orch-{secrets.token_hex(10)}"
         inputs = await asyncio.to_thread(spec.spooled_copy, step.inputs) if step.inputs else None
@@ -193,11 +197,20 @@ class SwarmBackend(SwarmAdoption, NoDiskWatch, NoExec, NoVolumes, NoSampling):
                 inputs, source = None, INPUTS_FILE
             handoff = await self._ensure_handoff()
             # A task that can reach the listener pushes its output there.
-            token = handoff.open(handle, inputs, step.outputs, push=step.network)
+            token = handoff.open(
+                handle, inputs, step.outputs, push=step.network, volumes=tuple(step.volumes)
+            )
             if not step.network:
                 await self._run(self._sealed_network)
             env = wrapper_env(
-                handoff.url, handle, token, source, step.outputs, step.network, stop=step.network
+                handoff.url,
+                handle,
+                token,
+                source,
+                step.outputs,
+                step.network,
+                stop=step.network,
+                volumes=step.volumes,
             )
             if step.read_only:
                 env["ORCHESTRATOR_STEP_DIR"] = "/tmp/" + step.workdir.strip("/").replace("/", "-")

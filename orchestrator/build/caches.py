@@ -3,7 +3,9 @@
 A cache is a named volume (never a host path) labelled with its key, mounted at ``/cache`` in
 each build of that package: makepkg's ``SRCDEST``, cargo's registry and git caches, sccache's
 and ccache's stores (``cachescript.py`` says how a build uses it). Every build still runs in a
-fresh container; only this volume outlives it.
+fresh container; only this volume outlives it. On Swarm the engine's volume is an archive the
+manager keeps and the task unpacks and sends back (``backend/_swarmvolumes.py``); nothing here
+differs.
 
 Trust: a cache is keyed by ``pkgbase:variant`` and this service's instance, and is mounted in
 builds of that package only, so one package's build can neither read nor write another's. Builds

@@ -187,9 +187,11 @@ async def test_cancel_kills_the_container_and_every_process(
     assert marked_processes(marker) == []
     assert not (settings.artifacts_dir / job).exists()
     leftovers = list(settings.data_dir.rglob("*")) if settings.data_dir.exists() else []
-    # The cache index and the Swarm handoff's secret are the service's own state, not the job's.
-    own = {"caches.json", "swarm-handoff.key"}
-    assert [p.name for p in leftovers if p.name not in own] == []
+    # The cache index, the Swarm handoff's secret and its cache volumes are the service's own
+    # state, not the job's.
+    own = {"caches.json", "swarm-handoff.key", "swarm-volumes"}
+    volumes = settings.data_dir / "swarm-volumes"
+    assert [p.name for p in leftovers if p.name not in own and volumes not in p.parents] == []
 
 
 @BACKENDS
