@@ -318,3 +318,60 @@ def test_a_new_key_signs_the_repository_again(scratch: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+class _Killed(BaseException):
+    """The process dying at that point: nothing after it runs, not even ``except`` clauses
+    that catch ``Exception``."""
+
+
+def _sha256_listed(repo: Repository, filename: str) -> str:
+    with tarfile.open(repo.file("orchestrator-cpu.db")) as db:
+        for member in db:
+            handle = db.extractfile(member) if member.name.endswith("/desc") else None
+            text = handle.read().decode() if handle else ""
+            if f"%FILENAME%\n{filename}\n" in text:
+                return text.split("%SHA256SUM%\n")[1].split("\n")[0]
+    raise AssertionError(f"{filename} is not listed")
+
+
+def test_a_republish_killed_before_the_database_changes_keeps_pool_and_database_agreeing(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same file name built again (other bytes) and the service killed between the pool
+    and the database: what the database lists must still be what the pool holds, signed; the
+    next change tidies what the killed one left behind."""
+    signer = Signer.open(scratch / "gnupg", None)
+    repo = Repository(scratch / "repo", "orchestrator-cpu", signer)
+    try:
+        first = make_package(scratch, "same")
+        repo.publish([first])
+        rebuilt = scratch / "rebuilt"
+        rebuilt.mkdir()
+        again = make_package(rebuilt, "same")
+        with again.open("ab") as fh:
+            fh.write(b"\0" * 1024)  # a rebuild: same name, other bytes
+        name = again.name
+
+        def killed(*_args: object) -> None:
+            raise _Killed
+
+        monkeypatch.setattr("orchestrator.repo.repository._run", killed)
+        with pytest.raises(_Killed):
+            repo.publish([again])
+        monkeypatch.undo()
+        pool = repo.root / "pool"
+        listed = _sha256_listed(repo, name)
+        assert hashlib.sha256((pool / name).read_bytes()).hexdigest() == listed
+        signer.verify(pool / name, pool / f"{name}.sig")
+
+        # A kill -9 also leaves what the killed step made (no finally ran); the next change
+        # takes it away.
+        (repo.root / "db-killed").mkdir()
+        (pool / ".new-other-1.0-1-x86_64.pkg.tar.gz").write_bytes(b"half")
+        repo.publish([make_package(scratch, "later")])
+        assert not list(pool.glob(".new-*"))
+        current = repo.file("orchestrator-cpu.db").resolve().parent.name
+        assert [p.name for p in repo.root.glob("db-*")] == [current]
+    finally:
+        signer.close()
