@@ -375,3 +375,43 @@ def test_a_republish_killed_before_the_database_changes_keeps_pool_and_database_
         assert [p.name for p in repo.root.glob("db-*")] == [current]
     finally:
         signer.close()
+
+
+def test_a_start_finishes_a_publish_killed_after_the_swap(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed once the new database is served but before the rebuilt package took its name:
+    the next start (``resign``, run on every start) gives it its name."""
+    signer = Signer.open(scratch / "gnupg", None)
+    repo = Repository(scratch / "repo", "orchestrator-cpu", signer)
+    try:
+        repo.publish([make_package(scratch, "same")])
+        rebuilt = scratch / "rebuilt"
+        rebuilt.mkdir()
+        again = make_package(rebuilt, "same")
+        with again.open("ab") as fh:
+            fh.write(b"\0" * 1024)
+        recover, calls = Repository._recover, []
+
+        def killed_after_the_swap(self: Repository) -> None:
+            calls.append(1)
+            if len(calls) == 2:  # the one after repo-add's database is served
+                raise _Killed
+            recover(self)
+
+        monkeypatch.setattr(Repository, "_recover", killed_after_the_swap)
+        with pytest.raises(_Killed):
+            repo.publish([again])
+        monkeypatch.undo()
+        assert Repository(repo.root, repo.name, signer).resign() is False
+        pool = repo.root / "pool"
+        served = hashlib.sha256((pool / again.name).read_bytes()).hexdigest()
+        assert (
+            served
+            == _sha256_listed(repo, again.name)
+            == hashlib.sha256(again.read_bytes()).hexdigest()
+        )
+        signer.verify(pool / again.name, pool / f"{again.name}.sig")
+        assert not list(pool.glob(".new-*"))
+    finally:
+        signer.close()
