@@ -5,14 +5,20 @@ On disk, under ``<data>/repo/<variant>/<arch>/``: ``pool/`` holds the packages a
 signatures; each version of the database is a folder of its own (``db-*``), and ``current`` is
 a symlink to the one served. A change copies the database into a fresh folder, runs
 ``repo-add``/``repo-remove`` there and swaps the symlink (one rename), so whatever fails on the
-way (a full disk, a killed tool) leaves the previous database whole and serving. Changes to one
-repository are serialized by a file lock (a second process on the data directory included).
+way (a full disk, a killed tool) leaves the previous database whole and serving. A package
+waits in the pool as ``.new-<file>`` until the database that lists it is served, then takes its
+name: a package built again under the same name never replaces the bytes the served database
+vouches for. A process killed on the way leaves these and its ``db-*`` folder; the next change
+(and every start) finishes the renames the served database asks for and drops the rest.
+Changes to one repository are serialized by a file lock (a second process on the data
+directory included).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -64,33 +70,46 @@ class Repository:
 
     def packages(self) -> dict[str, str]:
         """pkgname -> file name of every package the served database lists."""
+        return {fields["NAME"]: fields["FILENAME"] for fields in self._entries()}
+
+    def _entries(self) -> list[dict[str, str]]:
+        """The fields of every package the served database lists."""
         current = self.root / _CURRENT / self._db
         if not current.is_file():
-            return {}
-        listed: dict[str, str] = {}
+            return []
         with tarfile.open(current) as db:
-            for member in db:
-                if member.name.endswith("/desc") and (fh := db.extractfile(member)):
-                    fields = _desc(fh.read().decode())
-                    listed[fields["NAME"]] = fields["FILENAME"]
-        return listed
+            return [
+                _desc(fh.read().decode())
+                for member in db
+                if member.name.endswith("/desc") and (fh := db.extractfile(member))
+            ]
 
     def publish(self, packages: Sequence[Path]) -> list[str]:
         """Sign each package into the pool and add it to the database; the names added."""
         with self._locked(), _said(f"publish to {self.name}"):
-            added = []
+            self._recover()
             for package in packages:
                 if package_name(package.name) is None:
                     raise RepoError(f"{package.name} is not named as a pacman package")
-                self._into_pool(package)
-                added.append(package.name)
-            self._change("repo-add", [str(self._pool / name) for name in added])
+            # repo-add names a package (and finds its signature) by its path: the staged
+            # files, linked under their own names for it.
+            named = Path(tempfile.mkdtemp(prefix=".add-", dir=self.root))
+            try:
+                for package in packages:
+                    staged = self._into_pool(package)
+                    os.link(staged, named / package.name)
+                    os.link(_signature(staged), named / f"{package.name}.sig")
+                self._change("repo-add", [str(named / p.name) for p in packages])
+            finally:
+                shutil.rmtree(named, ignore_errors=True)
+            self._recover()  # the served database lists them: into their names
             self._prune()
-            return added
+            return [package.name for package in packages]
 
     def remove(self, pkgname: str) -> str:
         """Take ``pkgname`` out of the database, then its file out of the pool."""
         with self._locked(), _said(f"removal from {self.name}"):
+            self._recover()
             filename = self.packages().get(pkgname)
             if filename is None:
                 raise NotFound(f"{self.name} has no package {pkgname!r}")
@@ -102,6 +121,7 @@ class Repository:
         """Sign every package and the database again if another key signed them (the key was
         rotated); whether it had to."""
         with self._locked(), _said(f"re-signing {self.name}"):
+            self._recover()  # on every start, before anything is served
             marker = self.root / _SIGNED_BY
             if not (self.root / _CURRENT).exists() or (
                 marker.is_file() and marker.read_text().strip() == self._signer.fingerprint
@@ -134,18 +154,40 @@ class Repository:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _into_pool(self, package: Path) -> None:
-        # Under a temporary name first: a package or signature in the pool is always whole.
+    def _into_pool(self, package: Path) -> Path:
+        """``package`` and its signature, whole, as ``.new-<file>`` in the pool."""
         staged = self._pool / f".new-{package.name}"
-        try:
-            shutil.copyfile(package, staged)
-            self._signer.sign(staged, staged.with_name(staged.name + ".sig"))
-            _sync(staged, staged.with_name(staged.name + ".sig"))
-            os.replace(staged.with_name(staged.name + ".sig"), self._pool / f"{package.name}.sig")
-            os.replace(staged, self._pool / package.name)
-        finally:
-            for leftover in (staged, staged.with_name(staged.name + ".sig")):
-                leftover.unlink(missing_ok=True)
+        shutil.copyfile(package, staged)
+        self._signer.sign(staged, _signature(staged))
+        _sync(staged, _signature(staged))
+        return staged
+
+    def _recover(self) -> None:
+        """Finish or undo what a change left behind (killed, or failed): a staged package the
+        served database lists with its checksum takes its name, any other goes, and so do the
+        database folders and links not served."""
+        current = self.root / _CURRENT
+        served = current.resolve() if current.is_symlink() else None
+        for path in self.root.iterdir():
+            if path.name.startswith((".add-", f".{_CURRENT}-")) or (
+                path.name.startswith("db-") and path.resolve() != served
+            ):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        sums = {fields["FILENAME"]: fields.get("SHA256SUM") for fields in self._entries()}
+        for staged in sorted(self._pool.glob(".new-*")):
+            if staged.name.endswith(".sig") or not staged.exists():
+                continue
+            name = staged.name.removeprefix(".new-")
+            if sums.get(name) == _sha256(staged):
+                if _signature(staged).exists():  # else it already took its name
+                    os.replace(_signature(staged), self._pool / f"{name}.sig")
+                os.replace(staged, self._pool / name)
+        for leftover in self._pool.glob(".new-*"):
+            leftover.unlink(missing_ok=True)
+        _sync_dir(self._pool)
 
     def _change(self, tool: str, args: list[str]) -> None:
         """Run ``tool`` on a copy of the database, then serve the copy."""
@@ -206,6 +248,18 @@ def _said(what: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise RepoError(f"{what} failed: {exc}") from exc
+
+
+def _signature(path: Path) -> Path:
+    return path.with_name(f"{path.name}.sig")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _desc(text: str) -> dict[str, str]:

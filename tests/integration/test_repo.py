@@ -318,3 +318,100 @@ def test_a_new_key_signs_the_repository_again(scratch: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+class _Killed(BaseException):
+    """The process dying at that point: nothing after it runs, not even ``except`` clauses
+    that catch ``Exception``."""
+
+
+def _sha256_listed(repo: Repository, filename: str) -> str:
+    with tarfile.open(repo.file("orchestrator-cpu.db")) as db:
+        for member in db:
+            handle = db.extractfile(member) if member.name.endswith("/desc") else None
+            text = handle.read().decode() if handle else ""
+            if f"%FILENAME%\n{filename}\n" in text:
+                return text.split("%SHA256SUM%\n")[1].split("\n")[0]
+    raise AssertionError(f"{filename} is not listed")
+
+
+def test_a_republish_killed_before_the_database_changes_keeps_pool_and_database_agreeing(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same file name built again (other bytes) and the service killed between the pool
+    and the database: what the database lists must still be what the pool holds, signed; the
+    next change tidies what the killed one left behind."""
+    signer = Signer.open(scratch / "gnupg", None)
+    repo = Repository(scratch / "repo", "orchestrator-cpu", signer)
+    try:
+        first = make_package(scratch, "same")
+        repo.publish([first])
+        rebuilt = scratch / "rebuilt"
+        rebuilt.mkdir()
+        again = make_package(rebuilt, "same")
+        with again.open("ab") as fh:
+            fh.write(b"\0" * 1024)  # a rebuild: same name, other bytes
+        name = again.name
+
+        def killed(*_args: object) -> None:
+            raise _Killed
+
+        monkeypatch.setattr("orchestrator.repo.repository._run", killed)
+        with pytest.raises(_Killed):
+            repo.publish([again])
+        monkeypatch.undo()
+        pool = repo.root / "pool"
+        listed = _sha256_listed(repo, name)
+        assert hashlib.sha256((pool / name).read_bytes()).hexdigest() == listed
+        signer.verify(pool / name, pool / f"{name}.sig")
+
+        # A kill -9 also leaves what the killed step made (no finally ran); the next change
+        # takes it away.
+        (repo.root / "db-killed").mkdir()
+        (pool / ".new-other-1.0-1-x86_64.pkg.tar.gz").write_bytes(b"half")
+        repo.publish([make_package(scratch, "later")])
+        assert not list(pool.glob(".new-*"))
+        current = repo.file("orchestrator-cpu.db").resolve().parent.name
+        assert [p.name for p in repo.root.glob("db-*")] == [current]
+    finally:
+        signer.close()
+
+
+def test_a_start_finishes_a_publish_killed_after_the_swap(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed once the new database is served but before the rebuilt package took its name:
+    the next start (``resign``, run on every start) gives it its name."""
+    signer = Signer.open(scratch / "gnupg", None)
+    repo = Repository(scratch / "repo", "orchestrator-cpu", signer)
+    try:
+        repo.publish([make_package(scratch, "same")])
+        rebuilt = scratch / "rebuilt"
+        rebuilt.mkdir()
+        again = make_package(rebuilt, "same")
+        with again.open("ab") as fh:
+            fh.write(b"\0" * 1024)
+        recover, calls = Repository._recover, []
+
+        def killed_after_the_swap(self: Repository) -> None:
+            calls.append(1)
+            if len(calls) == 2:  # the one after repo-add's database is served
+                raise _Killed
+            recover(self)
+
+        monkeypatch.setattr(Repository, "_recover", killed_after_the_swap)
+        with pytest.raises(_Killed):
+            repo.publish([again])
+        monkeypatch.undo()
+        assert Repository(repo.root, repo.name, signer).resign() is False
+        pool = repo.root / "pool"
+        served = hashlib.sha256((pool / again.name).read_bytes()).hexdigest()
+        assert (
+            served
+            == _sha256_listed(repo, again.name)
+            == hashlib.sha256(again.read_bytes()).hexdigest()
+        )
+        signer.verify(pool / again.name, pool / f"{again.name}.sig")
+        assert not list(pool.glob(".new-*"))
+    finally:
+        signer.close()
