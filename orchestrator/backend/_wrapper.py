@@ -109,7 +109,9 @@ stop_watch() {
 run() {
   { trap - INT QUIT; exec "$@"; } &
   build=$!
-  [ -z "$stop" ] || stop_watch </dev/null >/dev/null 2>&1 &
+  # Not ``[ ... ] || stop_watch &``: that forks the whole list, and the forked shell keeps the
+  # command's streams open (saved around the function call), so the pushers never end.
+  if [ -n "$stop" ]; then stop_watch </dev/null >/dev/null 2>&1 & fi
   trap 'kill -TERM "$build" 2>/dev/null' TERM
   while kill -0 "$build" 2>/dev/null; do wait "$build"; done
   wait "$build"
@@ -181,8 +183,8 @@ report() {
     done <"$f"
   done
   read -r disk _ < <(du -skx . 2>/dev/null) || disk=0
-  read -r out <"$spool/stdout.sent" 2>/dev/null || out=-1
-  read -r err <"$spool/stderr.sent" 2>/dev/null || err=-1
+  read -r out 2>/dev/null <"$spool/stdout.sent" || out=-1
+  read -r err 2>/dev/null <"$spool/stderr.sent" || err=-1
   tell -X PUT --retry @PUSH_TRIES@ --retry-delay @PUSH_DELAY@ --retry-all-errors \
     --retry-connrefused \
     "$url/report?exit=$1&oom=$oom&disk_kib=${disk:-0}&stdout=$out&stderr=$err" >/dev/null

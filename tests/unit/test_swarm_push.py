@@ -176,7 +176,7 @@ async def test_the_wrapper_pushes_a_burst_whole_through_a_cut(
     narration = handoff.narration("orch-a")
     assert narration is not None
     url = f"http://127.0.0.1:{cutter.port}"
-    env = {**os.environ, **wrapper_env(url, "orch-a", token, None, (), push=True)}
+    env = {**os.environ, **wrapper_env(url, "orch-a", token, None, (), push=True, stop=True)}
     # Slow enough at first that the cut lands mid-stream, then a burst.
     script = f"seq 1 100; sleep 1; seq 101 {count}; echo end >&2"
     proc = await asyncio.create_subprocess_exec(
