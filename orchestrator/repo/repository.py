@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..errors import NotFound, RepoError
@@ -78,13 +78,22 @@ class Repository:
     def publish(self, packages: Sequence[Path]) -> list[str]:
         """Sign each package into the pool and add it to the database; the names added."""
         with self._locked(), _said(f"publish to {self.name}"):
-            added = []
             for package in packages:
                 if package_name(package.name) is None:
                     raise RepoError(f"{package.name} is not named as a pacman package")
-                self._into_pool(package)
-                added.append(package.name)
-            self._change("repo-add", [str(self._pool / name) for name in added])
+            # Signed in a folder nothing serves, and into the pool only once repo-add took them:
+            # the key signs provenance too, so its signature of bytes repo-add refuses (a
+            # forged statement's, say) must never be served, not even while repo-add runs.
+            incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
+            try:
+                added = [self._signed(package, incoming) for package in packages]
+                self._change(
+                    "repo-add",
+                    [str(incoming / name) for name in added],
+                    before_serving=lambda: self._into_pool(incoming, added),
+                )
+            finally:
+                shutil.rmtree(incoming, ignore_errors=True)
             self._prune()
             return added
 
@@ -134,20 +143,23 @@ class Repository:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _into_pool(self, package: Path) -> None:
-        # Under a temporary name first: a package or signature in the pool is always whole.
-        staged = self._pool / f".new-{package.name}"
-        try:
-            shutil.copyfile(package, staged)
-            self._signer.sign(staged, staged.with_name(staged.name + ".sig"))
-            _sync(staged, staged.with_name(staged.name + ".sig"))
-            os.replace(staged.with_name(staged.name + ".sig"), self._pool / f"{package.name}.sig")
-            os.replace(staged, self._pool / package.name)
-        finally:
-            for leftover in (staged, staged.with_name(staged.name + ".sig")):
-                leftover.unlink(missing_ok=True)
+    def _signed(self, package: Path, incoming: Path) -> str:
+        staged = incoming / package.name
+        shutil.copyfile(package, staged)
+        self._signer.sign(staged, staged.with_name(staged.name + ".sig"))
+        _sync(staged, staged.with_name(staged.name + ".sig"))
+        return package.name
 
-    def _change(self, tool: str, args: list[str]) -> None:
+    def _into_pool(self, incoming: Path, names: Sequence[str]) -> None:
+        # Renamed within one filesystem: a package or signature in the pool is always whole.
+        for name in names:
+            os.replace(incoming / f"{name}.sig", self._pool / f"{name}.sig")
+            os.replace(incoming / name, self._pool / name)
+        _sync_dir(self._pool)
+
+    def _change(
+        self, tool: str, args: list[str], before_serving: Callable[[], None] | None = None
+    ) -> None:
         """Run ``tool`` on a copy of the database, then serve the copy."""
         fresh = Path(tempfile.mkdtemp(prefix="db-", dir=self.root))
         try:
@@ -161,6 +173,8 @@ class Repository:
                 backup.unlink()
             self._check(fresh)
             _sync(*(p for p in fresh.iterdir() if not p.is_symlink()))
+            if before_serving is not None:
+                before_serving()
             self._serve(fresh)
         except BaseException:
             shutil.rmtree(fresh, ignore_errors=True)
