@@ -1,0 +1,47 @@
+"""A hostile task holding its step's token against the handoff listener (real listener on
+127.0.0.1): what it can make the service hold is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from orchestrator.backend._handoff import Handoff
+
+from .. import waiting
+
+_REQUESTS = 40
+
+
+@pytest.fixture
+async def handoff() -> AsyncIterator[Handoff]:
+    exchange = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32)
+    await exchange.start()
+    yield exchange
+    await exchange.close()
+
+
+async def test_many_stop_requests_hold_one_the_latest(handoff: Handoff) -> None:
+    """Each waiting stop request holds a connection (a descriptor) of the service: a task that
+    opens them by the thousand must not make it hold them all. The latest waits; the ones it
+    replaces are answered (409) and the wrapper, which has one at a time, asks again."""
+    url = f"{handoff.url}/steps/orch-a/stop"
+    auth = {"Authorization": f"Bearer {handoff.open('orch-a', None, ())}"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        asked = []
+        for _ in range(_REQUESTS):
+            asked.append(asyncio.ensure_future(http.get(url, headers=auth)))
+            await waiting.until(lambda: handoff.watching("orch-a"), what="the request waiting")
+        done = await waiting.until(
+            lambda: [a for a in asked if a.done()],
+            lambda answered: len(answered) == _REQUESTS - 1,
+            what="all but the latest answered",
+        )
+        assert {(await a).status for a in done} == {409}
+        assert handoff.stop("orch-a", grace_s=1.0) is True
+        last = await asked[-1]
+        assert (last.status, await last.text()) == (200, "10")
