@@ -24,20 +24,22 @@ from pathlib import Path
 
 from ..errors import NotFound, RepoError
 from ..timeouts import REPO_TOOL_TIMEOUT_S
+from .pkginfo import check_pkginfo
 from .signing import Signer
 
 # pkgname-pkgver-pkgrel-arch.pkg.tar[.ext], as makepkg names a package.
 _PACKAGE = re.compile(
-    r"^(?P<name>[a-z0-9@_+][a-z0-9@._+-]*)-[^-/]+-[^-/]+-(?P<arch>[^-/]+)\.pkg\.tar(\.[a-z0-9]+)?$"
+    r"(?P<name>[a-z0-9@_+][a-z0-9@._+-]*)-(?P<version>[A-Za-z0-9._+:~]+-[A-Za-z0-9._+]+)"
+    r"-(?P<arch>[^-/]+)\.pkg\.tar(\.[a-z0-9]+)?"
 )
-_SERVED = re.compile(r"^[A-Za-z0-9@_+][A-Za-z0-9@._+:-]*$")
+_SERVED = re.compile(r"[A-Za-z0-9@_+][A-Za-z0-9@._+:-]*")
 _CURRENT = "current"
 _SIGNED_BY = "signed-by"  # the fingerprint of the key that signed what is served
 
 
 def package_name(filename: str) -> str | None:
     """The pkgname a package's file name carries, or None if it is not one."""
-    matched = _PACKAGE.match(filename)
+    matched = _PACKAGE.fullmatch(filename)
     return matched["name"] if matched else None
 
 
@@ -54,7 +56,7 @@ class Repository:
 
     def file(self, filename: str) -> Path:
         """The served file of that name (the database's, or a package's or its signature)."""
-        if not _SERVED.match(filename):
+        if not _SERVED.fullmatch(filename):
             raise NotFound(f"no file {filename!r} in {self.name}")
         folder = self.root / _CURRENT if filename.startswith(f"{self.name}.") else self._pool
         path = folder / filename
@@ -79,8 +81,10 @@ class Repository:
         """Sign each package into the pool and add it to the database; the names added."""
         with self._locked(), _said(f"publish to {self.name}"):
             for package in packages:
-                if package_name(package.name) is None:
+                matched = _PACKAGE.fullmatch(package.name)
+                if matched is None:
                     raise RepoError(f"{package.name} is not named as a pacman package")
+                check_pkginfo(package, matched["name"], matched["version"])
             # Signed in a folder nothing serves, and into the pool only once repo-add took them:
             # the key signs provenance too, so its signature of bytes repo-add refuses (a
             # forged statement's, say) must never be served, not even while repo-add runs.

@@ -17,10 +17,10 @@ from orchestrator.provenance import PAYLOAD_TYPE, pae
 from orchestrator.repo import Repository, Signer
 
 
-def make_package(folder: Path, name: str) -> Path:
+def make_package(folder: Path, name: str, info: str | None = None) -> Path:
     """A minimal package (its .PKGINFO and one file): all repo-add reads of it."""
     path = folder / f"{name}-1.0-1-x86_64.pkg.tar.gz"
-    info = f"pkgname = {name}\npkgbase = {name}\npkgver = 1.0-1\narch = x86_64\nsize = 6\n"
+    info = info or f"pkgname = {name}\npkgbase = {name}\npkgver = 1.0-1\narch = x86_64\n"
     with tarfile.open(path, "w:gz") as tar:
         for member, data in ((".PKGINFO", info.encode()), (f"usr/share/{name}", b"hello\n")):
             entry = tarfile.TarInfo(member)
@@ -74,3 +74,37 @@ def test_a_package_repo_add_takes_is_served_signed_from_the_pool(signer: Signer)
     assert repo.packages() == {"fine": package.name}
     signer.verify(repo.file(package.name), repo.file(f"{package.name}.sig"))
     assert not list((root / "repo").glob(".incoming-*"))
+
+
+def test_a_pkginfo_line_repo_add_would_run_is_refused(signer: Signer) -> None:
+    """repo-add ``declare``s each .PKGINFO key as a variable: a key with an array subscript
+    runs a command substitution in it, as the service, beside the key's secret."""
+    root = signer.home.parent
+    (root / "out").mkdir()
+    ran = root / "ran"
+    info = f"pkgname = evil\npkgver = 1.0-1\nx[$(touch${{IFS:0:1}}{ran})] = 1\n"
+    package = make_package(root / "out", "evil", info)
+    repo = Repository(root / "repo", "orchestrator-cpu", signer)
+    with pytest.raises(RepoError, match="PKGINFO"):
+        repo.publish([package])
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize(
+    "pkgname", ["../../{root}/escaped", "-v", "other"], ids=["dots", "option", "other"]
+)
+def test_a_pkgname_other_than_the_file_s_is_refused(signer: Signer, pkgname: str) -> None:
+    """repo-add makes a folder named after the .PKGINFO's pkgname: ``..`` in it writes outside
+    its own, ``-v`` is an option to mkdir; both leave an empty database served (every package
+    gone). A package says the name its file says, or is not published."""
+    root = signer.home.parent
+    (root / "out").mkdir()
+    repo = Repository(root / "repo", "orchestrator-cpu", signer)
+    kept = make_package(root / "out", "kept")
+    repo.publish([kept])
+    # repo-add's folder is /tmp/repo-tools.*/db: up twice is /tmp, where this test's root is.
+    info = f"pkgname = {pkgname.format(root=root.name)}\npkgver = 1.0-1\narch = x86_64\n"
+    with pytest.raises(RepoError, match="PKGINFO"):
+        repo.publish([make_package(root / "out", "evil", info)])
+    assert repo.packages() == {"kept": kept.name}
+    assert not list(root.rglob("escaped*"))
