@@ -60,8 +60,9 @@ class Repository:
             raise NotFound(f"no file {filename!r} in {self.name}")
         folder = self.root / _CURRENT if filename.startswith(f"{self.name}.") else self._pool
         path = folder / filename
-        if path.is_file() and path.resolve().parent == folder.resolve():
-            return path
+        with contextlib.suppress(OSError):  # a name too long for the filesystem, say
+            if path.is_file() and path.resolve().parent == folder.resolve():
+                return path
         raise NotFound(f"no file {filename!r} in {self.name}")
 
     def packages(self) -> dict[str, str]:

@@ -108,3 +108,14 @@ def test_a_pkgname_other_than_the_file_s_is_refused(signer: Signer, pkgname: str
         repo.publish([make_package(root / "out", "evil", info)])
     assert repo.packages() == {"kept": kept.name}
     assert not list(root.rglob("escaped*"))
+
+
+@pytest.mark.parametrize("name", ["a" * 300, "orchestrator-cpu." + "a" * 300, "fine.sig\n"])
+def test_a_name_no_file_has_is_not_found(signer: Signer, name: str) -> None:
+    """Too long for the filesystem (a 500 and a logged traceback before), or with a newline."""
+    root = signer.home.parent
+    (root / "out").mkdir()
+    repo = Repository(root / "repo", "orchestrator-cpu", signer)
+    repo.publish([make_package(root / "out", "fine")])
+    with pytest.raises(NotFound):
+        repo.file(name)
