@@ -227,7 +227,8 @@ class Handoff:
     def _authorized(self, request: web.Request) -> tuple[str, _Exchange]:
         handle = request.match_info["handle"]
         step = self._steps.get(handle)
-        given = request.headers.get("Authorization", "").encode()
+        # Bytes that are no UTF-8 come as surrogates: a wrong token like any other.
+        given = request.headers.get("Authorization", "").encode(errors="surrogateescape")
         token = step.token if step is not None else step_token(self._secret, handle)
         if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             if step is None:

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
+from orchestrator.api.guard import holds_token
 from orchestrator.backend._handoff import Handoff
 
 from .. import waiting
@@ -45,3 +47,26 @@ async def test_many_stop_requests_hold_one_the_latest(handoff: Handoff) -> None:
         assert handoff.stop("orch-a", grace_s=1.0) is True
         last = await asked[-1]
         assert (last.status, await last.text()) == (200, "10")
+
+
+async def test_a_token_of_undecodable_bytes_is_refused_not_an_error(handoff: Handoff) -> None:
+    """A header's bytes that are no UTF-8 reach us as surrogates: refused like any wrong token,
+    not a 500 and a logged traceback per request (anyone who reaches the listener)."""
+    handoff.open("orch-a", None, ())
+    port = int(handoff.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /steps/orch-a/stop HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403 ")
+
+
+def test_the_api_refuses_an_undecodable_token() -> None:
+    request = make_mocked_request(
+        "GET", "/repo/key", headers={"Authorization": "Bearer \udcff\udcfe"}
+    )
+    assert holds_token(request, "secret") is False
