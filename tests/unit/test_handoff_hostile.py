@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import make_mocked_request
+from aiohttp import web
 
-from orchestrator.api.guard import holds_token
+from orchestrator.api.app import _auth_middleware
 from orchestrator.backend._handoff import Handoff
 
 from .. import waiting
@@ -49,24 +49,38 @@ async def test_many_stop_requests_hold_one_the_latest(handoff: Handoff) -> None:
         assert (last.status, await last.text()) == (200, "10")
 
 
-async def test_a_token_of_undecodable_bytes_is_refused_not_an_error(handoff: Handoff) -> None:
-    """A header's bytes that are no UTF-8 reach us as surrogates: refused like any wrong token,
-    not a 500 and a logged traceback per request (anyone who reaches the listener)."""
-    handoff.open("orch-a", None, ())
-    port = int(handoff.url.rsplit(":", 1)[1])
+_UNDECODABLE = (
+    b"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+)
+
+
+async def _raw(port: int, path: str) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"GET /steps/orch-a/stop HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
-        b"Connection: close\r\n\r\n"
-    )
+    writer.write(_UNDECODABLE.replace(b"{path}", path.encode()))
     await writer.drain()
     answer = await reader.read()
     writer.close()
+    return answer
+
+
+async def _key(_request: web.Request) -> web.Response:
+    return web.Response(text="key")
+
+
+async def test_a_token_of_undecodable_bytes_is_refused_not_an_error(handoff: Handoff) -> None:
+    """A header's bytes that are no UTF-8 reach us as surrogates: refused like any wrong token,
+    not a 500 and a logged traceback per request (anyone who reaches the listener or the API)."""
+    handoff.open("orch-a", None, ())
+    answer = await _raw(int(handoff.url.rsplit(":", 1)[1]), "/steps/orch-a/stop")
     assert answer.startswith(b"HTTP/1.1 403 ")
-
-
-def test_the_api_refuses_an_undecodable_token() -> None:
-    request = make_mocked_request(
-        "GET", "/repo/key", headers={"Authorization": "Bearer \udcff\udcfe"}
-    )
-    assert holds_token(request, "secret") is False
+    app = web.Application(middlewares=[_auth_middleware("secret")])
+    app.router.add_get("/repo/key", _key)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        answer = await _raw(runner.addresses[0][1], "/repo/key")
+    finally:
+        await runner.cleanup()
+    assert answer.startswith(b"HTTP/1.1 401 ")
