@@ -29,7 +29,7 @@ from .signing import Signer
 
 # pkgname-pkgver-pkgrel-arch.pkg.tar[.ext], as makepkg names a package.
 _PACKAGE = re.compile(
-    r"(?P<name>[a-z0-9@_+][a-z0-9@._+-]*)-(?P<version>[A-Za-z0-9._+:~]+-[A-Za-z0-9._+]+)"
+    r"(?P<name>[a-z0-9@_+][a-z0-9@._+-]*)-(?P<version>[^-/\s]+-[^-/\s]+)"
     r"-(?P<arch>[^-/]+)\.pkg\.tar(\.[a-z0-9]+)?"
 )
 _SERVED = re.compile(r"[A-Za-z0-9@_+][A-Za-z0-9@._+:-]*")
