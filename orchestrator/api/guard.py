@@ -65,7 +65,9 @@ def holds_token(request: web.Request, token: str | None) -> bool:
     has none (then every caller can reach the whole API anyway)."""
     if token is None:
         return True
-    return hmac.compare_digest(presented_token(request).encode(), f"Bearer {token}".encode())
+    # Header bytes that are no UTF-8 come as surrogates: a wrong token like any other.
+    given = presented_token(request).encode(errors="surrogateescape")
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
 
 
 def cross_origin_refusal(request: web.Request) -> str | None:

@@ -96,6 +96,7 @@ class _Exchange:
     narration: Narration | None = None  # its pushed output (None: it does not push here)
     stop_ticks: int | None = None  # asked to stop: the grace, in the wrapper's ticks
     watchers: int = 0  # the wrapper's requests waiting for a stop now
+    latest: asyncio.Event | None = None  # set when a later stop request replaces the waiting one
     woken: asyncio.Event = field(default_factory=asyncio.Event)  # stopped, dropped or closing
     volumes: tuple[str, ...] = ()  # the cache volumes it mounts, by name
     volumes_sent: set[int] = field(default_factory=set)
@@ -267,7 +268,8 @@ class Handoff:
     def _authorized(self, request: web.Request) -> tuple[str, _Exchange]:
         handle = request.match_info["handle"]
         step = self._steps.get(handle)
-        given = request.headers.get("Authorization", "").encode()
+        # Bytes that are no UTF-8 come as surrogates: a wrong token like any other.
+        given = request.headers.get("Authorization", "").encode(errors="surrogateescape")
         token = step.token if step is not None else step_token(self._secret, handle)
         if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             if step is None:
@@ -317,15 +319,29 @@ class Handoff:
         return response
 
     async def _get_stop(self, request: web.Request) -> web.Response:
-        """Answered once the step is to stop (the grace in ticks), or 404 once it is dropped."""
+        """Answered once the step is to stop (the grace in ticks), 404 once it is dropped, 409
+        once a later request waits instead (the wrapper asks again)."""
         _handle, step = self._authorized(request)
+        # One waits per step, the latest: the wrapper has one at a time, and each held request
+        # is a descriptor of ours, so a build that found the token must not hold thousands.
+        replaced = asyncio.Event()
+        if step.latest is not None:
+            step.latest.set()
+        step.latest = replaced
         step.watchers += 1
+        waits = [asyncio.ensure_future(e.wait()) for e in (step.woken, replaced)]
         try:
-            await step.woken.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for wait in waits:
+                wait.cancel()
             step.watchers -= 1
+            if step.latest is replaced:
+                step.latest = None
         if step.stop_ticks is not None:
             return web.Response(text=str(step.stop_ticks))
+        if replaced.is_set():
+            raise web.HTTPConflict(text="a later request waits for this step's stop\n")
         if self._closing:
             raise web.HTTPServiceUnavailable(text="the service is stopping\n")
         raise web.HTTPNotFound(text="no such step\n")

@@ -30,20 +30,22 @@ from pathlib import Path
 
 from ..errors import NotFound, RepoError
 from ..timeouts import REPO_TOOL_TIMEOUT_S
+from .pkginfo import check_pkginfo
 from .signing import Signer
 
 # pkgname-pkgver-pkgrel-arch.pkg.tar[.ext], as makepkg names a package.
 _PACKAGE = re.compile(
-    r"^(?P<name>[a-z0-9@_+][a-z0-9@._+-]*)-[^-/]+-[^-/]+-(?P<arch>[^-/]+)\.pkg\.tar(\.[a-z0-9]+)?$"
+    r"(?P<name>[a-z0-9@_+][a-z0-9@._+-]*)-(?P<version>[^-/\s]+-[^-/\s]+)"
+    r"-(?P<arch>[^-/]+)\.pkg\.tar(\.[a-z0-9]+)?"
 )
-_SERVED = re.compile(r"^[A-Za-z0-9@_+][A-Za-z0-9@._+:-]*$")
+_SERVED = re.compile(r"[A-Za-z0-9@_+][A-Za-z0-9@._+:-]*")
 _CURRENT = "current"
 _SIGNED_BY = "signed-by"  # the fingerprint of the key that signed what is served
 
 
 def package_name(filename: str) -> str | None:
     """The pkgname a package's file name carries, or None if it is not one."""
-    matched = _PACKAGE.match(filename)
+    matched = _PACKAGE.fullmatch(filename)
     return matched["name"] if matched else None
 
 
@@ -60,12 +62,13 @@ class Repository:
 
     def file(self, filename: str) -> Path:
         """The served file of that name (the database's, or a package's or its signature)."""
-        if not _SERVED.match(filename):
+        if not _SERVED.fullmatch(filename):
             raise NotFound(f"no file {filename!r} in {self.name}")
         folder = self.root / _CURRENT if filename.startswith(f"{self.name}.") else self._pool
         path = folder / filename
-        if path.is_file() and path.resolve().parent == folder.resolve():
-            return path
+        with contextlib.suppress(OSError):  # a name too long for the filesystem, say
+            if path.is_file() and path.resolve().parent == folder.resolve():
+                return path
         raise NotFound(f"no file {filename!r} in {self.name}")
 
     def packages(self) -> dict[str, str]:
@@ -89,8 +92,10 @@ class Repository:
         with self._locked(), _said(f"publish to {self.name}"):
             self._recover()
             for package in packages:
-                if package_name(package.name) is None:
+                matched = _PACKAGE.fullmatch(package.name)
+                if matched is None:
                     raise RepoError(f"{package.name} is not named as a pacman package")
+                check_pkginfo(package, matched["name"], matched["version"])
             # repo-add names a package (and finds its signature) by its path: the staged
             # files, linked under their own names for it.
             named = Path(tempfile.mkdtemp(prefix=".add-", dir=self.root))
