@@ -12,7 +12,7 @@ from .endings import (
     unstarted_result,
 )
 from .kind import Adoptable, Concludable, Job, Kind, Plan, Submission
-from .result import JobResult, Sink, Work
+from .result import JobResult, Sink, Work, failed_after
 from .run import parse_timeout, perform
 from .status import JobStatus
 from .subjects import Subjects
@@ -35,6 +35,7 @@ __all__ = [
     "Work",
     "cancel_result",
     "ending_event",
+    "failed_after",
     "interrupted_result",
     "parse_timeout",
     "perform",

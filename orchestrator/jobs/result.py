@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +32,11 @@ class JobResult:
 Work = Callable[[Sink, CancelToken], Awaitable[JobResult]]
 """What a job does once it runs: narrate into the sink, honour the token, and return how it
 ended. It does not say the last line: whoever runs it does (``jobs.perform``)."""
+
+
+def failed_after(result: JobResult, message: str) -> JobResult:
+    """``result``, a success, turned into a failure by a step after the build (publishing,
+    signing its provenance): its packages stay, its reason says both."""
+    return replace(
+        result, status=JobStatus.FAILED, reason=f"{result.reason}, but {message}", ending=None
+    )

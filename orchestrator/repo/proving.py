@@ -4,7 +4,6 @@ so what ``/v1/jobs/{id}/provenance`` serves is fixed."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import time
@@ -17,7 +16,7 @@ from ..build.runner import Runner
 from ..build.srcinfo import SrcInfo, makepkg_name
 from ..build.variants import plan
 from ..errors import OrchestratorError
-from ..jobs import JobResult, Sink, Work
+from ..jobs import JobResult, Sink, Work, failed_after
 from ..jobs.cancel import CancelToken
 from ..jobs.status import JobStatus
 from ..narration.events import Action, Event, Level
@@ -81,12 +80,7 @@ def then_prove(
         except (OrchestratorError, OSError) as exc:
             message = f"could not sign its provenance: {exc}"
             await sink([Event(Action.WARNING, f"📜 {message}", Level.ERROR)])
-            return dataclasses.replace(
-                result,
-                status=JobStatus.FAILED,
-                reason=f"{result.reason}, but {message}",
-                ending=None,
-            )
+            return failed_after(result, message)
         return result
 
     return prove

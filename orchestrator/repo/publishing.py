@@ -3,10 +3,8 @@ it was asked to (``publish=true``)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..errors import OrchestratorError
-from ..jobs import JobResult, Sink, Work
+from ..jobs import JobResult, Sink, Work, failed_after
 from ..jobs.cancel import CancelToken
 from ..jobs.status import JobStatus
 from ..narration.events import Action, Event, Level
@@ -30,12 +28,7 @@ def then_publish(work: Work, repos: Repositories, variant: str) -> Work:
         except (OrchestratorError, OSError) as exc:
             message = f"could not publish to {name}: {exc}"
             await sink([Event(Action.WARNING, f"📚 {message}", Level.ERROR)])
-            return dataclasses.replace(
-                result,
-                status=JobStatus.FAILED,
-                reason=f"{result.reason}, but {message}",
-                ending=None,
-            )
+            return failed_after(result, message)
         await sink([Event(Action.PUBLISHED, f"📚 Published {', '.join(added)} to {name}")])
         return result
 
