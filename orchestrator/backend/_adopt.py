@@ -36,6 +36,9 @@ from ._pile import ChunkPile
 from .lines import LineSplitter, note_ends
 
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
+# What a rotated log's stream may hold while its place is looked for: a follow read goes on
+# past the log's cap, so a line never found would otherwise hold the build's whole output.
+SEARCH_MAX_CHARS = 64 * 2**20
 
 
 def found_step(info: Mapping[str, Any]) -> FoundStep:
@@ -102,12 +105,16 @@ class Skipper:
     (``finish``), its stream in ``lost``."""
 
     def __init__(
-        self, skip: Mapping[Stream, int], ends: Mapping[Stream, tuple[str, str]] | None = None
+        self,
+        skip: Mapping[Stream, int],
+        ends: Mapping[Stream, tuple[str, str]] | None = None,
+        search_max_chars: int = SEARCH_MAX_CHARS,
     ) -> None:
         self._skip = {stream: max(0, skip.get(stream, 0)) for stream in _STREAMS}
         self._ends = {s: e for s, e in (ends or {}).items() if self._skip.get(s)}
         self._unchecked = set(self._ends)
         self._searching: dict[Stream, list[OutputChunk]] = {}  # what was read meanwhile
+        self._search_left = dict.fromkeys(_STREAMS, search_max_chars)
         self.lost: set[Stream] = set()
 
     def take(self, chunks: list[OutputChunk]) -> list[OutputChunk]:
@@ -124,6 +131,10 @@ class Skipper:
                 last = self._ends[stream][1]
                 if last not in lines:
                     self._searching[stream].append(chunk)
+                    self._search_left[stream] -= len(chunk.text)
+                    if self._search_left[stream] < 0:
+                        out += self._searching.pop(stream)  # not there: handed on, lost
+                        self.lost.add(stream)
                     continue
                 del self._searching[stream]
                 if rest := lines[lines.index(last) + 1 :]:

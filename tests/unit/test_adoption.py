@@ -283,6 +283,9 @@ def test_a_rotated_log_past_the_last_line_had_is_handed_on_whole_and_said_lost()
     assert [c.text for c in skipper.take(rotated)] == []  # held until the log is read
     assert [c.text for c in skipper.finish()] == ["a8\na9"]
     assert skipper.lost == {"stdout"} and not skipper.short
+    bounded = Skipper({"stdout": 4}, {"stdout": ("a1", "a4")}, search_max_chars=4)
+    assert [c.text for c in bounded.take(rotated)] == ["a8\na9", "b7"]  # over the bound
+    assert bounded.lost == {"stdout"} and bounded.finish() == []
 
 
 class GatedSetup(FakeBackend):
