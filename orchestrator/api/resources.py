@@ -92,8 +92,10 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def repos_ctx(app: web.Application) -> AsyncIterator[None]:
     # Its key is made (or read) before any job can ask to publish.
     app[REPOS] = await Repositories.open(app[SETTINGS])
-    yield
-    await app[REPOS].close()
+    try:
+        yield
+    finally:
+        await app[REPOS].close()  # its key's gpg-agent, however the app ends
 
 
 def engine_ctx(backend: Backend | None) -> Context:

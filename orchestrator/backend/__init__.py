@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Literal, Protocol
+from typing import IO, Literal, Protocol, runtime_checkable
 
 from ._usage import Usage
 
@@ -211,14 +211,30 @@ class Adoption(Protocol):
         ...
 
     async def reattach(
-        self, handle: Handle, skip: Mapping[Stream, int], *, follow: bool
+        self,
+        handle: Handle,
+        skip: Mapping[Stream, int],
+        *,
+        follow: bool,
+        ends: Mapping[Stream, tuple[str, str]] | None = None,
     ) -> OutputStream:
         """The step's output from its first line, less the first ``skip[stream]`` lines of
         each stream (what an earlier reader already has), each line once, in order. With
         ``follow`` it ends when the step exits, with every line it printed (an engine whose
         follow ends early completes it with a read after the exit); without, it is what the
-        engine holds now. Lines are counted as ``lines.LineSplitter`` cuts them."""
+        engine holds now. Lines are counted as ``lines.LineSplitter`` cuts them. ``ends``:
+        the first and last line the reader has of each stream, which an engine whose log
+        rotates compares to tell a log that lost its head (``Lossy``)."""
         ...
+
+
+@runtime_checkable
+class Lossy(Protocol):
+    """An output read back that knows which streams lost lines: its log was rotated past
+    the last line the reader had, so it was handed on from its first line."""
+
+    @property
+    def lost(self) -> frozenset[Stream]: ...
 
 
 class Exec(Protocol):
@@ -339,6 +355,7 @@ __all__ = [
     "FoundStep",
     "Handle",
     "Images",
+    "Lossy",
     "OutputChunk",
     "OutputStream",
     "PathUsage",

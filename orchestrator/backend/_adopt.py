@@ -9,9 +9,11 @@ completed, once the container has exited, by a read without follow that skips ev
 already handed on: no line is lost or doubled however the follow read ended.
 
 The limit: a log that the json-file driver rotated (over ``build_log_max_bytes``) no longer
-starts at the first line, so counting from its start would skip what was never read. A read
-back says so (``BackendError``) rather than guess, and the build is adopted without its output;
-a follow read reads across a rotation, so the read after it only completes what it can.
+starts at the first line, so counting from its start would skip what was never read. The reader's
+first line of each stream (``ends``) tells it apart: a rotated log is placed after the reader's
+last line, or, past it, handed on whole with its loss said (``Skipper``, ``LogOutput.lost``). A
+rotated log with no line of a stream the reader has cannot be placed: a read back says so
+(``BackendError``) and the build is adopted without its output.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ from . import ExitStatus, FoundStep, OutputChunk, StepState, Stream
 from ._attach import frames
 from ._daemon import close_response
 from ._pile import ChunkPile
-from .lines import LineSplitter
+from .lines import LineSplitter, note_ends
 
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
+# What a rotated log's stream may hold while its place is looked for: a follow read goes on
+# past the log's cap, so a line never found would otherwise hold the build's whole output.
+SEARCH_MAX_CHARS = 64 * 2**20
 
 
 def found_step(info: Mapping[str, Any]) -> FoundStep:
@@ -91,24 +96,68 @@ def line_count(text: str) -> int:
 
 
 class Skipper:
-    """Drops the first ``skip[stream]`` lines of each stream from the chunks of one read."""
+    """Drops what a reader already has of each stream from the chunks of one read: the first
+    ``skip[stream]`` lines, counted from the log's first line. With ``ends`` (the first and
+    last line the reader has of each stream) a log whose first line of a stream is not the
+    reader's first lost its head to a rotation: counting from there would skip lines the
+    reader never had, so what follows the reader's last line is handed on instead (its first
+    place in the log); a log that no longer holds that line is handed on whole once read
+    (``finish``), its stream in ``lost``."""
 
-    def __init__(self, skip: Mapping[Stream, int]) -> None:
+    def __init__(
+        self,
+        skip: Mapping[Stream, int],
+        ends: Mapping[Stream, tuple[str, str]] | None = None,
+        search_max_chars: int = SEARCH_MAX_CHARS,
+    ) -> None:
         self._skip = {stream: max(0, skip.get(stream, 0)) for stream in _STREAMS}
+        self._ends = {s: e for s, e in (ends or {}).items() if self._skip.get(s)}
+        self._unchecked = set(self._ends)
+        self._searching: dict[Stream, list[OutputChunk]] = {}  # what was read meanwhile
+        self._search_left = dict.fromkeys(_STREAMS, search_max_chars)
+        self.lost: set[Stream] = set()
 
     def take(self, chunks: list[OutputChunk]) -> list[OutputChunk]:
         out: list[OutputChunk] = []
         for chunk in chunks:
-            left = self._skip[chunk.stream]
+            stream = chunk.stream
+            if stream in self._unchecked:
+                self._unchecked.discard(stream)
+                if chunk.text.split("\n", 1)[0] != self._ends[stream][0]:
+                    self._skip[stream] = 0
+                    self._searching[stream] = []
+            if stream in self._searching:
+                lines = chunk.text.split("\n")
+                last = self._ends[stream][1]
+                if last not in lines:
+                    self._searching[stream].append(chunk)
+                    self._search_left[stream] -= len(chunk.text)
+                    if self._search_left[stream] < 0:
+                        out += self._searching.pop(stream)  # not there: handed on, lost
+                        self.lost.add(stream)
+                    continue
+                del self._searching[stream]
+                if rest := lines[lines.index(last) + 1 :]:
+                    out.append(replace(chunk, text="\n".join(rest)))
+                continue
+            left = self._skip[stream]
             if left == 0:
                 out.append(chunk)
                 continue
             count = line_count(chunk.text)
             if left >= count:
-                self._skip[chunk.stream] = left - count
+                self._skip[stream] = left - count
                 continue
-            self._skip[chunk.stream] = 0
+            self._skip[stream] = 0
             out.append(replace(chunk, text=chunk.text.split("\n", left)[left]))
+        return out
+
+    def finish(self) -> list[OutputChunk]:
+        """At the end of a read: each rotated log that no longer held the reader's last line,
+        whole (what was printed between that line and the log's first is lost)."""
+        out = [chunk for held in self._searching.values() for chunk in held]
+        self.lost.update(self._searching)
+        self._searching.clear()
         return out
 
     @property
@@ -128,12 +177,16 @@ class LogOutput:
         skip: Mapping[Stream, int],
         *,
         follow: bool,
+        ends: Mapping[Stream, tuple[str, str]] | None = None,
     ) -> None:
         self._open_read = open_read  # follow → a streaming requests.Response of the log
         self._running = running
         self._pool = pool
         self._base = {stream: skip.get(stream, 0) for stream in _STREAMS}
         self._emitted = dict.fromkeys(_STREAMS, 0)
+        # The first and last line had of each stream, before this read and by it.
+        self._ends = dict(ends or {})
+        self._lost: set[Stream] = set()
         self._loop = asyncio.get_running_loop()
         self._pile = ChunkPile(self._loop)
         self._response: Any = None
@@ -168,7 +221,7 @@ class LogOutput:
         """One read from the log's first line, handing on what is past everything emitted.
         ``strict``: a log shorter than what was read before is an error (a read back); after
         a follow read it is a log rotated meanwhile, which the follow read has read across."""
-        skipper = Skipper({s: self._base[s] + self._emitted[s] for s in _STREAMS})
+        skipper = Skipper({s: self._base[s] + self._emitted[s] for s in _STREAMS}, self._ends)
         splitter = LineSplitter()
         response = self._open_read(follow)
         self._response = response
@@ -179,7 +232,8 @@ class LogOutput:
                 self._hand_on(skipper.take(splitter.feed(batch, time.time())))
             if follow:
                 return  # a partial last line may still grow: the final read takes it
-            self._hand_on(skipper.take(splitter.finish()))
+            self._hand_on(skipper.take(splitter.finish()) + skipper.finish())
+            self._lost |= skipper.lost
             if skipper.short and strict:
                 raise BackendError(
                     "the engine no longer holds the start of the build's output (its log was "
@@ -191,7 +245,13 @@ class LogOutput:
     def _hand_on(self, chunks: list[OutputChunk]) -> None:
         for chunk in chunks:
             self._emitted[chunk.stream] += line_count(chunk.text)
+        note_ends(self._ends, chunks)
         self._pile.put(chunks)
+
+    @property
+    def lost(self) -> frozenset[Stream]:
+        """The streams whose log was rotated past the last line had before (``Skipper``)."""
+        return frozenset(self._lost)
 
     def __aiter__(self) -> AsyncIterator[list[OutputChunk]]:
         return self._pile.__aiter__()

@@ -138,8 +138,14 @@ class SwarmAdoption:
         return found
 
     async def reattach(
-        self, handle: str, skip: Mapping[Stream, int], *, follow: bool
+        self,
+        handle: str,
+        skip: Mapping[Stream, int],
+        *,
+        follow: bool,
+        ends: Mapping[Stream, tuple[str, str]] | None = None,
     ) -> ServiceOutput:
+        # ``ends`` goes unused: a service log rotated past its head is not told apart yet.
         opener = functools.partial(self._open_logs, handle)
         take = Skipper(skip).take
         if not follow:

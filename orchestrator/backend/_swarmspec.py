@@ -118,12 +118,18 @@ def node_trouble(node: Mapping[str, Any] | None, node_id: str) -> str | None:
     name = (node.get("Description") or {}).get("Hostname") or node_id[:12]
     if (node.get("Spec") or {}).get("Availability") == "drain":
         return f"the node running the build ({name}) was drained; the build was stopped"
-    if (node.get("Status") or {}).get("State") == "down":
+    if node_down(node):
         return (
             f"the node running the build ({name}) went down; its service was removed (what "
             "still runs there is stopped once the node is back)"
         )
     return None
+
+
+def node_down(node: Mapping[str, Any] | None) -> bool:
+    """A node that is down (None: it left) reports nothing to the manager until it is back. A
+    drained one is not: its agent still stops its tasks and says so."""
+    return node is None or (node.get("Status") or {}).get("State") == "down"
 
 
 def gateway(network: Mapping[str, Any]) -> str:

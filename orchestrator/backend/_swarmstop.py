@@ -43,6 +43,7 @@ from ..timeouts import (
     SWARM_STOP_TIMEOUT_S,
     SWARM_TASK_ENDED_POLL_S,
 )
+from ._swarmspec import node_down
 
 # What a node reports of a task only once its container has stopped, or never started.
 _STOPPED = frozenset({"complete", "failed", "shutdown", "rejected"})
@@ -93,11 +94,10 @@ def _until_stopped(api: Any, tasks: set[str], deadline: float, poll_s: float) ->
 
 
 def _unreachable(api: Any, node_id: str) -> bool:
-    """A node that is down (or has left) reports nothing to the manager until it is back."""
     if not node_id:
         return False
     try:
         node = api.inspect_node(node_id)
     except docker.errors.NotFound:
-        return True
-    return str((node.get("Status") or {}).get("State")) == "down"
+        node = None
+    return node_down(node)

@@ -384,14 +384,21 @@ class DockerBackend:
             found.append(found_step(info))
         return found
 
-    async def reattach(self, handle: str, skip: Mapping[Stream, int], *, follow: bool) -> LogOutput:
+    async def reattach(
+        self,
+        handle: str,
+        skip: Mapping[Stream, int],
+        *,
+        follow: bool,
+        ends: Mapping[Stream, tuple[str, str]] | None = None,
+    ) -> LogOutput:
         async def running() -> bool:
             info = await self._run(self._client.api.inspect_container, handle)
             return found_step(info).state != "exited"
 
         # The long client: a follow read lasts as long as the build.
         reads = functools.partial(open_logs, self._long, handle)
-        return LogOutput(reads, running, self._pool, skip, follow=follow)
+        return LogOutput(reads, running, self._pool, skip, follow=follow, ends=ends)
 
     async def close(self) -> None:
         for tie in self._ties.values():

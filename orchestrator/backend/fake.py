@@ -359,7 +359,15 @@ class FakeBackend:
                 )
         return found
 
-    async def reattach(self, handle: str, skip: Mapping[Stream, int], *, follow: bool) -> FakeLog:
+    async def reattach(
+        self,
+        handle: str,
+        skip: Mapping[Stream, int],
+        *,
+        follow: bool,
+        ends: Mapping[Stream, tuple[str, str]] | None = None,
+    ) -> FakeLog:
+        # ``ends`` goes unused: this log never rotates.
         self.calls.append(("reattach", handle))
         return FakeLog(self._get(handle), skip, follow)
 

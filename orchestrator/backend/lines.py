@@ -49,3 +49,10 @@ def _decode(raw: bytes) -> str:
     if "\r" in text:
         text = text.replace("\r\n", "\n").removesuffix("\r")
     return text
+
+
+def note_ends(ends: dict[Stream, tuple[str, str]], chunks: Iterable[OutputChunk]) -> None:
+    """Bring ``ends`` (the first and last line had of each stream) up to ``chunks`` too."""
+    for chunk in chunks:
+        first = ends[chunk.stream][0] if chunk.stream in ends else chunk.text.split("\n", 1)[0]
+        ends[chunk.stream] = (first, chunk.text.rsplit("\n", 1)[-1])

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..backend import Backend, FoundStep, Handle, OutputChunk, OutputStream, Stream
+from ..backend import Backend, FoundStep, Handle, Lossy, OutputChunk, OutputStream, Stream
+from ..backend.lines import note_ends
 from ..build.caches import Lease
 from ..build.runner import CACHE_KEY_LABEL, BuildResult, Caching, Runner
 from ..errors import BackendError, OrchestratorError, StepGone, StepNotStarted
@@ -30,12 +31,14 @@ _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 
 @dataclass(frozen=True, slots=True)
 class Adoption:
-    """A build to pick up again: its step as found, and the lines of each of its streams the
-    store already holds (from ``Store.output_lines``)."""
+    """A build to pick up again: its step as found, the lines of each of its streams the
+    store already holds (``Store.output_lines``) and the first and last of them
+    (``Store.output_ends``: they tell a log rotated meanwhile apart)."""
 
     job_id: str
     step: FoundStep
     stored: Mapping[str, int]
+    ends: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def adopted_job(runner: Runner, adoption: Adoption) -> Work:
@@ -85,8 +88,9 @@ async def _adopted(
     step = adoption.step
     handle = step.handle
     stored = {s: adoption.stored.get(s, 0) for s in _STREAMS}
+    ends = {s: adoption.ends[s] for s in _STREAMS if s in adoption.ends}
     lease = await _lease(runner, step, adoption.job_id, sink, caching)
-    stream = await _reattach(runner, step, stored, sink)
+    stream = await _reattach(runner, step, stored, ends, sink)
     return await runner.watch(
         adoption.job_id,
         handle,
@@ -101,22 +105,34 @@ async def _adopted(
 
 
 async def _reattach(
-    runner: Runner, step: FoundStep, stored: Mapping[Stream, int], sink: Sink
+    runner: Runner,
+    step: FoundStep,
+    stored: Mapping[Stream, int],
+    ends: dict[Stream, tuple[str, str]],
+    sink: Sink,
 ) -> OutputStream:
-    """Store what the step printed meanwhile, say so, and follow the rest of its output."""
+    """Store what the step printed meanwhile, say so, and follow the rest of its output.
+    ``ends`` (the store's first and last line of each stream) becomes what is had after the
+    read back."""
     backend = runner.backend
     where = "it had ended meanwhile" if step.state == "exited" else "it is still running"
     try:
-        read = await _read_back(backend, step.handle, stored, sink)
+        read, lost = await _read_back(backend, step.handle, stored, ends, sink)
     except BackendError as exc:
         # Its output cannot be placed (the engine cut its log): the build itself goes on.
         message = f"🔁 Service restarted: build adopted ({where}), its output lost: {exc}"
         await sink([Event(Action.ADOPTED, message, Level.WARNING)])
         return _Silent(backend, step)
     message = f"🔁 Service restarted: build adopted, {_count(sum(read.values()))} read back"
-    await sink([Event(Action.ADOPTED, f"{message} ({where})")])
+    if lost:
+        message += (
+            f"; its log had been rotated while no service ran, past the last line stored: "
+            f"the lines of {' and '.join(sorted(lost))} printed in between were lost"
+        )
+    level = Level.WARNING if lost else Level.INFO
+    await sink([Event(Action.ADOPTED, f"{message} ({where})", level)])
     skip = {s: stored[s] + read[s] for s in _STREAMS}
-    return await backend.reattach(step.handle, skip, follow=True)
+    return await backend.reattach(step.handle, skip, follow=True, ends=ends)
 
 
 class _Silent:
@@ -139,19 +155,25 @@ class _Silent:
 
 
 async def _read_back(
-    backend: Backend, handle: Handle, stored: Mapping[Stream, int], sink: Sink
-) -> dict[Stream, int]:
-    """Store what the step printed while no service watched; how many lines of each stream."""
+    backend: Backend,
+    handle: Handle,
+    stored: Mapping[Stream, int],
+    ends: dict[Stream, tuple[str, str]],
+    sink: Sink,
+) -> tuple[dict[Stream, int], frozenset[Stream]]:
+    """Store what the step printed while no service watched: how many lines of each stream,
+    and the streams whose lines were lost. ``ends`` is brought up to what was read."""
     read = dict.fromkeys(_STREAMS, 0)
-    stream = await backend.reattach(handle, stored, follow=False)
+    stream = await backend.reattach(handle, stored, follow=False, ends=dict(ends))
     try:
         async for batch in stream:
             for chunk in batch:
                 read[chunk.stream] += chunk.text.count("\n") + 1
+            note_ends(ends, batch)
             await sink(output_events(batch))
     finally:
         await stream.aclose()
-    return read
+    return read, stream.lost if isinstance(stream, Lossy) else frozenset()
 
 
 async def _lease(

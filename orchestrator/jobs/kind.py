@@ -104,10 +104,12 @@ class Kind(Protocol):
 class Adoptable(Protocol):
     """A kind whose running jobs an earlier process left behind can go on (their build)."""
 
-    async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
+    async def adopt(
+        self, record: JobRecord, stored: Mapping[str, int], ends: Mapping[str, tuple[str, str]]
+    ) -> Job:
         """How the job goes on with its build step as the engine holds it (found now:
         ``StepGone`` when it is not there any more); ``stored``: the lines of each stream
-        of its output the store holds already."""
+        of its output the store holds already, ``ends`` the first and last of them."""
         ...
 
 

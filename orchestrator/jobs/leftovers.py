@@ -33,7 +33,8 @@ class Leftovers:
         if not self._adopts or not isinstance(kind, Adoptable):
             return "the service stopped while this job was running"
         try:
-            job = await kind.adopt(record, await self._store.output_lines(record.id))
+            stored = await self._store.output_lines(record.id)
+            job = await kind.adopt(record, stored, await self._store.output_ends(record.id))
         except StepGone as exc:
             return await self._gone(record, kind, exc)
         except StepNotStarted:

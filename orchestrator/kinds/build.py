@@ -104,10 +104,12 @@ class BuildKind:
         runner, signer = self._engine.runner, self._repos.signer
         return then_prove(work, record, _srcinfo(record), runner, signer, self._settings)
 
-    async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
+    async def adopt(
+        self, record: JobRecord, stored: Mapping[str, int], ends: Mapping[str, tuple[str, str]]
+    ) -> Job:
         runner = self._engine.runner
         step = await adopting.find(runner, record.id)
-        adoption = adopting.Adoption(record.id, step, stored)
+        adoption = adopting.Adoption(record.id, step, stored, ends)
         work = published(
             self._proven(adopting.adopted_job(runner, adoption), record), record, self._repos
         )

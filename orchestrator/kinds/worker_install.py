@@ -110,12 +110,14 @@ class WorkerInstallKind:
         work = published(self._then_install(entry, build, job_id), record, self._repos)
         return Job(work, cleanup_dir=source_dir)
 
-    async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
+    async def adopt(
+        self, record: JobRecord, stored: Mapping[str, int], ends: Mapping[str, tuple[str, str]]
+    ) -> Job:
         """Its build goes on; the install that follows is the catalog's entry of now."""
         entry = self._catalog.get(record.pkgname or "")
         runner = self._engine.runner
         step = await adopting.find(runner, record.id)
-        build = adopting.adopted_job(runner, adopting.Adoption(record.id, step, stored))
+        build = adopting.adopted_job(runner, adopting.Adoption(record.id, step, stored, ends))
         work = published(self._then_install(entry, build, record.id), record, self._repos)
         return Job(work, self._settings.work_dir / record.id)
 

@@ -41,11 +41,16 @@ class Repositories:
         signer = await asyncio.to_thread(
             Signer.open, settings.data_dir / "gnupg", settings.repo_key_file
         )
-        repos = cls(settings.repo_dir, settings.repo_arch, signer)
-        for repo in repos._repos.values():
-            # A new key (rotated): what was served is signed again before anything is served.
-            if await asyncio.to_thread(repo.resign):
-                log.warning("%s signed again with the key %s", repo.name, signer.fingerprint)
+        try:
+            repos = cls(settings.repo_dir, settings.repo_arch, signer)
+            for repo in repos._repos.values():
+                # A new key (rotated): what was served is signed again before anything is.
+                if await asyncio.to_thread(repo.resign):
+                    log.warning("%s signed again with the key %s", repo.name, signer.fingerprint)
+        except BaseException:
+            # The agent gpg started for the key would outlive a start that fails here.
+            await asyncio.to_thread(signer.close)
+            raise
         return repos
 
     async def close(self) -> None:

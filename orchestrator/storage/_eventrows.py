@@ -71,13 +71,20 @@ def select_events(
     return page
 
 
+def _build_start(conn: sqlite3.Connection, job_id: str) -> int:
+    # A build's output is its OUTPUT and PHASE events after its (last) start.
+    return int(
+        conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events"
+            " WHERE job_id = ? AND action = 'build_started'",
+            (job_id,),
+        ).fetchone()[0]
+    )
+
+
 def output_lines(conn: sqlite3.Connection, job_id: str) -> dict[str, int]:
-    # A build's output is its OUTPUT and PHASE events after its (last) start; an event holds
-    # its lines joined by "\n", so it holds one line more than it has newlines.
-    start = conn.execute(
-        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ? AND action = 'build_started'",
-        (job_id,),
-    ).fetchone()[0]
+    # An event holds its lines joined by "\n", so it holds one line more than it has newlines.
+    start = _build_start(conn, job_id)
     rows = conn.execute(
         "SELECT stream, SUM(LENGTH(message) - LENGTH(REPLACE(message, char(10), '')) + 1)"
         " FROM events WHERE job_id = ? AND seq > ? AND action IN ('output', 'phase')"
@@ -85,6 +92,22 @@ def output_lines(conn: sqlite3.Connection, job_id: str) -> dict[str, int]:
         (job_id, start),
     ).fetchall()
     return {str(stream): int(count) for stream, count in rows}
+
+
+def output_ends(conn: sqlite3.Connection, job_id: str) -> dict[str, tuple[str, str]]:
+    """The first and the last line of each stream of the build's output."""
+    rows = conn.execute(
+        "SELECT stream, MIN(seq), MAX(seq) FROM events WHERE job_id = ? AND seq > ?"
+        " AND action IN ('output', 'phase') AND stream IS NOT NULL GROUP BY stream",
+        (job_id, _build_start(conn, job_id)),
+    ).fetchall()
+    message = "SELECT message FROM events WHERE job_id = ? AND seq = ?"
+    ends: dict[str, tuple[str, str]] = {}
+    for stream, first, last in rows:
+        head = str(conn.execute(message, (job_id, first)).fetchone()[0])
+        tail = str(conn.execute(message, (job_id, last)).fetchone()[0])
+        ends[str(stream)] = (head.split("\n", 1)[0], tail.rsplit("\n", 1)[-1])
+    return ends
 
 
 def actions(conn: sqlite3.Connection, job_id: str) -> set[str]:

@@ -173,6 +173,12 @@ class Store:
         await self.flush()
         return await self._run(lambda conn: _eventrows.output_lines(conn, job_id))
 
+    async def output_ends(self, job_id: str) -> dict[str, tuple[str, str]]:
+        """The first and the last line of each stream of its build's output the narration
+        holds (committed): what tells a rotated log apart when the output is read back."""
+        await self.flush()
+        return await self._run(lambda conn: _eventrows.output_ends(conn, job_id))
+
     async def actions(self, job_id: str) -> set[str]:
         """Every kind of event the job's narration holds (committed): what it got to."""
         await self.flush()

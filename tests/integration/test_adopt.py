@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 import signal
 import sqlite3
 import tarfile
@@ -138,6 +139,70 @@ async def test_a_timeout_that_falls_while_the_service_is_down_ends_the_build_on_
     assert reader.end is not None and reader.end["status"] == "timed_out", reader.end
     assert reader.said("Service restarted: build adopted")
     assert job_containers(docker_client, reader.job_id) == []
+
+
+async def test_a_log_rotated_while_no_service_ran_is_not_read_back_from_the_wrong_line(
+    services: Services,
+    session: aiohttp.ClientSession,
+    build_dir: Callable[..., Path],
+    docker_client: docker.DockerClient,
+) -> None:
+    """The build's json-file log (capped at 8 KiB) is rotated while no service runs, and then
+    holds more lines than the store: counting the store's lines from its start would skip
+    lines the store never had. The next service tells the rotated log apart, says plainly that
+    lines were lost, and stores the log from its first line on: no line twice, none skipped
+    that the log still holds."""
+    services.extra_env["ORCHESTRATOR_BUILD_LOG_MAX_BYTES"] = str(8 * 1024)
+    held: list[int] = []
+
+    def numbered(container: Any) -> list[int]:
+        text = container.logs(stdout=True, stderr=False).decode()
+        return [int(n) for n in re.findall(r"^line (\d+)$", text, re.MULTILINE)]
+
+    def signal_build(job_id: str, sig: str) -> None:
+        # Every process of the build but the container's first (no freezer cgroup here).
+        done = container_of(docker_client, job_id).exec_run(
+            ["bash", "-c", f"kill {sig} -1"], user="builder"
+        )
+        assert done.exit_code == 0, done.output
+
+    def frozen_once_rotated(job_id: str) -> bool:
+        # Stopped while its log is as wanted, so the next service reads back that log.
+        signal_build(job_id, "-STOP")
+        held[:] = numbered(container_of(docker_client, job_id))
+        if held and held[0] > 1 and len(held) > 40:
+            return True
+        signal_build(job_id, "-CONT")
+        return False
+
+    async def rotate(job_id: str) -> None:
+        await waiting.until(
+            lambda: frozen_once_rotated(job_id),
+            timeout_s=120,
+            interval_s=0.2,
+            what="the log rotated, then holding more lines than the store",
+        )
+
+    reader, _, url = await kill_and_restart(
+        services, session, build_dir("gapped"), signal.SIGKILL, meanwhile=rotate
+    )
+    await reader.read(session, url, until=has("Service restarted: build adopted"))
+    out = [int(line.split()[1]) for line in reader.lines("stdout", r"line \d+")]
+    # Lines 1 to ``before`` were stored before the kill; the rotation took some after them.
+    before = next((i for i, n in enumerate(out) if n != i + 1), len(out))
+    assert out[before:] == held, "the read back did not start at the log's first line"
+    assert before < held[0] - 1
+    assert reader.said("lost"), "the lines the rotated log no longer held were not said lost"
+
+    # Cancelled still stopped: Docker 20.10's follow read doubles lines across a rotation
+    # (``docker logs -f`` too), which no service can undo; the log holds still here.
+    async with session.post(f"{url}/v1/jobs/{reader.job_id}/cancel") as response:
+        assert response.status == 200, await response.json()
+    await reader.read(session, url)
+    assert reader.end is not None and reader.end["status"] == "cancelled", reader.end
+    for stream, pattern in (("stdout", r"line \d+"), ("stderr", r"err \d+")):
+        numbers = [int(line.split()[1]) for line in reader.lines(stream, pattern)]
+        assert numbers == sorted(set(numbers)), f"a line of {stream} stored twice"
 
 
 def _move_start(settings: Settings, job_id: str, started_at: float) -> None:

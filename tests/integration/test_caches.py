@@ -45,6 +45,15 @@ def report(result: BuildResult) -> dict[str, Any]:
     return dict(result.cache)
 
 
+async def succeeded(
+    engine: Engine, src: Path, *, cache: bool = True
+) -> tuple[BuildResult, dict[str, Any], Recorder]:
+    """A build that must succeed: its result, its cache report, and what it said."""
+    result, recorder = await build(engine, src, cache=cache)
+    assert result.status is JobStatus.SUCCEEDED
+    return result, report(result), recorder
+
+
 def cache_volumes(client: docker.DockerClient, settings: Settings) -> list[str]:
     found = client.volumes.list(filters={"label": f"{INSTANCE_LABEL}={settings.instance_id}"})
     return sorted(v.name for v in found)
@@ -98,16 +107,14 @@ async def test_a_changed_source_is_rebuilt_and_an_unchanged_one_hits(
     settings: Settings,
     docker_client: docker.DockerClient,
 ) -> None:
-    first, _ = await build(engine, build_dir("greeter"))
-    assert first.status is JobStatus.SUCCEEDED
+    first, _, _ = await succeeded(engine, build_dir("greeter"))
     assert greet(docker_client, settings, first) == "hello from C\nhello from Rust\n"
 
-    same, _ = await build(engine, build_dir("greeter"))
-    assert same.status is JobStatus.SUCCEEDED
-    assert report(same)["ccache"]["hits"] >= 1 and report(same)["ccache"]["misses"] == 0
+    same, cached, _ = await succeeded(engine, build_dir("greeter"))
+    assert cached["ccache"]["hits"] >= 1 and cached["ccache"]["misses"] == 0
     # Its prepare() copies the Rust files (new mtimes), so cargo compiles them again: the
     # library comes from sccache.
-    assert report(same)["sccache"]["hits"] >= 1
+    assert cached["sccache"]["hits"] >= 1
     assert greet(docker_client, settings, same) == "hello from C\nhello from Rust\n"
 
     changed = build_dir("greeter")
@@ -117,11 +124,10 @@ async def test_a_changed_source_is_rebuilt_and_an_unchanged_one_hits(
         # Older than the kept output, as a file from a tarball or a backup can be: cargo
         # would take it as unchanged by its mtime alone.
         os.utime(path, (1_500_000_000, 1_500_000_000))
-    rebuilt, _ = await build(engine, changed)
-    assert rebuilt.status is JobStatus.SUCCEEDED
-    assert report(rebuilt)["warm"] is True
+    rebuilt, cached, _ = await succeeded(engine, changed)
+    assert cached["warm"] is True
     assert greet(docker_client, settings, rebuilt) == "bye from C\nbye from Rust\n"
-    assert report(rebuilt)["ccache"]["misses"] >= 1 and report(rebuilt)["sccache"]["misses"] >= 1
+    assert cached["ccache"]["misses"] >= 1 and cached["sccache"]["misses"] >= 1
 
 
 @pytest.mark.timeout(900)

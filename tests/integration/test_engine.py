@@ -47,6 +47,21 @@ def container_events(client: docker.DockerClient, job: str, since: float) -> lis
     return [str(e.get("status") or e.get("Action")) for e in events]
 
 
+def said_every_step(recorder: Recorder) -> None:
+    """The narration of a build that succeeded: each step's action, and SUCCEEDED last."""
+    actions = recorder.actions()
+    for expected in (
+        Action.VALIDATED,
+        Action.CONTAINER_CREATED,
+        Action.SOURCES_COPIED,
+        Action.BUILD_STARTED,
+        Action.ARTIFACT_STORED,
+        Action.CONTAINER_REMOVED,
+    ):
+        assert expected in actions
+    assert actions[-1] is Action.SUCCEEDED
+
+
 def marked_processes(marker: str) -> list[str]:
     found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True)
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
@@ -72,17 +87,7 @@ async def test_c_program_builds_and_returns_its_package(
         assert binary.read(4) == b"\x7fELF"
         assert ".PKGINFO" in tar.getnames()
 
-    actions = recorder.actions()
-    for expected in (
-        Action.VALIDATED,
-        Action.CONTAINER_CREATED,
-        Action.SOURCES_COPIED,
-        Action.BUILD_STARTED,
-        Action.ARTIFACT_STORED,
-        Action.CONTAINER_REMOVED,
-    ):
-        assert expected in actions
-    assert actions[-1] is Action.SUCCEEDED
+    said_every_step(recorder)
     assert any(line.startswith("==> Making package: hello-c") for line in recorder.lines())
     assert job_containers(docker_client, job) == []
     # The daemon saw the container start: the same check proves "never started" elsewhere.

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from orchestrator.provenance import envelope as dsse
 from orchestrator.repo import Repository, Signer
 
 from ..conftest import PKGBUILDS
+from ..repos import make_package, short_folder
 from ..waiting import until
 from .conftest import serve
 from .service import submit
@@ -47,18 +46,6 @@ pytestmark = pytest.mark.docker
 
 TOKEN = "repo-test-token"
 MiB = 1024**2
-
-
-def make_package(folder: Path, name: str, version: str = "1.0-1") -> Path:
-    """A minimal package (its .PKGINFO and one file): all repo-add and pacman read of it."""
-    path = folder / f"{name}-{version}-x86_64.pkg.tar.gz"
-    info = f"pkgname = {name}\npkgbase = {name}\npkgver = {version}\narch = x86_64\nsize = 6\n"
-    with tarfile.open(path, "w:gz") as tar:
-        for member, data in ((".PKGINFO", info.encode()), (f"usr/share/{name}", b"hello\n")):
-            entry = tarfile.TarInfo(member)
-            entry.size = len(data)
-            tar.addfile(entry, io.BytesIO(data))
-    return path
 
 
 async def _json(answer: Awaitable[ClientResponse]) -> Any:
@@ -112,10 +99,8 @@ class Pacman:
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:
-    # gpg-agent's socket lives in its home: a unix socket's path is at most 107 bytes.
-    folder = Path(tempfile.mkdtemp(prefix="repo-"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with short_folder("repo-") as folder:
+        yield folder
 
 
 async def test_publish_install_tamper_concurrent_remove(

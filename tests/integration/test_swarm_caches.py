@@ -10,10 +10,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator import Action, Engine, JobStatus, Settings
+from orchestrator import Action, Engine, Settings
 from orchestrator.build.caches import volume_name
 
-from .test_caches import build, cache_volumes, report
+from .test_caches import cache_volumes, succeeded
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
 
@@ -30,30 +30,27 @@ async def test_a_swarm_build_finds_what_the_last_one_left_and_cache_off_uses_non
     settings: Settings,
     docker_client: docker.DockerClient,
 ) -> None:
-    first, _ = await build(engine, build_dir("greeter"))
-    assert first.status is JobStatus.SUCCEEDED
-    assert report(first)["used"] is True and report(first)["warm"] is False
+    _, cached, _ = await succeeded(engine, build_dir("greeter"))
+    assert cached["used"] is True and cached["warm"] is False
     archive = (
         settings.data_dir / "swarm-volumes" / f"{volume_name(settings.instance_id, 'greeter:cpu')}"
     ).with_suffix(".tar.zst")
     assert archive.stat().st_size > 0
 
     # The task has nothing of the first one's on its node: everything comes from the archive.
-    warm, recorder = await build(engine, build_dir("greeter"))
-    assert warm.status is JobStatus.SUCCEEDED
-    assert report(warm)["warm"] is True
+    _, cached, recorder = await succeeded(engine, build_dir("greeter"))
+    assert cached["warm"] is True
     # Its prepare() copies the Rust files (new mtimes): the library comes from sccache, the C
     # object from ccache.
-    assert report(warm)["sccache"]["hits"] >= 1, report(warm)
-    assert report(warm)["ccache"] == {"hits": 1, "misses": 0}, report(warm)
+    assert cached["sccache"]["hits"] >= 1, cached
+    assert cached["ccache"] == {"hits": 1, "misses": 0}, cached
     assert cache_volumes(docker_client, settings) == []
     said = [e.message for e in recorder.events if e.action is Action.CACHE]
     assert said[0] == "Cache greeter:cpu (warm) mounted at /cache"
     assert [c["key"] for c in engine.caches.listing()] == ["greeter:cpu"]
 
     kept = archive.read_bytes()
-    off, recorder = await build(engine, build_dir("greeter"), cache=False)
-    assert off.status is JobStatus.SUCCEEDED
-    assert report(off) == {"used": False, "why": "cache=off was asked for"}
+    _, cached, recorder = await succeeded(engine, build_dir("greeter"), cache=False)
+    assert cached == {"used": False, "why": "cache=off was asked for"}
     assert not any("orchestrator: could not" in line for line in recorder.lines())
     assert archive.read_bytes() == kept  # neither read (nothing to tell) nor written

@@ -17,7 +17,7 @@ import contextlib
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from .nodes import (
     swarm_on,
     wait_node,
 )
-from .test_engine import marked_processes
+from .test_engine import marked_processes, said_every_step
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm, pytest.mark.nodes]
 
@@ -115,15 +115,26 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"swarm_listen": f"{HOST_ADDR}:0"})
 
 
-async def placed_on(worker: Worker, job: str, run: asyncio.Task[object]) -> None:
-    """Until the build's container runs on the worker (the build still going)."""
-    await waiting.until(
-        lambda: worker.containers(job) or run.done(),
-        timeout_s=90,
-        interval_s=0.1,
-        what="the build's container on the worker",
-    )
-    assert not run.done(), run.result()
+@contextlib.asynccontextmanager
+async def placed(
+    worker: Worker, engine: Engine, recorder: Recorder, request: BuildRequest
+) -> AsyncIterator[asyncio.Task[BuildResult]]:
+    """The build submitted, once its container runs on the worker (the build still going);
+    cancelled at the end if it has not ended."""
+    run = asyncio.create_task(engine.build(request, recorder, CancelToken()))
+    try:
+        await waiting.until(
+            lambda: worker.containers(request.job_id) or run.done(),
+            timeout_s=90,
+            interval_s=0.1,
+            what="the build's container on the worker",
+        )
+        assert not run.done(), run.result()
+        yield run
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
 
 
 async def test_a_build_on_the_worker_succeeds_with_its_package_and_whole_narration(
@@ -135,14 +146,8 @@ async def test_a_build_on_the_worker_succeeds_with_its_package_and_whole_narrati
 ) -> None:
     job = job_id()
     request = BuildRequest(job, build_dir("slow-printer"))
-    run = asyncio.create_task(engine.build(request, recorder, CancelToken()))
-    try:
-        await placed_on(on_worker, job, run)
+    async with placed(on_worker, engine, recorder, request) as run:
         result = await asyncio.wait_for(run, 120)
-    finally:
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
     assert result.status is JobStatus.SUCCEEDED, (result.reason, recorder.lines())
     [package] = result.artifacts
     assert package.name.startswith("slow-printer-1.0-1-any.pkg.tar")
@@ -156,17 +161,7 @@ async def test_a_build_on_the_worker_succeeds_with_its_package_and_whole_narrati
         f"tock {i}" for i in range(1, 7)
     ]
     assert any(line.startswith("==> Making package: slow-printer") for line in recorder.lines())
-    actions = recorder.actions()
-    for expected in (
-        Action.VALIDATED,
-        Action.CONTAINER_CREATED,
-        Action.SOURCES_COPIED,
-        Action.BUILD_STARTED,
-        Action.ARTIFACT_STORED,
-        Action.CONTAINER_REMOVED,
-    ):
-        assert expected in actions
-    assert actions[-1] is Action.SUCCEEDED
+    said_every_step(recorder)
     assert job_containers(docker_client, job) == []
     assert gone_from(on_worker, job) == []
 
@@ -193,9 +188,7 @@ async def build_until_lost(
 ) -> tuple[BuildResult, float]:
     """A build that runs forever, on the worker; ``lose()`` once it has started its
     children. Its result, and how long after ``lose()`` it came."""
-    run = asyncio.create_task(engine.build(BuildRequest(job, src), recorder, CancelToken()))
-    try:
-        await placed_on(worker, job, run)
+    async with placed(worker, engine, recorder, BuildRequest(job, src)) as run:
         started = recorder.wait_for(lambda e: "children started" in e.message.split("\n"), 90)
         await asyncio.wait({asyncio.ensure_future(started), run}, return_when="FIRST_COMPLETED")
         assert not run.done(), (run.result(), recorder.lines())
@@ -203,10 +196,6 @@ async def build_until_lost(
         lose()
         result = await asyncio.wait_for(run, 120)
         return result, time.monotonic() - lost_at
-    finally:
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
 
 
 async def test_draining_the_worker_mid_build_fails_the_build_naming_the_node(

@@ -266,6 +266,28 @@ def test_the_skipper_drops_exactly_the_lines_already_read_per_stream() -> None:
     assert short.short
 
 
+def test_the_skipper_places_a_rotated_log_after_the_last_line_had() -> None:
+    """The log's first line is not the one had first: its head was rotated away, so what
+    follows the last line had is handed on, not what follows as many lines as were had."""
+    rotated = [OutputChunk("stdout", "a3\na4", 0), OutputChunk("stdout", "a5\na6\na7", 0)]
+    skipper = Skipper({"stdout": 4}, {"stdout": ("a1", "a4")})
+    assert [c.text for c in skipper.take(rotated)] == ["a5\na6\na7"]
+    assert skipper.finish() == [] and not skipper.lost and not skipper.short
+    same_start = Skipper({"stdout": 2}, {"stdout": ("a3", "a4")})
+    assert [c.text for c in same_start.take(rotated)] == ["a5\na6\na7"]
+
+
+def test_a_rotated_log_past_the_last_line_had_is_handed_on_whole_and_said_lost() -> None:
+    rotated = [OutputChunk("stdout", "a8\na9", 0), OutputChunk("stderr", "b7", 0)]
+    skipper = Skipper({"stdout": 4, "stderr": 1}, {"stdout": ("a1", "a4"), "stderr": ("b7", "b7")})
+    assert [c.text for c in skipper.take(rotated)] == []  # held until the log is read
+    assert [c.text for c in skipper.finish()] == ["a8\na9"]
+    assert skipper.lost == {"stdout"} and not skipper.short
+    bounded = Skipper({"stdout": 4}, {"stdout": ("a1", "a4")}, search_max_chars=4)
+    assert [c.text for c in bounded.take(rotated)] == ["a8\na9", "b7"]  # over the bound
+    assert bounded.lost == {"stdout"} and bounded.finish() == []
+
+
 class GatedSetup(FakeBackend):
     """Holds ``setup`` (the build is not started yet) until the test opens the gate."""
 

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from orchestrator.api.app import _auth_middleware
@@ -16,14 +14,6 @@ from orchestrator.backend._handoff import Handoff
 from .. import waiting
 
 _REQUESTS = 40
-
-
-@pytest.fixture
-async def handoff() -> AsyncIterator[Handoff]:
-    exchange = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32)
-    await exchange.start()
-    yield exchange
-    await exchange.close()
 
 
 async def test_many_stop_requests_hold_one_the_latest(handoff: Handoff) -> None:

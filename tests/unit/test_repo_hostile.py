@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
-import tarfile
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,29 +11,17 @@ from orchestrator.errors import NotFound, RepoError
 from orchestrator.provenance import PAYLOAD_TYPE, pae
 from orchestrator.repo import Repository, Signer
 
-
-def make_package(folder: Path, name: str, info: str | None = None) -> Path:
-    """A minimal package (its .PKGINFO and one file): all repo-add reads of it."""
-    path = folder / f"{name}-1.0-1-x86_64.pkg.tar.gz"
-    info = info or f"pkgname = {name}\npkgbase = {name}\npkgver = 1.0-1\narch = x86_64\n"
-    with tarfile.open(path, "w:gz") as tar:
-        for member, data in ((".PKGINFO", info.encode()), (f"usr/share/{name}", b"hello\n")):
-            entry = tarfile.TarInfo(member)
-            entry.size = len(data)
-            tar.addfile(entry, io.BytesIO(data))
-    return path
+from ..repos import make_package, short_folder
 
 
 @pytest.fixture
 def signer() -> Iterator[Signer]:
-    # gpg-agent's socket lives in its home: a unix socket's path is at most 107 bytes.
-    folder = Path(tempfile.mkdtemp(prefix="hostile-"))
-    signer = Signer.open(folder / "gnupg", None)
-    try:
-        yield signer
-    finally:
-        signer.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    with short_folder("hostile-") as folder:
+        signer = Signer.open(folder / "gnupg", None)
+        try:
+            yield signer
+        finally:
+            signer.close()
 
 
 def test_a_refused_package_leaves_no_signature_of_its_bytes_served(signer: Signer) -> None:
@@ -83,7 +66,7 @@ def test_a_pkginfo_line_repo_add_would_run_is_refused(signer: Signer) -> None:
     (root / "out").mkdir()
     ran = root / "ran"
     info = f"pkgname = evil\npkgver = 1.0-1\nx[$(touch${{IFS:0:1}}{ran})] = 1\n"
-    package = make_package(root / "out", "evil", info)
+    package = make_package(root / "out", "evil", info=info)
     repo = Repository(root / "repo", "orchestrator-cpu", signer)
     with pytest.raises(RepoError, match="PKGINFO"):
         repo.publish([package])
@@ -105,7 +88,7 @@ def test_a_pkgname_other_than_the_file_s_is_refused(signer: Signer, pkgname: str
     # repo-add's folder is /tmp/repo-tools.*/db: up twice is /tmp, where this test's root is.
     info = f"pkgname = {pkgname.format(root=root.name)}\npkgver = 1.0-1\narch = x86_64\n"
     with pytest.raises(RepoError, match="PKGINFO"):
-        repo.publish([make_package(root / "out", "evil", info)])
+        repo.publish([make_package(root / "out", "evil", info=info)])
     assert repo.packages() == {"kept": kept.name}
     assert not list(root.rglob("escaped*"))
 

@@ -433,7 +433,7 @@ async def test_what_a_stalled_subscriber_holds_is_bounded(tmp_path: Path) -> Non
 
 # The service as a process of its own (fake backend, no daemon), so that its RSS is its own.
 SERVICE = """
-import asyncio, sys
+import asyncio, signal, sys
 from pathlib import Path
 from aiohttp import ClientError, ClientSession, web
 from orchestrator import Settings
@@ -452,7 +452,10 @@ async def main(data_dir: str, port: int, stall_timeout_s: float) -> None:
     runner = web.AppRunner(create_app(settings, backend=FakeBackend(Script(steps))))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    await asyncio.Event().wait()
+    stop = asyncio.Event()  # a SIGTERM cleans up: the repository key's gpg-agent ends too
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
 """

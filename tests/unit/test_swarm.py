@@ -139,14 +139,6 @@ def test_frames_split_the_logs_framing_at_any_block_boundary() -> None:
     assert got == [("stdout", b"T1 out\n"), ("stderr", b"T2 err\n"), ("stdout", b"T3 more\n")]
 
 
-@pytest.fixture
-async def handoff() -> AsyncIterator[Handoff]:
-    exchange = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32)
-    await exchange.start()
-    yield exchange
-    await exchange.close()
-
-
 async def test_handoff_serves_inputs_once_to_the_right_token_only(handoff: Handoff) -> None:
     token = handoff.open("orch-a", io.BytesIO(b"the tar"), ("/out",))
     url = f"{handoff.url}/steps/orch-a/inputs"

@@ -19,14 +19,6 @@ from .. import waiting
 from ..cutter import Cutter
 
 
-@pytest.fixture
-async def handoff() -> AsyncIterator[Handoff]:
-    exchange = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32)
-    await exchange.start()
-    yield exchange
-    await exchange.close()
-
-
 class Logs:
     """What the service logs would add: ``lines`` per stream, less the skipped ones."""
 

@@ -11,7 +11,6 @@ import signal
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
-import pytest
 
 from orchestrator.backend import _handoff
 from orchestrator.backend._handoff import Handoff
@@ -20,14 +19,6 @@ from .. import waiting
 
 # Says so on SIGTERM, then goes on (exits 3 with ``exit_on_term``); polls so its trap runs soon.
 _COMMAND = 'trap "echo got TERM{}" TERM; echo up; while :; do sleep 0.05; done'
-
-
-@pytest.fixture
-async def handoff() -> AsyncIterator[Handoff]:
-    exchange = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32)
-    await exchange.start()
-    yield exchange
-    await exchange.close()
 
 
 @contextlib.asynccontextmanager

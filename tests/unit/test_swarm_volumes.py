@@ -16,17 +16,16 @@ from orchestrator.backend._swarmadopt import outputs_of
 from orchestrator.backend._swarmvolumes import VolumeStore
 from orchestrator.errors import BackendError, VolumeInUse
 
+from .conftest import listening
+
 VOLUME = "orchestrator-cache-0123abcd"
 LABELS = {"orchestrator.cache": "hexyl:cpu", "orchestrator.instance": "t"}
 
 
 @pytest.fixture
 async def listener(tmp_path: Path) -> AsyncIterator[Handoff]:
-    store = VolumeStore(tmp_path / "volumes", max_bytes=1 << 20)
-    exchange = Handoff("127.0.0.1", 0, None, max_bytes=1000, secret=b"s" * 32, volumes=store)
-    await exchange.start()
-    yield exchange
-    await exchange.close()
+    async with listening(VolumeStore(tmp_path / "volumes", max_bytes=1 << 20)) as exchange:
+        yield exchange
 
 
 def test_the_store_keeps_volumes_by_label_and_refuses_to_remove_a_mounted_one(
