@@ -322,6 +322,8 @@ async def reproductions(api: Checker, backend: FakeBackend, settings: Settings) 
     backend.script = Script(packages={name: package_with("usr/bin/hello", pkginfo=info)})
     built = await api.call("POST", BUILDS, data=HELLO, headers=GZ, expect=201)
     await api.wait(built["job_id"], {"succeeded"})
+    # Its upload is kept as submitted, beside its packages (not one of its artifacts).
+    assert (settings.artifacts_dir / built["job_id"] / "inputs.tar").read_bytes() == HELLO
     asked = await api.call("POST", REPRODUCE, job_id=built["job_id"], expect=202)
     rebuild = await api.wait(asked["job_id"], {"succeeded"})
     assert rebuild["operation"] == "reproduce"
