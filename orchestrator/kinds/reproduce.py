@@ -80,7 +80,6 @@ class ReproduceKind:
         asked = read(Reproduce, submission.body)
         original = await self._reproducible(asked.job)
         epoch = await self._source_date_epoch(original)
-        running = Reproduction(original.id, submission.job_id, "running")
         return Plan(
             message=(
                 f"📥 Queued rebuild of {original.pkgname} {original.pkgver} (job {original.id}, "
@@ -91,7 +90,6 @@ class ReproduceKind:
             pkgver=original.pkgver,
             srcinfo=original.srcinfo,
             request={"original": original.id, "source_date_epoch": epoch},
-            reproduction=running.to_dict(),
         )
 
     async def _reproducible(self, job_id: str) -> JobRecord:
@@ -139,7 +137,6 @@ class ReproduceKind:
         inputs = inputs_path(runner.artifact_dir(original_id))
         limit = self._settings.max_build_dir_bytes
         await asyncio.to_thread(_unpack, inputs, source_dir, limit)
-        await self._report(Reproduction(original_id, record.id, "running"), original_only=True)
         request = BuildRequest(
             record.id,
             source_dir,
@@ -150,6 +147,9 @@ class ReproduceKind:
         )
 
         async def work(sink: Sink, token: CancelToken) -> JobResult:
+            # Said once it runs, not when queued: a job cancelled in the queue never runs
+            # anything that would say it ended.
+            await self._report(Reproduction(original_id, record.id, "running"))
             report = Reproduction(original_id, record.id, "failed")
             try:
                 said = f"🔁 Rebuilding job {original_id} from its stored inputs in a fresh "
@@ -218,11 +218,10 @@ class ReproduceKind:
             package.name, False, package.original_sha256, package.rebuilt_sha256, text
         )
 
-    async def _report(self, report: Reproduction, *, original_only: bool = False) -> None:
-        """The report on the original (whose latest it is) and on the rebuild."""
+    async def _report(self, report: Reproduction) -> None:
+        """The report on the rebuild, and on the original (whose latest it is)."""
         data = report.to_dict()
-        ids = [report.original] if original_only else [report.rebuild, report.original]
-        for job_id in ids:
+        for job_id in (report.rebuild, report.original):
             with contextlib.suppress(OrchestratorError):  # the original may have been removed
                 await self._store.update_job(job_id, reproduction=data)
 

@@ -7,10 +7,13 @@ import io
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from orchestrator import Settings
+from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
 from orchestrator.build import differ
 from orchestrator.build.reproduce import (
@@ -28,6 +31,10 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.jobs.status import JobStatus
 from orchestrator.kinds.reproduce import settle
 from orchestrator.storage.store import JobRecord, Store
+
+from .. import waiting
+from ..conftest import PKGBUILDS
+from ..integration.service import tar_dir
 
 
 def package(folder: Path, pkginfo: bytes, name: str = "p-1-1-x86_64.pkg.tar.gz") -> Path:
@@ -177,3 +184,60 @@ async def test_a_reproduction_left_running_by_a_dead_service_has_failed(store: S
         record = await store.get_job(job_id)
         assert record is not None and record.reproduction == report
     assert await settle(store, lambda job_id: False) == ["orig2", "queued"]
+
+
+GZ = "application/gzip"
+
+
+async def _job(client: TestClient, job_id: str) -> dict[str, Any]:
+    return dict(await (await client.get(f"/v1/jobs/{job_id}")).json())
+
+
+async def _until(client: TestClient, job_id: str, status: str) -> dict[str, Any]:
+    return await waiting.until(
+        lambda: _job(client, job_id), lambda j: j["status"] == status, what=f"{job_id} {status}"
+    )
+
+
+async def _post(client: TestClient, path: str, **kwargs: Any) -> dict[str, Any]:
+    answer = await client.post(path, **kwargs)
+    assert answer.status in (201, 202), await answer.text()
+    return dict(await answer.json())
+
+
+async def test_a_failed_rebuild_fails_the_reproduction_and_a_queued_one_cancelled_leaves_it(
+    settings: Settings,
+) -> None:
+    info = b"pkgname = hello-c\npkgver = 1.0.0-1\nbuilddate = 1700000000\n"
+    made = io.BytesIO()
+    with tarfile.open(fileobj=made, mode="w:gz") as tar:
+        entry = tarfile.TarInfo(".PKGINFO")
+        entry.size = len(info)
+        tar.addfile(entry, io.BytesIO(info))
+    name = "hello-c-1.0.0-1-x86_64.pkg.tar.gz"
+    backend = FakeBackend(Script(packages={name: made.getvalue()}))
+    upload = {"data": tar_dir(PKGBUILDS / "hello-c"), "headers": {"Content-Type": GZ}}
+    settings = settings.model_copy(update={"max_concurrent_builds": 1})
+    async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
+        built = await _post(client, "/v1/builds", **upload)
+        await _until(client, built["job_id"], "succeeded")
+        backend.script = Script(exit_code=1)
+        rebuild = await _post(client, f"/v1/jobs/{built['job_id']}/reproduce")
+        failed = await _until(client, rebuild["job_id"], "failed")
+        report = {
+            "original": built["job_id"],
+            "rebuild": rebuild["job_id"],
+            "state": "failed",
+            "packages": [],
+        }
+        assert failed["reproduction"] == report
+        assert (await _job(client, built["job_id"]))["reproduction"] == report
+        # One build holds the only slot: a reproduce job waits, and is cancelled there.
+        backend.script = Script([("stdout", "started", 0), ("stdout", "never printed", 60)])
+        slow = await _post(client, "/v1/builds", **upload)
+        await _until(client, slow["job_id"], "running")
+        queued = await _post(client, f"/v1/jobs/{built['job_id']}/reproduce")
+        assert (await _job(client, queued["job_id"]))["reproduction"] is None
+        assert (await client.post(f"/v1/jobs/{queued['job_id']}/cancel")).status == 200
+        assert (await _job(client, built["job_id"]))["reproduction"] == report
+        assert (await client.post(f"/v1/jobs/{slow['job_id']}/cancel")).status == 200
