@@ -197,8 +197,11 @@ class ReproduceKind:
             await sink([_event(package)])
         report = Reproduction.of(original_id, rebuild_id, found)
         level = Level.INFO if report.state == "identical" else Level.WARNING
-        ending = "✅ Bit-identical" if report.state == "identical" else "⚠️ Not reproducible"
-        await sink([Event(Action.REPRODUCED, f"{ending}: {report.summary()}", level)])
+        if report.state == "identical":
+            said = "✅ Reproduced: every package is bit-identical"
+        else:
+            said = f"⚠️ Not reproducible: {report.summary()}"
+        await sink([Event(Action.REPRODUCED, said, level)])
         return report
 
     async def _diffoscope(
