@@ -10,6 +10,7 @@ again on the same data, and the reports are still there.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from aiohttp.test_utils import TestClient
 from orchestrator import Settings
 from orchestrator.narration import sse
 
-from ..conftest import PKGBUILDS, instance_id
+from ..conftest import PKGBUILDS, instance_id, remove_instance_volumes
+from ..leftovers import Leftovers
 from ..waiting import until
 from .conftest import serve
 from .service import submit
@@ -89,7 +91,9 @@ async def _reproduce_all(settings: Settings) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def reproduced(
+    tmp_path_factory: pytest.TempPathFactory, nothing_left_behind: Leftovers | None
+) -> Iterator[dict[str, Any]]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("reproduce") / "data",
         instance_id=instance_id(),
@@ -98,7 +102,11 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         max_concurrent_builds=2,
         on_stop="cancel",
     )
-    return asyncio.run(_reproduce_all(settings))
+    try:
+        yield asyncio.run(_reproduce_all(settings))
+    finally:
+        if nothing_left_behind is not None:  # the first builds' caches
+            remove_instance_volumes(nothing_left_behind.client, settings.instance_id)
 
 
 def _report(found: dict[str, Any], name: str) -> dict[str, Any]:
