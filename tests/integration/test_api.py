@@ -260,9 +260,9 @@ async def test_error_paths(
         nothing = await client.get("/no/such/route")
         assert nothing.status == 404
         assert (await nothing.json())["error"] == "not_found"
-        # Every refusal cleaned up after itself.
-        work = settings.work_dir
-        assert (list(work.iterdir()) if work.exists() else []) == []
+        # Every refusal cleaned up after itself: its sources, and the upload kept for reproduce.
+        for folder in (settings.work_dir, settings.artifacts_dir):
+            assert (list(folder.iterdir()) if folder.exists() else []) == [], folder
 
 
 async def test_bearer_token(settings: Settings, build_dir: Callable[..., Path]) -> None:
