@@ -55,13 +55,14 @@ async def list_repo(request: web.Request) -> web.Response:
     repos = request.app[REPOS]
     variant = request.match_info["variant"]
     repo = repos.get(variant)
+    sums = repo.sha256sums()
     return respond(
         RepoPackages(
             repository=repo.name,
             arch=repos.arch,
             server=f"/repo/{variant}/{repos.arch}",
             packages=[
-                RepoPackage(name=name, filename=filename)
+                RepoPackage(name=name, filename=filename, sha256=sums.get(filename, ""))
                 for name, filename in sorted(repo.packages().items())
             ],
         )

@@ -367,6 +367,7 @@ class Removed(_Wire):
 class RepoPackage(_Wire):
     name: str = Field(description="its pkgname")
     filename: str = Field(description="its file in the repository (its signature: + .sig)")
+    sha256: str = Field(description="its file's SHA-256, as the signed database lists it")
 
 
 class RepoPackages(_Wire):

@@ -8,6 +8,7 @@ its end marker against ``Event`` and ``StreamEnd``. The walk must reach every ro
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -299,7 +300,8 @@ async def repositories(api: Checker, backend: FakeBackend) -> None:
     said = [m.json().get("message") for m in await api.stream(built["job_id"]) if not m.is_done]
     assert f"📚 Published {name} to orchestrator-cpu" in said
     listed = await api.call("GET", REPO, variant="cpu", expect=200)
-    assert listed["packages"] == [{"name": "hello-c", "filename": name}]
+    sha256 = hashlib.sha256(backend.script.packages[name]).hexdigest()
+    assert listed["packages"] == [{"name": "hello-c", "filename": name, "sha256": sha256}]
     await api.call("GET", REPO, variant="metal", expect=404)
     # The job says where it went and which key signed it; the listing, where pacman finds it.
     repos = await api.call("GET", REPOS, expect=200)
@@ -331,7 +333,7 @@ async def repositories(api: Checker, backend: FakeBackend) -> None:
     installing = await api.call("POST", JOBS, json={**INSTALL, "publish": True}, expect=201)
     await api.wait(installing["job_id"], {"succeeded"})
     listed = await api.call("GET", REPO, variant="cpu", expect=200)
-    assert listed["packages"] == [{"name": "hello-c", "filename": name}]
+    assert [(p["name"], p["filename"]) for p in listed["packages"]] == [("hello-c", name)]
 
 
 async def models(api: Checker, settings: Settings) -> None:
