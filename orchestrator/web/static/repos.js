@@ -35,7 +35,7 @@ export async function drawRepositories(box) {
       h("p", {}, "Builds and installs asked to publish land in their variant's repository, "
         + "signed with this key. Trust the key on a machine (as root), then add the repository "
         + "to /etc/pacman.conf."),
-      h("dl", { class: "meta" },
+      h("dl", { class: "trust" },
         h("dt", {}, "Key fingerprint"), h("dd", {}, h("code", { id: "repo-fingerprint", class: "wrap" }, list.fingerprint)),
         h("dt", {}, "Key"), h("dd", {}, savedLink(list.key_url, "orchestrator.asc", { id: "repo-key" }, list.key_url))),
       h("pre", { class: "snippet", id: "repo-key-commands" }, keyCommands(list)),

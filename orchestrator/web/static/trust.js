@@ -171,7 +171,7 @@ export class TrustView {
     this.reproduction = h("dd", { id: "trust-reproduction" });
     this.section = h("section", { id: "trust", "aria-labelledby": "trust-title", hidden: true },
       h("h2", { id: "trust-title" }, "Trust"),
-      h("dl", { class: "meta" },
+      h("dl", { class: "trust" },
         h("dt", {}, "Signature"), this.signature,
         h("dt", {}, "Provenance"), this.provenance,
         h("dt", {}, "Reproducible"), this.reproduction));
