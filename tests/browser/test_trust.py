@@ -300,3 +300,29 @@ async def test_the_reproduction_panel_draws_every_state(built: Built, page: Page
     )
     assert await page.locator("main b").count() == 0
     await screenshot(page, "job-reproduction-states")
+
+
+async def test_reproduce_posts_for_the_job_and_links_the_queued_rebuild(
+    built: Built, page: Page
+) -> None:
+    """The button's request as the ``repro`` branch's route takes it (answered here by the
+    browser: that route is not in this branch yet); the page then links the rebuild."""
+    job_id = built.job["id"]
+    rebuild = "9" * 32
+    asked: list[tuple[str, str | None]] = []
+
+    async def queued(route: Route) -> None:
+        asked.append((route.request.method, await route.request.header_value("authorization")))
+        body = {"job_id": rebuild, "status": "queued", "job_url": "", "sse_url": ""}
+        await route.fulfill(status=202, json=body)
+
+    await page.route(f"**/v1/jobs/{job_id}/reproduce", queued)
+    await page.goto(f"{built.service.url}/jobs/{job_id}")
+    await page.locator("#reproduce").click()
+    reproduction = page.locator("#trust-reproduction")
+    await expect(reproduction).to_contain_text("Rebuild queued as")
+    await expect(reproduction.get_by_role("link", name=rebuild[:12])).to_have_attribute(
+        "href", f"/jobs/{rebuild}"
+    )
+    await expect(page.locator("#reproduce")).to_have_count(0)
+    assert asked == [("POST", f"Bearer {TOKEN}")]

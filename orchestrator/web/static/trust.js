@@ -130,7 +130,7 @@ function packagesTable(packages) {
       h("tr", { "data-package": p.name },
         h("td", { class: "mono wrap" }, p.name),
         h("td", {}, p.identical ? "✔ yes" : "✖ no"),
-        h("td", { class: "mono wrap" }, p.original_sha256 || ""),
+        h("td", { class: "mono wrap" }, p.original_sha256 || "not in the original"),
         h("td", { class: "mono wrap" }, p.rebuilt_sha256 || "not built")),
       p.differences ? h("tr", {}, h("td", { colspan: "4" },
         h("details", {}, h("summary", {}, `What differs in ${p.name}`), h("pre", { class: "differences" }, p.differences))))
@@ -141,9 +141,14 @@ function packagesTable(packages) {
 // The reproducibility of `job` from its `reproduction` (null, or the original, the rebuild,
 // their state and each package's digests); `onReproduce` is called by the Reproduce button.
 // Exported so that every state can be drawn from a record (the browser tests do).
-export function renderReproduction(job, onReproduce) {
+export function renderReproduction(job, onReproduce, queued = null) {
   const r = job.reproduction;
-  const box = h("div", { id: "reproduction", "data-state": r ? r.state : "none" });
+  const box = h("div", { id: "reproduction", "data-state": r ? r.state : queued ? "queued" : "none" });
+  if (!r && queued) {
+    // Asked from this page: its report comes once the rebuild runs.
+    box.append(h("p", {}, "Rebuild queued as ", jobLink(queued), "."));
+    return box;
+  }
   if (r) {
     box.append(h("p", { class: `verdict verdict-${r.state}` }, VERDICTS[r.state] || r.state));
     if (job.id === r.rebuild) box.append(h("p", {}, "This job rebuilds ", jobLink(r.original), "."));
@@ -176,7 +181,8 @@ export class TrustView {
         h("dt", {}, "Provenance"), this.provenance,
         h("dt", {}, "Reproducible"), this.reproduction));
     this.read = null;
-    this.waiting = false; // a rebuild is running: the job is read again until it ends
+    this.queued = null; // the rebuild this page asked for, until the job's record names it
+    this.waiting = false; // a rebuild is queued or running: the job is read again until it ends
   }
 
   update(job) {
@@ -190,14 +196,16 @@ export class TrustView {
       if (job.published) showListed(job, this.signature.querySelector("#trust-listed"));
       provenanceView(job, this.provenance);
     }
-    this.waiting = Boolean(job.reproduction && job.reproduction.state === "running");
-    this.reproduction.replaceChildren(renderReproduction(job, () => this.reproduce(job)));
+    const r = job.reproduction;
+    if (r && r.rebuild === this.queued) this.queued = null;
+    this.waiting = Boolean(this.queued || (r && r.state === "running"));
+    this.reproduction.replaceChildren(renderReproduction(job, () => this.reproduce(job), this.queued));
   }
 
   async reproduce(job) {
     try {
       const started = await api(`/v1/jobs/${encodeURIComponent(job.id)}/reproduce`, { method: "POST" });
-      toast(`Rebuilding as job ${String(started.job_id || "").slice(0, 8)}`);
+      this.queued = started.job_id;
     } catch (error) {
       toast(`Reproduce refused: ${error.message}`);
     }
