@@ -6,7 +6,7 @@ import { api, authFetch, savedLink } from "./api.js";
 import { h, toast } from "./util.js";
 
 // A package bigger than this is not downloaded just to check its digest in the page.
-const HASH_AT_MOST_BYTES = 64 * 1024 * 1024;
+const HASH_AT_MOST_BYTES = 16 * 1024 * 1024;
 
 const jobLink = (id) => h("a", { href: `/jobs/${encodeURIComponent(id)}`, class: "mono" }, id.slice(0, 12));
 
@@ -115,6 +115,8 @@ async function provenanceView(job, box) {
   }
 }
 
+const PACKAGING = new Set(["build", "worker_install", "reproduce"]);
+
 const VERDICTS = {
   running: "Being rebuilt…",
   identical: "✔ Reproducible: the rebuild made identical packages",
@@ -154,8 +156,10 @@ export function renderReproduction(job, onReproduce, queued = null) {
     if (job.id === r.rebuild) box.append(h("p", {}, "This job rebuilds ", jobLink(r.original), "."));
     else box.append(h("p", {}, "Rebuilt by ", jobLink(r.rebuild), "."));
     if (r.packages && r.packages.length) box.append(packagesTable(r.packages));
-  } else {
+  } else if (job.operation === "build") {
     box.append(h("p", { class: "muted" }, "Not rebuilt yet."));
+  } else {
+    box.append(h("p", { class: "muted" }, "Only an uploaded build keeps what a rebuild needs."));
   }
   const rebuildable = job.operation === "build" && job.status === "succeeded"
     && (!r || (r.state !== "running" && job.id !== r.rebuild));
@@ -187,8 +191,9 @@ export class TrustView {
 
   update(job) {
     const ended = job.status !== "queued" && job.status !== "running";
-    this.section.hidden = !ended;
-    if (!ended) return;
+    // Only what makes packages has anything to vouch for (not a model download).
+    this.section.hidden = !ended || !PACKAGING.has(job.operation);
+    if (this.section.hidden) return;
     const key = `${job.status} ${job.provenance_url} ${JSON.stringify(job.published)}`;
     if (this.read !== key) {
       this.read = key;
