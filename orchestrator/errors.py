@@ -138,6 +138,13 @@ class UnknownOperation(InvalidInput):
         return {"operations": list(self.known)}
 
 
+class NotReproducible(InvalidInput):
+    """A job to reproduce that is not a build: only an uploaded build's inputs are kept."""
+
+    http_status = 422
+    code = "not_reproducible"
+
+
 class BackendError(OrchestratorError):
     """The container engine failed us."""
 
@@ -202,6 +209,12 @@ class CacheBusy(Conflict):
 
 class VolumeInUse(Conflict):
     """The engine will not remove a volume a container still has mounted."""
+
+
+class NoStoredInputs(Conflict):
+    """A build to reproduce whose inputs were not kept (it finished before they were)."""
+
+    code = "no_inputs"
 
 
 class JobStateConflict(Conflict):

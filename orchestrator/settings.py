@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     )
     image_cpu: str = "orchestrator/build:cpu"
     image_cuda: str = "orchestrator/build:cuda"
+    image_diffoscope: str = Field(
+        default="orchestrator/diffoscope:trixie",
+        description="Where a reproduce job runs diffoscope on packages that differ.",
+    )
+    diffoscope_timeout_s: float = Field(default=600.0, gt=0)
+    diffoscope_memory_bytes: int = Field(default=1 * GiB, gt=0)
+    diffoscope_tmp_bytes: int = Field(
+        default=512 * MiB, gt=0, description="Its in-memory /tmp, where it unpacks the packages."
+    )
     gpu: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Request GPUs for cuda builds: auto = when the daemon has the nvidia runtime.",

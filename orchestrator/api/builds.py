@@ -14,7 +14,7 @@ from typing import IO
 
 from aiohttp import web
 
-from ..build import srcinfo
+from ..build import reproduce, srcinfo
 from ..build.srcinfo import SrcInfo
 from ..build.variants import VariantPlan, plan
 from ..errors import ArchiveTooLarge, InsufficientStorage, InvalidInput
@@ -154,16 +154,18 @@ async def create_build(request: web.Request) -> web.Response:
         ]
         if asked.dry_run:
             return _dry_run(info, dest, asked, warnings)
+        # Kept as submitted, for a reproduce job to build again (removed with its packages).
+        await asyncio.to_thread(reproduce.keep_inputs, body, runner.artifact_dir(job_id))
         query = dict(request.query)
         submission = Submission(job_id, query, query, upload=dest, srcinfo=info)
         record = (await registry.submit("build", submission)).record
     except OSError as exc:
-        await _discard(registry, job_id, dest)
+        await _discard(registry, job_id, dest, runner.artifact_dir(job_id))
         if out_of_space(exc):
             raise InsufficientStorage(f"the data disk is full: {exc}") from exc
         raise
     except BaseException:
-        await _discard(registry, job_id, dest)
+        await _discard(registry, job_id, dest, runner.artifact_dir(job_id))
         raise
     finally:
         body.close()
@@ -183,6 +185,11 @@ async def create_build(request: web.Request) -> web.Response:
     return respond(submitted, status=201, headers={"Location": url("get_job", job_id=record.id)})
 
 
-async def _discard(registry: Registry, job_id: str, dest: Path) -> None:
+async def _discard(
+    registry: Registry, job_id: str, dest: Path, artifact_dir: Path | None = None
+) -> None:
+    """What a refused upload left: its sources, its kept inputs (its job was never made)."""
     await asyncio.to_thread(shutil.rmtree, dest, True)
+    if artifact_dir is not None:
+        await asyncio.to_thread(shutil.rmtree, artifact_dir, True)
     registry.uploads.release(job_id)

@@ -95,6 +95,19 @@ async def create_job(request: web.Request) -> web.Response:
     )
 
 
+async def reproduce_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs/{id}/reproduce: a "reproduce" job for that build (``kinds.reproduce``)."""
+    registry = request.app[REGISTRY]
+    body = {"operation": "reproduce", "job": request.match_info["job_id"]}
+    submission = Submission(registry.new_job_id(), body, dict(request.query))
+    record = (await registry.submit("reproduce", submission)).record
+    return respond(
+        JobSubmitted(job_id=record.id, status=record.status, **job_links(record.id)),
+        status=202,
+        headers={"Location": url("get_job", job_id=record.id)},
+    )
+
+
 async def cancel_job(request: web.Request) -> web.Response:
     record = await request.app[REGISTRY].cancel(request.match_info["job_id"])
     return respond(view(request, record))

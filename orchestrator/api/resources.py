@@ -25,6 +25,7 @@ from ..catalog.model_store import ModelStore
 from ..engine import Engine
 from ..jobs.janitor import Janitor, any_live, owned_by_jobs, owned_by_readers
 from ..jobs.registry import Registry
+from ..kinds import reproduce
 from ..narration.bus import Bus
 from ..repo import Repositories
 from ..storage.disk import DataDisk
@@ -158,6 +159,8 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         catalog.verify(app[CATALOG], app[ENGINE].runner.inspector, settings)
     )
     await registry.start()
+    # A reproduction a dead service left "running" (its rebuild is not queued again) failed.
+    await reproduce.settle(app[STORE], registry.is_active)
     await app[ENGINE].reap_builds(registry.holds)
     yield
     verifying.cancel()
@@ -182,6 +185,7 @@ async def _register_kinds(app: web.Application, registry: Registry) -> None:
         app[WORKERS],
         app[MODELS],
         app[REPOS],
+        app[STORE],
     )
     for kind in kinds.make(services):
         registry.register(kind)

@@ -153,6 +153,26 @@ ROUTES: tuple[Route, ...] = (
         },
     ),
     Route(
+        "reproduce_job",
+        "jobs",
+        "POST",
+        "/v1/jobs/{job_id}/reproduce",
+        "jobs.reproduce_job",
+        "Rebuild a succeeded build from its stored inputs (same variant, fresh container, no "
+        "cache, its SOURCE_DATE_EPOCH) and compare its packages: the new job's and the "
+        "build's `reproduction` say whether they are bit-identical, and where not",
+        params=(_JOB_ID,),
+        answers={
+            202: json_body(JobSubmitted, _QUEUED, "Location"),
+            404: _NO_JOB,
+            409: "The build did not succeed (or has not finished; `status` says), has no stored "
+            "inputs (`no_inputs`: built before they were kept), or is being reproduced",
+            422: "Not a build (`not_reproducible`): only uploaded builds keep their inputs",
+            503: "Shutting down",
+            507: "The data disk is full",
+        },
+    ),
+    Route(
         "get_job",
         "jobs",
         "GET",

@@ -62,6 +62,7 @@ class Error(_Wire):
     error: str = Field(
         description="what went wrong, as a word: not_found, bad_request, conflict, too_large, "
         "bad_archive, bad_pkgbuild, bad_variant, variant_refused, unknown_operation, "
+        "not_reproducible, no_inputs, "
         "insufficient_storage, unavailable, backend_error, unauthorized, cross_origin, "
         "host_not_allowed, internal_error, or the HTTP reason (unsupported_media_type, ...)"
     )
@@ -105,6 +106,31 @@ class Publication(_Wire):
         description="what the repository lists now (a later build or a removal may have "
         "replaced or taken out these packages)"
     )
+
+
+class ReproducedPackage(_Wire):
+    """One package of a reproduction, compared by file name and sha256."""
+
+    name: str = Field(description="the package's file name")
+    identical: bool = Field(description="bit-identical to the original's")
+    original_sha256: str = Field(description="empty for a package only the rebuild made")
+    rebuilt_sha256: str | None = Field(description="null: the rebuild made no package so named")
+    differences: str | None = Field(
+        description="where they differ: diffoscope's text report, its first 64 KiB (or why "
+        "diffoscope could not say); null when identical"
+    )
+
+
+class Reproduction(_Wire):
+    """A build rebuilt from its stored inputs (``POST /v1/jobs/{id}/reproduce``)."""
+
+    original: str = Field(description="the build's job id")
+    rebuild: str = Field(description="the reproduce job's id")
+    state: Literal["running", "identical", "differs", "failed"] = Field(
+        description="failed: the rebuild did not finish (it failed, was cancelled or "
+        "interrupted); differs: at least one package is not bit-identical"
+    )
+    packages: list[ReproducedPackage]
 
 
 class Job(_Wire):
@@ -161,6 +187,10 @@ class Job(_Wire):
         default=None,
         description="a succeeded job asked to publish: the repository its packages went to "
         "and the key that signed them; null otherwise",
+    )
+    reproduction: Reproduction | None = Field(
+        default=None,
+        description="a build's latest reproduction, or a reproduce job's own; null when none",
     )
     job_id: str
     job_url: str

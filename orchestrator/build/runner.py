@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -56,6 +56,8 @@ class BuildRequest:
     variant: str = "cpu"
     srcinfo: SrcInfo | None = None  # makepkg's reading, when the caller already has it
     cache: bool = True  # lend the build its package's cache (when the service keeps them)
+    # More environment for makepkg (a rebuild's SOURCE_DATE_EPOCH); never over the runner's own.
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 BuildResult = JobResult  # a build's result is a job's: its cache report is ``cache``
@@ -211,7 +213,7 @@ class Runner:
         )
         with tar:
             size = tar.seek(0, 2)
-            step = self._step(job_id, variant, lease, cache_env, tar)
+            step = self._step(job_id, variant, lease, {**request.env, **cache_env}, tar)
             cid = await self._backend.setup(step)
         return cid, _Made(step.image, lease, size)
 
@@ -237,7 +239,7 @@ class Runner:
         job_id: str,
         variant: VariantPlan,
         lease: Lease | None,
-        cache_env: dict[str, str],
+        env: dict[str, str],
         inputs: IO[bytes],
     ) -> Step:
         return Step(
@@ -245,7 +247,7 @@ class Runner:
             command=cachescript.command(MAKEPKG) if lease else MAKEPKG,
             labels=self.labels(job_id, lease),
             workdir=BUILD_DIR,
-            env={"PKGDEST": PACKAGE_DIR, **cache_env},
+            env={**env, "PKGDEST": PACKAGE_DIR},
             inputs=inputs,
             outputs=(PACKAGE_DIR, cachescript.REPORT_DIR) if lease else (PACKAGE_DIR,),
             volumes={lease.volume: cachescript.CACHE_DIR} if lease else {},

@@ -45,6 +45,7 @@ class Plan:
     srcinfo: str | None = None
     # What the kind needs to run the job again after a restart, beyond the fields above.
     request: Mapping[str, Any] = field(default_factory=dict)
+    reproduction: Mapping[str, Any] | None = None  # a reproduce job's report, from the start
 
     def record(self, job_id: str, kind: str, timeout_s: float | None) -> JobRecord:
         return JobRecord(
@@ -57,6 +58,7 @@ class Plan:
             timeout_s=timeout_s,
             srcinfo=self.srcinfo,
             request=dict(self.request),
+            reproduction=self.reproduction,
         )
 
 

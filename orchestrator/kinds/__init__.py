@@ -16,6 +16,7 @@ from ._body import parse_cache
 from ._services import Services
 from .build import Build, BuildKind
 from .model_download import ModelDownload, ModelDownloadKind
+from .reproduce import Reproduce, ReproduceKind
 from .worker_install import WorkerInstall, WorkerInstallKind
 
 
@@ -35,7 +36,7 @@ class Declared(Protocol):
 
 
 # In the order POST /v1/jobs lists them.
-KINDS: tuple[Declared, ...] = (BuildKind, WorkerInstallKind, ModelDownloadKind)
+KINDS: tuple[Declared, ...] = (BuildKind, WorkerInstallKind, ModelDownloadKind, ReproduceKind)
 
 
 def make(services: Services) -> list[Kind]:
@@ -70,6 +71,8 @@ __all__ = [
     "Declared",
     "ModelDownload",
     "ModelDownloadKind",
+    "Reproduce",
+    "ReproduceKind",
     "Services",
     "WorkerInstall",
     "WorkerInstallKind",

@@ -10,6 +10,7 @@ from ..catalog.workers import Catalog
 from ..engine import Engine
 from ..repo import Repositories
 from ..settings import Settings
+from ..storage.store import Store
 from ..storage.uploads import UploadBudget
 
 
@@ -24,3 +25,4 @@ class Services:
     workers: WorkerStore
     models: ModelStore
     repos: Repositories
+    store: Store

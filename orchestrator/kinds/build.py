@@ -85,7 +85,7 @@ class BuildKind:
 
     async def job(self, record: JobRecord) -> Job:
         source_dir = self._settings.work_dir / record.id
-        info = _srcinfo(record)
+        info = record_srcinfo(record)
         request = BuildRequest(
             record.id, source_dir, record.variant or "cpu", srcinfo=info, cache=record.cache_asked
         )
@@ -102,7 +102,7 @@ class BuildKind:
         if self._repos is None:
             return work
         runner, signer = self._engine.runner, self._repos.signer
-        return then_prove(work, record, _srcinfo(record), runner, signer, self._settings)
+        return then_prove(work, record, record_srcinfo(record), runner, signer, self._settings)
 
     async def adopt(self, record: JobRecord, stored: Mapping[str, int]) -> Job:
         runner = self._engine.runner
@@ -126,7 +126,7 @@ class BuildKind:
         return await self.job(record)
 
 
-def _srcinfo(record: JobRecord) -> SrcInfo | None:
+def record_srcinfo(record: JobRecord) -> SrcInfo | None:
     """makepkg's reading as the record keeps it."""
     if not record.srcinfo:
         return None

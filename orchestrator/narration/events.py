@@ -33,6 +33,7 @@ class Action(StrEnum):
     ARTIFACT_STORED = "artifact_stored"
     INSTALLED = "installed"
     PUBLISHED = "published"  # a job's packages were added to its variant's repository
+    REPRODUCED = "reproduced"  # a rebuild's package compared with the original's, and the end
     PROGRESS = "progress"
     SAMPLE = "sample"  # a running build's resource figures (its own SSE event type: `sample`)
     ESTIMATE = "estimate"  # how long a job is expected to take, once it starts

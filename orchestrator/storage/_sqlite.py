@@ -52,6 +52,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN estimate_s REAL",
         "CREATE INDEX jobs_by_package ON jobs (pkgname, variant, finished_at)",
     ),
+    ("ALTER TABLE jobs ADD COLUMN reproduction TEXT",),  # JSON: build.reproduce.Reproduction
 )
 VERSION = len(_MIGRATIONS)
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL"}

@@ -58,6 +58,8 @@ class JobRecord:
     disk_bytes: int | None = None
     phases_s: Mapping[str, float] | None = None
     estimate_s: float | None = None
+    # A build's latest reproduction, or a reproduce job's own (``build.reproduce.Reproduction``).
+    reproduction: Mapping[str, Any] | None = None
 
     @property
     def cache_asked(self) -> bool:
@@ -82,7 +84,7 @@ JOB_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 JOB_INSERT = (
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
 )
-_JSON_MAPS = ("cache", "phases_s")  # mappings kept as JSON text
+_JSON_MAPS = ("cache", "phases_s", "reproduction")  # mappings kept as JSON text
 # last_seq belongs to the store: it follows the events actually appended.
 UPDATABLE = frozenset(JOB_COLUMNS) - {"id", "last_seq"}
 
@@ -147,6 +149,12 @@ def jobs_with_status(conn: sqlite3.Connection, values: Sequence[str]) -> list[Jo
     marks = ", ".join("?" * len(values))
     sql = f"{JOB_SELECT} WHERE status IN ({marks}) ORDER BY created_at, rowid"
     return [job_from_row(row) for row in conn.execute(sql, values).fetchall()]
+
+
+def reproducing(conn: sqlite3.Connection) -> list[JobRecord]:
+    """Every job whose reproduction says it is still running."""
+    sql = f"{JOB_SELECT} WHERE json_extract(reproduction, '$.state') = 'running'"
+    return [job_from_row(row) for row in conn.execute(sql).fetchall()]
 
 
 def past_durations(

@@ -167,6 +167,10 @@ class Store:
         found = await self._run(lambda conn: records.jobs_with_status(conn, values))
         return [self._live(job) for job in found]
 
+    async def reproducing(self) -> list[JobRecord]:
+        """Every job whose reproduction says it is still running (``build.reproduce``)."""
+        return [self._live(job) for job in await self._run(records.reproducing)]
+
     async def output_lines(self, job_id: str) -> dict[str, int]:
         """How many lines of each stream of its build's output the job's narration holds
         (committed: what a restarted service must not store again)."""

@@ -223,5 +223,5 @@ async def test_an_unknown_operation_is_a_422_naming_the_known_ones(
     async with TestClient(TestServer(create_app(settings, backend=FakeBackend()))) as client:
         answer = await refusal(client, body, 422)
         assert answer["error"] == "unknown_operation"
-        assert answer["operations"] == ["worker_install", "model_download"]
+        assert answer["operations"] == ["worker_install", "model_download", "reproduce"]
         assert (await (await client.get("/v1/jobs")).json())["total"] == 0

@@ -177,6 +177,7 @@ BUILDS, JOBS, JOB, CANCEL = (
 STREAM, ARTIFACTS = "/v1/jobs/{job_id}/stream", "/v1/jobs/{job_id}/artifacts"
 ARTIFACT = "/v1/jobs/{job_id}/artifacts/{name}"
 PROVENANCE = "/v1/jobs/{job_id}/provenance"
+REPRODUCE = "/v1/jobs/{job_id}/reproduce"
 CACHES, CACHE = "/v1/caches", "/v1/caches/{key}"
 CATALOG, ENTRY = "/v1/catalog/workers", "/v1/catalog/workers/{worker_id}"
 PKGBUILD = "/v1/catalog/workers/{worker_id}/pkgbuild"
@@ -336,6 +337,41 @@ async def repositories(api: Checker, backend: FakeBackend) -> None:
     assert [(p["name"], p["filename"]) for p in listed["packages"]] == [("hello-c", name)]
 
 
+async def reproductions(api: Checker, backend: FakeBackend, settings: Settings) -> None:
+    """A build reproduced (the fake makes the same package twice), and every refusal."""
+    info = b"pkgname = hello-c\npkgver = 1.0.0-1\nbuilddate = 1700000000\n"
+    name = "hello-c-1.0.0-1-x86_64.pkg.tar.gz"
+    backend.script = Script(packages={name: package_with("usr/bin/hello", pkginfo=info)})
+    built = await api.call("POST", BUILDS, data=HELLO, headers=GZ, expect=201)
+    await api.wait(built["job_id"], {"succeeded"})
+    # Its upload is kept as submitted, beside its packages (not one of its artifacts).
+    assert (settings.artifacts_dir / built["job_id"] / "inputs.tar").read_bytes() == HELLO
+    asked = await api.call("POST", REPRODUCE, job_id=built["job_id"], expect=202)
+    rebuild = await api.wait(asked["job_id"], {"succeeded"})
+    assert rebuild["operation"] == "reproduce"
+    report = rebuild["reproduction"]
+    assert (report["original"], report["rebuild"]) == (built["job_id"], asked["job_id"])
+    assert report["state"] == "identical"
+    [package] = report["packages"]
+    assert package["name"] == name and package["identical"] is True
+    assert package["original_sha256"] == package["rebuilt_sha256"]
+    original = await api.call("GET", JOB, job_id=built["job_id"], expect=200)
+    assert original["reproduction"] == report
+    # The fake's step had SOURCE_DATE_EPOCH from the package, and no cache.
+    step = list(backend.steps.values())[-1]
+    assert step.env["SOURCE_DATE_EPOCH"] == "1700000000" and not step.volumes
+    await api.call("POST", REPRODUCE, job_id="nope", expect=404)
+    await api.call("POST", REPRODUCE, job_id=asked["job_id"], expect=422)  # not a build
+    backend.script = Script(exit_code=1)
+    failed = await api.call("POST", BUILDS, data=HELLO, headers=GZ, expect=201)
+    await api.wait(failed["job_id"], {"failed"})
+    refused = await api.call("POST", REPRODUCE, job_id=failed["job_id"], expect=409)
+    assert refused["status"] == "failed"
+    (settings.artifacts_dir / built["job_id"] / "inputs.tar").unlink()
+    gone = await api.call("POST", REPRODUCE, job_id=built["job_id"], expect=409)
+    assert gone["error"] == "no_inputs"
+
+
 async def models(api: Checker, settings: Settings) -> None:
     """A model on disk as a download leaves it."""
     settings.models_dir.mkdir(parents=True, exist_ok=True)
@@ -364,6 +400,7 @@ async def test_every_route_answers_as_documented(settings: Settings) -> None:
         await catalog_and_workers(api, backend)
         await models(api, settings)
         await repositories(api, backend)
+        await reproductions(api, backend, settings)
         assert "error" not in await api.call("GET", "/health", expect=200)
         await api.call("GET", "/metrics", expect=200)
         await api.call("GET", "/openapi.json", expect=200)

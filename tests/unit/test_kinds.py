@@ -197,7 +197,7 @@ async def test_post_jobs_answers_an_unknown_kind_with_the_known_ones(settings: S
             assert answer.status == 422
             body = await answer.json()
             assert body["error"] == "unknown_operation"
-            assert body["operations"] == ["worker_install", "model_download"]
+            assert body["operations"] == ["worker_install", "model_download", "reproduce"]
         bad = await client.post("/v1/jobs", json={"operation": "model_download", "timeout_s": 0})
         assert bad.status == 400
         assert "timeout_s must be" in (await bad.json())["message"]
@@ -207,7 +207,7 @@ def test_the_operation_union_is_the_json_kinds_requests() -> None:
     from orchestrator import kinds
     from orchestrator.api import wire
 
-    assert kinds.names() == ["worker_install", "model_download"]
+    assert kinds.names() == ["worker_install", "model_download", "reproduce"]
     assert kinds.names(upload=True) == ["build"]
     schema = wire.Operation.model_json_schema()
     assert sorted(schema["discriminator"]["mapping"]) == sorted(kinds.names())

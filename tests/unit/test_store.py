@@ -329,7 +329,7 @@ async def test_writer_failure_is_raised_not_lost(db: Path) -> None:
 
 async def test_wal_and_schema_version(db: Path, store: Store) -> None:
     assert on_disk(db, "PRAGMA journal_mode") == [("wal",)]
-    assert on_disk(db, "PRAGMA user_version") == [(5,)]
+    assert on_disk(db, "PRAGMA user_version") == [(6,)]
     await store.close()
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA user_version = 99")
