@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -326,3 +327,29 @@ async def test_reproduce_posts_for_the_job_and_links_the_queued_rebuild(
     )
     await expect(page.locator("#reproduce")).to_have_count(0)
     assert asked == [("POST", f"Bearer {TOKEN}")]
+
+
+async def test_reproduce_from_the_page_rebuilds_and_links_both_ways(
+    built: Built, page: Page
+) -> None:
+    """Last in the module: the real route, a real rebuild; the shared job has a reproduction
+    from here on."""
+    job_id = built.job["id"]
+    await page.goto(f"{built.service.url}/jobs/{job_id}")
+    await page.locator("#reproduce").click()
+    box = page.locator("#reproduction")
+    await expect(box).to_have_attribute(
+        "data-state", re.compile("identical|differs"), timeout=BUILD_S * 1000
+    )
+    job = await built.service.job(job_id)
+    reproduction = job["reproduction"]
+    await expect(box).to_have_attribute("data-state", reproduction["state"])
+    for package in reproduction["packages"]:
+        row = box.locator(f"tr[data-package='{package['name']}']")
+        await expect(row).to_contain_text(package["original_sha256"])
+    await screenshot(page, "job-reproduced")
+    rebuild = reproduction["rebuild"]
+    await box.get_by_role("link", name=rebuild[:12]).click()
+    await page.wait_for_url(f"**/jobs/{rebuild}")
+    back = page.locator("#reproduction").get_by_role("link", name=job_id[:12])
+    await expect(back).to_have_attribute("href", f"/jobs/{job_id}")
