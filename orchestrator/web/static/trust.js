@@ -21,8 +21,29 @@ async function sha256Hex(blob) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+async function checkOne(job, subject, known, onDisk) {
+  const want = (subject.digest || {}).sha256;
+  if (!job.artifacts.some((a) => a.name === subject.name)) {
+    return ["mismatch", "not among this job's packages"];
+  }
+  if (known.has(subject.name)) {
+    return known.get(subject.name) === want ? ["match", "matches the repository's signed database"]
+      : ["mismatch", "differs from the repository's copy of that file"];
+  }
+  const artifact = onDisk.get(subject.name);
+  if (!artifact) return ["unchecked", "not checked: the package is no longer on disk"];
+  if (artifact.size_bytes > HASH_AT_MOST_BYTES || !(globalThis.crypto && crypto.subtle)) {
+    return ["unchecked", "not checked here (too large, or no hashing in this page)"];
+  }
+  const response = await authFetch(artifact.url);
+  if (!response.ok) return ["unchecked", "not checked: the package could not be fetched"];
+  return await sha256Hex(await response.blob()) === want
+    ? ["match", "matches the package to download"]
+    : ["mismatch", "differs from the package to download"];
+}
+
 // Each subject's digest against the bytes the service offers: the repository's signed
-// database when the job published (no download), else the package itself when it is small
+// database when it lists the file (no download), else the package itself when it is small
 // and the page may hash (crypto.subtle needs a secure context: https or loopback).
 async function checkSubjects(job, subjects) {
   const known = new Map();
@@ -31,27 +52,8 @@ async function checkSubjects(job, subjects) {
     for (const p of listed.packages) known.set(p.filename, p.sha256);
   }
   const { artifacts } = await api(`/v1/jobs/${encodeURIComponent(job.id)}/artifacts`);
-  const sizes = new Map(artifacts.map((a) => [a.name, a]));
-  const results = [];
-  for (const subject of subjects) {
-    const want = (subject.digest || {}).sha256;
-    const artifact = sizes.get(subject.name);
-    if (!artifact) {
-      results.push(["mismatch", "not among this job's packages"]);
-    } else if (known.has(subject.name)) {
-      const same = known.get(subject.name) === want;
-      results.push(same ? ["match", "matches the repository's signed database"]
-        : ["mismatch", "differs from the repository's copy (replaced by a later build?)"]);
-    } else if (artifact.size_bytes <= HASH_AT_MOST_BYTES && globalThis.crypto && crypto.subtle) {
-      const response = await authFetch(artifact.url);
-      const got = response.ok ? await sha256Hex(await response.blob()) : null;
-      results.push(got === want ? ["match", "matches the package to download"]
-        : ["mismatch", got ? "differs from the package to download" : "package not on disk"]);
-    } else {
-      results.push(["unchecked", "not checked here (too large, or no hashing in this page)"]);
-    }
-  }
-  return results;
+  const onDisk = new Map(artifacts.map((a) => [a.name, a]));
+  return Promise.all(subjects.map((subject) => checkOne(job, subject, known, onDisk)));
 }
 
 function signatureView(job) {
