@@ -7,9 +7,31 @@ from aiohttp import web
 from ..errors import InvalidInput
 from ..jobs import Submission
 from ..jobs.status import JobStatus
-from .keys import REGISTRY, STORE
+from ..provenance import FILE_NAME
+from ..repo import repo_name
+from ..storage.store import JobRecord
+from .keys import ENGINE, REGISTRY, REPOS, STORE
 from .routes import MAX_PAGE, url
-from .wire import Job, JobList, JobSubmitted, job_links, respond
+from .wire import Job, JobList, JobSubmitted, Publication, job_links, respond
+
+
+def view(request: web.Request, record: JobRecord) -> Job:
+    """The job as the API shows it, with what vouches for its packages: its provenance, if it
+    is on disk, and the repository it published to."""
+    if record.status is not JobStatus.SUCCEEDED or not record.artifacts:
+        return Job.of(record)
+    proven = (request.app[ENGINE].runner.artifact_dir(record.id) / FILE_NAME).is_file()
+    published = None
+    # A publish that fails fails the job: a succeeded job that asked for one was published.
+    if record.request.get("publish") is True:
+        variant = record.variant or "cpu"
+        published = Publication(
+            repository=repo_name(variant),
+            variant=variant,
+            fingerprint=request.app[REPOS].signer.fingerprint,
+            repo_url=url("list_repo", variant=variant),
+        )
+    return Job.of(record, proven=proven, published=published)
 
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -38,13 +60,13 @@ async def list_jobs(request: web.Request) -> web.Response:
     offset = _int_param(request, "offset", 0, 10**9)
     records, total = await request.app[STORE].list_jobs(status=status, limit=limit, offset=offset)
     return respond(
-        JobList(jobs=[Job.of(r) for r in records], total=total, limit=limit, offset=offset)
+        JobList(jobs=[view(request, r) for r in records], total=total, limit=limit, offset=offset)
     )
 
 
 async def get_job(request: web.Request) -> web.Response:
     record = await request.app[REGISTRY].get(request.match_info["job_id"])
-    return respond(Job.of(record))
+    return respond(view(request, record))
 
 
 async def create_job(request: web.Request) -> web.Response:
@@ -88,4 +110,4 @@ async def reproduce_job(request: web.Request) -> web.Response:
 
 async def cancel_job(request: web.Request) -> web.Response:
     record = await request.app[REGISTRY].cancel(request.match_info["job_id"])
-    return respond(Job.of(record))
+    return respond(view(request, record))

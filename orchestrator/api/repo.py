@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..repo import PUBLISHED
 from .keys import REPOS
-from .wire import Removed, RepoPackage, RepoPackages, respond
+from .routes import url
+from .wire import Removed, RepoList, RepoPackage, RepoPackages, RepoSummary, respond
 
 
 async def get_repo_file(request: web.Request) -> web.StreamResponse:
@@ -23,17 +25,44 @@ async def get_repo_key(request: web.Request) -> web.Response:
     return web.Response(text=armored, content_type="application/pgp-keys")
 
 
+async def list_repos(request: web.Request) -> web.Response:
+    repos = request.app[REPOS]
+    # Absolute, as this request reached the service (without a token its Host is one the
+    # service allows; with one, the caller holds the token): what pacman.conf and curl take.
+    origin = str(request.url.origin())
+    summaries = []
+    for variant in PUBLISHED:
+        name = variant.value
+        summaries.append(
+            RepoSummary(
+                variant=name,
+                repository=repos.get(name).name,
+                arch=repos.arch,
+                server=f"{origin}/repo/{name}/{repos.arch}",
+                packages_url=url("list_repo", variant=name),
+            )
+        )
+    return respond(
+        RepoList(
+            fingerprint=repos.signer.fingerprint,
+            key_url=origin + url("get_repo_key"),
+            repositories=summaries,
+        )
+    )
+
+
 async def list_repo(request: web.Request) -> web.Response:
     repos = request.app[REPOS]
     variant = request.match_info["variant"]
     repo = repos.get(variant)
+    sums = repo.sha256sums()
     return respond(
         RepoPackages(
             repository=repo.name,
             arch=repos.arch,
             server=f"/repo/{variant}/{repos.arch}",
             packages=[
-                RepoPackage(name=name, filename=filename)
+                RepoPackage(name=name, filename=filename, sha256=sums.get(filename, ""))
                 for name, filename in sorted(repo.packages().items())
             ],
         )

@@ -34,6 +34,7 @@ from .wire import (
     JobSubmitted,
     ModelList,
     Removed,
+    RepoList,
     RepoPackages,
     StreamEnd,
     WorkerList,
@@ -392,6 +393,16 @@ ROUTES: tuple[Route, ...] = (
             409: "A running build is using it",
             502: "The engine could not remove its volume",
         },
+    ),
+    Route(
+        "list_repos",
+        "repo",
+        "GET",
+        "/v1/repo",
+        "repo.list_repos",
+        "The repositories: each one's pacman.conf section and Server, and the key that signs "
+        "them (its fingerprint and where to fetch it)",
+        answers={200: json_body(RepoList, "The repositories")},
     ),
     Route(
         "list_repo",

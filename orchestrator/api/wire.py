@@ -93,6 +93,21 @@ class ArtifactLink(_Wire):
     url: str
 
 
+class Publication(_Wire):
+    """Where a succeeded job asked to publish put its packages, and the key that signs them."""
+
+    repository: str = Field(description="the repository's name, its section in pacman.conf")
+    variant: str
+    fingerprint: str = Field(
+        description="the signing key's fingerprint (the key at /repo/key): the packages' and "
+        "the database's signatures are its"
+    )
+    repo_url: str = Field(
+        description="what the repository lists now (a later build or a removal may have "
+        "replaced or taken out these packages)"
+    )
+
+
 class ReproducedPackage(_Wire):
     """One package of a reproduction, compared by file name and sha256."""
 
@@ -163,6 +178,16 @@ class Job(_Wire):
         default=None,
         description="while it runs: its elapsed time over its estimate, at most 0.99",
     )
+    provenance_url: str | None = Field(
+        default=None,
+        description="a succeeded build's signed provenance (a DSSE envelope); null when it "
+        "has none",
+    )
+    published: Publication | None = Field(
+        default=None,
+        description="a succeeded job asked to publish: the repository its packages went to "
+        "and the key that signed them; null otherwise",
+    )
     reproduction: Reproduction | None = Field(
         default=None,
         description="a build's latest reproduction, or a reproduce job's own; null when none",
@@ -172,11 +197,18 @@ class Job(_Wire):
     sse_url: str
 
     @classmethod
-    def of(cls, record: JobRecord) -> Job:
+    def of(
+        cls, record: JobRecord, *, proven: bool = False, published: Publication | None = None
+    ) -> Job:
+        """The record as the API shows it; ``proven``: its provenance is on disk."""
+        from .routes import url
+
         fields = record.to_dict()
         fields["progress"] = progress(record, time.time())
         artifacts = [{"name": n, "url": artifact_url(record.id, n)} for n in record.artifacts]
         fields.update(job_id=record.id, artifacts=artifacts, **job_links(record.id))
+        fields["provenance_url"] = url("get_provenance", job_id=record.id) if proven else None
+        fields["published"] = published
         return cls.model_validate(fields)
 
 
@@ -365,6 +397,7 @@ class Removed(_Wire):
 class RepoPackage(_Wire):
     name: str = Field(description="its pkgname")
     filename: str = Field(description="its file in the repository (its signature: + .sig)")
+    sha256: str = Field(description="its file's SHA-256, as the signed database lists it")
 
 
 class RepoPackages(_Wire):
@@ -376,6 +409,27 @@ class RepoPackages(_Wire):
         description="its path on this service: pacman.conf's Server, after the host"
     )
     packages: list[RepoPackage]
+
+
+class RepoSummary(_Wire):
+    """One variant's repository, as pacman.conf names it."""
+
+    variant: str
+    repository: str = Field(description="its name, the section in pacman.conf")
+    arch: str
+    server: str = Field(
+        description="pacman.conf's Server: an absolute URL, as this request reached the "
+        "service (with a token, pacman sends it as the URL's password)"
+    )
+    packages_url: str = Field(description="what its database lists")
+
+
+class RepoList(_Wire):
+    """The signed pacman repositories and the one key that signs them all."""
+
+    fingerprint: str = Field(description="the signing key's fingerprint (pacman-key --lsign-key)")
+    key_url: str = Field(description="the key's public part, absolute (pacman-key --add)")
+    repositories: list[RepoSummary]
 
 
 class EnvelopeSignature(_Wire):

@@ -75,6 +75,10 @@ class Repository:
         """pkgname -> file name of every package the served database lists."""
         return {fields["NAME"]: fields["FILENAME"] for fields in self._entries()}
 
+    def sha256sums(self) -> dict[str, str]:
+        """file name -> the SHA-256 the served database lists for it (what pacman checks)."""
+        return {fields["FILENAME"]: fields.get("SHA256SUM", "") for fields in self._entries()}
+
     def _entries(self) -> list[dict[str, str]]:
         """The fields of every package the served database lists."""
         current = self.root / _CURRENT / self._db

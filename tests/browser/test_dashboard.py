@@ -53,6 +53,11 @@ async def test_submit_a_folder_follow_it_and_download_its_package(
         await expect(page.locator("dl.meta")).to_contain_text("hello-c")
         artifact = page.get_by_role("button", name="hello-c-1.0.0-1-x86_64.pkg.tar", exact=False)
         await expect(artifact).to_be_visible()
+        # Not published: the page checks its provenance against the package it downloads.
+        await expect(page.locator("#trust-signature")).to_contain_text("Not published")
+        check = page.locator("#trust-provenance [data-check]")
+        await expect(check).to_have_attribute("data-check", "match")
+        await expect(check).to_contain_text("matches the package to download")
         await screenshot(page, "job")
 
         async with page.expect_download() as waiting:

@@ -120,7 +120,9 @@ async def test_publish_install_tamper_concurrent_remove(
         assert done["status"] == "succeeded", done
         package = done["artifacts"][0]["name"]
         listed = await (await client.get("/v1/repo/cpu", headers=auth)).json()
-        assert listed["packages"] == [{"name": "hello-c", "filename": package}]
+        built = f"/v1/jobs/{job['job_id']}/artifacts/{package}"
+        sha256 = hashlib.sha256(await (await client.get(built, headers=auth)).read()).hexdigest()
+        assert listed["packages"] == [{"name": "hello-c", "filename": package, "sha256": sha256}]
 
         assert (await client.get("/repo/key")).status == 401
         assert (await client.get("/repo/cpu/x86_64/orchestrator-cpu.db")).status == 401

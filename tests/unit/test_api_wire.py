@@ -8,6 +8,7 @@ its end marker against ``Event`` and ``StreamEnd``. The walk must reach every ro
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -182,7 +183,8 @@ CATALOG, ENTRY = "/v1/catalog/workers", "/v1/catalog/workers/{worker_id}"
 PKGBUILD = "/v1/catalog/workers/{worker_id}/pkgbuild"
 WORKERS, WORKER = "/v1/workers", "/v1/workers/{worker_id}"
 MODELS, MODEL = "/v1/models", "/v1/models/{name}"
-REPO, REPO_PACKAGE = "/v1/repo/{variant}", "/v1/repo/{variant}/packages/{pkgname}"
+REPOS, REPO = "/v1/repo", "/v1/repo/{variant}"
+REPO_PACKAGE = "/v1/repo/{variant}/packages/{pkgname}"
 REPO_FILE = "/repo/{variant}/{arch}/{name}"
 INSTALL = {"operation": "worker_install", "worker_id": "hello-c"}
 
@@ -224,6 +226,9 @@ async def builds_and_jobs(api: Checker) -> str:
     await api.call("GET", ARTIFACT, job_id=job_id, name="nope", expect=404)
     proven = await api.call("GET", PROVENANCE, job_id=job_id, expect=200)
     assert proven["payloadType"] == "application/vnd.in-toto+json"
+    # The job names its provenance; it was not asked to publish, so it says it was not.
+    assert job["provenance_url"] == f"/v1/jobs/{job_id}/provenance"
+    assert job["published"] is None
     await api.call("GET", PROVENANCE, job_id="nope", expect=404)
     return str(job_id)
 
@@ -296,8 +301,25 @@ async def repositories(api: Checker, backend: FakeBackend) -> None:
     said = [m.json().get("message") for m in await api.stream(built["job_id"]) if not m.is_done]
     assert f"📚 Published {name} to orchestrator-cpu" in said
     listed = await api.call("GET", REPO, variant="cpu", expect=200)
-    assert listed["packages"] == [{"name": "hello-c", "filename": name}]
+    sha256 = hashlib.sha256(backend.script.packages[name]).hexdigest()
+    assert listed["packages"] == [{"name": "hello-c", "filename": name, "sha256": sha256}]
     await api.call("GET", REPO, variant="metal", expect=404)
+    # The job says where it went and which key signed it; the listing, where pacman finds it.
+    repos = await api.call("GET", REPOS, expect=200)
+    job = await api.call("GET", JOB, job_id=built["job_id"], expect=200)
+    assert job["published"] == {
+        "repository": "orchestrator-cpu",
+        "variant": "cpu",
+        "fingerprint": repos["fingerprint"],
+        "repo_url": "/v1/repo/cpu",
+    }
+    origin = str(api.client.make_url(""))
+    assert repos["key_url"] == f"{origin}/repo/key"
+    assert [(r["repository"], r["server"]) for r in repos["repositories"]] == [
+        ("orchestrator-cpu", f"{origin}/repo/cpu/x86_64"),
+        ("orchestrator-cuda", f"{origin}/repo/cuda/x86_64"),
+    ]
+    assert len(repos["fingerprint"]) == 40
     assert "PUBLIC KEY" in await api.call("GET", "/repo/key", expect=200)
     for served in ("orchestrator-cpu.db", "orchestrator-cpu.files.sig", name, f"{name}.sig"):
         await api.call("GET", REPO_FILE, variant="cpu", arch="x86_64", name=served, expect=200)
@@ -312,7 +334,7 @@ async def repositories(api: Checker, backend: FakeBackend) -> None:
     installing = await api.call("POST", JOBS, json={**INSTALL, "publish": True}, expect=201)
     await api.wait(installing["job_id"], {"succeeded"})
     listed = await api.call("GET", REPO, variant="cpu", expect=200)
-    assert listed["packages"] == [{"name": "hello-c", "filename": name}]
+    assert [(p["name"], p["filename"]) for p in listed["packages"]] == [("hello-c", name)]
 
 
 async def reproductions(api: Checker, backend: FakeBackend, settings: Settings) -> None:

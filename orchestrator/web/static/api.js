@@ -1,5 +1,7 @@
 // Calls to /v1 with the token the user gave (kept in this tab's sessionStorage, sent as a
 // header, never in a URL). A 401 asks for the token again and retries the call.
+import { h, toast } from "./util.js";
+
 const KEY = "orchestrator.token";
 
 export class ApiError extends Error {
@@ -112,4 +114,22 @@ export async function download(url, name) {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(href), 10000);
+}
+
+// A link to a file behind the token: with a token a plain link would be refused (401), so a
+// click fetches it with the header and saves it as `name`; without one it stays a plain link.
+export function savedLink(href, name, attrs, ...children) {
+  return h("a", {
+    ...attrs,
+    href,
+    onclick: async (event) => {
+      if (!token()) return;
+      event.preventDefault();
+      try {
+        await download(href, name);
+      } catch (error) {
+        toast(`Download failed: ${error.message}`);
+      }
+    },
+  }, ...children);
 }

@@ -1,7 +1,9 @@
 // Workers and models: the catalog with Install, the installed workers with Uninstall, the
-// models with Delete, and a download form whose progress follows the job's stream.
+// models with Delete, a download form whose progress follows the job's stream, and where
+// pacman finds the signed repositories (repos.js).
 import { api } from "./api.js";
 import { cancelJob } from "./jobs.js";
+import { drawRepositories } from "./repos.js";
 import { follow } from "./sse.js";
 import { bytes, errorBox, h, statusBadge, toast, when } from "./util.js";
 
@@ -18,8 +20,9 @@ export function catalogPage(main, signal) {
   const catalogBox = h("section", { "aria-labelledby": "catalog-title" });
   const workersBox = h("section", { "aria-labelledby": "workers-title" });
   const modelsBox = h("section", { "aria-labelledby": "models-title" });
+  const reposBox = h("section", { "aria-labelledby": "repos-title", id: "repositories" });
   const downloads = h("ul", { class: "downloads", "aria-live": "polite" });
-  main.append(h("h1", {}, "Workers & models"), catalogBox, workersBox, modelsBox);
+  main.append(h("h1", {}, "Workers & models"), catalogBox, workersBox, modelsBox, reposBox);
 
   async function guarded(box, title, draw) {
     try {
@@ -161,6 +164,7 @@ export function catalogPage(main, signal) {
   const form = downloadForm();
   drawCatalog();
   drawWorkers();
+  drawRepositories(reposBox);
   drawModels().then(async () => {
     // Downloads already under way when the page opened get their progress too.
     for (const status of ["running", "queued"]) {

@@ -1,10 +1,12 @@
-// One job at /jobs/{id}: its record, a live log (replay, then live), its end, its packages.
+// One job at /jobs/{id}: its record, a live log (replay, then live), its end, its packages
+// and what vouches for them (trust.js).
 import { api, download } from "./api.js";
 import { LifeCharts } from "./charts.js";
 import { cancelJob } from "./jobs.js";
 import { LogView } from "./log.js";
 import { ProgressView } from "./progress.js";
 import { follow } from "./sse.js";
+import { TrustView } from "./trust.js";
 import {
   duration, errorBox, h, isActive, packageName, seconds, statusBadge, toast, when,
 } from "./util.js";
@@ -38,6 +40,7 @@ export function jobPage(main, signal, id) {
   const problem = h("div");
   const progress = new ProgressView({ id: "job-progress", label: "Progress of this job" });
   const charts = new LifeCharts();
+  const trust = new TrustView(() => load());
 
   main.append(
     h("div", { class: "heading" }, title, status, cancel),
@@ -47,6 +50,7 @@ export function jobPage(main, signal, id) {
     h("section", { "aria-labelledby": "details-title" },
       h("h2", { id: "details-title", class: "visually-hidden" }, "Details"), meta, srcinfoBox),
     artifactsBox,
+    trust.section,
     charts.section,
     h("section", { "aria-labelledby": "log-title" },
       h("div", { class: "log-head" },
@@ -106,6 +110,7 @@ export function jobPage(main, signal, id) {
           },
         }, "⤓ ", a.name))));
     artifactsBox.hidden = job.artifacts.length === 0;
+    trust.update(job);
   }
 
   async function load() {
@@ -118,9 +123,9 @@ export function jobPage(main, signal, id) {
     }
   }
 
-  // Durations tick while it runs; the record is read again when the stream says it ended.
-  // The progress bar moves on by itself in between.
-  const ticker = setInterval(() => { if (!cancel.hidden) load(); }, 5000);
+  // Durations tick while it runs; the record is read again when the stream says it ended, and
+  // while a rebuild of it runs. The progress bar moves on by itself in between.
+  const ticker = setInterval(() => { if (!cancel.hidden || trust.waiting) load(); }, 5000);
   const stepper = setInterval(() => progress.tick(), 1000);
   signal.addEventListener("abort", () => {
     clearInterval(ticker);
