@@ -250,6 +250,15 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+def compiling(settings: Settings) -> Settings:
+    """``settings`` for a compile-bound test (cargo, autotools, CMake, nvcc), whose builds get
+    the CPUs the service gives a build by default: such a test measures nothing about CPU, and
+    its compile is most of the suite's time. Every other test's builds keep to one CPU, so that
+    the test's own process always has a core of a 2-core machine."""
+    default = Settings.model_fields["build_cpus"].default
+    return settings.model_copy(update={"build_cpus": max(settings.build_cpus, default)})
+
+
 @pytest.fixture
 def backend_name() -> str:
     """The engine a test's ``settings`` name; the acceptance tests parametrize it (``swarm``)."""
