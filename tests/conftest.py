@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import shutil
 import time
 import uuid
@@ -159,6 +160,79 @@ def remove_instance_volumes(client: docker.DockerClient, instance: str) -> None:
             volume.remove(force=True)
 
 
+# -- the cuda image, which scripts/test may still be making ---------------------------------
+
+
+class CudaBuild:
+    """The background build of the cuda image that scripts/test started: it ends by writing its
+    exit status to ``status`` (whole, renamed into place). Waited for once, before the first
+    test that needs the image; its outcome then holds for every such test."""
+
+    def __init__(self, status: Path, log: Path | None, wait_s: float) -> None:
+        self.status, self.log, self.wait_s = status, log, wait_s
+        self.problem: str | None = None
+        self._waited = False
+
+    def wait(self, say: Callable[[str], None]) -> None:
+        if self._waited:
+            return
+        self._waited = True
+        if not self.status.exists():
+            say(f"waiting for the cuda image's build to end ({self.status})")
+        try:
+            waiting.until_sync(
+                self.status.exists,
+                timeout_s=self.wait_s,
+                interval_s=1,
+                what=f"the cuda image's build writing {self.status}",
+            )
+        except AssertionError as exc:
+            self.problem = str(exc)
+            return
+        code = self.status.read_text().strip()
+        if code != "0":
+            self.problem = f"making the cuda image failed (images/bootstrap --cuda: exit {code})"
+            if self.log is not None and self.log.exists():
+                end = "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+                self.problem += f"; the end of {self.log}:\n{end}"
+
+
+def _cuda_build() -> CudaBuild | None:
+    status = os.environ.get("ORCHESTRATOR_TEST_CUDA_BUILD")
+    if not status:  # pytest run by hand: the image is there or its tests say how to make it
+        return None
+    log = os.environ.get("ORCHESTRATOR_TEST_CUDA_LOG")
+    wait_s = float(os.environ.get("ORCHESTRATOR_TEST_CUDA_WAIT_S", "3600"))
+    return CudaBuild(Path(status), Path(log) if log else None, wait_s)
+
+
+CUDA_BUILD = _cuda_build()
+
+
+def needs_cuda(item: pytest.Item) -> bool:
+    return item.get_closest_marker("cuda") is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that need the cuda image run last (in their order), so that every other test
+    runs while scripts/test still makes it."""
+    items.sort(key=needs_cuda)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    # Here, not in a fixture: outside pytest-timeout's timer, since the build may take minutes.
+    if CUDA_BUILD is not None and needs_cuda(item):
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        CUDA_BUILD.wait(lambda line: reporter.write_line(line) if reporter else None)
+    yield
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if CUDA_BUILD is not None and CUDA_BUILD.problem is not None and needs_cuda(item):
+        pytest.fail(CUDA_BUILD.problem, pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     try:
@@ -174,6 +248,15 @@ def docker_client() -> Iterator[docker.DockerClient]:
             pytest.fail(f"build image {image} is missing: run images/bootstrap first")
     yield client  # what a test left behind, nothing_left_behind reports and removes
     client.close()
+
+
+def compiling(settings: Settings) -> Settings:
+    """``settings`` for a compile-bound test (cargo, autotools, CMake, nvcc), whose builds get
+    the CPUs the service gives a build by default: such a test measures nothing about CPU, and
+    its compile is most of the suite's time. Every other test's builds keep to one CPU, so that
+    the test's own process always has a core of a 2-core machine."""
+    default = Settings.model_fields["build_cpus"].default
+    return settings.model_copy(update={"build_cpus": max(settings.build_cpus, default)})
 
 
 @pytest.fixture

@@ -20,13 +20,18 @@ from orchestrator.build.caches import volume_name
 from orchestrator.build.runner import INSTANCE_LABEL, BuildResult
 
 from .. import waiting
-from ..conftest import SESSION_PREFIX, Recorder
+from ..conftest import SESSION_PREFIX, Recorder, compiling
 from ..leftovers import SESSION_LABEL
 from .conftest import job_id, serve
 from .service import submit, wait_status
 from .test_real_builds import run_in_image
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return compiling(settings)  # compile-bound: the service's default CPUs, not the suite's one
 
 
 async def build(

@@ -22,10 +22,16 @@ from orchestrator import Settings
 from orchestrator.catalog.workers import SHIPPED
 
 from .. import waiting
+from ..conftest import compiling
 from .conftest import job_containers, serve
 from .service import has_line, read_sse
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return compiling(settings)  # compile-bound: the service's default CPUs, not the suite's one
 
 
 async def start(client: TestClient, expect: int = 201, **body: Any) -> dict[str, Any]:

@@ -20,11 +20,16 @@ import pytest
 from orchestrator import Action, BuildRequest, CancelToken, Engine, JobStatus, Settings
 
 from .. import waiting
-from ..conftest import SESSION_PREFIX, Recorder
+from ..conftest import SESSION_PREFIX, Recorder, compiling
 from ..leftovers import SESSION_LABEL
 from .conftest import job_containers, job_id
 
 pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return compiling(settings)  # compile-bound: the service's default CPUs, not the suite's one
 
 
 def members(package: Path) -> list[str]:
