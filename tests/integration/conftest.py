@@ -112,10 +112,17 @@ def job_id() -> str:
     return uuid.uuid4().hex
 
 
+# A build's SSE stream lasts as long as the build, and a cold cargo build on a busy machine
+# passed aiohttp's default 300 s total, which cut the stream mid-build. pytest-timeout bounds
+# each test instead.
+STREAMING = aiohttp.ClientTimeout(total=None, sock_connect=30)
+
+
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[TestClient]:
     """The app over real HTTP on 127.0.0.1 (aiohttp's test server), cleaned up on exit."""
-    async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    async with TestClient(server, timeout=STREAMING) as client:
         yield client
 
 
@@ -149,7 +156,7 @@ def services(settings: Settings, tmp_path: Path) -> Iterator[Services]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=STREAMING) as session:
         yield session
 
 
