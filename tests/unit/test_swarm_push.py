@@ -4,8 +4,10 @@ loopback, and the task's own wrapper (bash, curl, dd: as in the build image) pus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -177,6 +179,9 @@ async def test_the_wrapper_pushes_a_burst_whole_through_a_cut(
         cwd=tmp_path,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
+        # A group of its own, killed at the end as a task's end would: the stop watch it forks
+        # asks a listener that is gone once a second, forever, outside a container.
+        start_new_session=True,
     )
     logs = Logs({"stdout": [], "stderr": []})
     output = PushedOutput(narration, asyncio.ensure_future(proc.wait()), logs.complete, "orch-a")
@@ -195,6 +200,8 @@ async def test_the_wrapper_pushes_a_burst_whole_through_a_cut(
         lines = await asyncio.wait_for(told(output), 60)
     finally:
         await cutter.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert lines["stdout"] == [str(i) for i in range(1, count + 1)]
     assert lines["stderr"] == ["end"]
     assert proc.returncode == 0
