@@ -79,7 +79,16 @@ for entry in "$C/src"/*; do
 done
 printf '%s %s\n' "$reused" "$wanted" >"$R/sources"
 
-export SRCDEST="$C/src" CARGO_HOME="$C/cargo" SCCACHE_DIR="$C/sccache" CCACHE_DIR="$C/ccache"
+export SRCDEST="$C/src" SCCACHE_DIR="$C/sccache" CCACHE_DIR="$C/ccache"
+# cargo's home stays where a build without the cache has it, a link to the cache: rustc writes
+# its sources' paths into the binary (panic locations), so a home under /cache made a cached
+# Rust package differ from the same package built without it (a reproduce said "differs").
+home=${CARGO_HOME:-${HOME:-/nonexistent}/.cargo}
+if [ ! -e "$home" ] && ln -s "$C/cargo" "$home" 2>/dev/null; then
+    export CARGO_HOME="$home"
+else
+    export CARGO_HOME="$C/cargo"
+fi
 export CARGO_INCREMENTAL=0 SCCACHE_IGNORE_SERVER_IO_ERROR=1
 key=${ORCHESTRATOR_BUILD_DIR_KEY:-}
 for entry in "$C/cargo-build"/*; do

@@ -27,10 +27,10 @@ from .service import submit
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
-# How each first build is made: hello with its cache (ccache's objects are the compiler's: the
-# C package is the same without it), hexyl without (with its cache, cargo's home and build
-# folder are under /cache, and rustc writes those paths into the binary: see the README).
-CACHE = {"gnu-hello": "on", "hexyl": "off", "unreproducible": "on"}
+# Each first build with its cache, as users build; each rebuild is made without (ccache's and
+# sccache's objects are the compiler's, and cargo's home keeps its uncached path: rustc writes
+# it into the binary).
+CACHE = {"gnu-hello": "on", "hexyl": "on", "unreproducible": "on"}
 _TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "interrupted"}
 
 
