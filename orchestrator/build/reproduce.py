@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,17 +61,34 @@ def keep_inputs(body: IO[bytes], artifact_dir: Path) -> None:
 def build_date(package: Path) -> int:
     """The ``builddate`` a package's ``.PKGINFO`` says: the ``SOURCE_DATE_EPOCH`` its build had.
 
-    The package came from an untrusted PKGBUILD: only a line of digits is taken from it.
-    ``OrchestratorError`` when it has no such line."""
+    The package came from an untrusted PKGBUILD: only a line of digits is taken from it, out of
+    its first ``_MAX_PKGINFO_BYTES`` (bsdtar is stopped there: a .PKGINFO that unpacks to
+    gigabytes from a small package is never held). ``OrchestratorError`` when it has no such
+    line."""
     try:
-        done = subprocess.run(
-            ["bsdtar", "-xOqf", str(package), ".PKGINFO"],
-            capture_output=True,
-            timeout=REPO_TOOL_TIMEOUT_S,
-        )
+        head = _read_head(["bsdtar", "-xOqf", str(package), ".PKGINFO"], _MAX_PKGINFO_BYTES)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise OrchestratorError(f"bsdtar could not read {package.name}: {exc}") from exc
-    return parse_build_date(done.stdout[:_MAX_PKGINFO_BYTES], package.name)
+    return parse_build_date(head, package.name)
+
+
+def _read_head(command: list[str], max_bytes: int) -> bytes:
+    """At most the first ``max_bytes`` that ``command`` prints; it is killed once they are read
+    (or at ``REPO_TOOL_TIMEOUT_S``)."""
+    with subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as child:
+        assert child.stdout is not None
+        timer = threading.Timer(REPO_TOOL_TIMEOUT_S, child.kill)
+        timer.start()
+        try:
+            head = child.stdout.read(max_bytes)
+        finally:
+            timer.cancel()
+            child.kill()  # no more is read: the rest, however big, is never made
+        if child.wait() != 0 and not head:
+            raise OrchestratorError(f"{command[0]} exited with {child.returncode}")
+    return head
 
 
 def parse_build_date(pkginfo: bytes, name: str) -> int:

@@ -1,0 +1,134 @@
+"""A hostile client (or a hostile PKGBUILD, whose package a reproduction reads) against the
+reproduce endpoint and the build date it reads back."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from orchestrator import Settings
+from orchestrator.api import create_app
+from orchestrator.backend.fake import FakeBackend, Script
+
+from ..conftest import PKGBUILDS
+from ..integration.service import tar_dir
+from .test_reproduce import GZ, _job, _post, _until
+
+# Far more .PKGINFO than the reader may keep (it keeps 1 MiB).
+HUGE_PKGINFO_BYTES = 256 * 1024 * 1024
+
+
+def _pkginfo_bomb(path: Path) -> Path:
+    """A package (gzip tar, a few hundred KiB) whose .PKGINFO unpacks to HUGE_PKGINFO_BYTES:
+    its builddate first, then zeros."""
+    head = b"pkgname = p\nbuilddate = 1700000000\n"
+    info = tarfile.TarInfo(".PKGINFO")
+    info.size = HUGE_PKGINFO_BYTES
+    header = info.tobuf(format=tarfile.GNU_FORMAT)
+    squeeze = zlib.compressobj(1, zlib.DEFLATED, 31)
+    with path.open("wb") as out:
+        out.write(squeeze.compress(header + head))
+        zeros = bytes(1 << 20)
+        left = HUGE_PKGINFO_BYTES - len(head)
+        while left > 0:
+            out.write(squeeze.compress(zeros[: min(left, len(zeros))]))
+            left -= len(zeros)
+        out.write(squeeze.compress(bytes(1024)))  # the end of the archive
+        out.write(squeeze.flush())
+    return path
+
+
+def test_a_huge_pkginfo_is_not_read_into_memory(tmp_path: Path) -> None:
+    package = _pkginfo_bomb(tmp_path / "p-1-1-x86_64.pkg.tar.gz")
+    probe = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from orchestrator.build.reproduce import build_date\n"
+        "try:\n"
+        "    build_date(Path(sys.argv[1]))\n"
+        "except Exception as exc:\n"
+        "    print('refused', exc, file=sys.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(package)], capture_output=True, text=True, check=True
+    )
+    peak_kib = int(done.stdout.split()[-1])
+    assert peak_kib < 128 * 1024, f"the reader held {peak_kib} KiB: {done.stderr}"
+
+
+async def _built(client: TestClient) -> str:
+    upload = {"data": tar_dir(PKGBUILDS / "hello-c"), "headers": {"Content-Type": GZ}}
+    built = await _post(client, "/v1/builds", **upload)
+    await _until(client, built["job_id"], "succeeded")
+    return str(built["job_id"])
+
+
+def _backend() -> FakeBackend:
+    info = b"pkgname = hello-c\npkgver = 1.0.0-1\nbuilddate = 1700000000\n"
+    made = io.BytesIO()
+    with tarfile.open(fileobj=made, mode="w:gz") as tar:
+        entry = tarfile.TarInfo(".PKGINFO")
+        entry.size = len(info)
+        tar.addfile(entry, io.BytesIO(info))
+    return FakeBackend(Script(packages={"hello-c-1.0.0-1-x86_64.pkg.tar.gz": made.getvalue()}))
+
+
+async def test_hostile_bodies_get_client_errors(settings: Settings) -> None:
+    backend = _backend()
+    async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
+        job_id = await _built(client)
+        bodies: list[Any] = [
+            {"operation": "reproduce", "job": 123},
+            {"operation": "reproduce", "job": ["x"]},
+            {"operation": "reproduce", "job": None},
+            {"operation": "reproduce", "job": "../../etc/passwd"},
+            {"operation": "reproduce", "job": job_id, "timeout_s": "x"},
+            {"operation": "reproduce", "job": job_id, "timeout_s": -1},
+            {"operation": "reproduce", "job": job_id, "timeout_s": 1e309},
+            {"operation": "reproduce", "job": job_id, "timeout_s": True},
+            {"operation": "reproduce", "job": {"$ne": 1}},
+            {"operation": "reproduce", "job": "a" * 100},
+            {"operation": "reproduce", "job": "x\u0000y"},
+        ]
+        for body in bodies:
+            answer = await client.post("/v1/jobs", json=body)
+            assert 400 <= answer.status < 500, (body, answer.status, await answer.text())
+        for raw in (b'{"operation": "reproduce", "job": "' + b"\xff" + b'"}', b"[]", b"1e999"):
+            answer = await client.post(
+                "/v1/jobs", data=raw, headers={"Content-Type": "application/json"}
+            )
+            assert 400 <= answer.status < 500, (raw, answer.status, await answer.text())
+        for path in (
+            "/v1/jobs/%2e%2e/reproduce",
+            "/v1/jobs/x%00/reproduce",
+            "/v1/jobs/" + "a" * 300 + "/reproduce",
+        ):
+            answer = await client.post(path)
+            assert 400 <= answer.status < 500, (path, answer.status, await answer.text())
+
+
+async def test_reproduce_of_a_reproduce_and_twice_at_once_are_refused(settings: Settings) -> None:
+    backend = _backend()
+    async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
+        job_id = await _built(client)
+        backend.script = Script([("stdout", "started", 0), ("stdout", "never printed", 60)])
+        first = await _post(client, f"/v1/jobs/{job_id}/reproduce")
+        again = await client.post(f"/v1/jobs/{job_id}/reproduce")
+        assert again.status == 409, await again.text()
+        of_rebuild = await client.post(f"/v1/jobs/{first['job_id']}/reproduce")
+        assert 400 <= of_rebuild.status < 500, await of_rebuild.text()
+        extra = await client.post(
+            "/v1/jobs", json={"operation": "reproduce", "job": job_id, "publish": True}
+        )
+        assert 400 <= extra.status < 500, await extra.text()
+        assert (await client.post(f"/v1/jobs/{first['job_id']}/cancel")).status == 200
+        await _until(client, first["job_id"], "cancelled")
+        assert (await _job(client, job_id))["status"] == "succeeded"
