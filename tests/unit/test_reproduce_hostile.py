@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 
 from orchestrator import Settings
 from orchestrator.api import create_app
@@ -132,3 +133,21 @@ async def test_reproduce_of_a_reproduce_and_twice_at_once_are_refused(settings: 
         assert (await client.post(f"/v1/jobs/{first['job_id']}/cancel")).status == 200
         await _until(client, first["job_id"], "cancelled")
         assert (await _job(client, job_id))["status"] == "succeeded"
+
+
+async def test_a_hostile_host_header_is_no_server_error(settings: Settings) -> None:
+    guarded = settings.model_copy(update={"api_token": SecretStr("t0ken")})
+    async with TestClient(TestServer(create_app(guarded, backend=_backend()))) as client:
+        for host in ("a b", "x:99999", "evil.example;rm -rf ~", "\u00e9.example", ":1"):
+            answer = await client.get(
+                "/v1/repo", headers={"Host": host, "Authorization": "Bearer t0ken"}
+            )
+            assert answer.status == 400, (host, answer.status, await answer.text())
+    async with TestClient(TestServer(create_app(settings, backend=_backend()))) as client:
+        # Without a token: a loopback name the guard lets through, with a port no URL holds.
+        for host in ("localhost:99999", "127.0.0.1:99999", "[::1]:70000"):
+            answer = await client.get("/v1/repo", headers={"Host": host})
+            assert answer.status == 400, (host, answer.status, await answer.text())
+        good = await client.get("/v1/repo", headers={"Host": "localhost:8080"})
+        assert good.status == 200, await good.text()
+        assert (await good.json())["key_url"].startswith("http://localhost:8080/")
