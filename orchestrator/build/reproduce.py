@@ -32,6 +32,9 @@ from ..timeouts import REPO_TOOL_TIMEOUT_S
 INPUTS_NAME = "inputs.tar"
 # What a report keeps of diffoscope's text, per package.
 MAX_DIFFERENCES_BYTES = 64 * 1024
+# How many differing packages of one rebuild diffoscope looks into (a PKGBUILD may make
+# hundreds, none reproducible): each is a container, and its text is in every read of the job.
+MAX_DIFFOSCOPE_PACKAGES = 4
 
 State = Literal["running", "identical", "differs", "failed"]
 STATES: tuple[State, ...] = ("running", "identical", "differs", "failed")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from ..build import differ
 from ..build.reproduce import (
+    MAX_DIFFOSCOPE_PACKAGES,
     PackageComparison,
     Reproduction,
     build_date,
@@ -50,6 +52,10 @@ from ._services import Services
 from .build import BuildKind, record_srcinfo
 
 NOUN = "Rebuild"
+_NOT_LOOKED = (
+    f"not compared by diffoscope: it looks into the first {MAX_DIFFOSCOPE_PACKAGES} packages "
+    "that differ only"
+)
 
 
 class Reproduce(BaseModel):
@@ -190,9 +196,14 @@ class ReproduceKind:
         theirs = await asyncio.to_thread(_digests, [folder / n for n in names])
         ours = await asyncio.to_thread(_digests, list(built.artifacts))
         found = []
+        looked = 0
         for package in compare(theirs, ours):
             if not package.identical and package.original_sha256 and package.rebuilt_sha256:
-                package = await self._diffoscope(rebuild_id, folder, package, sink)
+                looked += 1
+                if looked <= MAX_DIFFOSCOPE_PACKAGES:
+                    package = await self._diffoscope(rebuild_id, folder, package, sink)
+                else:
+                    package = dataclasses.replace(package, differences=_NOT_LOOKED)
             found.append(package)
             await sink([_event(package)])
         report = Reproduction.of(original_id, rebuild_id, found)

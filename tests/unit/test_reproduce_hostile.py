@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from orchestrator import Settings
 from orchestrator.api import create_app
 from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.build.reproduce import MAX_DIFFOSCOPE_PACKAGES
 
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir
@@ -151,3 +152,30 @@ async def test_a_hostile_host_header_is_no_server_error(settings: Settings) -> N
         good = await client.get("/v1/repo", headers={"Host": "localhost:8080"})
         assert good.status == 200, await good.text()
         assert (await good.json())["key_url"].startswith("http://localhost:8080/")
+
+
+async def test_diffoscope_runs_on_a_few_differing_packages_not_on_every_one(
+    settings: Settings,
+) -> None:
+    """A PKGBUILD that makes hundreds of packages, none reproducible, gets no hundreds of
+    diffoscope containers nor a report of hundreds of times 64 KiB (every job read holds it)."""
+    backend = _backend()
+    first = dict(backend.script.packages)
+    many = 3 * MAX_DIFFOSCOPE_PACKAGES
+    for n in range(many):
+        first[f"extra{n}-1-1-x86_64.pkg.tar.gz"] = b"first"
+    backend.script = Script(packages=first)
+    async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
+        job_id = await _built(client)
+        again = {name: b"again" for name in first}
+        backend.script = Script([("stdout", "x" * 1000, 0)], packages=again)
+        rebuild = await _post(client, f"/v1/jobs/{job_id}/reproduce")
+        done = await _until(client, rebuild["job_id"], "succeeded")
+    report = done["reproduction"]
+    assert report["state"] == "differs" and len(report["packages"]) == many + 1
+    diffed = [p for p in report["packages"] if p["differences"] and "x" * 1000 in p["differences"]]
+    assert len(diffed) == MAX_DIFFOSCOPE_PACKAGES
+    ran = [s for s in backend.steps.values() if s.image == settings.image_diffoscope]
+    assert len(ran) == MAX_DIFFOSCOPE_PACKAGES
+    rest = [p for p in report["packages"] if p not in diffed]
+    assert all("not compared" in p["differences"] for p in rest)
