@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from ..errors import OrchestratorError
-from ..timeouts import REPO_TOOL_TIMEOUT_S
+from ..timeouts import PKGINFO_READ_TIMEOUT_S
 
 # Beside a build's packages (not a package name: never listed nor served as an artifact), so
 # whatever removes a job's artifacts removes its inputs with them.
@@ -68,27 +68,42 @@ def build_date(package: Path) -> int:
     its first ``_MAX_PKGINFO_BYTES`` (bsdtar is stopped there: a .PKGINFO that unpacks to
     gigabytes from a small package is never held). ``OrchestratorError`` when it has no such
     line."""
+    timeout_s = PKGINFO_READ_TIMEOUT_S
     try:
-        head = _read_head(["bsdtar", "-xOqf", str(package), ".PKGINFO"], _MAX_PKGINFO_BYTES)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        head = _read_head(
+            ["bsdtar", "-xOqf", str(package), ".PKGINFO"], _MAX_PKGINFO_BYTES, timeout_s
+        )
+    except OSError as exc:
         raise OrchestratorError(f"bsdtar could not read {package.name}: {exc}") from exc
+    except subprocess.TimeoutExpired:
+        raise OrchestratorError(
+            f"bsdtar took more than {timeout_s:g} s to find {package.name}'s .PKGINFO"
+        ) from None
     return parse_build_date(head, package.name)
 
 
-def _read_head(command: list[str], max_bytes: int) -> bytes:
-    """At most the first ``max_bytes`` that ``command`` prints; it is killed once they are read
-    (or at ``REPO_TOOL_TIMEOUT_S``)."""
+def _read_head(command: list[str], max_bytes: int, timeout_s: float) -> bytes:
+    """At most the first ``max_bytes`` that ``command`` prints: it is killed once they are
+    read, or at ``timeout_s`` (``TimeoutExpired``)."""
     with subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     ) as child:
         assert child.stdout is not None
-        timer = threading.Timer(REPO_TOOL_TIMEOUT_S, child.kill)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            child.kill()
+
+        timer = threading.Timer(timeout_s, expire)
         timer.start()
         try:
             head = child.stdout.read(max_bytes)
         finally:
             timer.cancel()
             child.kill()  # no more is read: the rest, however big, is never made
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(command, timeout_s)
         if child.wait() != 0 and not head:
             raise OrchestratorError(f"{command[0]} exited with {child.returncode}")
     return head
