@@ -35,6 +35,8 @@ from ..build.reproduce import (
 from ..build.runner import BuildRequest
 from ..engine import Engine
 from ..errors import (
+    ArchiveTooLarge,
+    InsufficientStorage,
     JobNotFound,
     JobStateConflict,
     NoStoredInputs,
@@ -47,6 +49,7 @@ from ..narration.events import Action, Event, Level
 from ..settings import Settings
 from ..storage import archive
 from ..storage.store import JobRecord, Store
+from ..storage.uploads import UploadBudget
 from ._body import read
 from ._services import Services
 from .build import BuildKind, record_srcinfo
@@ -72,14 +75,17 @@ class ReproduceKind:
     upload = False
     request = Reproduce
 
-    def __init__(self, settings: Settings, engine: Engine, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, store: Store, uploads: UploadBudget
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._store = store
+        self._uploads = uploads
 
     @classmethod
     def of(cls, services: Services) -> ReproduceKind:
-        return cls(services.settings, services.engine, services.store)
+        return cls(services.settings, services.engine, services.store, services.uploads)
 
     async def parse(self, submission: Submission) -> Plan:
         """The build to reproduce: a build that succeeded, whose inputs were kept."""
@@ -141,8 +147,7 @@ class ReproduceKind:
         runner = self._engine.runner
         source_dir = self._settings.work_dir / record.id
         inputs = inputs_path(runner.artifact_dir(original_id))
-        limit = self._settings.max_build_dir_bytes
-        await asyncio.to_thread(_unpack, inputs, source_dir, limit)
+        await self._unpacked(record.id, inputs, source_dir)
         request = BuildRequest(
             record.id,
             source_dir,
@@ -184,6 +189,21 @@ class ReproduceKind:
         return Job(work, cleanup_dir=source_dir)
 
     resume = job
+
+    async def _unpacked(self, job_id: str, inputs: Path, source_dir: Path) -> None:
+        """The upload unpacked again, counted as a queued upload is (given back when the job
+        ends): a rebuild queued is up to max_build_dir_bytes on the disk, like a build."""
+        limit = self._settings.max_build_dir_bytes
+        cap_bytes = await self._uploads.claim(job_id, limit)
+        try:
+            await asyncio.to_thread(_unpack, inputs, source_dir, cap_bytes)
+            await self._uploads.settle(job_id, source_dir)
+        except BaseException as exc:
+            self._uploads.release(job_id)
+            await asyncio.to_thread(shutil.rmtree, source_dir, True)
+            if isinstance(exc, ArchiveTooLarge) and cap_bytes < limit:
+                raise InsufficientStorage(self._uploads.exceeded()) from exc
+            raise
 
     async def _compared(
         self, original_id: str, rebuild_id: str, built: JobResult, sink: Sink

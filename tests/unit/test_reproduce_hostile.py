@@ -22,6 +22,7 @@ from orchestrator.backend.fake import FakeBackend, Script
 from orchestrator.build import reproduce
 from orchestrator.build.reproduce import MAX_DIFFOSCOPE_PACKAGES
 from orchestrator.errors import OrchestratorError
+from orchestrator.storage.uploads import _tree_bytes
 
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir
@@ -196,3 +197,29 @@ async def test_diffoscope_runs_on_a_few_differing_packages_not_on_every_one(
     assert len(ran) == MAX_DIFFOSCOPE_PACKAGES
     rest = [p for p in report["packages"] if p not in diffed]
     assert all("not compared" in p["differences"] for p in rest)
+
+
+async def test_queued_rebuilds_count_against_the_queues_share_of_the_disk(
+    settings: Settings,
+) -> None:
+    """A rebuild unpacks its build's upload again when it is queued (up to 512 MiB from a small
+    gzip): as an upload, it counts against ORCHESTRATOR_MAX_QUEUED_UPLOAD_BYTES, or a client
+    could queue rebuilds of many builds and fill the disk (which stops everyone's builds)."""
+    one = _tree_bytes(PKGBUILDS / "hello-c")
+    settings = settings.model_copy(
+        update={"max_concurrent_builds": 1, "max_queued_upload_bytes": one + 1}
+    )
+    backend = _backend()
+    async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
+        first, second = await _built(client), await _built(client)
+        backend.script = Script([("stdout", "started", 0), ("stdout", "never printed", 60)])
+        held = await _post(client, f"/v1/jobs/{first}/reproduce")
+        refused = await client.post(f"/v1/jobs/{second}/reproduce")
+        assert refused.status == 507, await refused.text()
+        assert "ORCHESTRATOR_MAX_QUEUED_UPLOAD_BYTES" in (await refused.json())["message"]
+        assert (await client.post(f"/v1/jobs/{held['job_id']}/cancel")).status == 200
+        await _until(client, held["job_id"], "cancelled")
+        backend.script = _backend().script
+        again = await _post(client, f"/v1/jobs/{second}/reproduce")
+        await _until(client, again["job_id"], "succeeded")
+    assert not list(settings.work_dir.glob("*")), "a refused rebuild left its sources"
