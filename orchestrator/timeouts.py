@@ -152,6 +152,9 @@ CATALOG_FETCH_TIMEOUT_S = 30.0
 # repo-remove run over the repository's database (seconds for thousands of packages).
 GPG_TIMEOUT_S = 60.0
 REPO_TOOL_TIMEOUT_S = 300.0
+# bsdtar reading a package's .PKGINFO for POST /v1/jobs/{id}/reproduce, in the request: makepkg
+# writes it among the first entries (milliseconds), so a package it takes longer in is hostile.
+PKGINFO_READ_TIMEOUT_S = 30.0
 
 # --- the CLI ---
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..errors import InvalidInput
 from ..repo import PUBLISHED
+from .guard import host_name
 from .keys import REPOS
 from .routes import url
 from .wire import Removed, RepoList, RepoPackage, RepoPackages, RepoSummary, respond
@@ -29,7 +31,7 @@ async def list_repos(request: web.Request) -> web.Response:
     repos = request.app[REPOS]
     # Absolute, as this request reached the service (without a token its Host is one the
     # service allows; with one, the caller holds the token): what pacman.conf and curl take.
-    origin = str(request.url.origin())
+    origin = _origin(request)
     summaries = []
     for variant in PUBLISHED:
         name = variant.value
@@ -49,6 +51,19 @@ async def list_repos(request: web.Request) -> web.Response:
             repositories=summaries,
         )
     )
+
+
+def _origin(request: web.Request) -> str:
+    """``scheme://host[:port]`` as the client addressed this service, or ``InvalidInput`` for a
+    Host header no URL can hold (a port past 65535, spaces, a shell's metacharacters: it is
+    written into the commands the dashboard offers to copy)."""
+    try:
+        origin = str(request.url.origin())
+    except ValueError as exc:
+        raise InvalidInput(f"the Host header {request.host!r} is no host: {exc}") from None
+    if not host_name(request.host):
+        raise InvalidInput(f"the Host header {request.host!r} is no host name[:port]")
+    return origin
 
 
 async def list_repo(request: web.Request) -> web.Response:

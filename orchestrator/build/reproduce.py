@@ -18,19 +18,23 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from ..errors import OrchestratorError
-from ..timeouts import REPO_TOOL_TIMEOUT_S
+from ..timeouts import PKGINFO_READ_TIMEOUT_S
 
 # Beside a build's packages (not a package name: never listed nor served as an artifact), so
 # whatever removes a job's artifacts removes its inputs with them.
 INPUTS_NAME = "inputs.tar"
 # What a report keeps of diffoscope's text, per package.
 MAX_DIFFERENCES_BYTES = 64 * 1024
+# How many differing packages of one rebuild diffoscope looks into (a PKGBUILD may make
+# hundreds, none reproducible): each is a container, and its text is in every read of the job.
+MAX_DIFFOSCOPE_PACKAGES = 4
 
 State = Literal["running", "identical", "differs", "failed"]
 STATES: tuple[State, ...] = ("running", "identical", "differs", "failed")
@@ -60,17 +64,49 @@ def keep_inputs(body: IO[bytes], artifact_dir: Path) -> None:
 def build_date(package: Path) -> int:
     """The ``builddate`` a package's ``.PKGINFO`` says: the ``SOURCE_DATE_EPOCH`` its build had.
 
-    The package came from an untrusted PKGBUILD: only a line of digits is taken from it.
-    ``OrchestratorError`` when it has no such line."""
+    The package came from an untrusted PKGBUILD: only a line of digits is taken from it, out of
+    its first ``_MAX_PKGINFO_BYTES`` (bsdtar is stopped there: a .PKGINFO that unpacks to
+    gigabytes from a small package is never held). ``OrchestratorError`` when it has no such
+    line."""
+    timeout_s = PKGINFO_READ_TIMEOUT_S
     try:
-        done = subprocess.run(
-            ["bsdtar", "-xOqf", str(package), ".PKGINFO"],
-            capture_output=True,
-            timeout=REPO_TOOL_TIMEOUT_S,
+        head = _read_head(
+            ["bsdtar", "-xOqf", str(package), ".PKGINFO"], _MAX_PKGINFO_BYTES, timeout_s
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:
         raise OrchestratorError(f"bsdtar could not read {package.name}: {exc}") from exc
-    return parse_build_date(done.stdout[:_MAX_PKGINFO_BYTES], package.name)
+    except subprocess.TimeoutExpired:
+        raise OrchestratorError(
+            f"bsdtar took more than {timeout_s:g} s to find {package.name}'s .PKGINFO"
+        ) from None
+    return parse_build_date(head, package.name)
+
+
+def _read_head(command: list[str], max_bytes: int, timeout_s: float) -> bytes:
+    """At most the first ``max_bytes`` that ``command`` prints: it is killed once they are
+    read, or at ``timeout_s`` (``TimeoutExpired``)."""
+    with subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as child:
+        assert child.stdout is not None
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            child.kill()
+
+        timer = threading.Timer(timeout_s, expire)
+        timer.start()
+        try:
+            head = child.stdout.read(max_bytes)
+        finally:
+            timer.cancel()
+            child.kill()  # no more is read: the rest, however big, is never made
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(command, timeout_s)
+        if child.wait() != 0 and not head:
+            raise OrchestratorError(f"{command[0]} exited with {child.returncode}")
+    return head
 
 
 def parse_build_date(pkginfo: bytes, name: str) -> int:

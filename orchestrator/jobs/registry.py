@@ -246,6 +246,7 @@ class Registry:
             except BaseException:
                 if job.cleanup_dir is not None:
                     await asyncio.to_thread(shutil.rmtree, job.cleanup_dir, True)
+                self.uploads.release(record.id)  # what its sources were counted as
                 raise
             await self._enqueue(record, kind, job, plan.message)
         return Submitted(record, plan)

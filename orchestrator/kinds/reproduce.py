@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from ..build import differ
 from ..build.reproduce import (
+    MAX_DIFFOSCOPE_PACKAGES,
     PackageComparison,
     Reproduction,
     build_date,
@@ -33,6 +35,8 @@ from ..build.reproduce import (
 from ..build.runner import BuildRequest
 from ..engine import Engine
 from ..errors import (
+    ArchiveTooLarge,
+    InsufficientStorage,
     JobNotFound,
     JobStateConflict,
     NoStoredInputs,
@@ -45,11 +49,16 @@ from ..narration.events import Action, Event, Level
 from ..settings import Settings
 from ..storage import archive
 from ..storage.store import JobRecord, Store
+from ..storage.uploads import UploadBudget
 from ._body import read
 from ._services import Services
 from .build import BuildKind, record_srcinfo
 
 NOUN = "Rebuild"
+_NOT_LOOKED = (
+    f"not compared by diffoscope: it looks into the first {MAX_DIFFOSCOPE_PACKAGES} packages "
+    "that differ only"
+)
 
 
 class Reproduce(BaseModel):
@@ -66,14 +75,17 @@ class ReproduceKind:
     upload = False
     request = Reproduce
 
-    def __init__(self, settings: Settings, engine: Engine, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, store: Store, uploads: UploadBudget
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._store = store
+        self._uploads = uploads
 
     @classmethod
     def of(cls, services: Services) -> ReproduceKind:
-        return cls(services.settings, services.engine, services.store)
+        return cls(services.settings, services.engine, services.store, services.uploads)
 
     async def parse(self, submission: Submission) -> Plan:
         """The build to reproduce: a build that succeeded, whose inputs were kept."""
@@ -135,8 +147,7 @@ class ReproduceKind:
         runner = self._engine.runner
         source_dir = self._settings.work_dir / record.id
         inputs = inputs_path(runner.artifact_dir(original_id))
-        limit = self._settings.max_build_dir_bytes
-        await asyncio.to_thread(_unpack, inputs, source_dir, limit)
+        await self._unpacked(record.id, inputs, source_dir)
         request = BuildRequest(
             record.id,
             source_dir,
@@ -179,6 +190,21 @@ class ReproduceKind:
 
     resume = job
 
+    async def _unpacked(self, job_id: str, inputs: Path, source_dir: Path) -> None:
+        """The upload unpacked again, counted as a queued upload is (given back when the job
+        ends): a rebuild queued is up to max_build_dir_bytes on the disk, like a build."""
+        limit = self._settings.max_build_dir_bytes
+        cap_bytes = await self._uploads.claim(job_id, limit)
+        try:
+            await asyncio.to_thread(_unpack, inputs, source_dir, cap_bytes)
+            await self._uploads.settle(job_id, source_dir)
+        except BaseException as exc:
+            self._uploads.release(job_id)
+            await asyncio.to_thread(shutil.rmtree, source_dir, True)
+            if isinstance(exc, ArchiveTooLarge) and cap_bytes < limit:
+                raise InsufficientStorage(self._uploads.exceeded()) from exc
+            raise
+
     async def _compared(
         self, original_id: str, rebuild_id: str, built: JobResult, sink: Sink
     ) -> Reproduction:
@@ -190,9 +216,14 @@ class ReproduceKind:
         theirs = await asyncio.to_thread(_digests, [folder / n for n in names])
         ours = await asyncio.to_thread(_digests, list(built.artifacts))
         found = []
+        looked = 0
         for package in compare(theirs, ours):
             if not package.identical and package.original_sha256 and package.rebuilt_sha256:
-                package = await self._diffoscope(rebuild_id, folder, package, sink)
+                looked += 1
+                if looked <= MAX_DIFFOSCOPE_PACKAGES:
+                    package = await self._diffoscope(rebuild_id, folder, package, sink)
+                else:
+                    package = dataclasses.replace(package, differences=_NOT_LOOKED)
             found.append(package)
             await sink([_event(package)])
         report = Reproduction.of(original_id, rebuild_id, found)
