@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+from ..build.reproduce import INPUTS_NAME
 from ..errors import OrchestratorError
 from ..narration.events import Action, Event, Level
 from ..storage.store import JobRecord, Store
@@ -72,3 +74,32 @@ def remove_all_but(folder: Path, keep: set[str]) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+
+
+# What an upload keeps before its job is stored (``build.reproduce.keep_inputs``).
+_KEPT_INPUTS = frozenset({INPUTS_NAME, f".new-{INPUTS_NAME}"})
+
+
+async def remove_unowned_inputs(store: Store, folder: Path) -> list[str]:
+    """Kept inputs of uploads killed before their job was stored (no job will ever own them,
+    nor remove them with its packages): a job's folder holding only those, with no record.
+    Returns the ids of the folders removed."""
+    candidates = await asyncio.to_thread(_inputs_only, folder)
+    removed = []
+    for job_id in candidates:
+        if await store.get_job(job_id) is None:
+            await asyncio.to_thread(shutil.rmtree, folder / job_id, True)
+            removed.append(job_id)
+    return removed
+
+
+def _inputs_only(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            names = {child.name for child in entry.iterdir()}
+            if names and names <= _KEPT_INPUTS:
+                found.append(entry.name)
+    return found

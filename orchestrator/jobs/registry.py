@@ -156,6 +156,7 @@ class Registry:
         )
         keep = self._handles.ids()
         await asyncio.to_thread(recovery.remove_all_but, self._settings.work_dir, keep)
+        await recovery.remove_unowned_inputs(self._store, self._settings.artifacts_dir)
         self._recovered = True
         self._accepting = True
         # An adopted build is running already: it is watched at once, in a slot of its own,

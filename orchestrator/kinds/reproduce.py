@@ -18,7 +18,7 @@ import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -295,8 +295,22 @@ async def settle(store: Store, is_active: Callable[[str], bool]) -> list[str]:
         rebuild = str(report.get("rebuild", ""))
         if is_active(rebuild):
             continue
-        failed = {**report, "state": "failed"}
+        ended = {**report, "state": "failed"}
+        if rebuild != record.id:
+            # A kill between the two writes of the finished report (the rebuild's first):
+            # what the rebuild found stands for both.
+            found = await _finished_report(store, rebuild, record.id)
+            ended = found if found is not None else ended
         with contextlib.suppress(OrchestratorError):
-            await store.update_job(record.id, reproduction=failed)
+            await store.update_job(record.id, reproduction=ended)
             settled.append(record.id)
     return settled
+
+
+async def _finished_report(store: Store, rebuild: str, original: str) -> dict[str, Any] | None:
+    """The rebuild's own report of its reproduction of ``original``, when it had finished."""
+    record = await store.get_job(rebuild)
+    report = record.reproduction if record is not None else None
+    if not report or report.get("original") != original or report.get("rebuild") != rebuild:
+        return None
+    return dict(report) if report.get("state") in ("identical", "differs") else None

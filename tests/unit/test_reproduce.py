@@ -241,3 +241,23 @@ async def test_a_failed_rebuild_fails_the_reproduction_and_a_queued_one_cancelle
         assert (await client.post(f"/v1/jobs/{queued['job_id']}/cancel")).status == 200
         assert (await _job(client, built["job_id"]))["reproduction"] == report
         assert (await client.post(f"/v1/jobs/{slow['job_id']}/cancel")).status == 200
+
+
+async def test_a_report_half_written_by_a_dead_service_is_settled_to_the_rebuilds(
+    store: Store,
+) -> None:
+    # A kill between the two writes of the finished report: the rebuild's record says
+    # "differs", the original's still "running". The original takes the rebuild's report
+    # (what was found), not "failed": both jobs agree.
+    found = Reproduction(
+        "orig", "r", "differs", (PackageComparison("p.pkg.tar.zst", False, "a" * 64, "b" * 64),)
+    ).to_dict()
+    running = Reproduction("orig", "r", "running").to_dict()
+    for job_id, report in (("orig", running), ("r", found)):
+        await store.create_job(
+            JobRecord(id=job_id, operation="build", status=JobStatus.SUCCEEDED, reproduction=report)
+        )
+    assert await settle(store, lambda job_id: False) == ["orig"]
+    for job_id in ("orig", "r"):
+        record = await store.get_job(job_id)
+        assert record is not None and record.reproduction == found
