@@ -258,7 +258,7 @@ async def test_operation_errors(client: TestClient) -> None:
     metal = await start(client, 422, operation="worker_install", worker_id="metal-hello")
     assert "macOS" in metal["message"]
     unknown = await start(client, 422, operation="frobnicate")
-    assert unknown["operations"] == ["worker_install", "model_download"]
+    assert unknown["operations"] == ["worker_install", "model_download", "reproduce"]
     assert await start(client, 404, operation="worker_install", worker_id="nope")
     assert await start(client, 400, operation="worker_install")
     assert await start(client, 400, operation="model_download", url="ftp://x/y", name="m")
