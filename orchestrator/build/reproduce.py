@@ -13,7 +13,6 @@ and on the original, in one shape.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -115,14 +114,6 @@ def parse_build_date(pkginfo: bytes, name: str) -> int:
     if len(set(found)) != 1:
         raise OrchestratorError(f"{name} has no single builddate in its .PKGINFO")
     return int(found[0])
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

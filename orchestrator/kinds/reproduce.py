@@ -30,7 +30,6 @@ from ..build.reproduce import (
     build_date,
     compare,
     inputs_path,
-    sha256_file,
 )
 from ..build.runner import BuildRequest
 from ..engine import Engine
@@ -46,6 +45,7 @@ from ..errors import (
 from ..jobs import Job, JobResult, JobStatus, Plan, Sink, Submission
 from ..jobs.cancel import CancelToken
 from ..narration.events import Action, Event, Level
+from ..provenance import sha256_file
 from ..settings import Settings
 from ..storage import archive
 from ..storage.store import JobRecord, Store

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import NotFound, RepoError
+from ..provenance import sha256_file
 from ..timeouts import REPO_TOOL_TIMEOUT_S
 from .pkginfo import check_pkginfo
 from .signing import Signer
@@ -190,7 +190,7 @@ class Repository:
             if staged.name.endswith(".sig") or not staged.exists():
                 continue
             name = staged.name.removeprefix(".new-")
-            if sums.get(name) == _sha256(staged):
+            if sums.get(name) == sha256_file(staged):
                 if _signature(staged).exists():  # else it already took its name
                     os.replace(_signature(staged), self._pool / f"{name}.sig")
                 os.replace(staged, self._pool / name)
@@ -261,14 +261,6 @@ def _said(what: str) -> Iterator[None]:
 
 def _signature(path: Path) -> Path:
     return path.with_name(f"{path.name}.sig")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _desc(text: str) -> dict[str, str]:
