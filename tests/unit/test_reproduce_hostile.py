@@ -3,7 +3,6 @@ reproduce endpoint and the build date it reads back."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pydantic import SecretStr
 
 from orchestrator import Settings
 from orchestrator.api import create_app
-from orchestrator.backend.fake import FakeBackend, Script
+from orchestrator.backend.fake import Script
 from orchestrator.build import reproduce
 from orchestrator.build.reproduce import MAX_DIFFOSCOPE_PACKAGES
 from orchestrator.errors import OrchestratorError
@@ -26,7 +25,7 @@ from orchestrator.storage.uploads import _tree_bytes
 
 from ..conftest import PKGBUILDS
 from ..integration.service import tar_dir
-from .test_reproduce import GZ, _job, _post, _until
+from .test_reproduce import GZ, _job, _post, _until, hello_backend
 
 # Far more .PKGINFO than the reader may keep (it keeps 1 MiB).
 HUGE_PKGINFO_BYTES = 256 * 1024 * 1024
@@ -91,18 +90,8 @@ async def _built(client: TestClient) -> str:
     return str(built["job_id"])
 
 
-def _backend() -> FakeBackend:
-    info = b"pkgname = hello-c\npkgver = 1.0.0-1\nbuilddate = 1700000000\n"
-    made = io.BytesIO()
-    with tarfile.open(fileobj=made, mode="w:gz") as tar:
-        entry = tarfile.TarInfo(".PKGINFO")
-        entry.size = len(info)
-        tar.addfile(entry, io.BytesIO(info))
-    return FakeBackend(Script(packages={"hello-c-1.0.0-1-x86_64.pkg.tar.gz": made.getvalue()}))
-
-
 async def test_hostile_bodies_get_client_errors(settings: Settings) -> None:
-    backend = _backend()
+    backend = hello_backend()
     async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
         job_id = await _built(client)
         bodies: list[Any] = [
@@ -136,7 +125,7 @@ async def test_hostile_bodies_get_client_errors(settings: Settings) -> None:
 
 
 async def test_reproduce_of_a_reproduce_and_twice_at_once_are_refused(settings: Settings) -> None:
-    backend = _backend()
+    backend = hello_backend()
     async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
         job_id = await _built(client)
         backend.script = Script([("stdout", "started", 0), ("stdout", "never printed", 60)])
@@ -156,13 +145,13 @@ async def test_reproduce_of_a_reproduce_and_twice_at_once_are_refused(settings: 
 
 async def test_a_hostile_host_header_is_no_server_error(settings: Settings) -> None:
     guarded = settings.model_copy(update={"api_token": SecretStr("t0ken")})
-    async with TestClient(TestServer(create_app(guarded, backend=_backend()))) as client:
+    async with TestClient(TestServer(create_app(guarded, backend=hello_backend()))) as client:
         for host in ("a b", "x:99999", "evil.example;rm -rf ~", "\u00e9.example", ":1"):
             answer = await client.get(
                 "/v1/repo", headers={"Host": host, "Authorization": "Bearer t0ken"}
             )
             assert answer.status == 400, (host, answer.status, await answer.text())
-    async with TestClient(TestServer(create_app(settings, backend=_backend()))) as client:
+    async with TestClient(TestServer(create_app(settings, backend=hello_backend()))) as client:
         # Without a token: a loopback name the guard lets through, with a port no URL holds.
         for host in ("localhost:99999", "127.0.0.1:99999", "[::1]:70000"):
             answer = await client.get("/v1/repo", headers={"Host": host})
@@ -177,7 +166,7 @@ async def test_diffoscope_runs_on_a_few_differing_packages_not_on_every_one(
 ) -> None:
     """A PKGBUILD that makes hundreds of packages, none reproducible, gets no hundreds of
     diffoscope containers nor a report of hundreds of times 64 KiB (every job read holds it)."""
-    backend = _backend()
+    backend = hello_backend()
     first = dict(backend.script.packages)
     many = 3 * MAX_DIFFOSCOPE_PACKAGES
     for n in range(many):
@@ -209,7 +198,7 @@ async def test_queued_rebuilds_count_against_the_queues_share_of_the_disk(
     settings = settings.model_copy(
         update={"max_concurrent_builds": 1, "max_queued_upload_bytes": one + 1}
     )
-    backend = _backend()
+    backend = hello_backend()
     async with TestClient(TestServer(create_app(settings, backend=backend))) as client:
         first, second = await _built(client), await _built(client)
         backend.script = Script([("stdout", "started", 0), ("stdout", "never printed", 60)])
@@ -219,7 +208,7 @@ async def test_queued_rebuilds_count_against_the_queues_share_of_the_disk(
         assert "ORCHESTRATOR_MAX_QUEUED_UPLOAD_BYTES" in (await refused.json())["message"]
         assert (await client.post(f"/v1/jobs/{held['job_id']}/cancel")).status == 200
         await _until(client, held["job_id"], "cancelled")
-        backend.script = _backend().script
+        backend.script = hello_backend().script
         again = await _post(client, f"/v1/jobs/{second}/reproduce")
         await _until(client, again["job_id"], "succeeded")
     assert not list(settings.work_dir.glob("*")), "a refused rebuild left its sources"
