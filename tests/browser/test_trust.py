@@ -19,14 +19,14 @@ import docker
 import pytest
 import pytest_asyncio
 from aiohttp import ClientSession
-from playwright.async_api import Browser, Page, Route, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, expect
 from pydantic import SecretStr
 
 from orchestrator import Settings
 
 from .. import waiting
 from ..conftest import PKGBUILDS, instance_id
-from .conftest import CHROMIUM, Service, running, screenshot
+from .conftest import Service, chromium, running, screenshot
 
 pytestmark = [
     pytest.mark.docker,
@@ -103,12 +103,8 @@ async def built(
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def module_browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: scripts/setup installs Debian's chromium")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM))
+    async with chromium() as browser:
         yield browser
-        await browser.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
